@@ -1,0 +1,198 @@
+"""Every message between the controller and its workers: typed, versioned msgpack.
+
+Wire form: a msgpack map ``{"v": VERSION, "t": <type name>, <field>: <value>, ...}``.
+`encode` and `decode` are the only pair that touches the wire; `decode` rejects
+anything that is not exactly one of the types below (unknown type, wrong version,
+missing, extra or mistyped field) with `ProtocolError`, so a malformed message can be
+logged and dropped without crashing a worker. Audio never travels in these messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import msgpack
+
+VERSION = 1
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be decoded; the text says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+
+
+# -- controller -> worker ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartJob(Message):
+    """Start recording one channel. Carries every recorder argument of the spec."""
+
+    TYPE: ClassVar[str] = "start"
+    job_id: int
+    channel: int
+    slot_in: int  # ring slot of the inbound leg (audio from the far end)
+    slot_out: int  # ring slot of the outbound leg (audio sent to the far end)
+    start_pos: int  # leg sample-clock position where the recording begins (both legs)
+    path: str  # absolute final file path, already checked by the controller
+    file_format: str
+    rate: int  # Hz
+    max_bytes: int  # 0 = no limit
+    ms_max_silence: int  # 0 = no limit
+    ms_initial_silence: int  # 0 = no limit
+    dtmf_elim: bool
+    mode: str  # "mixed" | "separate"
+    cipher: dict | None  # wire form of the cipher; only over owner-only ipc:// sockets
+    silence_dbfs: float  # frame energy below this is silence
+    silence_hangover_ms: int  # speech is held this long after the last loud frame
+    file_mode: int  # permission bits of the recording file
+
+
+@dataclass(frozen=True)
+class StopJob(Message):
+    """End a job for a reason the controller knows (ABORTED, HANGUP, TIMEOUT)."""
+
+    TYPE: ClassVar[str] = "stop"
+    job_id: int
+    cause: str
+    end_pos: int  # leg position at the request: everything before it is recorded
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    """Finish every job (ABORTED) and exit."""
+
+    TYPE: ClassVar[str] = "shutdown"
+
+
+# -- worker -> controller ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """A worker is up: attached to the arena, pinned, ready for jobs."""
+
+    TYPE: ClassVar[str] = "hello"
+    worker: int
+    pid: int
+    cpu: int
+
+
+@dataclass(frozen=True)
+class JobStarted(Message):
+    """The file is open and the job's rings are being read."""
+
+    TYPE: ClassVar[str] = "started"
+    job_id: int
+
+
+@dataclass(frozen=True)
+class JobEnded(Message):
+    """A job is over and its file finalised (or removed, for a job that failed to start)."""
+
+    TYPE: ClassVar[str] = "ended"
+    job_id: int
+    cause: str  # a Cause name
+    bytes: int  # size of the final file on disk
+    samples: int  # sample frames in the file, at the file's rate
+    duration_s: float  # audio duration in the file
+    error: str  # why, for cause ERROR; "" otherwise
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Sent every heartbeat interval; its absence tells the controller a worker is stuck."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    worker: int
+    jobs: int
+    cpu_s: float  # process CPU time so far
+    ticks: int
+    overruns: int  # ring overruns seen on this worker's legs so far
+
+
+@dataclass(frozen=True)
+class WorkerError(Message):
+    """Something went wrong outside a job's own cause (e.g. a malformed command)."""
+
+    TYPE: ClassVar[str] = "error"
+    worker: int
+    job_id: int  # 0 if not about a job
+    message: str
+
+
+_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (StartJob, StopJob, Shutdown, Hello, JobStarted, JobEnded, Heartbeat, WorkerError)
+}
+
+
+def _field_types(cls: type[Message]) -> dict[str, tuple[type, ...]]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is Union:
+            out[f.name] = tuple(type(None) if a is type(None) else a for a in typing.get_args(hint))
+        else:
+            out[f.name] = (hint,)
+    return out
+
+
+_FIELDS = {name: _field_types(cls) for name, cls in _TYPES.items()}
+
+
+def _check(value: Any, allowed: tuple[type, ...]) -> bool:
+    for t in allowed:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if t not in (int, float) and isinstance(value, t):
+            return True
+    return False
+
+
+def encode(msg: Message) -> bytes:
+    """The one way a message becomes bytes."""
+    body: dict[str, Any] = {"v": VERSION, "t": msg.TYPE}
+    body.update(dataclasses.asdict(msg))
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(data: bytes) -> Message:
+    """The one way bytes become a message; anything else raises `ProtocolError`."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ProtocolError(f"not msgpack: {e}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"message is a {type(body).__name__}, not a map")
+    version = body.pop("v", None)
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version!r}, this build speaks {VERSION}")
+    kind = body.pop("t", None)
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    fields = _FIELDS[kind]
+    missing = fields.keys() - body.keys()
+    if missing:
+        raise ProtocolError(f"{kind}: missing field(s) {', '.join(sorted(missing))}")
+    extra = body.keys() - fields.keys()
+    if extra:
+        raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
+    for name, allowed in fields.items():
+        if not _check(body[name], allowed):
+            want = " or ".join(t.__name__ for t in allowed)
+            raise ProtocolError(f"{kind}.{name}: expected {want}, got {type(body[name]).__name__}")
+        if float in allowed and isinstance(body[name], int):
+            body[name] = float(body[name])
+    return cls(**body)

@@ -1,0 +1,288 @@
+"""The shared-memory ring arena: creation and unlinking (controller), attaching (workers,
+producers), slot allocation, and the producer side of each leg ring.
+
+Ownership: the controller creates the arena and is the only process that unlinks it
+(also on an exception or at interpreter exit); workers and load generators only attach
+and close. Positions and data are exposed as numpy views so the worker can act on all
+legs at once. See ``shm/layout.py`` for the byte layout and the memory-ordering argument.
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import platform
+import secrets
+import struct
+import threading
+import time
+import weakref
+
+import numpy as np
+
+from . import layout as L
+
+SHM_DIR = "/dev/shm"
+NAME_PREFIX = "wholecall-"
+
+
+def check_memory_model() -> None:
+    """Refuse CPUs whose memory model makes plain stores unsafe for publication."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        raise RuntimeError(
+            f"shm rings rely on x86 total store order; {platform.machine()} needs release/acquire "
+            "ordering that this build does not provide"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale() -> list[str]:
+    """Unlink arenas whose owner process is gone (a controller killed with SIGKILL)."""
+    removed = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(NAME_PREFIX):
+            continue
+        try:
+            pid = int(name[len(NAME_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class Arena:
+    """A mapped arena. Use `Arena.create` (owner) or `Arena.attach` (everyone else)."""
+
+    def __init__(self, name: str, mm: mmap.mmap, layout: L.Layout, owner: bool) -> None:
+        self.name = name
+        self.layout = layout
+        self.owner = owner
+        self._mm: mmap.mmap | None = mm
+        n, cap = layout.slots, layout.capacity
+        buf = memoryview(mm)
+        self._buf = buf
+        self.write_pos = np.frombuffer(buf, np.int64, n, layout.write_pos)
+        self.overruns = np.frombuffer(buf, np.int64, n, layout.overruns)
+        self.read_pos = np.frombuffer(buf, np.int64, n, layout.read_pos)
+        self.job = np.frombuffer(buf, np.int64, n, layout.job)
+        self.data = np.frombuffer(buf, np.int16, n * cap, layout.data).reshape(n, cap)
+        self._free: list[int] = list(range(n - 1, -1, -1)) if owner else []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, slots: int, capacity: int) -> "Arena":
+        """Create and map a new arena owned by this process (unlinked by `close`)."""
+        check_memory_model()
+        sweep_stale()
+        lay = L.Layout(slots, capacity)
+        name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        path = os.path.join(SHM_DIR, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, lay.total)
+            mm = mmap.mmap(fd, lay.total)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        struct.pack_into("<8sIIQQQQ", mm, 0, L.MAGIC, 0, 0, slots, capacity, os.getpid(), time.time_ns())
+        # Version last: an attacher that sees it knows the header is complete.
+        struct.pack_into("<I", mm, L.OFF_VERSION, L.VERSION)
+        arena = cls(name, mm, lay, owner=True)
+        # Belt and braces: an interpreter exiting with the arena still open unlinks it.
+        atexit.register(_unlink_quietly, path)
+        weakref.finalize(arena, _unlink_quietly, path)
+        return arena
+
+    @classmethod
+    def attach(cls, name: str) -> "Arena":
+        """Map an existing arena; raises ValueError if it is not a ready wholecall arena."""
+        if "/" in name or not name.startswith(NAME_PREFIX):
+            raise ValueError(f"not a wholecall arena name: {name!r}")
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size < L.HEADER_BYTES:
+                raise ValueError(f"arena {name} is truncated ({size} bytes)")
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        magic, version, _, slots, capacity, _, _ = struct.unpack_from("<8sIIQQQQ", mm, 0)
+        if magic != L.MAGIC or version != L.VERSION:
+            mm.close()
+            raise ValueError(f"arena {name} has magic {magic!r} version {version}, want {L.MAGIC!r} v{L.VERSION}")
+        lay = L.Layout(slots, capacity)
+        if size < lay.total:
+            mm.close()
+            raise ValueError(f"arena {name} is {size} bytes, its header says {lay.total}")
+        return cls(name, mm, lay, owner=False)
+
+    def close(self) -> None:
+        """Let go of the mapping; the owner also unlinks the arena. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # numpy views pin the buffer: drop them before closing the mmap.
+        del self.write_pos, self.overruns, self.read_pos, self.job, self.data
+        self._buf.release()
+        assert self._mm is not None
+        self._mm.close()
+        self._mm = None
+        if self.owner:
+            _unlink_quietly(os.path.join(SHM_DIR, self.name))
+
+    def __enter__(self) -> "Arena":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- slots (owner only) ------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self.layout.capacity
+
+    @property
+    def slots(self) -> int:
+        return self.layout.slots
+
+    def allocate(self, count: int = 2) -> list[int]:
+        """Take `count` free slots; their counters restart at zero. Raises RuntimeError if full."""
+        if not self.owner:
+            raise RuntimeError("only the arena owner allocates slots")
+        with self._lock:
+            if len(self._free) < count:
+                raise RuntimeError(f"arena {self.name} full: {self.slots} slots, {len(self._free)} free")
+            got = [self._free.pop() for _ in range(count)]
+        for s in got:
+            self.job[s] = 0
+            self.write_pos[s] = 0
+            self.read_pos[s] = 0
+            self.overruns[s] = 0
+        return got
+
+    def release(self, slots: list[int]) -> None:
+        if not self.owner:
+            raise RuntimeError("only the arena owner frees slots")
+        with self._lock:
+            for s in slots:
+                self.job[s] = 0
+                self._free.append(s)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class LegWriter:
+    """The producer side of one leg ring: the only writer of its slot's write position.
+
+    In-process callers may share a LegWriter between threads (a prompt player and the
+    RTP thread); a lock keeps it single-producer.
+    """
+
+    def __init__(self, arena: Arena, slot: int, poll_s: float = 0.0005) -> None:
+        if not 0 <= slot < arena.slots:
+            raise ValueError(f"slot {slot} outside arena of {arena.slots} slots")
+        self.arena = arena
+        self.slot = slot
+        self._poll = poll_s
+        self._lock = threading.Lock()
+
+    @property
+    def position(self) -> int:
+        """The leg's sample clock: samples written (or skipped) since the slot was allocated."""
+        return int(self.arena.write_pos[self.slot])
+
+    @property
+    def overruns(self) -> int:
+        return int(self.arena.overruns[self.slot])
+
+    def write(self, pcm: np.ndarray, block: bool = True, timeout: float | None = None) -> int:
+        """Append int16 samples at the leg's clock; returns how many were stored.
+
+        While the leg is not being recorded the ring is simply overwritten (nobody
+        reads it) and the clock advances. While it is recorded, a full ring makes the
+        call wait for the worker (``block=True``, optionally bounded by ``timeout``) or
+        drops what does not fit and counts it in ``overruns`` (``block=False``).
+        If the worker has already moved past this leg's clock (the leg fell silent
+        for longer than the worker's skew allowance and was filled with silence), the
+        clock first jumps forward to the worker's position, so new audio lands at the
+        present moment of the call instead of in the past.
+        """
+        pcm = np.asarray(pcm)
+        if pcm.dtype != np.int16:
+            raise TypeError(f"leg audio must be int16, got {pcm.dtype}")
+        if pcm.ndim != 1:
+            raise ValueError(f"leg audio must be 1-D (mono 8 kHz), got shape {pcm.shape}")
+        a = self.arena
+        s = self.slot
+        cap = a.capacity
+        mask = cap - 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        n = len(pcm)
+        done = 0
+        with self._lock:
+            while done < n:
+                w = int(a.write_pos[s])
+                if a.job[s]:
+                    r = int(a.read_pos[s])
+                    if w < r:
+                        w = r
+                    room = cap - (w - r)
+                    if room <= 0:
+                        if not block or (deadline is not None and time.monotonic() >= deadline):
+                            a.overruns[s] += n - done
+                            a.write_pos[s] = w
+                            return done
+                        time.sleep(self._poll)
+                        continue
+                    chunk = min(room, n - done)
+                else:
+                    chunk = min(cap, n - done)
+                start = w & mask
+                first = min(chunk, cap - start)
+                a.data[s, start:start + first] = pcm[done:done + first]
+                if first < chunk:
+                    a.data[s, :chunk - first] = pcm[done + first:done + chunk]
+                # Publish: data above first, then one aligned 8-byte store of the position.
+                a.write_pos[s] = w + chunk
+                done += chunk
+        return done
+
+    def skip(self, samples: int) -> None:
+        """Advance the clock over a gap (e.g. lost packets): the worker records silence there."""
+        if samples < 0:
+            raise ValueError(f"cannot skip a negative number of samples: {samples}")
+        self.write(np.zeros(samples, np.int16))
