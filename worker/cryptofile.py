@@ -1,0 +1,754 @@
+"""The on-disk formats of encrypted recordings: both the encrypt and the decrypt side.
+
+This module owns every byte layout that encryption puts on disk, so that the
+worker (which writes recordings) and the controller (which validates and
+decrypts them, `wholecall decrypt`) can never disagree about a format. It holds
+no process state: only constants, pure functions and small stream objects.
+`controller/cipher.py` imports it although the controller otherwise imports only
+from shm/ and protocol/; that exception to DESIGN's layering is deliberate (one
+copy of the format code) and this module must therefore stay free of anything
+worker-specific.
+
+Three formats (all integers big-endian):
+
+1. ``aes-cbc`` final file: exactly what
+   ``openssl enc -aes-{128,192,256}-cbc -K <key> -iv <iv>`` produces, i.e.
+   AES-CBC of the WAV with PKCS#7 padding, no header, no salt. The key and IV
+   are the user's; the file carries neither and is not authenticated (that is
+   the price of OpenSSL compatibility; use the envelope for integrity).
+
+2. ``envelope`` final file (``ENV_MAGIC``)::
+
+       0   8  magic "WCALLENV"
+       8   1  version (1)
+       9   1  suite (1: RSA-OAEP-SHA256 key wrap, AES-256-GCM content)
+      10   2  W = length of the wrapped key (the RSA modulus size in bytes)
+      12  32  recipient fingerprint: SHA-256 of the public key's DER SubjectPublicKeyInfo
+      44  12  GCM nonce
+      56   W  wrapped content key: RSA-OAEP(MGF1-SHA256, SHA256, no label) of a fresh 32-byte key
+    56+W   n  ciphertext: AES-256-GCM of the WAV, one stream, AAD = bytes 0 .. 56+W
+     end  16  GCM tag
+
+   One GCM stream over the whole file (cryptography's ``update()``/``finalize()``),
+   not per-chunk tags: recordings stay far below GCM's 64 GiB limit, and a
+   decryptor must anyway not trust any output until the tag at the end checks,
+   which `iter_decrypt` enforces by raising at the end and `wholecall decrypt`
+   by writing to a temp file that is only renamed after the tag checked. The
+   header is the AAD, so a flipped byte anywhere fails.
+
+3. intermediate (``PART_MAGIC``, file ``<final name>.wcpart``): what exists while a
+   recording is being written. The WAV writer patches headers and truncates, so
+   the body is AES-256-CTR (random access) under an ephemeral key that lives in
+   the worker's memory; the header stores that key wrapped under the user's
+   credential, so a crashed worker's recording can be turned into a normal
+   encrypted file by whoever holds the credential (`recover`)::
+
+       0   8  magic "WCALLPRT"
+       8   1  version (1)
+       9   1  final scheme (1: aes-cbc, 2: envelope)
+      10   2  W = length of the wrapped ephemeral key
+      12  16  CTR initial counter block (random); block i of the body uses counter+i mod 2^128
+      28  16  aes-cbc: the user's IV (not secret); envelope: zeros
+      44  32  envelope: recipient fingerprint as above; aes-cbc: zeros
+      76   W  wrapped ephemeral key:
+                aes-cbc:  AES key wrap (RFC 3394) under HKDF-SHA256(user key, info=KEK_INFO)
+                envelope: RSA-OAEP-SHA256 under the recipient public key
+    76+W   n  body: AES-256-CTR of the logical (plaintext) content, byte i at 76+W+i
+
+   The body is confidential but not authenticated: `recover` trusts it. The key
+   wrap is authenticated, so a wrong credential is always detected.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+#: Wire names of the schemes (the ``"scheme"`` value of a cipher's wire dict).
+SCHEME_CBC = "aes-cbc"
+SCHEME_ENVELOPE = "envelope"
+
+AES_KEY_SIZES = (16, 24, 32)
+IV_SIZE = 16
+MIN_RSA_BITS = 2048
+
+ENV_MAGIC = b"WCALLENV"
+ENV_VERSION = 1
+ENV_SUITE = 1
+ENV_FIXED = struct.Struct(">8sBBH32s12s")  # magic, version, suite, W, fingerprint, nonce
+ENV_TAG_SIZE = 16
+ENV_KEY_SIZE = 32
+ENV_NONCE_SIZE = 12
+
+PART_MAGIC = b"WCALLPRT"
+PART_VERSION = 1
+PART_FIXED = struct.Struct(">8sBBH16s16s32s")  # magic, version, scheme, W, ctr, iv, fingerprint
+PART_SCHEME_IDS = {SCHEME_CBC: 1, SCHEME_ENVELOPE: 2}
+PART_SCHEMES = {v: k for k, v in PART_SCHEME_IDS.items()}
+PART_KEY_SIZE = 32
+#: HKDF info for the key-encryption key derived from the user's CBC key: the
+#: user's key itself is never used for two algorithms.
+KEK_INFO = b"wholecall intermediate key wrap v1"
+
+#: File name suffixes next to the final name: the intermediate while recording,
+#: and the final file while it is being written (renamed away when complete).
+PART_SUFFIX = ".wcpart"
+TMP_SUFFIX = ".wctmp"
+
+CHUNK = 1 << 20
+_ZERO_FILL = bytes(CHUNK)
+_WAV_HEAD = 1 << 16  # the data chunk header must lie in the first 64 KiB to be repaired
+
+
+class CryptoFileError(ValueError):
+    """A credential or an encrypted file is unusable. Messages never contain key material."""
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def parse_aes_key(value: str | bytes | bytearray | memoryview, what: str = "key",
+                  sizes: tuple[int, ...] = AES_KEY_SIZES) -> bytes:
+    """Raw key bytes from hex text (str) or raw bytes; the error never echoes the value."""
+    allowed = " or ".join(str(8 * n) for n in sizes)
+    if isinstance(value, str):
+        text = value.strip()
+        if text[:2].lower() == "0x":
+            text = text[2:]
+        if not text or any(c not in "0123456789abcdefABCDEF" for c in text):
+            raise CryptoFileError(f"{what} is not hex: give {allowed} bits as hex digits")
+        if len(text) % 2 or len(text) // 2 not in sizes:
+            raise CryptoFileError(f"{what} has {len(text)} hex digits; expected {allowed} bits "
+                                  f"({' or '.join(str(2 * n) for n in sizes)} hex digits)")
+        return bytes.fromhex(text)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) not in sizes:
+            raise CryptoFileError(f"{what} is {len(raw)} bytes; expected {allowed} bits "
+                                  f"({' or '.join(str(n) for n in sizes)} bytes)")
+        return raw
+    raise CryptoFileError(f"{what} must be hex str or bytes, not {type(value).__name__}")
+
+
+def parse_iv(value: str | bytes | bytearray | memoryview) -> bytes:
+    """Raw 16-byte IV from hex text or bytes."""
+    return parse_aes_key(value, "iv", (IV_SIZE,))
+
+
+def load_public_key(pem: bytes | str) -> rsa.RSAPublicKey:
+    """An RSA public key (>= 2048 bits) from PEM; a private key is refused so it never travels to a worker."""
+    data = pem.encode() if isinstance(pem, str) else bytes(pem)
+    if b"PRIVATE KEY" in data:
+        raise CryptoFileError("expected an RSA public key (PEM 'BEGIN PUBLIC KEY'), got a private key: "
+                              "only the public key may be given to the recorder")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise CryptoFileError(f"not a PEM public key ({type(exc).__name__})") from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise CryptoFileError(f"envelope encryption needs an RSA public key, not {type(key).__name__}")
+    if key.key_size < MIN_RSA_BITS:
+        raise CryptoFileError(f"RSA key of {key.key_size} bits is too small (minimum {MIN_RSA_BITS})")
+    return key
+
+
+def load_private_key(pem: bytes | str, passphrase: bytes | None = None) -> rsa.RSAPrivateKey:
+    """An RSA private key from PEM, optionally passphrase-protected."""
+    data = pem.encode() if isinstance(pem, str) else bytes(pem)
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase or None)
+    except TypeError:
+        raise CryptoFileError("the private key is passphrase-protected: give the passphrase") from None
+    except ValueError:
+        raise CryptoFileError("cannot load the private key: not a PEM private key, "
+                              "or wrong passphrase") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CryptoFileError(f"envelope decryption needs an RSA private key, not {type(key).__name__}")
+    return key
+
+
+def key_fingerprint(key: rsa.RSAPublicKey | rsa.RSAPrivateKey) -> bytes:
+    """SHA-256 of the public key's DER SubjectPublicKeyInfo: names the recipient without revealing anything."""
+    pub = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
+
+
+def public_pem(key: rsa.RSAPublicKey) -> bytes:
+    """Canonical SPKI PEM, the form that goes on the wire."""
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _oaep() -> OAEP:
+    return OAEP(mgf=MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+def _kek(user_key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=KEK_INFO).derive(user_key)
+
+
+def _fp_text(fp: bytes) -> str:
+    return "sha256:" + fp.hex()[:16]
+
+
+# --------------------------------------------------------------------------- final encryptors
+
+
+class StreamEncryptor(Protocol):
+    """Turns the plaintext WAV, fed in order, into a final encrypted file: header + update()* + finalize()."""
+
+    header: bytes
+
+    def update(self, data: bytes) -> bytes: ...
+
+    def finalize(self) -> bytes: ...
+
+
+class CbcEncryptor:
+    """AES-CBC + PKCS#7, byte-identical to ``openssl enc -K -iv``."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self.header = b""
+        self._enc = Cipher(algorithms.AES(parse_aes_key(key)), modes.CBC(parse_iv(iv))).encryptor()
+        self._pad = padding.PKCS7(128).padder()
+
+    def update(self, data: bytes) -> bytes:
+        return self._enc.update(self._pad.update(data))
+
+    def finalize(self) -> bytes:
+        return self._enc.update(self._pad.finalize()) + self._enc.finalize()
+
+
+class EnvelopeEncryptor:
+    """A fresh AES-256-GCM content key per file, wrapped with RSA-OAEP-SHA256 for the recipient."""
+
+    def __init__(self, public_key: rsa.RSAPublicKey) -> None:
+        cek = os.urandom(ENV_KEY_SIZE)
+        nonce = os.urandom(ENV_NONCE_SIZE)
+        wrapped = public_key.encrypt(cek, _oaep())
+        self.header = ENV_FIXED.pack(ENV_MAGIC, ENV_VERSION, ENV_SUITE, len(wrapped),
+                                     key_fingerprint(public_key), nonce) + wrapped
+        self._enc = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        self._enc.authenticate_additional_data(self.header)
+
+    def update(self, data: bytes) -> bytes:
+        return self._enc.update(data)
+
+    def finalize(self) -> bytes:
+        return self._enc.finalize() + self._enc.tag
+
+
+# --------------------------------------------------------------------------- intermediate
+
+
+@dataclass(frozen=True)
+class PartHeader:
+    """The intermediate file's header (layout in the module docstring)."""
+
+    scheme: str  # SCHEME_CBC or SCHEME_ENVELOPE: what `finish`/`recover` will produce
+    ctr: bytes  # 16-byte initial counter block of the body
+    iv: bytes  # the user's CBC IV (zeros for the envelope)
+    fingerprint: bytes  # recipient key fingerprint (zeros for aes-cbc)
+    wrapped: bytes  # the ephemeral body key, wrapped under the user's credential
+
+    @property
+    def body_offset(self) -> int:
+        """Where logical byte 0 is stored."""
+        return PART_FIXED.size + len(self.wrapped)
+
+    def __bytes__(self) -> bytes:
+        return PART_FIXED.pack(PART_MAGIC, PART_VERSION, PART_SCHEME_IDS[self.scheme], len(self.wrapped),
+                               self.ctr, self.iv, self.fingerprint) + self.wrapped
+
+    @classmethod
+    def new(cls, scheme: str, *, key: bytes | None = None, iv: bytes | None = None,
+            public_key: rsa.RSAPublicKey | None = None) -> tuple[PartHeader, bytes]:
+        """A header for a new intermediate and its ephemeral body key (which must stay in memory only)."""
+        body_key = os.urandom(PART_KEY_SIZE)
+        ctr = os.urandom(16)
+        if scheme == SCHEME_CBC:
+            assert key is not None and iv is not None
+            return cls(scheme, ctr, parse_iv(iv), bytes(32), aes_key_wrap(_kek(parse_aes_key(key)), body_key)), body_key
+        if scheme == SCHEME_ENVELOPE:
+            assert public_key is not None
+            return cls(scheme, ctr, bytes(IV_SIZE), key_fingerprint(public_key),
+                       public_key.encrypt(body_key, _oaep())), body_key
+        raise CryptoFileError(f"unknown scheme {scheme!r}")
+
+    @classmethod
+    def read(cls, fd: int) -> PartHeader:
+        """Parse the header at the start of an open intermediate."""
+        fixed = os.pread(fd, PART_FIXED.size, 0)
+        if len(fixed) < PART_FIXED.size or fixed[:8] != PART_MAGIC:
+            raise CryptoFileError("not a wholecall intermediate (.wcpart) file")
+        _, version, scheme_id, wlen, ctr, iv, fp = PART_FIXED.unpack(fixed)
+        if version != PART_VERSION:
+            raise CryptoFileError(f"unsupported intermediate version {version} (this build reads {PART_VERSION})")
+        if scheme_id not in PART_SCHEMES:
+            raise CryptoFileError(f"intermediate names unknown scheme id {scheme_id}")
+        wrapped = os.pread(fd, wlen, PART_FIXED.size)
+        if len(wrapped) != wlen:
+            raise CryptoFileError("intermediate header is truncated")
+        return cls(PART_SCHEMES[scheme_id], ctr, iv, fp, wrapped)
+
+    def unwrap(self, *, key: bytes | None = None, private_key: rsa.RSAPrivateKey | None = None) -> bytes:
+        """The ephemeral body key, given the credential the recording was made with."""
+        if self.scheme == SCHEME_CBC:
+            if key is None:
+                raise CryptoFileError("this intermediate belongs to an aes-cbc recording: give its AES key")
+            try:
+                body_key = aes_key_unwrap(_kek(parse_aes_key(key)), self.wrapped)
+            except InvalidUnwrap:
+                raise CryptoFileError("wrong AES key for this intermediate (key unwrap failed)") from None
+        else:
+            if private_key is None:
+                raise CryptoFileError("this intermediate belongs to an envelope recording: give the private key")
+            mine = key_fingerprint(private_key)
+            if mine != self.fingerprint:
+                raise CryptoFileError(f"intermediate is for key {_fp_text(self.fingerprint)}, "
+                                      f"the private key given is {_fp_text(mine)}")
+            try:
+                body_key = private_key.decrypt(self.wrapped, _oaep())
+            except ValueError:
+                raise CryptoFileError("cannot unwrap the intermediate's key (damaged header)") from None
+        if len(body_key) != PART_KEY_SIZE:
+            raise CryptoFileError("intermediate's wrapped key has the wrong size (damaged header)")
+        return body_key
+
+
+def ctr_apply(key: bytes, ctr: bytes, offset: int, data: bytes) -> bytes:
+    """Encrypt (or decrypt) `data` located at logical `offset` of a CTR body: random access.
+
+    OpenSSL's CTR increments the whole 128-bit counter block, so block i uses
+    (ctr + i) mod 2^128, which is what starting a fresh CTR stream there gives.
+    """
+    block, skip = divmod(offset, 16)
+    start = ((int.from_bytes(ctr, "big") + block) % (1 << 128)).to_bytes(16, "big")
+    enc = Cipher(algorithms.AES(key), modes.CTR(start)).encryptor()
+    if skip:
+        enc.update(bytes(skip))
+    return enc.update(data) + enc.finalize()
+
+
+def iter_part_plaintext(fd: int, header: PartHeader, body_key: bytes, size: int,
+                        chunk: int = CHUNK) -> Iterator[bytes]:
+    """The logical content of an intermediate, `size` bytes, in order (unauthenticated)."""
+    dec = Cipher(algorithms.AES(body_key), modes.CTR(header.ctr)).decryptor()
+    base = header.body_offset
+    pos = 0
+    while pos < size:
+        data = os.pread(fd, min(chunk, size - pos), base + pos)
+        if not data:
+            raise CryptoFileError(f"intermediate ended at {pos} of {size} bytes")
+        pos += len(data)
+        yield dec.update(data)
+
+
+# --------------------------------------------------------------------------- decryption
+
+
+def sniff(head: bytes) -> str:
+    """Which format a file is, from its first 8 bytes: 'envelope', 'part' or 'raw' (aes-cbc or plain)."""
+    if head[:8] == ENV_MAGIC:
+        return SCHEME_ENVELOPE
+    if head[:8] == PART_MAGIC:
+        return "part"
+    return "raw"
+
+
+def iter_decrypt(fd: int, *, key: bytes | None = None, iv: bytes | None = None,
+                 private_key: rsa.RSAPrivateKey | None = None, allow_part: bool = False,
+                 chunk: int = CHUNK) -> Iterator[bytes]:
+    """Plaintext of an encrypted recording, streamed; raises `CryptoFileError` on any failure.
+
+    Output is only trustworthy once the iterator has been exhausted without an
+    exception: an envelope's tag and a CBC file's padding are checked at the end.
+    An intermediate (.wcpart) is decrypted only with `allow_part` because it is
+    not authenticated.
+    """
+    size = os.fstat(fd).st_size
+    kind = sniff(os.pread(fd, 8, 0))
+    if kind == SCHEME_ENVELOPE:
+        if private_key is None:
+            raise CryptoFileError("this is an envelope-encrypted file: give the private key")
+        yield from _iter_envelope(fd, size, private_key, chunk)
+    elif kind == "part":
+        if not allow_part:
+            raise CryptoFileError("this is an unfinished intermediate (.wcpart) left by a killed worker: "
+                                  "recover it first")
+        header = PartHeader.read(fd)
+        body_key = header.unwrap(key=key, private_key=private_key)
+        yield from iter_part_plaintext(fd, header, body_key, max(0, size - header.body_offset), chunk)
+    else:
+        if key is None or iv is None:
+            raise CryptoFileError("not an envelope file: decrypting it as aes-cbc needs the AES key and IV")
+        yield from _iter_cbc(fd, size, key, iv, chunk)
+
+
+def _iter_cbc(fd: int, size: int, key: bytes, iv: bytes, chunk: int) -> Iterator[bytes]:
+    if size == 0 or size % 16:
+        raise CryptoFileError(f"not an AES-CBC file: its size ({size} bytes) is not a positive multiple of 16")
+    dec = Cipher(algorithms.AES(parse_aes_key(key)), modes.CBC(parse_iv(iv))).decryptor()
+    unpad = padding.PKCS7(128).unpadder()
+    pos = 0
+    while pos < size:
+        data = os.pread(fd, min(chunk, size - pos), pos)
+        if not data:
+            raise CryptoFileError("file shrank while being decrypted")
+        pos += len(data)
+        out = unpad.update(dec.update(data))
+        if out:
+            yield out
+    try:
+        tail = unpad.update(dec.finalize()) + unpad.finalize()
+    except ValueError:
+        raise CryptoFileError("bad padding: wrong AES key or IV, or the file is damaged") from None
+    if tail:
+        yield tail
+
+
+def _iter_envelope(fd: int, size: int, private_key: rsa.RSAPrivateKey, chunk: int) -> Iterator[bytes]:
+    fixed = os.pread(fd, ENV_FIXED.size, 0)
+    if len(fixed) < ENV_FIXED.size:
+        raise CryptoFileError("envelope file is truncated (incomplete header)")
+    _, version, suite, wlen, fp, nonce = ENV_FIXED.unpack(fixed)
+    if version != ENV_VERSION:
+        raise CryptoFileError(f"unsupported envelope version {version} (this build reads {ENV_VERSION})")
+    if suite != ENV_SUITE:
+        raise CryptoFileError(f"unsupported envelope suite {suite}")
+    body = ENV_FIXED.size + wlen
+    if size < body + ENV_TAG_SIZE:
+        raise CryptoFileError("envelope file is truncated")
+    mine = key_fingerprint(private_key)
+    if fp != mine:
+        raise CryptoFileError(f"file is encrypted for key {_fp_text(fp)}, the private key given is "
+                              f"{_fp_text(mine)} (wrong key, or the header was modified)")
+    header = fixed + os.pread(fd, wlen, ENV_FIXED.size)
+    try:
+        cek = private_key.decrypt(header[ENV_FIXED.size:], _oaep())
+    except ValueError:
+        raise CryptoFileError("cannot unwrap the content key: the wrapped key was modified") from None
+    if len(cek) != ENV_KEY_SIZE:
+        raise CryptoFileError("the content key has the wrong size: the file was modified")
+    tag = os.pread(fd, ENV_TAG_SIZE, size - ENV_TAG_SIZE)
+    dec = Cipher(algorithms.AES(cek), modes.GCM(nonce, tag)).decryptor()
+    dec.authenticate_additional_data(header)
+    end = size - ENV_TAG_SIZE
+    pos = body
+    while pos < end:
+        data = os.pread(fd, min(chunk, end - pos), pos)
+        if not data:
+            raise CryptoFileError("file shrank while being decrypted")
+        pos += len(data)
+        yield dec.update(data)
+    try:
+        dec.finalize()
+    except InvalidTag:
+        raise CryptoFileError("authentication failed: the file was modified or truncated "
+                              "(discard anything decrypted from it)") from None
+
+
+# --------------------------------------------------------------------------- WAV structure
+
+
+class WavChecker:
+    """Checks RIFF/WAVE structure of a byte stream fed in order, keeping only headers in memory.
+
+    Valid means: "RIFF" size + 8 == stream length, "WAVE", a chain of chunks that
+    ends exactly at the RIFF end (the last chunk's pad byte may be missing), a
+    fmt chunk (>= 16 bytes, channels, rate and block align non-zero) before the
+    data chunk, and for PCM / A-law / mu-law a data size that is a whole number
+    of blocks.
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.error: str | None = None
+        self.riff_end: int | None = None
+        self.fmt: tuple[int, int, int, int, int, int] | None = None  # tag, channels, rate, bytes/s, align, bits
+        self.data_at: int | None = None  # offset of the data chunk's payload
+        self.data_size: int | None = None
+        self._want_at = 0
+        self._want_len = 12
+        self._got = bytearray()
+        self._stage = "riff"
+        self._chunk_at = 0
+        self._chunk_size = 0
+
+    def feed(self, data: bytes) -> None:
+        start = self.length
+        self.length += len(data)
+        while self.error is None and self._want_len:
+            need_from = self._want_at + len(self._got)
+            if need_from >= self.length:
+                return
+            hi = min(self._want_at + self._want_len, self.length)
+            self._got += data[max(need_from - start, 0):hi - start]
+            if len(self._got) < self._want_len:
+                return
+            got = bytes(self._got)
+            self._got.clear()
+            self._parse(got)
+
+    def _next_chunk(self, at: int) -> None:
+        assert self.riff_end is not None
+        if at >= self.riff_end:  # the end (past it by one when the last chunk's pad byte is missing)
+            self._want_len = 0
+            return
+        if at + 8 > self.riff_end:
+            self.error = f"{self.riff_end - at} stray bytes at {at} before the RIFF end"
+            return
+        self._stage, self._want_at, self._want_len = "chunk", at, 8
+
+    def _parse(self, got: bytes) -> None:
+        if self._stage == "riff":
+            if got[:4] != b"RIFF" or got[8:12] != b"WAVE":
+                self.error = "not a RIFF/WAVE file"
+                return
+            self.riff_end = 8 + int.from_bytes(got[4:8], "little")
+            self._next_chunk(12)
+        elif self._stage == "chunk":
+            cid, size = got[:4], int.from_bytes(got[4:8], "little")
+            at = self._want_at
+            assert self.riff_end is not None
+            if at + 8 + size > self.riff_end:
+                self.error = f"chunk {cid!r} at {at} ({size} bytes) runs past the RIFF end {self.riff_end}"
+                return
+            if cid == b"fmt ":
+                if self.fmt is not None:
+                    self.error = "two fmt chunks"
+                    return
+                if size < 16:
+                    self.error = f"fmt chunk of {size} bytes (needs 16)"
+                    return
+                self._stage, self._want_at, self._want_len = "fmt", at + 8, 16
+                self._chunk_at, self._chunk_size = at, size
+                return
+            if cid == b"data":
+                if self.fmt is None:
+                    self.error = "data chunk before fmt chunk"
+                    return
+                if self.data_at is not None:
+                    self.error = "two data chunks"
+                    return
+                self.data_at, self.data_size = at + 8, size
+            self._next_chunk(at + 8 + size + (size & 1))
+        elif self._stage == "fmt":
+            tag, channels, rate, bps, align, bits = struct.unpack("<HHIIHH", got)
+            if not channels or not rate or not align:
+                self.error = "fmt chunk has zero channels, rate or block align"
+                return
+            self.fmt = (tag, channels, rate, bps, align, bits)
+            self._next_chunk(self._chunk_at + 8 + self._chunk_size + (self._chunk_size & 1))
+
+    def result(self) -> str | None:
+        """None if the stream was a valid WAV, else why not."""
+        if self.error:
+            return self.error
+        if self.riff_end is None:
+            return f"too short for a RIFF header ({self.length} bytes)"
+        if self.length != self.riff_end:
+            return f"RIFF size says {self.riff_end} bytes, the file has {self.length}"
+        if self._want_len:
+            return "truncated inside a chunk header"
+        if self.fmt is None:
+            return "no fmt chunk"
+        if self.data_at is None or self.data_size is None:
+            return "no data chunk"
+        if self.fmt[0] in (1, 6, 7) and self.data_size % self.fmt[4]:
+            return f"data size {self.data_size} is not a multiple of the block align {self.fmt[4]}"
+        return None
+
+
+def wav_repair(head: bytes, size: int) -> tuple[list[tuple[int, bytes]], int] | None:
+    """Patches that make a WAV cut off mid-recording (sizes stale, tail unaccounted) valid.
+
+    `head` is the first bytes of the content (at least up to the data chunk
+    header), `size` its full length. The data chunk is taken to run to the end,
+    rounded down to whole blocks and to an even size (so no pad byte is needed);
+    RIFF and data sizes are rewritten. Returns (patches, new size), or None if the
+    content has no recognisable fmt + data header (it is then left as it is).
+    Stale fact chunks (ADPCM sample counts) are not touched.
+    """
+    checker = WavChecker()
+    checker.feed(head)
+    if checker.fmt is None or checker.data_at is None:
+        return None
+    assert checker.riff_end is not None and checker.data_size is not None
+    if checker.riff_end == size and checker.data_at + checker.data_size <= size:
+        return [], size  # sizes already consistent: a finished file, leave every byte alone
+    align = checker.fmt[4]
+    data_size = max(0, size - checker.data_at)
+    data_size -= data_size % align
+    while data_size % 2:
+        data_size -= align
+    data_size = max(0, min(data_size, 0xFFFFFFFF - checker.data_at))
+    new_size = checker.data_at + data_size
+    patches = [(4, (new_size - 8).to_bytes(4, "little")),
+               (checker.data_at - 4, data_size.to_bytes(4, "little"))]
+    return patches, new_size
+
+
+def patch_stream(chunks: Iterable[bytes], patches: list[tuple[int, bytes]], size: int) -> Iterator[bytes]:
+    """`chunks` with byte patches applied and cut to `size` bytes (all patches lie below `size`)."""
+    pos = 0
+    for data in chunks:
+        if pos >= size:
+            break
+        if pos + len(data) > size:
+            data = data[:size - pos]
+        end = pos + len(data)
+        hits = [(o, b) for o, b in patches if o < end and o + len(b) > pos]
+        if hits:
+            buf = bytearray(data)
+            for o, b in hits:
+                for i, byte in enumerate(b):
+                    if pos <= o + i < end:
+                        buf[o + i - pos] = byte
+            data = bytes(buf)
+        pos = end
+        yield data
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until done (a regular file may take less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or unlink in `path`'s directory durable."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(final_path: str, encryptor: StreamEncryptor, chunks: Iterable[bytes], mode: int,
+            tmp_path: str | None = None) -> int:
+    """Encrypt `chunks` into `<final>.wctmp`, fsync it, and give it the final name without overwriting.
+
+    The temp name is fixed (not random) so a crash here leaves a file that the
+    next `publish` for the same recording overwrites; it only ever holds
+    ciphertext. Whoever holds the `.wcpart` of a recording owns its `.wctmp`.
+    Returns the final file's size in bytes.
+    """
+    tmp = tmp_path or final_path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # a stale temp file may have been created with another mode
+        write_all(fd, encryptor.header)
+        written = len(encryptor.header)
+        for data in chunks:
+            out = encryptor.update(data)
+            write_all(fd, out)
+            written += len(out)
+        tail = encryptor.finalize()
+        write_all(fd, tail)
+        written += len(tail)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        link_no_replace(tmp, final_path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    fsync_dir(final_path)
+    return written
+
+
+def link_no_replace(src: str, dst: str) -> None:
+    """Rename `src` to `dst`, failing with FileExistsError rather than overwrite an existing `dst`."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "recording file already exists", dst) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        # Filesystems without hard links: check-then-rename (a narrow race, but never a plaintext one).
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "recording file already exists", dst) from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def zero_fill(n: int) -> Iterator[bytes]:
+    """`n` zero bytes in chunks (to extend a CTR body the way a hole extends a plain file)."""
+    while n > 0:
+        yield _ZERO_FILL[:min(n, CHUNK)]
+        n -= CHUNK
+
+
+def recover(part_path: str, *, key: bytes | None = None, private_key: rsa.RSAPrivateKey | None = None,
+            repair_wav: bool = True, mode: int = 0o600) -> str:
+    """Turn an intermediate left by a killed worker into the final encrypted recording; returns its path.
+
+    The final file is what `finish()` would have made from the intermediate's
+    content at the moment of the kill: every byte the WAV writer had handed to
+    the sink. With `repair_wav` the WAV's RIFF/data sizes are rewritten to cover
+    all whole blocks present (the writer only refreshes them every few seconds);
+    without it the content is byte-for-byte what a plain `FileSink` would hold.
+    The intermediate is removed once the final file is durable. The IV of an
+    aes-cbc recording comes from the intermediate's header.
+    """
+    if not part_path.endswith(PART_SUFFIX):
+        raise CryptoFileError(f"{part_path}: an intermediate's name ends with {PART_SUFFIX}")
+    final_path = part_path[: -len(PART_SUFFIX)]
+    if os.path.lexists(final_path):
+        raise FileExistsError(errno.EEXIST, "final recording already exists; the intermediate is redundant "
+                              "if it decrypts (finish had completed), else move it aside", final_path)
+    fd = os.open(part_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = PartHeader.read(fd)
+        body_key = header.unwrap(key=key, private_key=private_key)
+        size = max(0, os.fstat(fd).st_size - header.body_offset)
+        chunks: Iterable[bytes] = iter_part_plaintext(fd, header, body_key, size)
+        if repair_wav:
+            head = b"".join(iter_part_plaintext(fd, header, body_key, min(size, _WAV_HEAD)))
+            fix = wav_repair(head, size)
+            if fix is not None:
+                chunks = patch_stream(chunks, fix[0], fix[1])
+        encryptor: StreamEncryptor
+        if header.scheme == SCHEME_CBC:
+            assert key is not None
+            encryptor = CbcEncryptor(key, header.iv)
+        else:
+            assert private_key is not None
+            encryptor = EnvelopeEncryptor(private_key.public_key())
+        publish(final_path, encryptor, chunks, mode)
+    finally:
+        os.close(fd)
+    os.unlink(part_path)
+    fsync_dir(part_path)
+    return final_path
