@@ -1,0 +1,286 @@
+"""``wholecall decrypt`` and ``wholecall recover``: turning encrypted recordings back into WAV files.
+
+Keys are read from files or environment variables, never from argv: a command
+line is visible to every user through ``ps`` and often lands in shell history
+and audit logs. Options that look like a key on the command line (``--key``,
+``--iv``, ``-K``) are refused with a pointer to the safe ways. Error messages
+name files and reasons, never key material.
+
+Plaintext output goes to a temp file next to the output (mode 0600) and is
+renamed into place only once the whole input has been decrypted and, for an
+envelope, its tag has been verified: a tampered file never yields an output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from worker import cryptofile as cf
+
+__all__ = ["decrypt_command", "recover_command"]
+
+KEY_ENV = "WHOLECALL_KEY"
+IV_ENV = "WHOLECALL_IV"
+PASSPHRASE_ENV = "WHOLECALL_PASSPHRASE"
+
+_ARGV_SECRETS = ("--key", "--iv", "-K", "-iv", "--passphrase")
+
+
+class _Fail(Exception):
+    """A failure to report as ``wholecall <cmd>: error: <message>`` with exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse would sys.exit(); the CLI owner wants an exit code back.
+        self.print_usage(sys.stderr)
+        raise _Usage(f"{self.prog}: error: {message}")
+
+
+class _Usage(Exception):
+    pass
+
+
+def _refuse_argv_secrets(prog: str, argv: list[str]) -> None:
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name in _ARGV_SECRETS:
+            raise _Usage(f"{prog}: error: {name} is not accepted: a key on the command line is visible in ps; "
+                         f"use --key-file/--iv-file or the {KEY_ENV}/{IV_ENV} environment variables")
+
+
+def _read_secret_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _Fail(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def _aes_value(raw: bytes) -> str | bytes:
+    """A key/IV file holds hex text (as ``openssl rand -hex``) or raw bytes (as ``openssl rand``)."""
+    text = raw.strip()
+    if text and all(c in b"0123456789abcdefABCDEF" for c in text):
+        return text.decode()
+    return raw
+
+
+def _load_aes(args: argparse.Namespace, need_iv: bool) -> tuple[bytes | None, bytes | None]:
+    key_src: str | bytes | None = None
+    if args.key_file:
+        key_src = _aes_value(_read_secret_file(args.key_file, "key"))
+    elif os.environ.get(KEY_ENV):
+        key_src = os.environ[KEY_ENV]
+    iv_src: str | bytes | None = None
+    if getattr(args, "iv_file", None):
+        iv_src = _aes_value(_read_secret_file(args.iv_file, "iv"))
+    elif os.environ.get(IV_ENV):
+        iv_src = os.environ[IV_ENV]
+    try:
+        key = cf.parse_aes_key(key_src) if key_src is not None else None
+        iv = cf.parse_iv(iv_src) if iv_src is not None else None
+    except cf.CryptoFileError as exc:
+        raise _Fail(str(exc)) from None
+    if key is None:
+        raise _Fail(f"no AES key: give --key-file FILE or set {KEY_ENV} (hex), or --private-key for an envelope")
+    if need_iv and iv is None:
+        raise _Fail(f"no IV: give --iv-file FILE or set {IV_ENV} (hex)")
+    return key, iv
+
+
+def _load_private(path: str) -> cf.rsa.RSAPrivateKey:
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    try:
+        return cf.load_private_key(_read_secret_file(path, "private key"),
+                                   passphrase.encode() if passphrase else None)
+    except cf.CryptoFileError as exc:
+        hint = f" (set {PASSPHRASE_ENV})" if "passphrase" in str(exc) else ""
+        raise _Fail(f"{path}: {exc}{hint}") from None
+
+
+def _sniff(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return cf.sniff(f.read(8))
+    except OSError as exc:
+        raise _Fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _decrypt_parser() -> _Parser:
+    p = _Parser(prog="wholecall decrypt", allow_abbrev=False,
+                description="Decrypt an encrypted recording to a WAV file. The output is written only if the "
+                            "whole input decrypts (and, for an envelope, authenticates).",
+                epilog=f"AES key and IV: files with hex text or raw bytes, or the {KEY_ENV} / {IV_ENV} "
+                       f"environment variables (hex). A passphrase-protected private key reads its "
+                       f"passphrase from {PASSPHRASE_ENV}. Keys are never accepted on the command line.")
+    p.add_argument("input", metavar="IN", help="encrypted recording (aes-cbc, envelope, or a .wcpart intermediate)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="plain WAV to write (default: IN without its .enc suffix)")
+    p.add_argument("--private-key", metavar="PEM", help="RSA private key for an envelope recording")
+    p.add_argument("--key-file", metavar="FILE", help="AES key for an aes-cbc recording")
+    p.add_argument("--iv-file", metavar="FILE", help="IV for an aes-cbc recording")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--check", action="store_true",
+                   help="only check that IN decrypts to a valid WAV; write nothing (exit 0 if valid)")
+    p.add_argument("--no-wav-check", action="store_true",
+                   help="write the output even if it is not a valid RIFF/WAVE file")
+    return p
+
+
+def decrypt_command(argv: list[str]) -> int:
+    """``wholecall decrypt``: 0 on success, 1 on failure (message on stderr), 2 on a usage error.
+
+    Usage::
+
+        wholecall decrypt --private-key key.pem rec.wav.enc [-o rec.wav]
+        wholecall decrypt --key-file K --iv-file I rec.wav -o plain.wav
+        WHOLECALL_KEY=<hex> WHOLECALL_IV=<hex> wholecall decrypt rec.wav -o plain.wav
+    """
+    prog = "wholecall decrypt"
+    try:
+        _refuse_argv_secrets(prog, argv)
+        args = _decrypt_parser().parse_args(argv)
+        return _decrypt(args)
+    except _Usage as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (_Fail, cf.CryptoFileError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _decrypt(args: argparse.Namespace) -> int:
+    kind = _sniff(args.input)
+    key = iv = private_key = None
+    if kind == cf.SCHEME_ENVELOPE or (kind == "part" and args.private_key):
+        if not args.private_key:
+            raise _Fail(f"{args.input} is an envelope recording: give --private-key PEM")
+        private_key = _load_private(args.private_key)
+    elif kind == "part":
+        key, _ = _load_aes(args, need_iv=False)
+    else:
+        if args.private_key:
+            raise _Fail(f"{args.input} is not an envelope recording (no WCALLENV header): "
+                        f"for aes-cbc give the AES key and IV")
+        key, iv = _load_aes(args, need_iv=True)
+    if kind == "part":
+        print(f"wholecall decrypt: warning: {args.input} is an unfinished intermediate (its worker was killed); "
+              f"it is not authenticated and its WAV sizes may be stale. 'wholecall recover' makes a normal "
+              f"recording of it.", file=sys.stderr)
+
+    fd = _open_in(args.input)
+    try:
+        plain = cf.iter_decrypt(fd, key=key, iv=iv, private_key=private_key, allow_part=True)
+        check_wav = not args.no_wav_check and kind != "part"
+        if args.check:
+            checker = cf.WavChecker()
+            for data in plain:
+                checker.feed(data)
+            problem = checker.result()
+            if problem:
+                raise _Fail(f"{args.input} decrypts but is not a valid WAV: {problem}")
+            print(f"{args.input}: ok ({checker.length} bytes of WAV)")
+            return 0
+        out = args.output or _default_output(args.input)
+        _write_output(out, plain, check_wav, args.force)
+    finally:
+        os.close(fd)
+    return 0
+
+
+def _open_in(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _default_output(path: str) -> str:
+    if path.endswith(".enc"):
+        return path[:-4]
+    raise _Fail(f"{path} does not end in .enc: give the output name with -o OUT")
+
+
+def _write_output(out: str, plain: Iterator[bytes], check_wav: bool, force: bool) -> None:
+    if os.path.lexists(out) and not force:
+        raise _Fail(f"{out} exists (use --force to overwrite)")
+    directory = os.path.dirname(os.path.abspath(out))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(out) + ".", suffix=".tmp")
+    except OSError as exc:
+        raise _Fail(f"cannot write in {directory}: {exc.strerror}") from None
+    try:
+        checker = cf.WavChecker()
+        for data in plain:
+            checker.feed(data)
+            cf.write_all(fd, data)
+        problem = checker.result() if check_wav else None
+        if problem:
+            raise _Fail(f"the decrypted data is not a valid WAV ({problem}): wrong IV, wrong file, "
+                        f"or not a recording; nothing written (--no-wav-check writes it anyway)")
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        if force:
+            os.replace(tmp, out)
+        else:
+            cf.link_no_replace(tmp, out)
+    except OSError as exc:
+        raise _Fail(f"cannot write {out}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def recover_command(argv: list[str]) -> int:
+    """``wholecall recover``: finish recordings whose worker was killed. 0 if all recovered, 1 otherwise.
+
+    Usage::
+
+        wholecall recover --private-key key.pem /recordings/rec.wav.wcpart
+        wholecall recover --key-file K /recordings          # every .wcpart in the directory
+    """
+    prog = "wholecall recover"
+    p = _Parser(prog=prog, allow_abbrev=False,
+                description="Turn intermediates (.wcpart) left by a killed worker into normal encrypted "
+                            "recordings, with all the audio that was written.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help=".wcpart file, or a directory to scan")
+    p.add_argument("--private-key", metavar="PEM", help="RSA private key (envelope recordings)")
+    p.add_argument("--key-file", metavar="FILE", help=f"AES key (aes-cbc recordings); or set {KEY_ENV}")
+    p.add_argument("--no-repair", action="store_true",
+                   help="keep the WAV header as the writer last left it (default: fix its sizes)")
+    try:
+        _refuse_argv_secrets(prog, argv)
+        args = p.parse_args(argv)
+        key = _load_aes(args, need_iv=False)[0] if (args.key_file or os.environ.get(KEY_ENV)) else None
+        private_key = _load_private(args.private_key) if args.private_key else None
+        if key is None and private_key is None:
+            raise _Fail(f"give --private-key PEM, or --key-file FILE / {KEY_ENV} for aes-cbc recordings")
+    except _Usage as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except _Fail as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    parts: list[str] = []
+    for path in args.paths:
+        if os.path.isdir(path):
+            parts += sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(cf.PART_SUFFIX))
+        else:
+            parts.append(path)
+    failed = 0
+    for part in parts:
+        try:
+            final = cf.recover(part, key=key, private_key=private_key, repair_wav=not args.no_repair)
+            print(f"{part} -> {final}")
+        except (cf.CryptoFileError, OSError) as exc:
+            failed += 1
+            reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"{prog}: error: {part}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
