@@ -1,0 +1,123 @@
+"""Validation of the recorder's arguments: every bad value becomes an `Error` naming it.
+
+Nothing here creates anything; `start()` acts only on what `check_start` returns.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.formats import FORMATS, MODES, RATES, SEPARATE_FORMATS
+
+from .errors import Error
+
+
+@dataclass(frozen=True)
+class StartArgs:
+    path: str  # absolute, inside the recordings root, not existing yet
+    file_format: str
+    rate: int
+    max_bytes: int
+    ms_max_silence: int
+    ms_initial_silence: int
+    dtmf_elim: bool
+    mode: str
+    cipher: dict | None
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Error(f"{name} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise Error(f"{name} must be a non-negative integer, got {value}")
+    return value
+
+
+def check_timeout(name: str, value: Any, allow_zero: bool) -> float | None:
+    """A timeout in seconds: None (no limit) or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise Error(f"{name} must be a number of seconds or None, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise Error(f"{name} must be {'non-negative' if allow_zero else 'positive'} or None, got {value}")
+    return float(value)
+
+
+def resolve_filename(root: str, filename: Any) -> str:
+    """The absolute path for `filename` under `root`; refuses escapes and existing files.
+
+    Decided rule: an existing file is never overwritten (a recording is evidence);
+    the caller picks a new name.
+    """
+    if isinstance(filename, os.PathLike):
+        filename = os.fspath(filename)
+    if not isinstance(filename, str):
+        raise Error(f"filename must be a string, got {type(filename).__name__}")
+    if not filename or not filename.strip():
+        raise Error("filename must not be empty")
+    if "\0" in filename:
+        raise Error("filename must not contain NUL characters")
+    if filename.endswith(("/", os.sep)):
+        raise Error(f"filename {filename!r} names a directory")
+    root_real = os.path.realpath(root)
+    candidate = os.path.join(root_real, filename)
+    real = os.path.realpath(candidate)
+    if os.path.commonpath([root_real, real]) != root_real or real == root_real:
+        raise Error(f"filename {filename!r} is outside the recordings directory {root_real}")
+    if os.path.lexists(candidate) or os.path.lexists(real):
+        raise Error(f"filename {filename!r} already exists; recordings are never overwritten")
+    return real
+
+
+def check_start(
+    root: str,
+    filename: Any,
+    file_format: Any = "alaw",
+    rate: Any = 8000,
+    max_bytes: Any = 0,
+    milliseconds_max_silence: Any = 0,
+    milliseconds_initial_silence: Any = 0,
+    dtmf_elim: Any = True,
+    recording_mode: Any = "mixed",
+    cipher: Any = None,
+) -> StartArgs:
+    if not isinstance(file_format, str) or file_format not in FORMATS:
+        raise Error(f"file_format must be one of {', '.join(FORMATS)}; got {file_format!r}")
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in RATES:
+        raise Error(f"rate must be one of {', '.join(map(str, RATES))} Hz; got {rate!r}")
+    max_bytes = _int("max_bytes", max_bytes)
+    ms_max = _int("milliseconds_max_silence", milliseconds_max_silence)
+    ms_init = _int("milliseconds_initial_silence", milliseconds_initial_silence)
+    if not isinstance(dtmf_elim, bool):
+        raise Error(f"dtmf_elim must be True or False, got {dtmf_elim!r}")
+    if not isinstance(recording_mode, str) or recording_mode not in MODES:
+        raise Error(f"recording_mode must be 'mixed' or 'separate'; got {recording_mode!r}")
+    if recording_mode == "separate":
+        if file_format not in SEPARATE_FORMATS:
+            raise Error(
+                f"file_format {file_format!r} cannot record separate channels; use one of {', '.join(SEPARATE_FORMATS)}"
+            )
+        # The spec: in separate mode these limits are ignored.
+        max_bytes = ms_max = ms_init = 0
+    if max_bytes:
+        minimum = _header_bytes(file_format)
+        if max_bytes <= minimum:
+            raise Error(f"max_bytes {max_bytes} cannot hold even the {minimum}-byte WAV header of {file_format}")
+    wire = None
+    if cipher is not None:
+        to_wire = getattr(cipher, "to_wire", None)
+        if to_wire is None:
+            raise Error(f"cipher must be an AESCBCCipher or EnvelopeCipher, got {type(cipher).__name__}")
+        wire = to_wire()
+    path = resolve_filename(root, filename)
+    return StartArgs(path, file_format, rate, max_bytes, ms_max, ms_init, dtmf_elim, recording_mode, wire)
+
+
+def _header_bytes(file_format: str) -> int:
+    # The header layout is the writer's knowledge; ask it rather than copy its sizes.
+    from worker.wavfile import header_bytes
+
+    return header_bytes(file_format, 1)

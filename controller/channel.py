@@ -1,0 +1,221 @@
+"""`CallChannel`: a call with two audio legs, a call state, and a whole call recorder.
+
+The legs are the producer ends of two shared-memory rings: `inbound` carries audio
+from the far end (the caller), `outbound` what is sent to it (prompts, DTMF, the
+other party). Whoever produces a leg's audio (an RTP receiver, a prompt player, the
+load simulator) writes int16 8 kHz samples with `write()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shm import LegWriter
+
+from .errors import Error, Hangup
+from .recorder import WholeCallRecorder
+from .states import CallState, call_transition
+
+if TYPE_CHECKING:
+    from .controller import Controller
+
+log = logging.getLogger("wholecall.controller")
+
+
+class Leg:
+    """One direction of a call's audio: the producer side of its ring."""
+
+    def __init__(self, writer: LegWriter, name: str) -> None:
+        self._w = writer
+        self.name = name
+        self._relay: list[Leg] = []  # legs this audio is also sent to (bridges, conferences)
+
+    @property
+    def slot(self) -> int:
+        return self._w.slot
+
+    @property
+    def position(self) -> int:
+        """The leg's sample clock (8 kHz samples since the channel was created)."""
+        return self._w.position
+
+    @property
+    def overruns(self) -> int:
+        """Samples dropped because the ring was full (only with block=False)."""
+        return self._w.overruns
+
+    def write(self, pcm: np.ndarray, block: bool = True, timeout: float | None = None) -> int:
+        """Append int16 8 kHz samples; returns how many were stored (see `shm.LegWriter.write`)."""
+        done = self._w.write(pcm, block=block, timeout=timeout)
+        for leg in self._relay:
+            # A bridged peer must never stall this call: relay without waiting.
+            leg._w.write(pcm, block=False)
+        return done
+
+    def skip(self, samples: int) -> None:
+        """Advance the leg's clock over a gap (lost packets): recorded as silence."""
+        self._w.skip(samples)
+
+    def __repr__(self) -> str:
+        return f"<Leg {self.name} slot={self.slot} position={self.position}>"
+
+
+class CallChannel:
+    """A call channel as the platform's API knows it; create with `Controller.channel()`."""
+
+    State = CallState
+
+    def __init__(self, controller: "Controller", channel_id: int, slots: list[int], state: CallState) -> None:
+        self._controller = controller
+        self.id = channel_id
+        self._slots = slots
+        self._lock = threading.RLock()
+        self._state = state
+        arena = controller.arena
+        self.inbound = Leg(LegWriter(arena, slots[0]), "inbound")
+        self.outbound = Leg(LegWriter(arena, slots[1]), "outbound")
+        self.WholeCallRecorder = WholeCallRecorder(self)
+        # Activities the spec says a recorder cannot be started under (see media.py).
+        self._transmitters: set[str] = set()  # "play()", "play_dtmf()" while they run
+        self._connected: CallChannel | None = None
+        self._conference = None
+        self._moh = None
+        self._closed = False
+        from .media import DTMFPlayer, FilePlayer
+
+        self.FilePlayer = FilePlayer(self)
+        self.DTMFPlayer = DTMFPlayer(self)
+
+    # -- call state ---------------------------------------------------------------------------
+
+    def state(self) -> CallState:
+        with self._lock:
+            return self._state
+
+    def _fire(self, event: str) -> None:
+        with self._lock:
+            if self._closed:
+                raise Error(f"Channel({self.id}) is closed")
+            new = call_transition(f"Channel({self.id})", self._state, event)
+            if new is not self._state:
+                log.info("Channel(%d) call %s -> %s", self.id, self._state.value, new.value)
+            self._state = new
+
+    def ring(self) -> None:
+        """Signal ringing to the caller: CALL_INCOMING -> RING_INCOMING."""
+        self._fire("ring")
+
+    def answer(self) -> None:
+        """Answer the incoming call: -> ANSWERED."""
+        try:
+            self._fire("answer")
+        except Exception as e:
+            raise Error(str(e)) from None
+
+    def call(self) -> None:
+        """Place an outbound call that the far end answers at once: IDLE -> ANSWERED."""
+        try:
+            self._fire("call")
+            self._fire("connected")
+        except Exception as e:
+            raise Error(str(e)) from None
+
+    def incoming(self) -> None:
+        """A call arrives on this idle channel: IDLE -> CALL_INCOMING."""
+        try:
+            self._fire("incoming")
+        except Exception as e:
+            raise Error(str(e)) from None
+
+    def hang_up(self) -> None:
+        """End the call: activities stop, a running recording ends with HANGUP, state IDLE."""
+        with self._lock:
+            if self._state is CallState.IDLE:
+                return
+            self._fire("hang_up")
+        self._stop_activities()
+        self.WholeCallRecorder._hangup(self._controller.config.stop_timeout_s)
+
+    # -- activities that block starting a recorder (media.py implements them) --------------------
+
+    def _activities(self) -> list[str]:
+        with self._lock:
+            busy = [f"is using {t}" for t in sorted(self._transmitters)]
+            if self._connected is not None:
+                busy.append(f"is connected to Channel({self._connected.id})")
+            if self._conference is not None:
+                busy.append(f"is in conference {self._conference.name!r}")
+            if self._moh is not None:
+                busy.append(f"is on music on hold {self._moh.name!r}")
+            return busy
+
+    def _require_answered(self, what: str) -> None:
+        state = self.state()
+        if state is CallState.IDLE:
+            raise Hangup(f"Channel({self.id}): cannot {what}: the call is IDLE")
+        if state is not CallState.ANSWERED:
+            raise Error(f"Channel({self.id}): cannot {what}: the call is {state.value}, not ANSWERED")
+
+    def _stop_activities(self) -> None:
+        self.FilePlayer.stop()
+        self.DTMFPlayer.stop()
+        if self._connected is not None:
+            self.disconnect()
+        if self._conference is not None:
+            self._conference.remove(self)
+        if self._moh is not None:
+            self._moh.remove(self)
+
+    def connect(self, other: "CallChannel") -> None:
+        """Bridge two answered channels: each one's inbound audio becomes the other's outbound."""
+        from .media import bridge
+
+        bridge(self, other)
+
+    def disconnect(self) -> None:
+        from .media import unbridge
+
+        unbridge(self)
+
+    # -- recorder plumbing --------------------------------------------------------------------
+
+    def _position(self) -> int:
+        """Where the call is now: the furthest leg's clock."""
+        return max(self.inbound.position, self.outbound.position)
+
+    def _arm(self, job_id: int) -> int:
+        """Mark both legs as recorded by `job_id`; returns the position the recording starts at.
+
+        Holding both producers' locks makes the switch atomic for in-process producers:
+        every sample written after this returns is kept for the worker.
+        """
+        a = self._controller.arena
+        w_in, w_out = self.inbound._w, self.outbound._w
+        with w_in._lock, w_out._lock:
+            start = max(int(a.write_pos[w_in.slot]), int(a.write_pos[w_out.slot]))
+            for s in (w_in.slot, w_out.slot):
+                a.read_pos[s] = start
+                a.job[s] = job_id
+        return start
+
+    def _disarm(self, job_id: int) -> None:
+        a = self._controller.arena
+        for s in self._slots:
+            if a.job[s] == job_id:
+                a.job[s] = 0
+
+    def close(self) -> None:
+        """Hang up and give the channel's ring slots back to the arena."""
+        self.hang_up()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._controller._release_channel(self)
+
+    def __repr__(self) -> str:
+        return f"<CallChannel {self.id} {self.state().value}>"

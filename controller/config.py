@@ -1,0 +1,74 @@
+"""Every tunable of a Controller, with units, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Config:
+    workers: int = 0
+    """Worker processes; 0 means one per CPU this process may run on."""
+    recordings_dir: str = "recordings"
+    """Root of every recording; filenames are relative to it and may not leave it."""
+    max_channels: int = 1024
+    """Call channels that can exist at once (two ring slots each)."""
+    ring_ms: int = 8192
+    """Audio each leg ring holds, in ms (rounded up to a power-of-two sample count).
+    A producer writing faster than real time blocks (or overruns) when it is full."""
+    silence_dbfs: float = -45.0
+    """A 20 ms frame whose mean energy is below this (dB relative to full scale) is silence.
+    -45 dBFS sits well above telephone line noise (-60..-50 dBFS) and below quiet speech
+    (about -35 dBFS)."""
+    silence_hangover_ms: int = 200
+    """When a silence limit trims the silent tail, this much audio after the last loud
+    frame is kept so word endings are not clipped (DESIGN allows up to 250 ms)."""
+    tick_ms: float = 20.0
+    """Worker tick: how often each worker advances all its jobs."""
+    flush_ms: float = 500.0
+    """Audio a worker stages per job before writing it to the file; also the most a
+    killed worker can lose (the header is refreshed on every flush)."""
+    skew_ms: float = 500.0
+    """How long a recording waits for a leg that has fallen behind the other before
+    recording the missing part as silence (a leg with nothing to say)."""
+    heartbeat_ms: float = 250.0
+    """Worker heartbeat interval."""
+    heartbeat_timeout_s: float = 5.0
+    """A worker silent for this long is killed and replaced; its jobs end with ERROR."""
+    start_timeout_s: float = 10.0
+    """`start()` returns False if the worker has not confirmed the job by then."""
+    stop_timeout_s: float = 30.0
+    """`stop()` returns False if the job has not ended by then."""
+    file_mode: int = 0o600
+    """Permission bits of recording files (owner-only by default)."""
+    dir_mode: int = 0o700
+    """Permission bits of directories the controller creates for recordings."""
+    pin_workers: bool = True
+    """Pin worker i to CPU i mod the number of CPUs."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "silence_dbfs" and isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0:
+                raise ValueError(f"{f.name} must not be negative, got {v}")
+        if self.workers == 0:
+            object.__setattr__(self, "workers", _default_workers())
+        if self.max_channels < 1:
+            raise ValueError(f"max_channels must be at least 1, got {self.max_channels}")
+        if not -120.0 < self.silence_dbfs < 0.0:
+            raise ValueError(f"silence_dbfs must be between -120 and 0 dBFS, got {self.silence_dbfs}")
+        if self.silence_hangover_ms > 250:
+            raise ValueError(f"silence_hangover_ms must be at most 250, got {self.silence_hangover_ms}")
+
+    @property
+    def ring_samples(self) -> int:
+        n = max(1024, self.ring_ms * 8)
+        return 1 << (n - 1).bit_length()

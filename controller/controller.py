@@ -1,0 +1,185 @@
+"""`Controller`: the process that keeps the API, the state machines and the workers.
+
+It owns the ring arena (and unlinks it when closed, also after an exception), an
+owner-only run directory holding the control socket, and the `Supervisor` with its
+worker processes. Channels get two ring slots each when created; a recording job is
+placed on the least-loaded worker when it starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+from protocol import JobEnded, JobStarted, Message
+from shm import Arena
+
+from .channel import CallChannel
+from .config import Config
+from .errors import Error
+from .media import Conference, MusicOnHold
+from .recorder import WholeCallRecorder
+from .states import CallState, Cause
+from .supervisor import Supervisor
+
+log = logging.getLogger("wholecall.controller")
+
+
+class Controller:
+    """Whole-call recording service: `with Controller(workers=2, recordings_dir=d) as ctl: ...`.
+
+    Keyword arguments are the fields of `controller.config.Config` (all documented there).
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.config = Config(**settings)
+        self.arena: Arena | None = None
+        self.supervisor: Supervisor | None = None
+        self._run_dir: str | None = None
+        self._channels: dict[int, CallChannel] = {}
+        self._jobs: dict[int, WholeCallRecorder] = {}
+        self._ids = itertools.count(1)
+        self._job_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.dtmf_available = _has_dtmf()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "Controller":
+        """Create the arena, spawn and pin the workers, wait until they are ready."""
+        if self.supervisor is not None:
+            return self
+        cfg = self.config
+        os.makedirs(cfg.recordings_dir, mode=cfg.dir_mode, exist_ok=True)
+        try:
+            self.arena = Arena.create(2 * cfg.max_channels, cfg.ring_samples)
+            self._run_dir = tempfile.mkdtemp(prefix="wholecall-run-")  # mode 0700
+            self.supervisor = Supervisor(
+                cfg.workers, self._run_dir, self.arena.name, self._on_event, self._on_worker_lost,
+                tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+                skew_ms=cfg.skew_ms, flush_ms=cfg.flush_ms, pin=cfg.pin_workers,
+            )
+            self.supervisor.wait_ready(30.0)
+        except BaseException:
+            self.close()
+            raise
+        log.info("controller up: %d workers, arena %s (%d slots x %d samples)", cfg.workers, self.arena.name,
+                 self.arena.slots, self.arena.capacity)
+        return self
+
+    def close(self) -> None:
+        """Hang up every channel (jobs end with HANGUP), stop the workers, unlink the arena."""
+        try:
+            for ch in list(self._channels.values()):
+                try:
+                    ch.hang_up()
+                except Exception:
+                    log.exception("hanging up Channel(%d) during close", ch.id)
+        finally:
+            if self.supervisor is not None:
+                self.supervisor.close()
+                self.supervisor = None
+            if self.arena is not None:
+                self.arena.close()
+                self.arena = None
+            if self._run_dir is not None:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+                self._run_dir = None
+
+    def __enter__(self) -> "Controller":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- channels and shared resources ---------------------------------------------------------
+
+    def channel(self) -> CallChannel:
+        """A new call channel in state IDLE."""
+        return self._new_channel(CallState.IDLE)
+
+    def incoming_call(self) -> CallChannel:
+        """A new call channel in state CALL_INCOMING, as if a call had just arrived."""
+        return self._new_channel(CallState.CALL_INCOMING)
+
+    def _new_channel(self, state: CallState) -> CallChannel:
+        if self.arena is None:
+            raise Error("the controller is not started (use it as a context manager or call start())")
+        try:
+            slots = self.arena.allocate(2)
+        except RuntimeError as e:
+            raise Error(f"no room for another channel: {e}; raise max_channels") from None
+        with self._lock:
+            cid = next(self._ids)
+            ch = CallChannel(self, cid, slots, state)
+            self._channels[cid] = ch
+        return ch
+
+    def _release_channel(self, ch: CallChannel) -> None:
+        with self._lock:
+            self._channels.pop(ch.id, None)
+        if self.arena is not None:
+            self.arena.release(ch._slots)
+
+    def conference(self, name: str) -> Conference:
+        return Conference(name)
+
+    def music_on_hold(self, name: str = "default", **kw: Any) -> MusicOnHold:
+        return MusicOnHold(name, **kw)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _new_job(self, recorder: WholeCallRecorder) -> int:
+        with self._lock:
+            job_id = next(self._job_ids)
+            self._jobs[job_id] = recorder
+        return job_id
+
+    def _on_event(self, worker: int, msg: Message) -> None:
+        """Worker events, on the supervisor's I/O thread."""
+        if isinstance(msg, JobStarted):
+            rec = self._jobs.get(msg.job_id)
+            if rec is not None:
+                rec._on_started(msg.job_id)
+        elif isinstance(msg, JobEnded):
+            with self._lock:
+                rec = self._jobs.pop(msg.job_id, None)
+            if rec is None:
+                return
+            try:
+                cause = Cause[msg.cause]
+            except KeyError:
+                cause = Cause.ERROR
+            rec._on_ended(msg.job_id, cause, msg.bytes, msg.samples, msg.duration_s, msg.error)
+
+    def _on_worker_lost(self, worker: int, jobs: set[int], why: str) -> None:
+        for job_id in jobs:
+            with self._lock:
+                rec = self._jobs.pop(job_id, None)
+            if rec is not None:
+                rec._on_ended(job_id, Cause.ERROR, 0, 0, 0.0, why)
+
+    def stats(self) -> dict:
+        """Workers, their load and the last heartbeat figures."""
+        sup = self.supervisor
+        if sup is None:
+            return {"workers": []}
+        return {
+            "restarts": sup.restarts,
+            "workers": [
+                {"index": w.index, "pid": w.proc.pid, "cpu": w.cpu, "alive": w.alive, "jobs": w.load,
+                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0}
+                for w in sup.workers
+            ],
+        }
+
+
+def _has_dtmf() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("worker.dtmf") is not None

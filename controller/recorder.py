@@ -1,0 +1,233 @@
+"""`channel.WholeCallRecorder`: the spec's API over the controller's job plumbing.
+
+Every public method may be called from any thread. Each recorder has one condition
+variable; worker events (delivered by the supervisor's I/O thread) change the
+`RecorderMachine` under it and wake whoever waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from protocol import StartJob, StopJob
+
+from .args import check_start, check_timeout
+from .errors import Error, Hangup
+from .states import CallState, Cause, Phase, RecorderMachine, RecorderState
+
+if TYPE_CHECKING:
+    from .channel import CallChannel
+
+log = logging.getLogger("wholecall.controller")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the worker reported about the last job of a recorder."""
+
+    path: str
+    cause: Cause
+    bytes: int
+    samples: int
+    duration_s: float
+    error: str
+
+
+class WholeCallRecorder:
+    """Records the whole call (both legs) of one `CallChannel` to a WAV file."""
+
+    State = RecorderState
+    Cause = Cause
+
+    def __init__(self, channel: "CallChannel") -> None:
+        self._channel = channel
+        self._ctl = channel._controller
+        self._cond = threading.Condition()
+        self._m = RecorderMachine(f"Channel({channel.id})")
+        self._worker = -1
+        self._path = ""
+        self.last_result: JobResult | None = None
+
+    # -- the spec's queries ---------------------------------------------------------------
+
+    def state(self) -> RecorderState:
+        """IDLE, RECORDING or ERROR (the last job failed)."""
+        with self._cond:
+            return self._m.phase.public
+
+    def cause(self) -> Cause:
+        """Why the last job ended; NONE while a job runs or before any job."""
+        with self._cond:
+            return Cause.NONE if self._m.busy else self._m.cause
+
+    # -- the spec's commands ----------------------------------------------------------------
+
+    def start(
+        self,
+        filename: Any,
+        file_format: str = "alaw",
+        rate: int = 8000,
+        max_bytes: int = 0,
+        milliseconds_max_silence: int = 0,
+        milliseconds_initial_silence: int = 0,
+        dtmf_elim: bool = True,
+        recording_mode: str = "mixed",
+        cipher: Any = None,
+    ) -> bool:
+        """Begin recording; True once the worker has the file open and reads the rings."""
+        self._check_call()
+        with self._cond:
+            if self._m.busy:
+                raise Error(f"Channel({self._channel.id}): whole call recorder is already RECORDING")
+            busy = self._channel._activities()
+            if busy:
+                raise Error(
+                    f"Channel({self._channel.id}): cannot start the whole call recorder while the channel "
+                    f"{' and '.join(busy)}; start the recorder before these"
+                )
+            args = check_start(
+                self._ctl.config.recordings_dir, filename, file_format, rate, max_bytes,
+                milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
+            )
+            if dtmf_elim and not self._ctl.dtmf_available:
+                log.warning("Channel(%d): dtmf_elim=True but this build has no DTMF eliminator: tones are NOT removed",
+                            self._channel.id)
+            worker = self._ctl.supervisor.pick()
+            if worker is None:
+                raise Error("no worker is available to record")
+            parent = os.path.dirname(args.path)
+            if not os.path.isdir(parent):
+                os.makedirs(parent, mode=self._ctl.config.dir_mode, exist_ok=True)
+            job_id = self._ctl._new_job(self)
+            self._m.fire("start", job_id)
+            self._worker = worker.index
+            self._path = args.path
+            start_pos = self._channel._arm(job_id)
+            cfg = self._ctl.config
+            msg = StartJob(
+                job_id=job_id, channel=self._channel.id, slot_in=self._channel.inbound.slot,
+                slot_out=self._channel.outbound.slot, start_pos=start_pos, path=args.path,
+                file_format=args.file_format, rate=args.rate, max_bytes=args.max_bytes,
+                ms_max_silence=args.ms_max_silence, ms_initial_silence=args.ms_initial_silence,
+                dtmf_elim=args.dtmf_elim, mode=args.mode, cipher=args.cipher,
+                silence_dbfs=float(cfg.silence_dbfs), silence_hangover_ms=cfg.silence_hangover_ms,
+                file_mode=cfg.file_mode,
+            )
+            self._ctl.supervisor.assign(worker, job_id)
+            self._ctl.supervisor.send(worker.index, msg)
+            deadline = time.monotonic() + cfg.start_timeout_s
+            while self._m.phase is Phase.STARTING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.error("Channel(%d): job %d not confirmed in %.1f s; ending it", self._channel.id, job_id,
+                              cfg.start_timeout_s)
+                    self._request_stop(Cause.ERROR)
+                    return False
+                self._cond.wait(left)
+            return self._m.phase is Phase.RECORDING
+
+    def record(
+        self,
+        filename: Any,
+        file_format: str = "alaw",
+        rate: int = 8000,
+        seconds_timeout: float | None = None,
+        max_bytes: int = 0,
+        milliseconds_max_silence: int = 0,
+        milliseconds_initial_silence: int = 0,
+        dtmf_elim: bool = True,
+        recording_mode: str = "mixed",
+        cipher: Any = None,
+    ) -> Cause:
+        """Record until the job ends (or `seconds_timeout` expires: cause TIMEOUT); returns the cause."""
+        timeout = check_timeout("seconds_timeout", seconds_timeout, allow_zero=False)
+        started = self.start(filename, file_format, rate, max_bytes, milliseconds_max_silence,
+                             milliseconds_initial_silence, dtmf_elim, recording_mode, cipher)
+        if not started:
+            return self._wait_end(self._ctl.config.stop_timeout_s) or Cause.ERROR
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._m.busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._request_stop(Cause.TIMEOUT)
+                    break
+                self._cond.wait(left)
+        return self._wait_end(None) or Cause.ERROR
+
+    def stop(self) -> bool:
+        """End the job with ABORTED; True once the file is finalised."""
+        self._check_call()
+        with self._cond:
+            if not self._m.busy:
+                return True
+            self._request_stop(Cause.ABORTED)
+        return self._wait_end(self._ctl.config.stop_timeout_s) is not None
+
+    def wait_until_finished(self, seconds_timeout: float | None = 120) -> Cause:
+        """The job's cause once it ends; TIMEOUT if still running after `seconds_timeout` (the job goes on)."""
+        self._check_call()
+        timeout = check_timeout("seconds_timeout", seconds_timeout, allow_zero=True)
+        cause = self._wait_end(timeout)
+        return Cause.TIMEOUT if cause is None else cause
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_call(self) -> None:
+        state = self._channel.state()
+        if state is CallState.IDLE:
+            raise Hangup(f"Channel({self._channel.id}): the call is IDLE (hung up)")
+        if state is not CallState.ANSWERED:
+            raise Error(f"Channel({self._channel.id}): the call is {state.value}, not ANSWERED")
+
+    def _wait_end(self, timeout: float | None) -> Cause | None:
+        """Wait until no job runs; its cause, or None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._m.busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._m.cause
+
+    def _request_stop(self, cause: Cause) -> None:
+        """Ask the worker to end the job (caller holds the condition)."""
+        if not self._m.busy or self._m.phase is Phase.STOPPING:
+            return
+        job_id = self._m.job_id
+        self._m.fire("stop")
+        end_pos = self._channel._position()
+        self._ctl.supervisor.send(self._worker, StopJob(job_id=job_id, cause=cause.value, end_pos=end_pos))
+
+    def _hangup(self, wait_s: float) -> None:
+        """The call hung up: end a running job with HANGUP and wait (bounded) for the file."""
+        with self._cond:
+            if not self._m.busy:
+                return
+            self._request_stop(Cause.HANGUP)
+        self._wait_end(wait_s)
+
+    # -- events (I/O thread) -------------------------------------------------------------------
+
+    def _on_started(self, job_id: int) -> None:
+        with self._cond:
+            if self._m.job_id == job_id:
+                self._m.fire("started")
+                self._cond.notify_all()
+
+    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> None:
+        with self._cond:
+            if self._m.job_id != job_id:
+                return
+            self._channel._disarm(job_id)
+            self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error)
+            if error:
+                log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
+            self._m.fire("ended", cause=cause)
+            self._cond.notify_all()

@@ -1,0 +1,261 @@
+"""Worker processes and the one thread that talks to them.
+
+The supervisor spawns N workers (worker i pinned to CPU i mod cpu_count), owns the
+ROUTER socket, and runs a single I/O thread: ZeroMQ sockets are not thread-safe, so
+API threads hand messages over through a queue and a wake-up pipe, and the I/O thread
+delivers worker events to the recorders through the `on_event` callback. It watches
+heartbeats and process exits; a dead or silent worker is killed, its jobs are ended
+with ERROR and a replacement is spawned on the same CPU.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from protocol import Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, decode, encode
+from protocol import sockets
+
+log = logging.getLogger("wholecall.controller")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    cpu: int
+    proc: subprocess.Popen
+    ready: bool = False
+    alive: bool = True
+    last_beat: float = field(default_factory=time.monotonic)
+    jobs: set[int] = field(default_factory=set)
+    beat: Heartbeat | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.jobs)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        workers: int,
+        run_dir: str,
+        arena_name: str,
+        on_event: Callable[[int, Message], None],
+        on_worker_lost: Callable[[int, set[int], str], None],
+        tick_ms: float,
+        heartbeat_ms: float,
+        heartbeat_timeout_s: float,
+        skew_ms: float,
+        flush_ms: float,
+        pin: bool = True,
+    ) -> None:
+        self.n = workers
+        self.run_dir = run_dir
+        self.arena_name = arena_name
+        self.on_event = on_event
+        self.on_worker_lost = on_worker_lost
+        self.worker_args = ["--tick-ms", str(tick_ms), "--heartbeat-ms", str(heartbeat_ms),
+                            "--skew-ms", str(skew_ms), "--flush-ms", str(flush_ms)]
+        self.heartbeat_timeout = heartbeat_timeout_s
+        self.pin = pin
+        self.ctx = zmq.Context()
+        self.endpoint = sockets.control_endpoint(run_dir)
+        self.sock = sockets.router(self.ctx, self.endpoint)
+        self.workers: list[WorkerHandle] = []
+        self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._running = True
+        self._closing = False
+        self.restarts = 0
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        self._cpus = cpus
+        for i in range(workers):
+            self.workers.append(self._spawn(i))
+        self._thread = threading.Thread(target=self._loop, name="wholecall-io", daemon=True)
+        self._thread.start()
+
+    # -- processes --------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        cpu = self._cpus[index % len(self._cpus)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        cmd = [sys.executable, "-m", "worker", "--index", str(index), "--cpu", str(cpu),
+               "--endpoint", self.endpoint, "--arena", self.arena_name, "--parent", str(os.getpid()),
+               *self.worker_args]
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        log.info("worker %d spawned pid=%d cpu=%d", index, proc.pid, cpu)
+        return WorkerHandle(index, cpu, proc)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while not all(w.ready for w in self.workers):
+                left = deadline - time.monotonic()
+                dead = [w for w in self.workers if w.proc.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"worker {dead[0].index} exited with code {dead[0].proc.returncode} during start-up")
+                if left <= 0:
+                    late = [w.index for w in self.workers if not w.ready]
+                    raise TimeoutError(f"workers {late} did not report ready within {timeout:.0f} s")
+                self._ready.wait(min(left, 0.1))
+
+    def pick(self) -> WorkerHandle | None:
+        """The least-loaded live worker."""
+        with self._lock:
+            live = [w for w in self.workers if w.alive and w.ready]
+            return min(live, key=lambda w: w.load) if live else None
+
+    def assign(self, worker: WorkerHandle, job_id: int) -> None:
+        with self._lock:
+            worker.jobs.add(job_id)
+
+    def unassign(self, worker_index: int, job_id: int) -> None:
+        with self._lock:
+            self.workers[worker_index].jobs.discard(job_id)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def send(self, worker_index: int, msg: Message) -> None:
+        """Queue a message for a worker (any thread); the I/O thread sends it."""
+        self._outbox.append((worker_index, encode(msg)))
+        os.write(self._wake_w, b"x")
+
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            index, data = self._outbox.popleft()
+            w = self.workers[index]
+            try:
+                self.sock.send_multipart([sockets.worker_identity(index), data])
+            except zmq.ZMQError as e:
+                # ROUTER_MANDATORY: the worker is not connected (dead or restarting).
+                log.error("cannot reach worker %d: %s", index, e)
+                self._lose(w, f"worker {index} unreachable: {e}")
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_check = time.monotonic()
+        while self._running:
+            events = dict(poller.poll(100))
+            if self._wake_r in events:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            self._flush_outbox()
+            if self.sock in events:
+                self._drain()
+            now = time.monotonic()
+            if now >= next_check:
+                self._check(now)
+                next_check = now + 0.1
+        self._drain()
+        self._check(time.monotonic())
+
+    def _drain(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._receive(frames)
+
+    def _receive(self, frames: list[bytes]) -> None:
+        ident = frames[0]
+        try:
+            index = int(ident[1:])
+            w = self.workers[index]
+            msg = decode(frames[-1])
+        except (ValueError, IndexError, ProtocolError) as e:
+            log.error("dropping a malformed message from %r: %s", ident, e)
+            return
+        w.last_beat = time.monotonic()
+        if isinstance(msg, Hello):
+            with self._ready:
+                w.ready = True
+                self._ready.notify_all()
+            return
+        if isinstance(msg, Heartbeat):
+            w.beat = msg
+            return
+        if isinstance(msg, WorkerError):
+            log.warning("worker %d: %s", index, msg.message)
+        if isinstance(msg, JobEnded):
+            self.unassign(index, msg.job_id)
+        self.on_event(index, msg)
+
+    def _check(self, now: float) -> None:
+        for w in list(self.workers):
+            if not w.alive:
+                continue
+            code = w.proc.poll()
+            if code is not None:
+                self._drain()  # its last words (ended events) may still be queued
+                if not self._closing:
+                    log.error("worker %d (pid %d) died with code %s", w.index, w.proc.pid, code)
+                self._lose(w, f"worker {w.index} died (exit code {code})")
+            elif w.ready and now - w.last_beat > self.heartbeat_timeout:
+                log.error("worker %d silent for %.1f s: killing it", w.index, now - w.last_beat)
+                w.proc.kill()
+                w.proc.wait()
+                self._lose(w, f"worker {w.index} stopped responding")
+
+    def _lose(self, w: WorkerHandle, why: str) -> None:
+        if not w.alive:
+            return
+        with self._lock:
+            w.alive = False
+            jobs, w.jobs = set(w.jobs), set()
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+        self.on_worker_lost(w.index, jobs, why)
+        if not self._closing:
+            self.restarts += 1
+            new = self._spawn(w.index)
+            with self._lock:
+                self.workers[w.index] = new
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask every worker to finish its jobs and exit; kill what does not."""
+        self._closing = True
+        for w in self.workers:
+            if w.alive and w.proc.poll() is None:
+                self.send(w.index, Shutdown())
+        deadline = time.monotonic() + timeout
+        for w in self.workers:
+            try:
+                w.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not exit in time: killing it", w.index)
+                w.proc.kill()
+                w.proc.wait()
+        # The I/O thread delivers the last events and reports lost jobs, then stops.
+        self._running = False
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        self.sock.close(linger=0)
+        self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

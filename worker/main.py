@@ -1,0 +1,166 @@
+"""The worker process: pinned to one CPU, owns a set of jobs, reports their causes.
+
+Loop: wait for a command until the next tick is due, run the pipeline tick, send what
+it produced (started / ended events), heartbeat. A malformed command is reported as a
+`WorkerError` and dropped; it never stops the loop. The worker exits when the
+controller says so, when its parent dies (PR_SET_PDEATHSIG plus a ppid check), or on
+SIGTERM, finalising every file first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+
+import zmq
+
+from protocol import (
+    Heartbeat,
+    Hello,
+    JobEnded,
+    JobStarted,
+    ProtocolError,
+    Shutdown,
+    StartJob,
+    StopJob,
+    WorkerError,
+    decode,
+)
+from protocol import sockets
+from shm import Arena
+
+from .pipeline import Pipeline, cpu_seconds, default_open_sink
+
+log = logging.getLogger("wholecall.worker")
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, heartbeat_ms: float,
+        skew_ms: float, flush_ms: float, parent: int) -> int:
+    _die_with_parent()
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError) as e:
+        log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, e)
+    stopping = False
+
+    def on_term(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the controller, which shuts us down
+
+    arena = Arena.attach(arena_name)
+    ctx = zmq.Context()
+    sock = sockets.dealer(ctx, endpoint, index)
+    tick_s = tick_ms / 1000
+    pipe = Pipeline(
+        arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
+        flush_samples=max(160, int(flush_ms * 8)),
+    )
+    sockets.send(sock, Hello(worker=index, pid=os.getpid(), cpu=cpu))
+    ticks = 0
+    next_tick = time.monotonic()
+    next_beat = next_tick
+    try:
+        while True:
+            now = time.monotonic()
+            wait_ms = max(0, int((next_tick - now) * 1000))
+            frames = sock.recv_multipart() if sock.poll(wait_ms, zmq.POLLIN) else None
+            if frames is not None:
+                if _handle(frames[-1], pipe, sock, index):
+                    stopping = True
+                # Drain everything queued before ticking: starts and stops are cheap.
+                while sock.poll(0, zmq.POLLIN):
+                    if _handle(sock.recv_multipart()[-1], pipe, sock, index):
+                        stopping = True
+            if stopping or os.getppid() != parent:
+                pipe.abort_all("ABORTED")
+                stopping = True
+            now = time.monotonic()
+            if now >= next_tick or stopping:
+                work = pipe.tick()
+                ticks += 1
+                for ev in pipe.ended:
+                    sockets.send(sock, ev)
+                pipe.ended.clear()
+                # Busy with a backlog: tick again at once; otherwise keep the cadence.
+                next_tick = now if work >= len(pipe.rows) * pipe.max_frames and work else next_tick + tick_s
+                if next_tick < now - tick_s:
+                    next_tick = now
+            if stopping and not pipe.jobs:
+                break
+            if now >= next_beat:
+                overruns = int(arena.overruns[pipe.slot_in[pipe.rows]].sum() + arena.overruns[pipe.slot_out[pipe.rows]].sum()) if len(pipe.rows) else 0
+                sockets.send(sock, Heartbeat(worker=index, jobs=len(pipe.jobs), cpu_s=cpu_seconds(),
+                                             ticks=ticks, overruns=overruns))
+                next_beat = now + heartbeat_ms / 1000
+    except BaseException as e:  # noqa: BLE001 - the last word before dying is worth sending
+        log.exception("worker %d crashed", index)
+        pipe.fail_all(f"worker {index} crashed: {e}")
+        for ev in pipe.ended:
+            try:
+                sockets.send(sock, ev)
+            except zmq.ZMQError:
+                pass
+        raise
+    finally:
+        sock.close(linger=1000)
+        ctx.term()
+        del pipe
+        arena.close()
+    return 0
+
+
+def _handle(data: bytes, pipe: Pipeline, sock: zmq.Socket, index: int) -> bool:
+    """Apply one command; returns True when told to shut down."""
+    try:
+        msg = decode(data)
+    except ProtocolError as e:
+        sockets.send(sock, WorkerError(worker=index, job_id=0, message=f"bad command: {e}"))
+        return False
+    if isinstance(msg, StartJob):
+        err = pipe.start(msg)
+        if err:
+            sockets.send(sock, JobEnded(job_id=msg.job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0, error=err))
+        else:
+            sockets.send(sock, JobStarted(job_id=msg.job_id))
+    elif isinstance(msg, StopJob):
+        if not pipe.stop(msg.job_id, msg.cause, msg.end_pos):
+            sockets.send(sock, WorkerError(worker=index, job_id=msg.job_id, message="stop for unknown job"))
+    elif isinstance(msg, Shutdown):
+        return True
+    else:
+        sockets.send(sock, WorkerError(worker=index, job_id=0, message=f"unexpected command {msg.TYPE}"))
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m worker", description="wholecall worker process")
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--cpu", type=int, required=True)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--arena", required=True)
+    p.add_argument("--tick-ms", type=float, default=20.0)
+    p.add_argument("--heartbeat-ms", type=float, default=250.0)
+    p.add_argument("--skew-ms", type=float, default=500.0)
+    p.add_argument("--flush-ms", type=float, default=500.0)
+    p.add_argument("--parent", type=int, default=os.getppid())
+    a = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s worker[" + str(a.index) + "] %(levelname)s %(message)s")
+    return run(a.index, a.cpu, a.endpoint, a.arena, a.tick_ms, a.heartbeat_ms, a.skew_ms, a.flush_ms, a.parent)

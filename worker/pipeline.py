@@ -1,0 +1,410 @@
+"""The batched media pipeline of one worker: every owned job advanced per tick as arrays.
+
+Per tick, for all jobs at once: load both legs' write positions (one gather), decide how
+far each job may advance (`allowed`), then for each 20 ms frame step gather that frame
+of every job that has one (one fancy index per leg), run the DTMF bank, mix (or pair
+for separate mode), track silence, and scatter the result into per-job staging rows.
+Python work per job is O(1) and happens only when a job's staging row is flushed to
+its WAV writer (every `flush_samples`, i.e. twice a second by default) or when it ends.
+
+Alignment. Both legs of a job are read at the same leg position, so sample p of the
+inbound leg is mixed with sample p of the outbound leg. A job advances to the smaller
+of its legs' write positions; a leg that stays behind for longer than the skew
+allowance (a leg with nothing to say, e.g. no prompt playing) no longer holds the other
+back: the job advances to where the leading leg was `skew` ago and the missing part of
+the lagging leg is recorded as silence (its producer then jumps to the present, see
+`shm.LegWriter.write`). A stop request fixes the end position and drains to it at once.
+
+Crash loss: a job's audio sits in staging for at most `flush_samples` before it reaches
+the file (and the header is refreshed on every flush), so a killed worker loses at most
+that much plus the DTMF look-ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol import JobEnded, StartJob
+from shm import Arena
+
+from .silence import PREROLL_SAMPLES, SilenceTracker
+
+try:
+    from .dtmf import FRAME, DtmfBank
+except ImportError:  # pragma: no cover - until the DTMF bank lands
+    from ._stubs import FRAME, DtmfBank  # type: ignore
+try:
+    from .wavfile import WavWriter
+except ImportError:  # pragma: no cover - until the codecs land
+    from ._stubs import WavWriter  # type: ignore
+
+log = logging.getLogger("wholecall.worker")
+
+SAMPLE_RATE = 8000
+
+
+@dataclass
+class Job:
+    """The Python side of a job: only what cannot live in the arrays."""
+
+    msg: StartJob
+    row: int
+    writer: WavWriter
+    stereo: bool
+    started_at: float
+    cause: str | None = None  # decided end cause, once known
+    error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    """All jobs of one worker. Not thread-safe: the worker loop is its only caller."""
+
+    def __init__(
+        self,
+        arena: Arena,
+        open_sink,
+        capacity: int = 64,
+        flush_samples: int = 4000,
+        max_frames_per_tick: int = 25,
+        skew_samples: int = 4000,
+        tick_s: float = 0.02,
+    ) -> None:
+        self.arena = arena
+        self.open_sink = open_sink
+        self.flush_samples = flush_samples
+        self.max_frames = max_frames_per_tick
+        self.stage_len = flush_samples + (max_frames_per_tick + 8) * FRAME
+        self.skew_ticks = max(1, int(round(skew_samples / SAMPLE_RATE / tick_s)))
+        self.jobs: dict[int, Job] = {}  # by row
+        self.by_id: dict[int, Job] = {}
+        self.dtmf = DtmfBank(capacity=2 * capacity)
+        self.lookahead = self.dtmf.lookahead_frames
+        self._free_rows: list[int] = []
+        self._cap = 0
+        self._alloc(capacity)
+        self._ar = np.arange(FRAME, dtype=np.int64)
+        self._hist_i = 0
+        self.rows = np.zeros(0, np.int64)  # active rows, sorted
+        self.ended: list[JobEnded] = []
+        self.overruns_seen = 0
+
+    # -- storage -----------------------------------------------------------------------
+
+    def _alloc(self, cap: int) -> None:
+        old = self._cap
+        def grow(arr, shape_tail=(), dtype=np.int64, fillv=0):
+            new = np.full((cap, *shape_tail), fillv, dtype)
+            if arr is not None:
+                new[:old] = arr
+            return new
+        g = lambda name, *a, **k: grow(getattr(self, name, None), *a, **k)  # noqa: E731
+        self.slot_in = g("slot_in")
+        self.slot_out = g("slot_out")
+        self.pos = g("pos")
+        self.end = g("end", fillv=-1)
+        self.fed = g("fed")  # frames fed to the DTMF bank
+        self.fill = g("fill")
+        self.pad = g("pad")  # zero samples padding the last (partial) frame of a drained job
+        self.skip = g("skip")
+        self.stereo = g("stereo", dtype=bool)
+        self.trim_leading = g("trim_leading", dtype=bool)
+        self.done = g("done", dtype=bool)  # worker decided to end (SILENCE)
+        hist = np.zeros((self.skew_ticks, cap), np.int64)
+        if old:
+            hist[:, :old] = self.hist
+        self.hist = hist
+        # np.zeros is calloc'd: rows never used cost no resident memory.
+        stage_m = np.zeros((cap, self.stage_len), np.int16)
+        stage_s = np.zeros((cap, self.stage_len, 2), np.int16)
+        if old:
+            stage_m[:old] = self.stage_m
+            stage_s[:old] = self.stage_s
+        self.stage_m, self.stage_s = stage_m, stage_s
+        if old:
+            self.silence.grow(cap)
+        else:
+            self.silence = SilenceTracker(cap)
+        self.dtmf.ensure_capacity(2 * cap)
+        self._free_rows.extend(range(cap - 1, old - 1, -1))
+        self._cap = cap
+
+    # -- job control ---------------------------------------------------------------------
+
+    def start(self, msg: StartJob) -> str:
+        """Open the job's file and begin reading its rings; returns "" or an error text."""
+        if msg.job_id in self.by_id:
+            return f"job {msg.job_id} already running"
+        stereo = msg.mode == "separate"
+        try:
+            sink = self.open_sink(msg.path, msg.cipher, msg.file_mode)
+        except (OSError, ValueError) as e:
+            return f"cannot create {msg.path}: {e}"
+        try:
+            max_bytes = 0 if stereo else msg.max_bytes
+            writer = WavWriter(sink, msg.file_format, msg.rate, 2 if stereo else 1, max_bytes)
+        except Exception as e:
+            sink.discard()
+            return f"cannot write {msg.path}: {e}"
+        if not self._free_rows:
+            self._alloc(self._cap * 2)
+        row = self._free_rows.pop()
+        job = Job(msg, row, writer, stereo, time.monotonic())
+        self.jobs[row] = job
+        self.by_id[msg.job_id] = job
+        self.slot_in[row] = msg.slot_in
+        self.slot_out[row] = msg.slot_out
+        self.pos[row] = msg.start_pos
+        self.end[row] = -1
+        self.fed[row] = 0
+        self.fill[row] = 0
+        self.skip[row] = 0
+        self.pad[row] = 0
+        self.stereo[row] = stereo
+        self.done[row] = False
+        self.hist[:, row] = msg.start_pos
+        ms = 0 if stereo else 1
+        to_samples = lambda v: v * SAMPLE_RATE // 1000  # noqa: E731
+        self.trim_leading[row] = bool(ms and msg.ms_initial_silence > 0)
+        self.silence.reset(
+            row, msg.silence_dbfs, ms * to_samples(msg.ms_initial_silence), ms * to_samples(msg.ms_max_silence)
+        )
+        self.dtmf.reset(np.array([2 * row, 2 * row + 1]), np.array([msg.dtmf_elim, msg.dtmf_elim]))
+        self.rows = np.array(sorted(self.jobs), np.int64)
+        return ""
+
+    def stop(self, job_id: int, cause: str, end_pos: int) -> bool:
+        """Ask a job to end once its legs are drained up to `end_pos`."""
+        job = self.by_id.get(job_id)
+        if job is None:
+            return False
+        if job.cause is None:
+            job.cause = cause
+        row = job.row
+        self.end[row] = max(int(self.pos[row]), end_pos)
+        return True
+
+    def abort_all(self, cause: str) -> None:
+        for job in list(self.jobs.values()):
+            self.stop(job.msg.job_id, cause, int(self.pos[job.row]))
+
+    # -- the tick --------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Advance every job as far as its audio allows; returns frames processed."""
+        rows = self.rows
+        if not len(rows):
+            return 0
+        a = self.arena
+        w_in = a.write_pos[self.slot_in[rows]]
+        w_out = a.write_pos[self.slot_out[rows]]
+        lead = np.maximum(w_in, w_out)
+        self._hist_i = (self._hist_i + 1) % self.skew_ticks
+        old_lead = self.hist[self._hist_i, rows]  # where the leading leg was `skew` ago
+        self.hist[self._hist_i, rows] = lead
+        allowed = np.maximum(np.minimum(w_in, w_out), old_lead)
+        end = self.end[rows]
+        draining = end >= 0
+        allowed = np.where(draining, end, allowed)
+        pos = self.pos[rows]
+        avail = allowed - pos
+        nframes = np.where(draining, -(-avail // FRAME), avail // FRAME)
+        nframes = np.clip(nframes, 0, self.max_frames)
+        total = int(nframes.sum())
+        # A drained job's last frame may be partial: remember the padding to cut at the end.
+        partial = draining & (nframes * FRAME > avail) & (avail > 0)
+        if partial.any():
+            self.pad[rows[partial]] = (nframes * FRAME - avail)[partial]
+        mask = a.capacity - 1
+        ar = self._ar
+        for k in range(int(nframes.max(initial=0))):
+            sel_i = np.flatnonzero(nframes > k)
+            sel = rows[sel_i]
+            p = pos[sel_i] + k * FRAME
+            idx = p[:, None] + ar  # leg positions of this frame, per job
+            col = idx & mask
+            limit = allowed[sel_i][:, None]
+            x_in = a.data[self.slot_in[sel][:, None], col]
+            x_out = a.data[self.slot_out[sel][:, None], col]
+            # A leg's samples past its write position (or past the end) are silence.
+            x_in = np.where(idx < np.minimum(w_in[sel_i][:, None], limit), x_in, 0)
+            x_out = np.where(idx < np.minimum(w_out[sel_i][:, None], limit), x_out, 0)
+            m = len(sel)
+            legs = np.empty((2 * m, FRAME), np.float32)
+            legs[0::2] = x_in
+            legs[1::2] = x_out
+            bank_rows = np.empty(2 * m, np.int64)
+            bank_rows[0::2] = 2 * sel
+            bank_rows[1::2] = 2 * sel + 1
+            out = self.dtmf.process(bank_rows, legs)
+            fed = self.fed[sel] + 1
+            self.fed[sel] = fed
+            # The bank's first `lookahead` outputs per job are its initial delay line.
+            keep = fed > self.lookahead
+            if not keep.all():
+                sel = sel[keep]
+                out = out.reshape(m, 2, FRAME)[keep].reshape(-1, FRAME)
+            self._emit(sel, out[0::2], out[1::2])
+        self.pos[rows] = pos + np.minimum(nframes * FRAME, np.maximum(avail, 0))
+        newpos = self.pos[rows]
+        a.read_pos[self.slot_in[rows]] = newpos
+        a.read_pos[self.slot_out[rows]] = newpos
+        self._flush_and_end(rows)
+        return total
+
+    def _emit(self, sel: np.ndarray, y_in: np.ndarray, y_out: np.ndarray) -> None:
+        """Mix or pair one output frame per job in `sel` and append it to staging."""
+        if not len(sel):
+            return
+        live = ~self.done[sel]
+        if not live.all():
+            sel, y_in, y_out = sel[live], y_in[live], y_out[live]
+        stereo = self.stereo[sel]
+        fill = self.fill[sel]
+        cols = fill[:, None] + self._ar
+        if stereo.any():
+            s = stereo
+            pair = np.stack([y_in[s], y_out[s]], axis=-1)
+            self.stage_s[sel[s][:, None], cols[s]] = np.clip(np.rint(pair), -32768, 32767).astype(np.int16)
+        mono = ~stereo
+        if mono.any():
+            msel = sel[mono]
+            mix = np.clip(y_in[mono] + y_out[mono], -32768, 32767)
+            first, ended = self.silence.step(msel, mix, fill[mono])
+            self.stage_m[msel[:, None], cols[mono]] = np.rint(mix).astype(np.int16)
+            if first.any():
+                f = msel[first]
+                lead = self.trim_leading[f]
+                self.skip[f[lead]] = np.maximum(0, self.fill[f[lead]] - PREROLL_SAMPLES)
+            if ended.any():
+                self.done[msel[ended]] = True
+        self.fill[sel] = fill + FRAME
+
+    def _flush_and_end(self, rows: np.ndarray) -> None:
+        fill = self.fill[rows]
+        finished = (self.end[rows] >= 0) & (self.pos[rows] >= self.end[rows])
+        due = rows[(fill >= self.flush_samples) | finished | self.done[rows]]
+        for row in due.tolist():
+            job = self.jobs[row]
+            if self.done[row] and job.cause is None:
+                job.cause = "SILENCE"
+            ending = bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row]))
+            if ending and job.cause != "SILENCE":
+                self._append_delayed(job)
+                self.fill[row] -= min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
+            self._flush(job)
+            if job.writer.full and job.cause is None and not ending:
+                job.cause = "SIZE"
+                ending = True
+            if ending or job.cause in ("SIZE", "ERROR"):
+                self._finish(job)
+
+    def _append_delayed(self, job: Job) -> None:
+        """At the end of a job, the DTMF look-ahead still holds its last frames."""
+        row = job.row
+        held = self.dtmf.flush(np.array([2 * row, 2 * row + 1]))  # (2, L, FRAME)
+        n = int(min(self.lookahead, self.fed[row]))
+        if n == 0:
+            return
+        y_in, y_out = held[0, -n:], held[1, -n:]
+        self.fed[row] = 0  # flushed: nothing more to take from the bank
+        for k in range(n):
+            if self.fill[row] + FRAME > self.stage_len:
+                self._flush(job)
+            self._emit(np.array([row]), y_in[k:k + 1], y_out[k:k + 1])
+
+    def _flush(self, job: Job) -> None:
+        row = job.row
+        fill, skip = int(self.fill[row]), int(self.skip[row])
+        if job.stereo:
+            data = self.stage_s[row, skip:fill]
+        else:
+            data = self.stage_m[row, skip:fill]
+            if self.trim_leading[row] and not self.silence.heard[row]:
+                # Still waiting for the caller: keep only the pre-roll, write nothing.
+                keep = min(fill, PREROLL_SAMPLES)
+                self.stage_m[row, :keep] = self.stage_m[row, fill - keep:fill]
+                self.fill[row], self.skip[row] = keep, 0
+                return
+        if job.cause == "SIZE" or job.writer.full:
+            data = data[:0]
+        try:
+            if len(data):
+                job.writer.write(data)
+        except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
+            log.error("job %d: write failed: %s", job.msg.job_id, e)
+            job.cause, job.error = "ERROR", f"write failed: {e}"
+        self.fill[row] = 0
+        self.skip[row] = 0
+
+    def _finish(self, job: Job) -> None:
+        row = job.row
+        cause = job.cause or "ERROR"
+        writer = job.writer
+        nbytes = samples = 0
+        try:
+            if cause == "SILENCE" and not job.stereo:
+                heard = bool(self.silence.heard[row])
+                keep = int(self.silence.last_loud_end[row]) + self._tail(job) if heard else 0
+                writer.truncate(min(keep, writer.input_samples))
+            nbytes, samples = writer.close()
+        except Exception as e:
+            log.error("job %d: finalising failed: %s", job.msg.job_id, e)
+            cause, job.error = "ERROR", job.error or f"finalising failed: {e}"
+            try:
+                writer.abort()
+            except Exception:
+                pass
+        self._release(job)
+        self.ended.append(
+            JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
+                     duration_s=samples / job.msg.rate, error=job.error)
+        )
+
+    def _tail(self, job: Job) -> int:
+        return int(job.msg.silence_hangover_ms) * SAMPLE_RATE // 1000
+
+    def _release(self, job: Job) -> None:
+        row = job.row
+        a = self.arena
+        for s in (job.msg.slot_in, job.msg.slot_out):
+            # Producers stop waiting for ring space once the leg is no longer recorded.
+            if a.job[s] == job.msg.job_id:
+                a.job[s] = 0
+        self.dtmf.flush(np.array([2 * row, 2 * row + 1]))
+        del self.jobs[row]
+        del self.by_id[job.msg.job_id]
+        self._free_rows.append(row)
+        self.rows = np.array(sorted(self.jobs), np.int64)
+
+    def fail_all(self, error: str) -> None:
+        """The worker is going down hard: end every job with ERROR, files finalised if possible."""
+        for job in list(self.jobs.values()):
+            job.cause, job.error = "ERROR", error
+            self._flush(job)
+            self._finish(job)
+
+
+def default_open_sink():
+    """The sink factory: encrypted when a cipher is given (worker/crypto.py), plain otherwise."""
+    try:
+        from .crypto import open_sink
+    except ImportError:  # crypto not built yet: plain files only
+        from .sink import FileSink
+
+        def open_sink(path: str, cipher: dict | None, mode: int = 0o600):
+            if cipher is not None:
+                raise ValueError("encryption is not available in this build")
+            return FileSink(path, mode)
+
+    return open_sink
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
