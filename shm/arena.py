@@ -286,3 +286,34 @@ class LegWriter:
         if samples < 0:
             raise ValueError(f"cannot skip a negative number of samples: {samples}")
         self.write(np.zeros(samples, np.int16))
+
+
+class LegReader:
+    """The consumer side of one leg ring, one leg at a time.
+
+    The worker reads all its legs at once through the arena's arrays; this class is for
+    tools and tests that follow a single leg. It resumes from the shared read position,
+    so a reader that dies and is replaced continues where the last one stopped.
+    """
+
+    def __init__(self, arena: Arena, slot: int) -> None:
+        if not 0 <= slot < arena.slots:
+            raise ValueError(f"slot {slot} outside arena of {arena.slots} slots")
+        self.arena = arena
+        self.slot = slot
+
+    def available(self) -> int:
+        a = self.arena
+        return int(a.write_pos[self.slot]) - int(a.read_pos[self.slot])
+
+    def read(self, limit: int) -> np.ndarray:
+        """Up to `limit` samples from the read position; advances it once."""
+        a = self.arena
+        s = self.slot
+        r = int(a.read_pos[s])
+        n = max(0, min(limit, int(a.write_pos[s]) - r))
+        cap = a.capacity
+        idx = (r + np.arange(n)) & (cap - 1)
+        out = a.data[s, idx].copy()
+        a.read_pos[s] = r + n
+        return out

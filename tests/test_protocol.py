@@ -1,0 +1,69 @@
+"""Messages: every type round-trips; malformed input raises ProtocolError naming the fault."""
+
+import dataclasses
+
+import msgpack
+import pytest
+from hypothesis import given, strategies as st
+
+from protocol import (
+    Heartbeat, Hello, JobEnded, JobStarted, ProtocolError, Shutdown, StartJob, StopJob, WorkerError, decode, encode,
+)
+
+START = StartJob(
+    job_id=7, channel=3, slot_in=6, slot_out=7, start_pos=1234, path="/r/a.wav", file_format="alaw", rate=8000,
+    max_bytes=0, ms_max_silence=2000, ms_initial_silence=0, dtmf_elim=True, mode="mixed",
+    cipher={"scheme": "aes-cbc", "key": b"k" * 16, "iv": b"i" * 16}, silence_dbfs=-45.0,
+    silence_hangover_ms=200, file_mode=0o600,
+)
+ALL = [
+    START,
+    StopJob(job_id=7, cause="ABORTED", end_pos=99),
+    Shutdown(),
+    Hello(worker=1, pid=100, cpu=1),
+    JobStarted(job_id=7),
+    JobEnded(job_id=7, cause="SILENCE", bytes=1000, samples=900, duration_s=0.1125, error=""),
+    Heartbeat(worker=0, jobs=3, cpu_s=1.5, ticks=10, overruns=0),
+    WorkerError(worker=0, job_id=0, message="bad"),
+]
+
+
+@pytest.mark.parametrize("msg", ALL, ids=lambda m: m.TYPE)
+def test_round_trip(msg):
+    assert decode(encode(msg)) == msg
+
+
+@given(st.integers(0, 2**62), st.text(), st.integers(0, 2**40))
+def test_round_trip_any_values(job_id, cause, end_pos):
+    m = StopJob(job_id=job_id, cause=cause, end_pos=end_pos)
+    assert decode(encode(m)) == m
+
+
+def _body(msg, **changes):
+    d = {"v": 1, "t": msg.TYPE, **dataclasses.asdict(msg)}
+    d.update(changes)
+    return d
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (_body(START, v=2), "protocol version 2"),
+        (_body(START, t="explode"), "unknown message type 'explode'"),
+        ({k: v for k, v in _body(START).items() if k != "rate"}, "start: missing field\\(s\\) rate"),
+        (_body(START, rate="8000"), "start.rate: expected int, got str"),
+        (_body(START, dtmf_elim=1), "start.dtmf_elim: expected bool, got int"),
+        (_body(START, job_id=True), "start.job_id: expected int, got bool"),
+        (_body(START, cipher=[1]), "start.cipher: expected dict or NoneType, got list"),
+        (_body(START, bogus=1), "unknown field\\(s\\) bogus"),
+        ([1, 2], "not a map"),
+    ],
+)
+def test_rejects_malformed(body, error):
+    with pytest.raises(ProtocolError, match=error):
+        decode(msgpack.packb(body, use_bin_type=True))
+
+
+def test_rejects_garbage_bytes():
+    with pytest.raises(ProtocolError, match="not msgpack"):
+        decode(b"\xc1\xc1\xc1")

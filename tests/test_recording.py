@@ -1,0 +1,165 @@
+"""End to end with real processes: controller + 2 pinned workers, shm rings, ZeroMQ, WAV on disk."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from controller import Cause, Error, Hangup, RecorderState
+from controller.states import CallState
+from tests.conftest import feed, tone
+from worker.codecs.g711 import alaw_decode, alaw_encode
+
+
+def read_int16(path):
+    data, rate = sf.read(path, dtype="int16")
+    return data, rate
+
+
+def test_mixed_alaw_call_holds_both_tones(answered):
+    rec = answered.WholeCallRecorder
+    a, b = tone(440, 2.0, 6000), tone(1000, 2.0, 6000)
+    assert rec.start("call.wav") is True
+    assert rec.state() is RecorderState.RECORDING and rec.cause() is Cause.NONE
+    feed(answered, a, b)
+    assert rec.stop() is True
+    assert rec.cause() is Cause.ABORTED and rec.state() is RecorderState.IDLE
+    data, rate = read_int16(rec.last_result.path)
+    assert rate == 8000
+    assert abs(len(data) - 16000) <= 160  # +-20 ms
+    expected = alaw_decode(alaw_encode(np.clip(a.astype(np.int32) + b, -32768, 32767).astype(np.int16)))
+    n = min(len(data), len(expected))
+    assert np.array_equal(data[:n], expected[:n])  # bit-exact mix then G.711 A-law
+    spectrum = np.abs(np.fft.rfft(data.astype(float)))
+    freqs = np.fft.rfftfreq(len(data), 1 / 8000)
+    for f in (440, 1000):
+        assert spectrum[np.argmin(abs(freqs - f))] > 100 * np.median(spectrum)
+
+
+def test_leg_with_no_audio_contributes_silence_and_does_not_stall(answered, tmp_path):
+    rec = answered.WholeCallRecorder
+    assert rec.start("one-leg.wav")
+    a = tone(600, 1.0)
+    feed(answered, a, None)
+    time.sleep(0.8)  # more than the skew allowance: the worker must not wait for the silent leg
+    size_before_stop = os.path.getsize(rec._path)
+    assert rec.stop()
+    data, _ = read_int16(rec.last_result.path)
+    assert abs(len(data) - 8000) <= 160
+    assert size_before_stop > 58 + 4000  # audio reached the file while the other leg said nothing
+
+
+def test_hang_up_ends_with_hangup_and_finalises_file(answered):
+    rec = answered.WholeCallRecorder
+    assert rec.start("hup.wav")
+    feed(answered, tone(300, 0.5), tone(700, 0.5))
+    answered.hang_up()
+    assert answered.state() is CallState.IDLE
+    assert rec.cause() is Cause.HANGUP
+    data, _ = read_int16(rec.last_result.path)
+    assert abs(len(data) - 4000) <= 160
+
+
+def test_start_twice_is_an_error(answered):
+    rec = answered.WholeCallRecorder
+    assert rec.start("a.wav")
+    with pytest.raises(Error, match="already RECORDING"):
+        rec.start("b.wav")
+    assert rec.stop()
+    assert not os.path.exists(os.path.join(os.path.dirname(rec.last_result.path), "b.wav"))
+
+
+def test_start_on_idle_call_raises_hangup(ctl):
+    ch = ctl.channel()
+    with pytest.raises(Hangup):
+        ch.WholeCallRecorder.start("x.wav")
+    ch.incoming()
+    ch.answer()
+    ch.hang_up()
+    with pytest.raises(Hangup):
+        ch.WholeCallRecorder.start("x.wav")
+
+
+@pytest.mark.parametrize("ring", [False, True])
+def test_start_on_unanswered_call_raises_error(ctl, ring):
+    ch = ctl.incoming_call()
+    if ring:
+        ch.ring()
+    with pytest.raises(Error, match="not ANSWERED"):
+        ch.WholeCallRecorder.start("x.wav")
+    assert not os.listdir(ctl.config.recordings_dir)
+
+
+def test_audio_written_before_start_is_not_recorded(answered):
+    rec = answered.WholeCallRecorder
+    feed(answered, tone(500, 1.0), tone(500, 1.0))
+    assert rec.start("late.wav")
+    feed(answered, tone(900, 0.5), None)
+    assert rec.stop()
+    assert abs(rec.last_result.samples - 4000) <= 160
+
+
+def test_killed_worker_ends_job_with_error_and_is_replaced(ctl, answered):
+    rec = answered.WholeCallRecorder
+    assert rec.start("killed.wav")
+    feed(answered, tone(400, 0.5), None)
+    victim = ctl.supervisor.workers[rec._worker]
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    assert rec.wait_until_finished(10) is Cause.ERROR
+    assert rec.state() is RecorderState.ERROR
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not all(w.alive and w.ready for w in ctl.supervisor.workers):
+        time.sleep(0.05)
+    assert ctl.supervisor.restarts == 1
+    assert rec.start("after.wav")  # the service goes on
+    assert rec.stop()
+
+
+def test_many_threads_record_at_once(ctl):
+    import threading
+
+    errors = []
+
+    def call(i):
+        try:
+            ch = ctl.incoming_call()
+            ch.answer()
+            rec = ch.WholeCallRecorder
+            assert rec.start(f"t{i}.wav")
+            feed(ch, tone(300 + 50 * i, 0.4), tone(2000, 0.4))
+            assert rec.stop()
+            assert abs(rec.last_result.samples - 3200) <= 160
+            ch.close()
+        except Exception as e:  # collected for the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+
+
+def test_controller_leaves_no_shared_memory_or_processes(make_controller):
+    ctl = make_controller()
+    name = ctl.arena.name
+    pids = [w.proc.pid for w in ctl.supervisor.workers]
+    ctl.close()
+    assert not os.path.exists(f"/dev/shm/{name}")
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_exception_inside_with_block_still_cleans_up(tmp_path):
+    from controller import Controller
+
+    with pytest.raises(ZeroDivisionError):
+        with Controller(workers=1, recordings_dir=str(tmp_path)) as ctl:
+            name = ctl.arena.name
+            1 / 0
+    assert not os.path.exists(f"/dev/shm/{name}")

@@ -1,0 +1,125 @@
+"""The ring arena: layout checks, SPSC data integrity, overruns, resume, unlinking."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from shm import Arena, LegReader, LegWriter
+from shm.layout import Layout
+
+
+def test_capacity_must_be_power_of_two():
+    with pytest.raises(ValueError, match="power of two.*3000"):
+        Layout(4, 3000)
+
+
+def test_counters_live_on_separate_pages():
+    lay = Layout(10, 1024)
+    offsets = [lay.write_pos, lay.overruns, lay.read_pos, lay.job, lay.data]
+    assert all(o % 4096 == 0 for o in offsets)
+    assert len(set(o // 4096 for o in offsets)) == 5
+
+
+def test_attach_sees_the_same_memory_and_refuses_foreign_names():
+    with Arena.create(4, 1024) as a:
+        b = Arena.attach(a.name)
+        LegWriter(a, 1).write(np.arange(10, dtype=np.int16))
+        assert b.write_pos[1] == 10
+        assert list(b.data[1, :3]) == [0, 1, 2]
+        b.close()
+        with pytest.raises(ValueError, match="not a wholecall arena"):
+            Arena.attach("../etc/passwd")
+
+
+def test_close_unlinks_even_after_an_exception():
+    name = None
+    with pytest.raises(RuntimeError):
+        with Arena.create(2, 1024) as a:
+            name = a.name
+            raise RuntimeError("boom")
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_allocate_until_full_then_clear_error():
+    with Arena.create(4, 1024) as a:
+        a.allocate(2)
+        a.allocate(2)
+        with pytest.raises(RuntimeError, match="full: 4 slots, 0 free"):
+            a.allocate(2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=30), st.integers(1, 2500))
+def test_recorded_leg_delivers_every_sample_in_order(chunks, read_size):
+    """Producer writes chunks of any size (a thread), consumer reads with any limit: no loss, no reorder."""
+    import threading
+
+    with Arena.create(2, 1024) as a:
+        a.job[0] = 1  # recorded: the producer must wait for space
+        total = sum(chunks)
+        src = (np.arange(total) % 30000).astype(np.int16)
+        w = LegWriter(a, 0, poll_s=0.0001)
+
+        def produce():
+            i = 0
+            for c in chunks:
+                assert w.write(src[i:i + c], timeout=10) == c
+                i += c
+
+        t = threading.Thread(target=produce)
+        t.start()
+        r = LegReader(a, 0)
+        got = []
+        n = 0
+        while n < total:
+            x = r.read(read_size)
+            got.append(x)
+            n += len(x)
+        t.join()
+        assert np.array_equal(np.concatenate(got), src)
+        assert w.overruns == 0
+
+
+def test_nonblocking_write_counts_overruns_and_never_corrupts():
+    with Arena.create(2, 1024) as a:
+        a.job[0] = 1
+        w = LegWriter(a, 0)
+        assert w.write(np.ones(1000, np.int16), block=False) == 1000
+        assert w.write(np.full(100, 2, np.int16), block=False) == 24
+        assert w.overruns == 76
+        got = LegReader(a, 0).read(5000)
+        assert np.array_equal(got, np.r_[np.ones(1000), np.full(24, 2)].astype(np.int16))
+
+
+def test_unrecorded_leg_is_overwritten_and_clock_advances():
+    with Arena.create(2, 1024) as a:
+        w = LegWriter(a, 0)
+        assert w.write(np.zeros(5000, np.int16), block=False) == 5000
+        assert w.position == 5000 and w.overruns == 0
+
+
+def test_late_leg_jumps_to_the_consumer_position():
+    with Arena.create(2, 1024) as a:
+        a.job[0] = 1
+        a.read_pos[0] = 800  # the worker recorded this leg's gap as silence
+        w = LegWriter(a, 0)
+        w.write(np.ones(10, np.int16))
+        assert w.position == 810
+
+
+def test_replacement_reader_resumes_where_the_dead_one_stopped():
+    with Arena.create(2, 1024) as a:
+        a.job[0] = 1
+        LegWriter(a, 0).write(np.arange(600, dtype=np.int16))
+        code = textwrap.dedent(f"""
+            from shm import Arena, LegReader
+            a = Arena.attach({a.name!r}); r = LegReader(a, 0); r.read(250); import os; os._exit(0)
+        """)
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+        rest = LegReader(a, 0).read(1000)
+        assert rest[0] == 250 and len(rest) == 350
