@@ -25,13 +25,16 @@ ourselves: libsndfile pads the last block and gets the stereo fact count wrong.
 from __future__ import annotations
 
 import struct
+import warnings
 
 import numpy as np
 
-try:  # Python <= 3.12 ships audioop; 3.13+ gets it from the audioop-lts package
-    import audioop
-except ImportError:  # pragma: no cover
-    import audioop_lts as audioop  # type: ignore[import-not-found, no-redef]
+with warnings.catch_warnings():  # 3.11/3.12 warn that audioop leaves the stdlib in 3.13
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:  # 3.13+: the audioop-lts package provides the same module under the same name
+        import audioop
+    except ImportError:  # pragma: no cover
+        import audioop_lts as audioop  # type: ignore[import-not-found, no-redef]
 
 BLOCK_BYTES = 256
 HEADER_BYTES = 4
