@@ -88,6 +88,8 @@ class EncryptedSink:
     def pwrite(self, data: bytes, offset: int) -> None:
         """Encrypt `data` for logical `offset` and write it in place."""
         assert self._fd is not None, "sink already closed"
+        if not data:
+            return  # as pwrite(2): writing nothing extends nothing
         if offset > self._size:
             self._write_zeros(self._size, offset)
         self._pwrite_raw(cf.ctr_apply(self._body_key, self._header.ctr, offset, bytes(data)), self._base + offset)
