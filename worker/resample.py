@@ -11,6 +11,10 @@ Why float32 inside: soxr's int16 path dithers with a state that depends on
 how the input was chunked (measured: outputs differ by up to 2 LSB from the
 one-shot result), while the float path is chunk-invariant. We round to nearest
 and clip ourselves. At 8000 Hz nothing is done at all (bit-exact pass-through).
+
+Latency: soxr works in internal blocks, so the output trails the input by up
+to ~115 ms (11000/11025 Hz) or ~150 ms (6000 Hz), measured. That is audio a
+crash can lose on top of the last header refresh, well inside the 2 s bound.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class StreamResampler:
         return to_int16(y).reshape(-1, self.channels)
 
     def flush(self) -> np.ndarray:
-        """The filter's tail (the last ~17 ms of audio still inside it); call once at the end."""
+        """The audio still inside the resampler; call once at the end."""
         if self._stream is None or self._flushed:
             return np.zeros((0, self.channels), dtype=np.int16)
         self._flushed = True

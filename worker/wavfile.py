@@ -182,8 +182,11 @@ class WavWriter:
             raise ValueError(f"input_samples: must be >= 0, got {input_samples}")
         if input_samples >= self.input_samples:
             return
-        self._trimmed = True  # the resampler's tail belongs to the audio being cut
         target = input_samples if self.rate == CALL_RATE else round(input_samples * self.rate / CALL_RATE)
+        if target > self._frames:
+            # The cut falls in audio still inside the resampler (it lags up to ~150 ms): get it out.
+            self._append(self._resampler.flush())
+        self._trimmed = True  # whatever the resampler held now belongs to the cut audio
         on_disk = self._data_bytes // self._unit_bytes * self.codec.unit_frames
         if target >= on_disk:
             self._encoder.keep_pending(target - on_disk)
@@ -366,6 +369,8 @@ def repair(path: str) -> str:
         raise ValueError(f"{path}: fmt chunk says {info.channels} channels")
     unit_bytes, unit_frames = info.unit()
     available = info.file_size - info.data_offset
+    if info.data_size & 1 and available == info.data_size + 1:
+        available -= 1  # that last byte is the RIFF pad of a finished file, not audio
     data = available // unit_bytes * unit_bytes
     pad = data & 1
     new_size = info.data_offset + data + pad
