@@ -58,6 +58,7 @@ class EncryptedSink:
             raise FileExistsError(errno.EEXIST, "recording file already exists", path)
         header, self._body_key = cf.PartHeader.new(scheme, key=key, iv=iv, public_key=public_key)
         self._header = header
+        self._ctr = cf.CtrBody(self._body_key, header.ctr)
         self._base = header.body_offset
         self._fd: int | None = os.open(self._part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
@@ -82,18 +83,19 @@ class EncryptedSink:
     def _write_zeros(self, start: int, end: int) -> None:
         pos = start
         for zeros in cf.zero_fill(end - start):
-            self._pwrite_raw(cf.ctr_apply(self._body_key, self._header.ctr, pos, zeros), self._base + pos)
+            self._pwrite_raw(self._ctr.apply(pos, zeros, tail=True), self._base + pos)
             pos += len(zeros)
 
     def pwrite(self, data: bytes, offset: int) -> None:
-        """Encrypt `data` for logical `offset` and write it in place."""
+        """Encrypt `data` (any contiguous buffer) for logical `offset` and write it in place."""
         assert self._fd is not None, "sink already closed"
-        if not data:
+        view = memoryview(data).cast("B")
+        if not view:
             return  # as pwrite(2): writing nothing extends nothing
         if offset > self._size:
             self._write_zeros(self._size, offset)
-        self._pwrite_raw(cf.ctr_apply(self._body_key, self._header.ctr, offset, bytes(data)), self._base + offset)
-        self._size = max(self._size, offset + len(data))
+        self._pwrite_raw(self._ctr.apply(offset, view, tail=offset + len(view) >= self._size), self._base + offset)
+        self._size = max(self._size, offset + len(view))
 
     def truncate(self, size: int) -> None:
         """Cut (or zero-extend) the logical content to `size` bytes."""

@@ -50,13 +50,17 @@ Three formats (all integers big-endian):
       12  16  CTR initial counter block (random); block i of the body uses counter+i mod 2^128
       28  16  aes-cbc: the user's IV (not secret); envelope: zeros
       44  32  envelope: recipient fingerprint as above; aes-cbc: zeros
-      76   W  wrapped ephemeral key:
-                aes-cbc:  AES key wrap (RFC 3394) under HKDF-SHA256(user key, info=KEK_INFO)
-                envelope: RSA-OAEP-SHA256 under the recipient public key
+      76   W  wrapped ephemeral key, with bytes 0..76 (the fixed header) bound to it:
+                aes-cbc:  12-byte nonce + AES-256-GCM(KEK, key, AAD = fixed header) + 16-byte tag,
+                          KEK = HKDF-SHA256(user key, info=KEK_INFO)   (W = 60)
+                envelope: RSA-OAEP-SHA256 under the recipient public key, label = fixed header
     76+W   n  body: AES-256-CTR of the logical (plaintext) content, byte i at 76+W+i
 
-   The body is confidential but not authenticated: `recover` trusts it. The key
-   wrap is authenticated, so a wrong credential is always detected.
+   The wrap is an AEAD rather than RFC 3394 key wrap because it also
+   authenticates the header (scheme, counter block, IV) and because
+   cryptography's RFC 3394 is pure Python (~100 µs per recording). A wrong
+   credential or a modified header is always detected. The body is
+   confidential but not authenticated: `recover` trusts it.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, padding, serialization
@@ -75,7 +79,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 #: Wire names of the schemes (the ``"scheme"`` value of a cipher's wire dict).
 SCHEME_CBC = "aes-cbc"
@@ -108,7 +112,7 @@ KEK_INFO = b"wholecall intermediate key wrap v1"
 PART_SUFFIX = ".wcpart"
 TMP_SUFFIX = ".wctmp"
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # 64 KiB: OpenSSL is ~5x faster on cache-resident chunks than on 1 MiB ones
 _ZERO_FILL = bytes(CHUNK)
 _WAV_HEAD = 1 << 16  # the data chunk header must lie in the first 64 KiB to be repaired
 
@@ -192,8 +196,8 @@ def public_pem(key: rsa.RSAPublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _oaep() -> OAEP:
-    return OAEP(mgf=MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+def _oaep(label: bytes | None = None) -> OAEP:
+    return OAEP(mgf=MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=label)
 
 
 def _kek(user_key: bytes) -> bytes:
@@ -269,9 +273,13 @@ class PartHeader:
         """Where logical byte 0 is stored."""
         return PART_FIXED.size + len(self.wrapped)
 
+    def fixed(self, wrapped_len: int) -> bytes:
+        """Bytes 0..76, which the key wrap authenticates."""
+        return PART_FIXED.pack(PART_MAGIC, PART_VERSION, PART_SCHEME_IDS[self.scheme], wrapped_len,
+                               self.ctr, self.iv, self.fingerprint)
+
     def __bytes__(self) -> bytes:
-        return PART_FIXED.pack(PART_MAGIC, PART_VERSION, PART_SCHEME_IDS[self.scheme], len(self.wrapped),
-                               self.ctr, self.iv, self.fingerprint) + self.wrapped
+        return self.fixed(len(self.wrapped)) + self.wrapped
 
     @classmethod
     def new(cls, scheme: str, *, key: bytes | None = None, iv: bytes | None = None,
@@ -281,12 +289,17 @@ class PartHeader:
         ctr = os.urandom(16)
         if scheme == SCHEME_CBC:
             assert key is not None and iv is not None
-            return cls(scheme, ctr, parse_iv(iv), bytes(32), aes_key_wrap(_kek(parse_aes_key(key)), body_key)), body_key
-        if scheme == SCHEME_ENVELOPE:
+            unwrapped = cls(scheme, ctr, parse_iv(iv), bytes(32), b"")
+            nonce = os.urandom(12)
+            aad = unwrapped.fixed(12 + PART_KEY_SIZE + 16)
+            wrapped = nonce + AESGCM(_kek(parse_aes_key(key))).encrypt(nonce, body_key, aad)
+        elif scheme == SCHEME_ENVELOPE:
             assert public_key is not None
-            return cls(scheme, ctr, bytes(IV_SIZE), key_fingerprint(public_key),
-                       public_key.encrypt(body_key, _oaep())), body_key
-        raise CryptoFileError(f"unknown scheme {scheme!r}")
+            unwrapped = cls(scheme, ctr, bytes(IV_SIZE), key_fingerprint(public_key), b"")
+            wrapped = public_key.encrypt(body_key, _oaep(unwrapped.fixed((public_key.key_size + 7) // 8)))
+        else:
+            raise CryptoFileError(f"unknown scheme {scheme!r}")
+        return cls(scheme, ctr, unwrapped.iv, unwrapped.fingerprint, wrapped), body_key
 
     @classmethod
     def read(cls, fd: int) -> PartHeader:
@@ -310,9 +323,11 @@ class PartHeader:
             if key is None:
                 raise CryptoFileError("this intermediate belongs to an aes-cbc recording: give its AES key")
             try:
-                body_key = aes_key_unwrap(_kek(parse_aes_key(key)), self.wrapped)
-            except InvalidUnwrap:
-                raise CryptoFileError("wrong AES key for this intermediate (key unwrap failed)") from None
+                body_key = AESGCM(_kek(parse_aes_key(key))).decrypt(self.wrapped[:12], self.wrapped[12:],
+                                                                    self.fixed(len(self.wrapped)))
+            except (InvalidTag, ValueError):
+                raise CryptoFileError("wrong AES key for this intermediate (key unwrap failed), "
+                                      "or its header was modified") from None
         else:
             if private_key is None:
                 raise CryptoFileError("this intermediate belongs to an envelope recording: give the private key")
@@ -321,26 +336,67 @@ class PartHeader:
                 raise CryptoFileError(f"intermediate is for key {_fp_text(self.fingerprint)}, "
                                       f"the private key given is {_fp_text(mine)}")
             try:
-                body_key = private_key.decrypt(self.wrapped, _oaep())
+                body_key = private_key.decrypt(self.wrapped, _oaep(self.fixed(len(self.wrapped))))
             except ValueError:
-                raise CryptoFileError("cannot unwrap the intermediate's key (damaged header)") from None
+                raise CryptoFileError("cannot unwrap the intermediate's key: its header was modified") from None
         if len(body_key) != PART_KEY_SIZE:
             raise CryptoFileError("intermediate's wrapped key has the wrong size (damaged header)")
         return body_key
 
 
-def ctr_apply(key: bytes, ctr: bytes, offset: int, data: bytes) -> bytes:
-    """Encrypt (or decrypt) `data` located at logical `offset` of a CTR body: random access.
+class CtrBody:
+    """Random-access AES-CTR over an intermediate's body (encrypting and decrypting are the same).
 
-    OpenSSL's CTR increments the whole 128-bit counter block, so block i uses
-    (ctr + i) mod 2^128, which is what starting a fresh CTR stream there gives.
+    OpenSSL's CTR increments the whole 128-bit counter block, so body block i
+    uses (ctr + i) mod 2^128, which is what starting a fresh CTR stream there
+    gives. Setting up a context costs several µs, more than encrypting a second
+    of A-law, so appends (writes at the current end) continue one kept context
+    and only out-of-order writes (header patches) get a fresh one.
     """
-    block, skip = divmod(offset, 16)
-    start = ((int.from_bytes(ctr, "big") + block) % (1 << 128)).to_bytes(16, "big")
-    enc = Cipher(algorithms.AES(key), modes.CTR(start)).encryptor()
-    if skip:
-        enc.update(bytes(skip))
-    return enc.update(data) + enc.finalize()
+
+    #: Keystream kept for the start of the body, where the WAV header is patched every few seconds.
+    HEAD = 512
+
+    def __init__(self, key: bytes, ctr: bytes) -> None:
+        self._aes = algorithms.AES(key)
+        self._ctr = int.from_bytes(ctr, "big")
+        self._tail: Any = None
+        self._tail_pos = -1
+        self._head: bytes | None = None
+
+    def _context(self, offset: int) -> Any:
+        block, skip = divmod(offset, 16)
+        start = ((self._ctr + block) % (1 << 128)).to_bytes(16, "big")
+        ctx = Cipher(self._aes, modes.CTR(start)).encryptor()
+        if skip:
+            ctx.update(bytes(skip))
+        return ctx
+
+    def apply(self, offset: int, data: bytes | memoryview, tail: bool = False) -> bytes:
+        """`data` (plaintext or ciphertext) located at body `offset`, transformed.
+
+        `tail`: the write ends at the body's end, so the next append continues
+        where it stops (the kept context is used and advanced).
+        """
+        if offset == self._tail_pos:
+            out = self._tail.update(data)
+        elif tail:
+            self._tail = self._context(offset)
+            out = self._tail.update(data)
+        elif offset + len(data) <= self.HEAD:
+            if self._head is None:
+                self._head = self._context(0).update(bytes(self.HEAD))
+            n = len(data)
+            return (int.from_bytes(data, "big") ^ int.from_bytes(self._head[offset:offset + n], "big")).to_bytes(n, "big")
+        else:
+            return self._context(offset).update(data)
+        self._tail_pos = offset + len(data) if tail else -1
+        return out
+
+
+def ctr_apply(key: bytes, ctr: bytes, offset: int, data: bytes) -> bytes:
+    """One-off random-access CTR transform of `data` at body `offset` (see `CtrBody`)."""
+    return CtrBody(key, ctr).apply(offset, data)
 
 
 def iter_part_plaintext(fd: int, header: PartHeader, body_key: bytes, size: int,

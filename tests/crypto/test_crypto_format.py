@@ -40,7 +40,7 @@ def test_part_header_round_trip(tmp_path) -> None:
         again = cf.PartHeader.read(fd)
     finally:
         os.close(fd)
-    assert again == header and again.iv == iv and header.body_offset == 76 + 40
+    assert again == header and again.iv == iv and header.body_offset == 76 + 60
     assert again.unwrap(key=key) == body_key
     with pytest.raises(cf.CryptoFileError, match="wrong AES key"):
         again.unwrap(key=os.urandom(24))
