@@ -33,7 +33,7 @@ class Config:
     frame is kept so word endings are not clipped (DESIGN allows up to 250 ms)."""
     tick_ms: float = 20.0
     """Worker tick: how often each worker advances all its jobs."""
-    flush_ms: float = 500.0
+    flush_ms: float = 1000.0
     """Audio a worker stages per job before writing it to the file; also the most a
     killed worker can lose (the header is refreshed on every flush)."""
     skew_ms: float = 500.0

@@ -121,6 +121,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     finally:
         sock.close(linger=1000)
         ctx.term()
+        pipe.close()
         del pipe
         arena.close()
     return 0
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tick-ms", type=float, default=20.0)
     p.add_argument("--heartbeat-ms", type=float, default=250.0)
     p.add_argument("--skew-ms", type=float, default=500.0)
-    p.add_argument("--flush-ms", type=float, default=500.0)
+    p.add_argument("--flush-ms", type=float, default=1000.0)
     p.add_argument("--parent", type=int, default=os.getppid())
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,

@@ -70,7 +70,7 @@ class Pipeline:
         arena: Arena,
         open_sink,
         capacity: int = 64,
-        flush_samples: int = 4000,
+        flush_samples: int = 8000,
         max_frames_per_tick: int = 25,
         skew_samples: int = 4000,
         tick_s: float = 0.02,
@@ -79,7 +79,14 @@ class Pipeline:
         self.open_sink = open_sink
         self.flush_samples = flush_samples
         self.max_frames = max_frames_per_tick
+        flush_samples = -(-flush_samples // FRAME) * FRAME
+        self.flush_samples = flush_samples
         self.stage_len = flush_samples + (max_frames_per_tick + 8) * FRAME
+        data = arena.data
+        # Every FRAME-long window of every ring, as a view: gathering a frame is a row copy.
+        self._win = np.lib.stride_tricks.as_strided(
+            data, shape=(data.shape[0], data.shape[1] - FRAME + 1, FRAME),
+            strides=(data.strides[0], data.strides[1], data.strides[1]), writeable=False)
         self.skew_ticks = max(1, int(round(skew_samples / SAMPLE_RATE / tick_s)))
         self.jobs: dict[int, Job] = {}  # by row
         self.by_id: dict[int, Job] = {}
@@ -126,6 +133,8 @@ class Pipeline:
             stage_m[:old] = self.stage_m
             stage_s[:old] = self.stage_s
         self.stage_m, self.stage_s = stage_m, stage_s
+        self.stage_m3 = stage_m.reshape(cap, -1, FRAME)
+        self.stage_s3 = stage_s.reshape(cap, -1, FRAME, 2)
         if old:
             self.silence.grow(cap)
         else:
@@ -220,24 +229,15 @@ class Pipeline:
         partial = draining & (nframes * FRAME > avail) & (avail > 0)
         if partial.any():
             self.pad[rows[partial]] = (nframes * FRAME - avail)[partial]
-        mask = a.capacity - 1
-        ar = self._ar
         for k in range(int(nframes.max(initial=0))):
             sel_i = np.flatnonzero(nframes > k)
             sel = rows[sel_i]
             p = pos[sel_i] + k * FRAME
-            idx = p[:, None] + ar  # leg positions of this frame, per job
-            col = idx & mask
-            limit = allowed[sel_i][:, None]
-            x_in = a.data[self.slot_in[sel][:, None], col]
-            x_out = a.data[self.slot_out[sel][:, None], col]
-            # A leg's samples past its write position (or past the end) are silence.
-            x_in = np.where(idx < np.minimum(w_in[sel_i][:, None], limit), x_in, 0)
-            x_out = np.where(idx < np.minimum(w_out[sel_i][:, None], limit), x_out, 0)
+            limit = allowed[sel_i]
             m = len(sel)
             legs = np.empty((2 * m, FRAME), np.float32)
-            legs[0::2] = x_in
-            legs[1::2] = x_out
+            legs[0::2] = self._gather(self.slot_in[sel], p, np.minimum(w_in[sel_i], limit))
+            legs[1::2] = self._gather(self.slot_out[sel], p, np.minimum(w_out[sel_i], limit))
             bank_rows = np.empty(2 * m, np.int64)
             bank_rows[0::2] = 2 * sel
             bank_rows[1::2] = 2 * sel + 1
@@ -257,6 +257,30 @@ class Pipeline:
         self._flush_and_end(rows)
         return total
 
+    def _gather(self, slots: np.ndarray, p: np.ndarray, written: np.ndarray) -> np.ndarray:
+        """Frame [p, p + FRAME) of each leg; samples at or past `written` read as silence.
+
+        Rows are copied whole from a sliding-window view of the ring (one contiguous
+        320-byte copy per leg); only frames that wrap around the ring end take the
+        per-sample path.
+        """
+        a = self.arena
+        cap = a.capacity
+        col = p & (cap - 1)
+        flat = col <= cap - FRAME
+        if flat.all():
+            x = self._win[slots, col]
+        else:
+            x = np.empty((len(slots), FRAME), np.int16)
+            x[flat] = self._win[slots[flat], col[flat]]
+            w = ~flat
+            x[w] = a.data[slots[w][:, None], (col[w][:, None] + self._ar) & (cap - 1)]
+        short = written - p < FRAME
+        if short.any():
+            lim = (written - p)[short]
+            x[short] = np.where(self._ar < lim[:, None], x[short], 0)
+        return x
+
     def _emit(self, sel: np.ndarray, y_in: np.ndarray, y_out: np.ndarray) -> None:
         """Mix or pair one output frame per job in `sel` and append it to staging."""
         if not len(sel):
@@ -266,17 +290,21 @@ class Pipeline:
             sel, y_in, y_out = sel[live], y_in[live], y_out[live]
         stereo = self.stereo[sel]
         fill = self.fill[sel]
-        cols = fill[:, None] + self._ar
+        fslot = fill // FRAME  # staging rows hold whole frames: fill is a multiple of FRAME here
         if stereo.any():
             s = stereo
             pair = np.stack([y_in[s], y_out[s]], axis=-1)
-            self.stage_s[sel[s][:, None], cols[s]] = np.clip(np.rint(pair), -32768, 32767).astype(np.int16)
+            self.stage_s3[sel[s], fslot[s]] = np.clip(np.rint(pair), -32768, 32767).astype(np.int16)
         mono = ~stereo
-        if mono.any():
-            msel = sel[mono]
-            mix = np.clip(y_in[mono] + y_out[mono], -32768, 32767)
+        if mono.all():
+            msel, mix = sel, y_in + y_out
+        else:
+            msel, mix = sel[mono], y_in[mono] + y_out[mono]
+        if len(msel):
+            np.clip(mix, -32768, 32767, out=mix)
             first, ended = self.silence.step(msel, mix, fill[mono])
-            self.stage_m[msel[:, None], cols[mono]] = np.rint(mix).astype(np.int16)
+            # Leg samples are integers and the DTMF bank only zeroes them: the sum is exact.
+            self.stage_m3[msel, fslot[mono]] = mix.astype(np.int16)
             if first.any():
                 f = msel[first]
                 lead = self.trim_leading[f]
@@ -381,6 +409,10 @@ class Pipeline:
         del self.by_id[job.msg.job_id]
         self._free_rows.append(row)
         self.rows = np.array(sorted(self.jobs), np.int64)
+
+    def close(self) -> None:
+        """Drop the views of the arena so it can be unmapped."""
+        del self._win
 
     def fail_all(self, error: str) -> None:
         """The worker is going down hard: end every job with ERROR, files finalised if possible."""

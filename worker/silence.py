@@ -21,7 +21,7 @@ import numpy as np
 
 FULL_SCALE = 32768.0
 #: Leading audio kept before the first loud frame of an initial-silence job (DESIGN: <= 250 ms).
-PREROLL_SAMPLES = 2000
+PREROLL_SAMPLES = 1920  # 12 whole frames: staging holds frames
 
 
 def dbfs_to_mean_square(dbfs: float) -> float:
