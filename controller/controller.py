@@ -46,7 +46,6 @@ class Controller:
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.dtmf_available = _has_dtmf()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -177,9 +176,3 @@ class Controller:
                 for w in sup.workers
             ],
         }
-
-
-def _has_dtmf() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("worker.dtmf") is not None

@@ -94,9 +94,6 @@ class WholeCallRecorder:
                 self._ctl.config.recordings_dir, filename, file_format, rate, max_bytes,
                 milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
             )
-            if dtmf_elim and not self._ctl.dtmf_available:
-                log.warning("Channel(%d): dtmf_elim=True but this build has no DTMF eliminator: tones are NOT removed",
-                            self._channel.id)
             worker = self._ctl.supervisor.pick()
             if worker is None:
                 raise Error("no worker is available to record")

@@ -34,14 +34,9 @@ from shm import Arena
 
 from .silence import PREROLL_SAMPLES, SilenceTracker
 
-try:
-    from .dtmf import FRAME, DtmfBank
-except ImportError:  # pragma: no cover - until the DTMF bank lands
-    from ._stubs import FRAME, DtmfBank  # type: ignore
-try:
-    from .wavfile import WavWriter
-except ImportError:  # pragma: no cover - until the codecs land
-    from ._stubs import WavWriter  # type: ignore
+from .crypto import open_sink
+from .dtmf import FRAME, DtmfBank
+from .wavfile import WavWriter
 
 log = logging.getLogger("wholecall.worker")
 
@@ -424,16 +419,6 @@ class Pipeline:
 
 def default_open_sink():
     """The sink factory: encrypted when a cipher is given (worker/crypto.py), plain otherwise."""
-    try:
-        from .crypto import open_sink
-    except ImportError:  # crypto not built yet: plain files only
-        from .sink import FileSink
-
-        def open_sink(path: str, cipher: dict | None, mode: int = 0o600):
-            if cipher is not None:
-                raise ValueError("encryption is not available in this build")
-            return FileSink(path, mode)
-
     return open_sink
 
 
