@@ -18,8 +18,12 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from worker import cryptofile as cf
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 __all__ = ["decrypt_command", "recover_command"]
 
@@ -92,7 +96,7 @@ def _load_aes(args: argparse.Namespace, need_iv: bool) -> tuple[bytes | None, by
     return key, iv
 
 
-def _load_private(path: str) -> cf.rsa.RSAPrivateKey:
+def _load_private(path: str) -> RSAPrivateKey:
     passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
         return cf.load_private_key(_read_secret_file(path, "private key"),

@@ -164,7 +164,9 @@ def open_sink(path: str, cipher: dict[str, Any] | None, mode: int = FILE_MODE) -
     missing = _WIRE_FIELDS[scheme] - cipher.keys()
     extra = cipher.keys() - _WIRE_FIELDS[scheme]
     if missing or extra:
-        raise ValueError(f"{scheme} cipher: missing fields {sorted(missing)}, unexpected fields {sorted(map(str, extra))}")
+        problems = ([f"missing fields {sorted(missing)}"] if missing else []) + \
+                   ([f"unexpected fields {sorted(map(str, extra))}"] if extra else [])
+        raise ValueError(f"{scheme} cipher: {', '.join(problems)}")
     try:
         if scheme == cf.SCHEME_CBC:
             if not isinstance(cipher["key"], bytes) or not isinstance(cipher["iv"], bytes):

@@ -58,7 +58,7 @@ def apply(sink: Any, ops: list[Op]) -> None:
             sink.truncate(a)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rsa_pems(n: int = 0, bits: int = 2048) -> tuple[bytes, bytes]:
     """(private PEM, public PEM) of test key number `n` (generated once per session)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)

@@ -19,10 +19,10 @@ import sys
 import tempfile
 
 import pytest
+from crypto_helpers import apply, known_audio, leaks, openssl_decrypt, rsa_pems, writer_ops
 
 import worker.cryptofile as cf
 from controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, validate
-from crypto_helpers import apply, known_audio, leaks, openssl_decrypt, rsa_pems, writer_ops
 from worker.crypto import find_parts, open_sink, recover
 from worker.sink import FileSink
 

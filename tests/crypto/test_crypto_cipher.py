@@ -6,12 +6,12 @@ import os
 import pickle
 
 import pytest
+from crypto_helpers import rsa_pems
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, wire_cipher
 from controller.errors import Error
-from crypto_helpers import rsa_pems
 from worker.crypto import EncryptedSink, open_sink
 from worker.sink import FileSink
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 
 from controller.cipher import AESCBCCipher, EnvelopeCipher, new_iv, new_key
 from controller.decrypt_cli import decrypt_command, recover_command
-from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 from worker.crypto import open_sink
 from worker.sink import FileSink
 

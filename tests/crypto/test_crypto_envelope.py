@@ -6,10 +6,10 @@ import os
 import struct
 
 import pytest
+from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 
 from controller.cipher import EnvelopeCipher, EnvelopePrivateKey, validate, validation_error
 from controller.errors import Error
-from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 from worker import cryptofile as cf
 from worker.crypto import open_sink
 from worker.sink import FileSink

@@ -10,11 +10,11 @@ import wave
 import numpy as np
 import pytest
 import soundfile as sf
+from crypto_helpers import known_audio, rsa_pems, wav_header
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto_helpers import known_audio, wav_header
 from worker import cryptofile as cf
 
 
@@ -140,3 +140,21 @@ def test_patch_stream_across_chunk_boundaries() -> None:
     data = bytes(range(50))
     out = b"".join(cf.patch_stream([data[i:i + 3] for i in range(0, 50, 3)], [(4, b"ABCD"), (20, b"Z")], 30))
     assert out == bytes(range(4)) + b"ABCD" + bytes(range(8, 20)) + b"Z" + bytes(range(21, 30))
+
+
+@pytest.mark.parametrize("scheme", [cf.SCHEME_CBC, cf.SCHEME_ENVELOPE])
+def test_part_header_fields_are_bound_to_the_wrapped_key(tmp_path, scheme: str) -> None:
+    """Changing the scheme, counter block, IV or fingerprint of an intermediate makes unwrapping fail."""
+    key = os.urandom(32)
+    private_key = cf.load_private_key(rsa_pems()[0])
+    header, _ = cf.PartHeader.new(scheme, key=key, iv=os.urandom(16), public_key=private_key.public_key())
+    good = bytes(header)
+    for offset in (12, 27, 28, 43, 44, 75):  # ctr first/last, iv first/last, fingerprint first/last
+        path = tmp_path / f"x{offset}"
+        path.write_bytes(good[:offset] + bytes([good[offset] ^ 1]) + good[offset + 1:])
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(cf.CryptoFileError, match="modified|is for key"):
+                cf.PartHeader.read(fd).unwrap(key=key, private_key=private_key)
+        finally:
+            os.close(fd)

@@ -6,11 +6,11 @@ import os
 import subprocess
 
 import pytest
+from crypto_helpers import apply, known_audio, openssl_decrypt, writer_ops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.cipher import AESCBCCipher, new_iv, new_key, validate, validation_error
-from crypto_helpers import apply, known_audio, openssl_decrypt, writer_ops
 from worker import cryptofile as cf
 from worker.crypto import open_sink
 from worker.sink import FileSink
