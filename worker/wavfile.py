@@ -401,9 +401,20 @@ def repair(path: str) -> str:
         f.write(struct.pack("<I", data))
         f.flush()
         os.fsync(f.fileno())
-    dropped = available - data
-    note = f", dropped {dropped} trailing bytes" if dropped else ""
-    return f"{name}: repaired: {what}; data size {info.data_size} -> {data} bytes{note}"
+    changes = [
+        f"{label} {old} -> {new}"
+        for label, old, new in (
+            ("data size", info.data_size, data),
+            ("RIFF size", info.riff_size, new_size - 8),
+            ("fact frames", info.fact_frames if info.fact_offset else frames, frames),
+        )
+        if old != new
+    ]
+    if available > data:
+        changes.append(f"dropped {available - data} bytes of a partial unit")
+    if pad and info.file_size < new_size:
+        changes.append("added the RIFF pad byte")
+    return f"{name}: repaired: {what}; " + ", ".join(changes)
 
 
 def _tag_name(tag: int, bits: int) -> str:
