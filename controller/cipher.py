@@ -14,6 +14,9 @@ Credentials are checked here, in the application's process, so a bad key or IV
 raises `Error` before a job is started. Key material never appears in a repr,
 an exception message or a log line.
 
+The CLI commands (`decrypt_command`, `recover_command`) live in
+`controller/decrypt_cli.py` and are re-exported here.
+
 This module imports `worker.cryptofile` (the on-disk formats, no process state)
 although the controller otherwise imports only shm/ and protocol/: one copy of
 the format code serves both the writer and the reader.
@@ -26,11 +29,12 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+from controller.decrypt_cli import decrypt_command, recover_command
 from controller.errors import Error
 from worker import cryptofile as cf
 
 __all__ = ["AESCBCCipher", "EnvelopeCipher", "EnvelopePrivateKey", "new_iv", "new_key",
-           "wire_cipher", "validate", "validation_error"]
+           "wire_cipher", "validate", "validation_error", "decrypt_command", "recover_command"]
 
 
 def new_iv() -> str:
