@@ -117,6 +117,7 @@ class Pipeline:
         self.stereo = g("stereo", dtype=bool)
         self.trim_leading = g("trim_leading", dtype=bool)
         self.done = g("done", dtype=bool)  # worker decided to end (SILENCE)
+        self.room = g("room")  # input samples that still fit in the file (max_bytes)
         hist = np.zeros((self.skew_ticks, cap), np.int64)
         if old:
             hist[:, :old] = self.hist
@@ -171,6 +172,7 @@ class Pipeline:
         self.pad[row] = 0
         self.stereo[row] = stereo
         self.done[row] = False
+        self.room[row] = self._room(writer)
         self.hist[:, row] = msg.start_pos
         ms = 0 if stereo else 1
         to_samples = lambda v: v * SAMPLE_RATE // 1000  # noqa: E731
@@ -311,7 +313,10 @@ class Pipeline:
     def _flush_and_end(self, rows: np.ndarray) -> None:
         fill = self.fill[rows]
         finished = (self.end[rows] >= 0) & (self.pos[rows] >= self.end[rows])
-        due = rows[(fill >= self.flush_samples) | finished | self.done[rows]]
+        # A job whose staged audio would fill the file is flushed now, so SIZE ends it
+        # when max_bytes is reached, not at the next regular flush.
+        full = fill - self.skip[rows] >= self.room[rows]
+        due = rows[(fill >= self.flush_samples) | finished | self.done[rows] | full]
         for row in due.tolist():
             job = self.jobs[row]
             if self.done[row] and job.cause is None:
@@ -321,7 +326,8 @@ class Pipeline:
                 self._append_delayed(job)
                 self.fill[row] -= min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
             self._flush(job)
-            if job.writer.full and job.cause is None and not ending:
+            self.room[row] = self._room(job.writer)
+            if job.writer.room == 0 and job.cause is None and not ending:
                 job.cause = "SIZE"
                 ending = True
             if ending or job.cause in ("SIZE", "ERROR"):
@@ -388,6 +394,11 @@ class Pipeline:
             JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
                      duration_s=samples / job.msg.rate, error=job.error)
         )
+
+    @staticmethod
+    def _room(writer: WavWriter) -> int:
+        """Input (8 kHz) samples that still fit in the writer's file, rounded up."""
+        return -(-writer.room * SAMPLE_RATE // writer.rate)
 
     def _tail(self, job: Job) -> int:
         return int(job.msg.silence_hangover_ms) * SAMPLE_RATE // 1000

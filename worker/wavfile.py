@@ -145,6 +145,15 @@ class WavWriter:
 
     # -- the pipeline's calls -------------------------------------------------
 
+    @property
+    def room(self) -> int:
+        """Output sample frames that still fit under max_bytes (or the RIFF limit); 0 once reached.
+
+        `full` only turns True when audio had to be refused; a file filled exactly has
+        reached max_bytes too, and the pipeline needs this to end the job with SIZE then.
+        """
+        return 0 if self.full else max(0, self._capacity_frames - self._frames)
+
     def write(self, pcm: np.ndarray) -> int:
         """Append 8 kHz int16 audio; returns the input frames accepted (fewer only once full)."""
         frames = self._as_frames(pcm)
