@@ -85,22 +85,29 @@ def decrypt(argv: list[str]) -> int:
     return decrypt_command(argv)
 
 
+def recover(argv: list[str]) -> int:
+    from controller.decrypt_cli import recover_command
+
+    return recover_command(argv)
+
+
 def stress(argv: list[str]) -> int:
     from controller.stress import main as stress_main
 
     return stress_main(argv)
 
 
-COMMANDS = {"demo": demo, "repair": repair, "decrypt": decrypt, "stress": stress}
+COMMANDS = {"demo": demo, "repair": repair, "decrypt": decrypt, "recover": recover, "stress": stress}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: wholecall {demo,repair,decrypt,stress} [options]\n"
+        print("usage: wholecall {demo,repair,decrypt,recover,stress} [options]\n"
               "  demo     record one simulated call with real workers (the quick start)\n"
               "  repair   fix the header of a WAV left by a crashed worker\n"
               "  decrypt  decrypt an encrypted recording (keys from files or environment)\n"
+              "  recover  turn the encrypted .wcpart left by a killed worker into a recording\n"
               "  stress   record many channels at real time and report CPU, losses and latency",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

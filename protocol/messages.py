@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 import msgpack
@@ -50,7 +50,8 @@ class StartJob(Message):
     ms_initial_silence: int  # 0 = no limit
     dtmf_elim: bool
     mode: str  # "mixed" | "separate"
-    cipher: dict | None  # wire form of the cipher; only over owner-only ipc:// sockets
+    # Wire form of the cipher; travels only over owner-only ipc:// sockets, never in a repr or log.
+    cipher: dict | None = field(repr=False)
     silence_dbfs: float  # frame energy below this is silence
     silence_hangover_ms: int  # speech is held this long after the last loud frame
     file_mode: int  # permission bits of the recording file

@@ -50,6 +50,8 @@ class FileSink:
     def pwrite(self, data: bytes, offset: int) -> None:
         assert self._fd is not None, "sink already closed"
         view = memoryview(data)
+        if not view:
+            return  # as pwrite(2): an empty write extends nothing
         while view:
             done = os.pwrite(self._fd, view, offset)
             view = view[done:]
