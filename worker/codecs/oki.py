@@ -9,28 +9,34 @@ from the start of the file (predictor 0, step index 0).
 Why the multiply form: ffmpeg, sox and libsndfile all decode with
 `((2*c+1)*step) >> 3`; an encoder that tracks its state with the older
 shift-and-add form (`step>>3 + ...`) drifts away from what they reconstruct
-(measured ~14 dB SNR instead of ~20-24 dB). So the encoder below tracks
-exactly the decoders' state, and picks `c = min(7, 4*|d| // step)` on the
-full 16-bit input, which puts the reconstruction at the middle of the
-quantisation interval. Its output is byte-identical to libsndfile's
-RAW VOX_ADPCM writer except after a positive clamp, where libsndfile clamps
-at 32767 (off the 12-bit grid) and we clamp at 2047*16 like ffmpeg, the one
-reader of the WAV form (sox and libsndfile then read at most 15 LSB higher).
+(measured: 4.8 dB SNR on speech instead of ~20). The encoder must track the
+decoders' state and pick `c = min(7, 4*|d| // step)` on the full 16-bit
+input, which puts the reconstruction at the middle of the quantisation
+interval.
+
+Two encoders with that arithmetic:
+  - `encode_codes` / `PyOkiEncoder`: ours, in Python; it tracks ffmpeg's
+    state exactly (12-bit clamp). The reference, ~1.4 ms a channel-second.
+  - `OkiEncoder` (used for recordings): libsndfile's RAW VOX_ADPCM encoder in
+    C, driven as a stream through a write-only file object, ~0.15 ms a
+    channel-second. Its bytes are identical to the reference's (tested)
+    except after the predictor hits the positive limit: libsndfile clamps at
+    32767 where the 12-bit grid (and ffmpeg) stop at 2047*16 = 32752, so
+    after such a clamp ffmpeg reconstructs up to 15 LSB (-67 dBFS) lower
+    than the encoder assumed, until the next negative clamp. Inaudible, and
+    sox/libsndfile reading the .vox form then match it exactly.
 
 Who reads what (measured with sox 14.4.2, ffmpeg 5.1, libsndfile 1.2.2):
   - WAV tag 0x0017 (and 0x0010): ffmpeg only; sox and libsndfile refuse both.
   - raw .vox (no header): sox (`sox -t vox -r RATE f.vox ...`), libsndfile
     (`format RAW, subtype VOX_ADPCM`), and Dialogic tools; ffmpeg has no vox
     demuxer. Use `worker.wavfile.to_vox()` to get it from our WAV.
-
-The encoder is a Python loop (about 3 ms a channel-second, see bench/codecs.py):
-OKI is sequential per sample and no C helper with this arithmetic exists in
-the standard library.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import soundfile as sf
 
 #: The OKI step sizes (12-bit units); also entries 8..56 of the IMA table.
 STEPS: tuple[int, ...] = (
@@ -104,8 +110,8 @@ def decode(data: bytes, predictor: int = 0, index: int = 0) -> np.ndarray:
     return out
 
 
-class OkiEncoder:
-    """Streaming OKI ADPCM, mono: holds back the code of an odd last sample."""
+class PyOkiEncoder:
+    """Streaming OKI ADPCM in Python (the reference), mono: holds back the code of an odd last sample."""
 
     def __init__(self, channels: int) -> None:
         if channels != 1:
@@ -140,3 +146,79 @@ class OkiEncoder:
     def keep_pending(self, frames: int) -> None:
         if frames <= 0:
             self._held = bytearray()
+
+
+class _Collector:
+    """Write-only file object that hands libsndfile's output back to us instead of storing it."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._pos = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else self._pos + offset
+        if target != self._pos:  # RAW has no header to go back to; anything else is a surprise
+            raise OSError(f"VOX stream cannot seek to {target} (at {self._pos})")
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+class OkiEncoder:
+    """Streaming OKI ADPCM through libsndfile's C encoder, mono.
+
+    libsndfile takes only whole bytes (an even number of samples), so an odd
+    last sample waits here, raw, for the next call.
+    """
+
+    def __init__(self, channels: int) -> None:
+        if channels != 1:
+            raise ValueError(f"channels: OKI ADPCM is written mono only, got {channels}")
+        self._out = _Collector()
+        self._sf: sf.SoundFile | None = sf.SoundFile(
+            self._out, "w", samplerate=8000, channels=1, subtype="VOX_ADPCM", format="RAW"
+        )
+        self._held = np.zeros(0, dtype=np.int16)
+
+    def encode(self, frames: np.ndarray) -> bytes:
+        samples = np.asarray(frames, dtype=np.int16).reshape(-1)
+        if len(self._held):
+            samples = np.concatenate([self._held, samples])
+        even = len(samples) & ~1
+        self._held = samples[even:].copy()
+        if even:
+            assert self._sf is not None, "encoder already flushed"
+            self._sf.write(samples[:even])
+        return self._out.take()
+
+    def flush(self) -> bytes:
+        """An odd last sample is paired with a silent one (a byte is the smallest unit); ends the stream."""
+        if self._sf is None:
+            return b""
+        if len(self._held):
+            self._sf.write(np.array([self._held[0], 0], dtype=np.int16))
+            self._held = np.zeros(0, dtype=np.int16)
+        self._sf.close()
+        self._sf = None
+        return self._out.take()
+
+    @property
+    def pending(self) -> int:
+        return len(self._held)
+
+    def keep_pending(self, frames: int) -> None:
+        self._held = self._held[: max(frames, 0)].copy()
