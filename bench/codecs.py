@@ -31,12 +31,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import soundfile as sf  # noqa: E402
-import soxr  # noqa: E402
+import soundfile as sf
+import soxr
 
-from worker.codecs import CODECS, oki  # noqa: E402
-from worker.resample import StreamResampler  # noqa: E402
-from worker.wavfile import FORMATS, RATES, WavWriter  # noqa: E402
+from worker.codecs import CODECS, oki
+from worker.resample import StreamResampler
+from worker.wavfile import FORMATS, RATES, WavWriter
 
 
 class MemorySink:

@@ -23,7 +23,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import soundfile as sf
@@ -142,7 +142,7 @@ def oki_decode_model(data: bytes, high: int = 2047 * 16) -> np.ndarray:
 # -- signals ---------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def speech(seconds: float = 3.0) -> np.ndarray:
     """Real (synthetic) speech at 8 kHz, int16, from espeak-ng, band-limited by soxr like a call."""
     text = ("Whole call recording keeps both sides of the conversation. "

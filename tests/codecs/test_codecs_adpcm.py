@@ -2,7 +2,7 @@
 
 SNR floors (speech from espeak-ng, 8 kHz, peak -3 dBFS, encode -> decode by the
 real reader). 4-bit ADPCM with the IMA/Dialogic step adaptation gives about
-20 dB on speech (measured here: IMA 20.2 dB, OKI 19.7 dB); the floor of 17 dB
+20 dB on speech (measured here: IMA 19.7 dB, OKI 19.7 dB); the floor of 17 dB
 leaves 3 dB for other speech material while still failing the classic OKI bug
 by a wide margin (an encoder that tracks its state with the shift-and-add
 reconstruction while the readers multiply drifts: 4.8 dB on the same speech,
@@ -18,9 +18,6 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from codectools import (
     HAVE_TOOLS,
     INDEX_ADJUST,
@@ -32,6 +29,9 @@ from codectools import (
     snr_db,
     speech,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from worker.codecs import ima, oki
 from worker.sink import FileSink
 from worker.wavfile import WavWriter

@@ -16,11 +16,10 @@ import os
 
 import numpy as np
 import pytest
+from codectools import HAVE_TOOLS, decode_ffmpeg, decode_soundfile, decode_sox
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from codectools import HAVE_TOOLS, decode_ffmpeg, decode_soundfile, decode_sox
 from worker.codecs import g711
 from worker.sink import FileSink
 from worker.wavfile import WavWriter

@@ -20,7 +20,6 @@ import os
 
 import numpy as np
 import pytest
-
 from codectools import (
     HAVE_TOOLS,
     decode_ffmpeg,
@@ -33,6 +32,7 @@ from codectools import (
     speech,
 )
 from test_codecs_adpcm import SNR_FLOOR_DB
+
 from worker.codecs import g711, pcm
 from worker.sink import FileSink
 from worker.wavfile import FORMATS, RATES, STEREO_FORMATS, WavWriter, read_info, to_vox

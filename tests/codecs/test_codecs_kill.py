@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 import pytest
-
 from codectools import (
     HAVE_TOOLS,
     decode_ffmpeg,
@@ -35,6 +34,7 @@ from codectools import (
     speech,
 )
 from test_codecs_adpcm import SNR_FLOOR_DB
+
 from worker.codecs import g711, pcm
 from worker.wavfile import read_info, repair
 

@@ -13,10 +13,10 @@ import os
 
 import numpy as np
 import pytest
+from codectools import decode_soundfile, resample_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codectools import decode_soundfile, resample_reference
 from worker.resample import StreamResampler
 from worker.sink import FileSink
 from worker.wavfile import RATES, WavWriter

@@ -8,10 +8,10 @@ import struct
 import numpy as np
 import pytest
 import soundfile as sf
+from codectools import decode_ffmpeg, speech
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codectools import decode_ffmpeg, speech
 from worker.codecs import CODECS, pcm
 from worker.sink import FileSink
 from worker.wavfile import (

@@ -64,6 +64,7 @@ def encode_codes(samples: np.ndarray, predictor: int = 0, index: int = 0) -> tup
     p = predictor
     i8 = 8 * index
     k = 0
+    # Plain ifs and a manual index: min()/enumerate() calls cost more than the arithmetic here.
     for v in samples.tolist():
         d = v - p
         if d >= 0:
@@ -103,7 +104,7 @@ def decode(data: bytes, predictor: int = 0, index: int = 0) -> np.ndarray:
             c = code & 7
             diff = ((2 * c + 1) * STEPS[index]) >> 3
             p = p - diff if code & 8 else p + diff
-            p = -2048 if p < -2048 else (2047 if p > 2047 else p)
+            p = max(-2048, min(2047, p))
             index = min(MAX_INDEX, max(0, index + INDEX_ADJUST[c]))
             out[k] = p * 16
             k += 1
