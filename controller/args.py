@@ -5,6 +5,8 @@ Nothing here creates anything; `start()` acts only on what `check_start` returns
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -28,21 +30,25 @@ class StartArgs:
 
 
 def _int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral so numpy integers from an application's arithmetic are accepted;
+    # bool is an int to Python but never meant as a size or a duration.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise Error(f"{name} must be a non-negative integer, got {value!r}")
     if value < 0:
         raise Error(f"{name} must be a non-negative integer, got {value}")
-    return value
+    return int(value)
 
 
 def check_timeout(name: str, value: Any, allow_zero: bool) -> float | None:
     """A timeout in seconds: None (no limit) or a positive number."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         raise Error(f"{name} must be a number of seconds or None, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise Error(f"{name} must be {'non-negative' if allow_zero else 'positive'} or None, got {value}")
+    if math.isinf(value):
+        return None  # an endless wait; a deadline at infinity would overflow the lock's timeout
     return float(value)
 
 
@@ -86,8 +92,9 @@ def check_start(
 ) -> StartArgs:
     if not isinstance(file_format, str) or file_format not in FORMATS:
         raise Error(f"file_format must be one of {', '.join(FORMATS)}; got {file_format!r}")
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in RATES:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate not in RATES:
         raise Error(f"rate must be one of {', '.join(map(str, RATES))} Hz; got {rate!r}")
+    rate = int(rate)
     max_bytes = _int("max_bytes", max_bytes)
     ms_max = _int("milliseconds_max_silence", milliseconds_max_silence)
     ms_init = _int("milliseconds_initial_silence", milliseconds_initial_silence)
@@ -106,12 +113,10 @@ def check_start(
         minimum = _header_bytes(file_format)
         if max_bytes <= minimum:
             raise Error(f"max_bytes {max_bytes} cannot hold even the {minimum}-byte WAV header of {file_format}")
-    wire = None
-    if cipher is not None:
-        to_wire = getattr(cipher, "to_wire", None)
-        if to_wire is None:
-            raise Error(f"cipher must be an AESCBCCipher or EnvelopeCipher, got {type(cipher).__name__}")
-        wire = to_wire()
+    # The cipher module knows its types (and says what to do with a private key by mistake).
+    from .cipher import wire_cipher
+
+    wire = wire_cipher(cipher)
     path = resolve_filename(root, filename)
     return StartArgs(path, file_format, rate, max_bytes, ms_max, ms_init, dtmf_elim, recording_mode, wire)
 

@@ -116,10 +116,19 @@ class CallChannel:
         except Exception as e:
             raise Error(str(e)) from None
 
-    def call(self) -> None:
-        """Place an outbound call that the far end answers at once: IDLE -> ANSWERED."""
+    def call(self, answer: bool = True) -> None:
+        """Place an outbound call: IDLE -> CALL_CONNECTING, and on to ANSWERED at once
+        unless `answer` is False (then the call rings until `remote_answer()`)."""
         try:
             self._fire("call")
+            if answer:
+                self._fire("connected")
+        except Exception as e:
+            raise Error(str(e)) from None
+
+    def remote_answer(self) -> None:
+        """The far end of an outbound call answers: CALL_CONNECTING -> ANSWERED."""
+        try:
             self._fire("connected")
         except Exception as e:
             raise Error(str(e)) from None
@@ -169,6 +178,17 @@ class CallChannel:
             self._conference.remove(self)
         if self._moh is not None:
             self._moh.remove(self)
+
+    def play(self, filename: str, realtime: bool = True) -> None:
+        """The spec's transmitter `play()`: send a WAV file to the far end; returns when sent.
+
+        Shorthand for `FilePlayer.play`; use `FilePlayer.start` to play in the background.
+        """
+        self.FilePlayer.play(filename, realtime)
+
+    def play_dtmf(self, digits: str, tone_ms: int = 80, gap_ms: int = 80, realtime: bool = True) -> None:
+        """The spec's transmitter `play_dtmf()`: send in-band DTMF digits; returns when sent."""
+        self.DTMFPlayer.play(digits, tone_ms, gap_ms, realtime)
 
     def connect(self, other: "CallChannel") -> None:
         """Bridge two answered channels: each one's inbound audio becomes the other's outbound."""

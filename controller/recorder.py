@@ -96,10 +96,12 @@ class WholeCallRecorder:
             )
             worker = self._ctl.supervisor.pick()
             if worker is None:
-                raise Error("no worker is available to record")
+                return self._failed_to_start(args.path, "no worker is available to record")
             parent = os.path.dirname(args.path)
-            if not os.path.isdir(parent):
+            try:
                 os.makedirs(parent, mode=self._ctl.config.dir_mode, exist_ok=True)
+            except OSError as e:
+                return self._failed_to_start(args.path, f"cannot create directory {parent}: {e.strerror or e}")
             job_id = self._ctl._new_job(self)
             self._m.fire("start", job_id)
             self._worker = worker.index
@@ -142,6 +144,7 @@ class WholeCallRecorder:
         cipher: Any = None,
     ) -> Cause:
         """Record until the job ends (or `seconds_timeout` expires: cause TIMEOUT); returns the cause."""
+        self._check_call()  # the spec's Hangup/Error come before any argument is looked at
         timeout = check_timeout("seconds_timeout", seconds_timeout, allow_zero=False)
         started = self.start(filename, file_format, rate, max_bytes, milliseconds_max_silence,
                              milliseconds_initial_silence, dtmf_elim, recording_mode, cipher)
@@ -181,6 +184,19 @@ class WholeCallRecorder:
             raise Hangup(f"Channel({self._channel.id}): the call is IDLE (hung up)")
         if state is not CallState.ANSWERED:
             raise Error(f"Channel({self._channel.id}): the call is {state.value}, not ANSWERED")
+
+    def _failed_to_start(self, path: str, error: str) -> bool:
+        """A job that fails before reaching a worker (caller holds the condition).
+
+        It is still a failed record job, reported as the worker would report one:
+        `start()` returns False, state ERROR, cause ERROR; no file was created.
+        """
+        log.error("Channel(%d): cannot start recording %s: %s", self._channel.id, path, error)
+        self._m.fire("start", 0)
+        self._m.fire("ended", cause=Cause.ERROR)
+        self.last_result = JobResult(path, Cause.ERROR, 0, 0, 0.0, error)
+        self._cond.notify_all()
+        return False
 
     def _wait_end(self, timeout: float | None) -> Cause | None:
         """Wait until no job runs; its cause, or None on timeout."""
@@ -228,3 +244,7 @@ class WholeCallRecorder:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
             self._m.fire("ended", cause=cause)
             self._cond.notify_all()
+
+
+#: The spec's name for the class of `channel.WholeCallRecorder`.
+UASWholeCallFileRecorder = WholeCallRecorder
