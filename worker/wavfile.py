@@ -63,7 +63,7 @@ def header_bytes(file_format: str, channels: int) -> int:
 
 
 def _check_channels(codec: Codec, channels: int) -> None:
-    if channels not in (1, 2):
+    if type(channels) is not int or channels not in (1, 2):
         raise ValueError(f"channels: must be 1 or 2, got {channels!r}")
     if channels == 2 and not codec.stereo:
         raise ValueError(
@@ -108,7 +108,7 @@ class WavWriter:
     def __init__(self, sink: Sink, file_format: str, rate: int, channels: int = 1, max_bytes: int = 0) -> None:
         if file_format not in FORMATS:
             raise ValueError(f"file_format: unknown format {file_format!r}; expected one of {', '.join(FORMATS)}")
-        if isinstance(rate, bool) or rate not in RATES:
+        if type(rate) is not int or rate not in RATES:  # True and 8000.0 are not rates
             raise ValueError(f"rate: unsupported rate {rate!r}; expected one of {', '.join(map(str, RATES))}")
         codec = CODECS[file_format]
         _check_channels(codec, channels)

@@ -49,6 +49,8 @@ def test_header_sizes():
         ({"file_format": "mp3"}, "file_format"),
         ({"rate": 16000}, "rate"),
         ({"rate": True}, "rate"),
+        ({"rate": 8000.0}, "rate"),
+        ({"channels": True}, "channels"),
         ({"channels": 3}, "channels"),
         ({"file_format": "ima", "channels": 2}, "file_format"),
         ({"file_format": "oki", "channels": 2}, "file_format"),
