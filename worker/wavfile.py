@@ -15,7 +15,8 @@ Crash safety: audio is appended first and the header is rewritten after
 (one pwrite of the whole header) at the end of every `write()` and after every
 second of audio inside a long one, so a kill -9 at any moment leaves a header
 that describes only audio already on disk: sox, ffmpeg and libsndfile open it
-and play everything up to the last refresh. ADPCM data is appended in whole
+and play everything up to the last refresh (less, at rates other than 8000 Hz,
+the <= 150 ms still inside the resampler). ADPCM data is appended in whole
 units only (IMA blocks, OKI bytes), so that audio is always decodable.
 `repair(path)` then rewrites the sizes from the file length (dropping a
 partial unit), which is what `wholecall repair FILE` runs.
