@@ -27,7 +27,10 @@ CALL_RATE = 8000
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
     """Float samples in [-1, 1) to int16: round to nearest, clip (no dither)."""
-    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+    y = np.multiply(samples, np.float32(32768.0), dtype=np.float32)
+    np.rint(y, out=y)
+    np.clip(y, -32768, 32767, out=y)
+    return y.astype(np.int16)
 
 
 class StreamResampler:
@@ -51,7 +54,7 @@ class StreamResampler:
             return frames
         if self._flushed:
             raise RuntimeError("resampler already flushed")
-        x = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
+        x = np.multiply(frames, np.float32(1.0 / 32768.0), dtype=np.float32)
         if self.channels == 1:
             x = x.reshape(-1)
         y = self._stream.resample_chunk(x, last=False)
