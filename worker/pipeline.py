@@ -92,7 +92,8 @@ class Pipeline:
         self._alloc(capacity)
         self._ar = np.arange(FRAME, dtype=np.int64)
         self._hist_i = 0
-        self.rows = np.zeros(0, np.int64)  # active rows, sorted
+        self.rows = np.zeros(0, np.int64)  # active rows, sorted; rebuilt once per tick when jobs change
+        self._rows_dirty = False
         self.ended: list[JobEnded] = []
         self.overruns_seen = 0
 
@@ -181,7 +182,7 @@ class Pipeline:
             row, msg.silence_dbfs, ms * to_samples(msg.ms_initial_silence), ms * to_samples(msg.ms_max_silence)
         )
         self.dtmf.reset(np.array([2 * row, 2 * row + 1]), np.array([msg.dtmf_elim, msg.dtmf_elim]))
-        self.rows = np.array(sorted(self.jobs), np.int64)
+        self._rows_dirty = True
         return ""
 
     def stop(self, job_id: int, cause: str, end_pos: int) -> bool:
@@ -203,6 +204,11 @@ class Pipeline:
 
     def tick(self) -> int:
         """Advance every job as far as its audio allows; returns frames processed."""
+        if self._rows_dirty:
+            # Once per tick, not per start: a burst of 1,000 starts costs one sort.
+            self.rows = np.fromiter(self.jobs, np.int64, len(self.jobs))
+            self.rows.sort()
+            self._rows_dirty = False
         rows = self.rows
         if not len(rows):
             return 0
@@ -414,7 +420,7 @@ class Pipeline:
         del self.jobs[row]
         del self.by_id[job.msg.job_id]
         self._free_rows.append(row)
-        self.rows = np.array(sorted(self.jobs), np.int64)
+        self._rows_dirty = True
 
     def close(self) -> None:
         """Drop the views of the arena so it can be unmapped."""
