@@ -1,0 +1,914 @@
+"""`wholecall stress`: how many calls can one box record?
+
+Runs the real thing end to end: a `Controller` with its pinned workers, load generator
+processes (`controller.loadgen`) feeding both legs of every call at real-time pace, and
+recordings started and stopped through the public API from many threads. Then it checks
+every file and reports what it cost:
+
+- CPU per recorded channel-second for the workers (all stages; the per-stage split
+  comes from sampling the workers with py-spy when `--profile` is given), the load
+  generators and the controller process (which also runs this harness);
+- ring overruns and lost samples (must be zero), files decoded with soundfile and
+  length-checked against what the load generators wrote (+-1 frame), a spot check of
+  content against the mix the recording must contain;
+- start()/stop() latency percentiles, overall and with >= 90 % of the calls running;
+- memory per channel (rings from the arena layout, worker and controller buffers as
+  measured), and the arena sized from the channel count;
+- with `--baseline`, the same recordings made the way a user would without wholecall
+  (one sox or ffmpeg process per call mixing the two legs, fed through pipes at real
+  time in 20 ms frames) and the CPU ratio to ours;
+- with `--find-max`, short runs at growing channel counts up to the largest that loses
+  nothing and keeps every worker under 90 % of its core.
+
+Each call: answered channel, `start(file_format=..., rate=8000, dtmf_elim=True,
+recording_mode="mixed", milliseconds_max_silence=...)`; once the worker confirms, the
+load generator feeds it `--seconds` of conversation starting at leg position 0, so the
+file must hold exactly the samples the legs received; then `stop()`. Exit status 0
+only if nothing was lost and every file is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import queue
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from shm.layout import Layout
+
+from .config import Config
+from .loadgen import LoadGenerators, Programs, load_programs
+
+log = logging.getLogger("wholecall.stress")
+
+RATE = 8000
+FRAME = 160
+#: A worker busier than this (fraction of its core) is not sustainable: no headroom for bursts.
+CPU_LIMIT = 0.90
+#: Content check floor per format: SNR (dB) of a decoded file against the exact mix
+#: (DTMF spans left out). Well under what each codec achieves on speech, far above the
+#: ~0 dB of a misaligned, garbled or wrongly mixed file.
+SNR_FLOOR_DB = {"alaw": 20.0, "ulaw": 20.0, "s16bit": 50.0, "u8bit": 15.0, "ima": 8.0, "oki": 6.0}
+FIND_MAX_LEVELS = [500, 1000, 2000, 5000, 10000, 15000, 20000, 30000]
+
+
+@dataclass
+class StressConfig:
+    """One stress run (see `--help` for each field's meaning)."""
+
+    channels: int = 1000
+    seconds: float = 60.0
+    workers: int = 0
+    loadgens: int = 1
+    file_format: str = "alaw"
+    rate: int = 8000
+    max_silence_ms: int = 5000
+    ring_ms: int = 2048
+    start_rate: float = 1000.0
+    threads: int = 64
+    block_ms: float = 100.0
+    out: str = "wholecall-stress"
+    keep: bool = False
+    profile: bool = False
+    spot_checks: int = 8
+    quiet: bool = False
+    programs: int = 16
+
+
+@dataclass
+class Call:
+    """One channel of the run and what happened to it."""
+
+    index: int
+    channel: object
+    name: str
+    program: int = 0
+    phase: int = 0
+    started: bool = False
+    start_ms: float = math.nan
+    running_at_start: int = 0
+    stored: tuple[int, int] = (0, 0)
+    overruns: tuple[int, int] = (0, 0)
+    stop_ms: float = math.nan
+    path: str = ""
+    cause: str = ""
+    error: str = ""
+    fed: bool = False
+    stopped: bool = False
+    t_begin: float = math.nan  # monotonic time start() was called
+    t_end: float = math.nan  # ... and returned
+
+
+# -- small measurement helpers ------------------------------------------------------------------
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Lift the soft open-files limit to the hard one (workers inherit it): one file per recording."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise RLIMIT_NOFILE to %d: %s", hard, e)
+    return soft, hard
+
+
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used; nan if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TCK
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
+def proc_anon(pid: int) -> int:
+    """Private anonymous resident memory of a process in bytes (its own buffers, not the shm arena)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def percentiles(values: list[float]) -> dict:
+    v = np.asarray([x for x in values if not math.isnan(x)], float)
+    if not len(v):
+        return {"n": 0}
+    p = np.percentile(v, [50, 90, 99])
+    return {"n": int(len(v)), "p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3),
+            "p99": round(float(p[2]), 3), "max": round(float(v.max()), 3)}
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpus": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
+            "numpy": np.__version__, "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+# -- file verification (runs in a process pool, after the load) ----------------------------------
+
+
+def verify_file(path: str, expected: int, file_format: str, rate: int) -> dict:
+    """Decode one recording completely; check its format and length (+-1 frame) against `expected`."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+        data, sr = sf.read(path, dtype="int16", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - any decoder failure makes the file invalid
+        return {"ok": False, "frames": 0, "problem": f"cannot decode: {e}"}
+    want_sub = {"alaw": "ALAW", "ulaw": "ULAW", "s16bit": "PCM_16", "u8bit": "PCM_U8", "ima": "IMA_ADPCM",
+                "oki": None}.get(file_format)
+    frames = int(len(data))
+    exp = expected * rate // RATE
+    tol = FRAME * rate // RATE + (1017 if file_format == "ima" else 0)  # IMA pads its last block
+    problems = []
+    if sr != rate:
+        problems.append(f"rate {sr}, want {rate}")
+    if data.shape[1] != 1:
+        problems.append(f"{data.shape[1]} channels, want 1 (mixed)")
+    if want_sub and info.subtype != want_sub:
+        problems.append(f"subtype {info.subtype}, want {want_sub}")
+    if abs(frames - exp) > tol:
+        problems.append(f"{frames} frames, want {exp} +-{tol}")
+    if frames and not np.any(data):
+        problems.append("all samples are zero")
+    return {"ok": not problems, "frames": frames, "problem": "; ".join(problems)}
+
+
+def spot_check(path: str, programs: Programs, program: int, phase: int, expected: int, file_format: str) -> dict:
+    """Compare one file with the exact mix of what its legs received (SNR outside DTMF spans)."""
+    import soundfile as sf
+
+    data, _ = sf.read(path, dtype="int16", always_2d=True)
+    got = data[:, 0].astype(np.float64)
+    legs = programs.span(program, phase, expected).astype(np.int32)
+    want = np.clip(legs[0] + legs[1], -32768, 32767).astype(np.float64)
+    n = min(len(got), len(want))
+    dtmf = programs.dtmf_span(program, phase, expected)[:n]
+    keep = ~dtmf
+    err = got[:n][keep] - want[:n][keep]
+    snr = 10 * math.log10(max(1e-9, float(np.sum(want[:n][keep] ** 2))) / max(1e-9, float(np.sum(err ** 2))))
+    # DTMF elimination at scale: tone energy left in the file over what the legs carried there.
+    residue = None
+    if dtmf.any():
+        e_in = float(np.sum(want[:n][dtmf] ** 2))
+        residue = round(10 * math.log10(max(1e-9, float(np.sum(got[:n][dtmf] ** 2))) / max(1e-9, e_in)), 1)
+    floor = SNR_FLOOR_DB.get(file_format, 6.0)
+    return {"path": path, "snr_db": round(snr, 1), "floor_db": floor, "ok": snr >= floor,
+            "dtmf_residue_db": residue}
+
+
+# -- one run --------------------------------------------------------------------------------------
+
+
+class Sampler:
+    """CPU and memory of every process involved, sampled over time (for the steady-state window)."""
+
+    def __init__(self, workers: list[int], loadgens: list[int]) -> None:
+        self.workers = workers
+        self.loadgens = loadgens
+        self.samples: list[dict] = []
+
+    def take(self, recording: int, overruns: int) -> dict:
+        s = {"t": time.monotonic(), "recording": recording, "overruns": overruns,
+             "workers": [proc_cpu(p) for p in self.workers], "loadgens": [proc_cpu(p) for p in self.loadgens],
+             "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in self.workers]}
+        self.samples.append(s)
+        return s
+
+
+class Run:
+    """Drives one stress run; `execute()` returns the report (a JSON-able dict)."""
+
+    def __init__(self, cfg: StressConfig) -> None:
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        self.calls: list[Call] = []
+        self.recording = 0
+        self.started = 0
+        self.start_failed = 0
+        self.stopped = 0
+        self.fed_q: queue.Queue[Call] = queue.Queue()
+        self.first_done: float | None = None
+        self.ramp_end: float | None = None
+        self.lg_stats: dict[int, dict] = {}
+        self.lg_lag_ms = 0.0
+        self.errors: list[str] = []
+        self.spy: list[tuple[subprocess.Popen, str]] = []
+        self.t_start = 0.0
+        self._io_stop = threading.Event()
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def execute(self) -> dict:
+        from . import Controller
+
+        cfg = self.cfg
+        rng = np.random.default_rng(12345)
+        progs, progs_path = load_programs(count=cfg.programs)
+        self.programs = progs
+        run_dir = os.path.join(cfg.out, f"recordings-{cfg.channels}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        ccfg = Config(workers=cfg.workers, recordings_dir=run_dir, max_channels=cfg.channels, ring_ms=cfg.ring_ms)
+        lay = Layout(2 * cfg.channels, ccfg.ring_samples)
+        nofile = raise_nofile()
+        report: dict = {
+            "command": "wholecall stress", "config": asdict(cfg), "machine": machine(),
+            "clips": {"source": progs.source, "programs": progs.count, "seconds": progs.length / RATE},
+            "rlimit_nofile": nofile[0],
+        }
+        ctl = Controller(**{k: getattr(ccfg, k) for k in ("workers", "recordings_dir", "max_channels", "ring_ms")})
+        lg = None
+        try:
+            ctl.start()
+            worker_pids = [w.proc.pid for w in ctl.supervisor.workers]
+            lg = LoadGenerators(cfg.loadgens, ctl.arena.name, progs_path, cfg.block_ms)
+            self.sampler = Sampler(worker_pids, lg.pids)
+            anon_workers0 = sum(proc_anon(p) for p in worker_pids)
+            anon_ctl0 = proc_anon(os.getpid())
+            t0 = time.monotonic()
+            for i in range(cfg.channels):
+                ch = ctl.incoming_call()
+                ch.answer()
+                self.calls.append(Call(i, ch, f"{i // 1000:03d}/call-{i:06d}.wav",
+                                       program=int(rng.integers(progs.count))))
+            create_s = time.monotonic() - t0
+            base = self.sampler.take(0, 0)
+            starters = cf.ThreadPoolExecutor(cfg.threads, thread_name_prefix="start")
+            stoppers = cf.ThreadPoolExecutor(max(4, cfg.threads // 4), thread_name_prefix="stop")
+            self.stoppers = stoppers
+            io = threading.Thread(target=self._io_loop, args=(lg, rng), name="stress-io", daemon=True)
+            io.start()
+            t_start = self.t_start = time.monotonic()
+            deadline = t_start + cfg.channels / cfg.start_rate * 3 + cfg.seconds + 120
+            # The ramp: start() calls handed out at the target rate, run by many threads.
+            next_progress = t_start
+            i = 0
+            last = base
+            while True:
+                now = time.monotonic()
+                while i < cfg.channels and t_start + i / cfg.start_rate <= now:
+                    starters.submit(self._start, self.calls[i])
+                    i += 1
+                if self.ramp_end is None and self.started + self.start_failed == cfg.channels:
+                    self.ramp_end = now
+                    if cfg.profile:
+                        # Sample the workers in the steady state: all calls recording, none ended yet.
+                        window = max(1.0, min(20.0, cfg.seconds - 2.0))
+                        self.spy = start_profiler(worker_pids, window, cfg.out)
+                if now >= next_progress:
+                    last = self._progress(ctl, last, now - t_start)
+                    next_progress = now + 1.0
+                if self.stopped + self.start_failed >= cfg.channels:
+                    break
+                if now > deadline:
+                    self.errors.append(f"run did not finish within {deadline - t_start:.0f} s")
+                    break
+                if not all(lg.alive()):
+                    self.errors.append("a load generator died")
+                    break
+                time.sleep(min(0.005, max(0.0, t_start + i / cfg.start_rate - now)) if i < cfg.channels else 0.05)
+            starters.shutdown(wait=True)
+            self._io_stop.set()
+            io.join(10)
+            stoppers.shutdown(wait=True)
+            end = self.sampler.take(self.recording, int(ctl.arena.overruns.sum()))
+            self._progress(ctl, last, time.monotonic() - t_start, final=True)
+            restarts = ctl.supervisor.restarts
+            anon_workers = max(sum(s["worker_anon"]) for s in self.sampler.samples)
+            anon_ctl = proc_anon(os.getpid())
+            lg_pids = list(lg.pids)
+        finally:
+            if lg is not None:
+                lg.close()
+            ctl.close()
+        wall = time.monotonic() - t_start
+        # -- figures ---------------------------------------------------------------------------
+        ok_calls = [c for c in self.calls if c.started]
+        report["run"] = {
+            "channels_created_s": round(create_s, 2), "wall_s": round(wall, 2),
+            "started": len(ok_calls), "start_failures": self.start_failed,
+            "start_rate_achieved": round(self._achieved_rate(), 1), "worker_restarts": restarts,
+            "loadgen_max_lag_ms": round(self.lg_lag_ms, 1), "errors": self.errors,
+        }
+        report["latency_ms"] = {
+            "start": percentiles([c.start_ms for c in self.calls]),
+            "start_at_load": percentiles([c.start_ms for c in self.calls if c.running_at_start >= 0.9 * cfg.channels]),
+            "stop": percentiles([c.stop_ms for c in self.calls]),
+        }
+        report["memory"] = {
+            "ring_samples": ccfg.ring_samples, "ring_bytes_per_leg": ccfg.ring_samples * 2,
+            "rings_bytes_per_channel": 2 * ccfg.ring_samples * 2,
+            "arena_bytes": lay.total, "arena_bytes_per_channel": round(lay.total / cfg.channels),
+            "worker_anon_bytes_per_channel": round(max(0, anon_workers - anon_workers0) / max(1, len(ok_calls))),
+            "controller_anon_bytes_per_channel": round(max(0, anon_ctl - anon_ctl0) / cfg.channels),
+        }
+        self._cpu_figures(report, base, end, lg_pids)
+        self._verify(report, run_dir)
+        failures = []
+        if self.start_failed:
+            failures.append(f"{self.start_failed} start() calls failed")
+        if report["overruns"]:
+            failures.append(f"{report['overruns']} samples overran the rings")
+        if report["lost_samples"]:
+            failures.append(f"{report['lost_samples']} samples lost")
+        if report["files"]["invalid"]:
+            failures.append(f"{report['files']['invalid']} invalid files")
+        if report["files"]["spot_failed"]:
+            failures.append(f"{report['files']['spot_failed']} files failed the content check")
+        if restarts:
+            failures.append(f"{restarts} worker restarts")
+        failures.extend(self.errors)
+        report["failures"] = failures
+        report["ok"] = not failures
+        if not cfg.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            report["recordings_dir"] = run_dir
+        return report
+
+    # -- API threads ----------------------------------------------------------------------------
+
+    def _start(self, call: Call) -> None:
+        cfg = self.cfg
+        rec = call.channel.WholeCallRecorder
+        with self.lock:
+            call.running_at_start = self.recording
+        t = call.t_begin = time.perf_counter()
+        try:
+            ok = rec.start(call.name, file_format=cfg.file_format, rate=cfg.rate,
+                           milliseconds_max_silence=cfg.max_silence_ms, dtmf_elim=True, recording_mode="mixed")
+        except Exception as e:  # noqa: BLE001 - reported, the run goes on
+            ok = False
+            call.error = f"start raised {type(e).__name__}: {e}"
+        call.t_end = time.perf_counter()
+        call.start_ms = 1000 * (call.t_end - t)
+        with self.lock:
+            if ok:
+                call.started = True
+                self.started += 1
+                self.recording += 1
+            else:
+                self.start_failed += 1
+                call.error = call.error or f"start() returned False (cause {rec.cause().name})"
+        if ok:
+            self.fed_q.put(call)
+        else:
+            self._close(call)
+
+    def _stop(self, call: Call) -> None:
+        rec = call.channel.WholeCallRecorder
+        t = time.perf_counter()
+        try:
+            ok = rec.stop()
+        except Exception as e:  # noqa: BLE001
+            ok = False
+            call.error = f"stop raised {type(e).__name__}: {e}"
+        call.stop_ms = 1000 * (time.perf_counter() - t)
+        res = rec.last_result
+        if res is not None:
+            call.path, call.cause, call.error = res.path, res.cause.name, call.error or res.error
+        if not ok:
+            call.error = call.error or "stop() timed out"
+        self._close(call)
+        with self.lock:
+            self.recording -= 1
+            self.stopped += 1
+            call.stopped = True
+
+    def _close(self, call: Call) -> None:
+        try:
+            call.channel.close()
+        except Exception as e:  # noqa: BLE001
+            call.error = call.error or f"close raised {e}"
+
+    def _io_loop(self, lg: LoadGenerators, rng: np.random.Generator) -> None:
+        """Hands started calls to the load generators in cohorts; stops calls they finished feeding."""
+        cfg = self.cfg
+        samples = int(round(cfg.seconds * RATE))
+        cohort_id = 0
+        pending: list[Call] = []
+        window_end = 0.0
+        while not self._io_stop.is_set():
+            now = time.monotonic()
+            try:
+                while True:
+                    pending.append(self.fed_q.get_nowait())
+            except queue.Empty:
+                pass
+            # One cohort per block: calls started within it begin feeding together, in step.
+            if pending and (now >= window_end or len(pending) >= 4096):
+                cohort_id += 1
+                phase = int(rng.integers(self.programs.length))
+                for c in pending:
+                    c.phase = phase
+                    c.fed = True
+                slots = [s for c in pending for s in (c.channel.inbound.slot, c.channel.outbound.slot)]
+                lg.feed(cohort_id, [c.index for c in pending], slots, [c.program for c in pending], phase, samples)
+                pending = []
+                window_end = now + cfg.block_ms / 1000
+            elif not pending:
+                window_end = now + cfg.block_ms / 1000
+            for gen, msg in lg.poll(5):
+                if msg["t"] == "done":
+                    if self.first_done is None:
+                        self.first_done = time.monotonic()
+                        self.sampler.take(self.recording, 0)
+                    self.lg_lag_ms = max(self.lg_lag_ms, msg["lag_ms"])
+                    st, ov = msg["stored"], msg["overruns"]
+                    for j, idx in enumerate(msg["channels"]):
+                        call = self.calls[idx]
+                        call.stored = (st[2 * j], st[2 * j + 1])
+                        call.overruns = (ov[2 * j], ov[2 * j + 1])
+                        self.stoppers.submit(self._stop, call)
+                elif msg["t"] == "stats":
+                    self.lg_stats[gen] = msg
+                    self.lg_lag_ms = max(self.lg_lag_ms, msg["lag_ms"])
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def _progress(self, ctl, last: dict, elapsed: float, final: bool = False) -> dict:
+        s = self.sampler.take(self.recording, int(ctl.arena.overruns.sum()) if ctl.arena is not None else 0)
+        dt = max(1e-6, s["t"] - last["t"])
+        wk = " ".join(f"{100 * (a - b) / dt:3.0f}%" for a, b in zip(s["workers"], last["workers"]))
+        lgc = sum(s["loadgens"]) - sum(last["loadgens"])
+        line = (f"[{elapsed:6.1f}s] recording {self.recording:6d}/{self.cfg.channels}  started {self.started}"
+                f"  stopped {self.stopped}  failed {self.start_failed}  overruns {s['overruns']}"
+                f"  | CPU workers {wk}  loadgen {100 * lgc / dt:3.0f}%  controller {100 * (s['controller'] - last['controller']) / dt:3.0f}%"
+                f"  | lag {self.lg_lag_ms:.0f} ms")
+        if not self.cfg.quiet:
+            end = "\n" if final or not sys.stderr.isatty() else ""
+            sys.stderr.write(("\r" if sys.stderr.isatty() else "") + line + end)
+            sys.stderr.flush()
+        return s
+
+    def _achieved_rate(self) -> float:
+        """start() calls per second from the first call to the last return, all threads together."""
+        done = [c for c in self.calls if not math.isnan(c.t_end)]
+        if len(done) < 2:
+            return 0.0
+        return len(done) / max(1e-6, max(c.t_end for c in done) - min(c.t_begin for c in done))
+
+    def _cpu_figures(self, report: dict, base: dict, end: dict, lg_pids: list[int]) -> None:
+        total_samples = sum(max(c.stored) for c in self.calls if c.started)
+        ch_s = total_samples / RATE
+        d = lambda key: sum(end[key]) - sum(base[key]) if isinstance(end[key], list) else end[key] - base[key]  # noqa: E731
+        us = lambda cpu, chs: round(1e6 * cpu / chs, 1) if chs > 0 else None  # noqa: E731
+        cpu = {
+            "recorded_channel_seconds": round(ch_s, 1),
+            "worker_cpu_s": round(d("workers"), 2), "loadgen_cpu_s": round(d("loadgens"), 2),
+            "controller_cpu_s": round(d("controller"), 2),
+            "worker_us_per_channel_second": us(d("workers"), ch_s),
+            "loadgen_us_per_channel_second": us(d("loadgens"), ch_s),
+            "controller_us_per_channel_second": us(d("controller"), ch_s),
+        }
+        # Steady state: every call recording (after the ramp, before the first call ends).
+        steady = [s for s in self.sampler.samples if s["recording"] >= 0.999 * self.cfg.channels]
+        if len(steady) >= 2 and steady[-1]["t"] - steady[0]["t"] >= 1.0:
+            a, b = steady[0], steady[-1]
+            dt = b["t"] - a["t"]
+            chs = b["recording"] * dt
+            cpu["steady"] = {
+                "window_s": round(dt, 1),
+                "worker_core_utilisation": [round((y - x) / dt, 3) for x, y in zip(a["workers"], b["workers"])],
+                "worker_us_per_channel_second": us(sum(b["workers"]) - sum(a["workers"]), chs),
+                "loadgen_us_per_channel_second": us(sum(b["loadgens"]) - sum(a["loadgens"]), chs),
+                "controller_us_per_channel_second": us(b["controller"] - a["controller"], chs),
+            }
+        report["cpu"] = cpu
+        if self.spy:
+            us = cpu.get("steady", {}).get("worker_us_per_channel_second") or cpu["worker_us_per_channel_second"]
+            cpu["stages"] = collect_profile(self.spy, us)
+
+    def _spot_sample(self, calls: list[Call]) -> list[Call]:
+        """Files for the content check: spread over the run, half of them with DTMF in the call."""
+        m = self.cfg.spot_checks
+        if m <= 0 or not calls:
+            return []
+        has = [c for c in calls if self.programs.dtmf_span(c.program, c.phase, max(c.stored)).any()]
+        pick = has[:: max(1, len(has) // max(1, m // 2))][: m // 2]
+        rest = [c for c in calls if c not in pick]
+        pick += rest[:: max(1, len(rest) // max(1, m - len(pick)))][: m - len(pick)]
+        return pick
+
+    def _verify(self, report: dict, run_dir: str) -> None:
+        cfg = self.cfg
+        overruns = sum(sum(c.overruns) for c in self.calls)
+        causes: dict[str, int] = {}
+        jobs = []
+        problems: list[str] = []
+        for c in self.calls:
+            if not c.started:
+                continue
+            causes[c.cause or "NONE"] = causes.get(c.cause or "NONE", 0) + 1
+            if c.cause != "ABORTED":
+                problems.append(f"{c.name}: cause {c.cause or 'NONE'} {c.error}".strip())
+            if not c.path:
+                continue
+            jobs.append(c)
+        results: list[dict] = []
+        if jobs:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max(1, min(len(os.sched_getaffinity(0)), 4)), mp_context=ctx) as pool:
+                results = list(pool.map(verify_file, [c.path for c in jobs], [max(c.stored) for c in jobs],
+                                        [cfg.file_format] * len(jobs), [cfg.rate] * len(jobs), chunksize=64))
+        invalid = 0
+        lost = overruns
+        for c, r in zip(jobs, results):
+            if not r["ok"]:
+                invalid += 1
+                problems.append(f"{c.name}: {r['problem']}")
+            short = max(c.stored) * cfg.rate // RATE - r["frames"]
+            if short > FRAME:
+                lost += short
+        spots = []
+        if cfg.rate == RATE:
+            for c in self._spot_sample([c for c, r in zip(jobs, results) if r["ok"]]):
+                spots.append(spot_check(c.path, self.programs, c.program, c.phase, max(c.stored), cfg.file_format))
+        for s in spots:
+            if not s["ok"]:
+                problems.append(f"{s['path']}: content SNR {s['snr_db']} dB under {s['floor_db']} dB")
+        report["overruns"] = int(overruns)
+        report["lost_samples"] = int(lost)
+        report["files"] = {
+            "expected": sum(1 for c in self.calls if c.started), "verified": len(results) - invalid,
+            "invalid": invalid + sum(1 for c in self.calls if c.started and not c.path), "causes": causes,
+            "spot_checks": spots, "spot_failed": sum(1 for s in spots if not s["ok"]),
+            "problems": problems[:20],
+        }
+
+
+# -- baseline: one sox / ffmpeg process per call -----------------------------------------------------
+
+
+def baseline_command(tool: str, fd_in: int, fd_out: int, path: str) -> list[str]:
+    """How a user mixes a call's two legs to an A-law WAV without wholecall (inputs: raw s16 8 kHz pipes)."""
+    if tool == "sox":
+        raw = ["-t", "raw", "-r", "8000", "-e", "signed-integer", "-b", "16", "-c", "1"]
+        return ["sox", "-V1", "-m", "-v", "1", *raw, f"/dev/fd/{fd_in}", "-v", "1", *raw, f"/dev/fd/{fd_out}",
+                "-t", "wav", "-e", "a-law", "-b", "8", path]
+    if tool == "ffmpeg":
+        pcm = ["-f", "s16le", "-ar", "8000", "-ac", "1"]
+        return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *pcm, "-i", f"pipe:{fd_in}", *pcm,
+                "-i", f"pipe:{fd_out}", "-filter_complex", "amix=inputs=2:duration=longest:normalize=0",
+                "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1", path]
+    raise ValueError(f"no baseline for tool {tool!r} (use sox or ffmpeg)")
+
+
+def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out: str, quiet: bool = False) -> dict:
+    """`calls` processes of `tool`, each fed both legs through pipes in 20 ms frames at real time.
+
+    CPU is the children's rusage (user + system) over the phase: process start-up,
+    reading, mixing, encoding and writing; the feeding (this process) is not counted,
+    just as the load generators are not counted in wholecall's worker figure.
+    """
+    if not shutil.which(tool):
+        return {"tool": tool, "skipped": f"{tool} not installed"}
+    d = tempfile.mkdtemp(prefix=f"baseline-{tool}-", dir=out)
+    rng = np.random.default_rng(99)
+    samples = int(seconds * RATE)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    procs, writers, audio = [], [], []
+    try:
+        for k in range(calls):
+            legs = programs.span(k % programs.count, int(rng.integers(programs.length)), samples)
+            r_in, w_in = os.pipe()
+            r_out, w_out = os.pipe()
+            path = os.path.join(d, f"call-{k:05d}.wav")
+            procs.append((subprocess.Popen(baseline_command(tool, r_in, r_out, path), pass_fds=(r_in, r_out),
+                                           stdin=subprocess.DEVNULL), path))
+            os.close(r_in)
+            os.close(r_out)
+            writers.append((w_in, w_out))
+            audio.append((legs[0].tobytes(), legs[1].tobytes()))
+        t0 = time.monotonic()
+        frame_b = FRAME * 2
+        nframes = samples // FRAME
+        for j in range(nframes):
+            due = t0 + (j + 1) * FRAME / RATE
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            a, b = j * frame_b, (j + 1) * frame_b
+            for (w_in, w_out), (x_in, x_out) in zip(writers, audio):
+                os.write(w_in, x_in[a:b])
+                os.write(w_out, x_out[a:b])
+            if not quiet and j % 50 == 0:
+                sys.stderr.write(f"\rbaseline {tool}: {calls} calls, {j * FRAME / RATE:5.1f}/{seconds:g} s")
+                sys.stderr.flush()
+    finally:
+        for w_in, w_out in writers:
+            os.close(w_in)
+            os.close(w_out)
+        codes = [p.wait() for p, _ in procs]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if not quiet:
+        sys.stderr.write("\n")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    frames_ok = 0
+    import soundfile as sf
+
+    for _, path in procs:
+        try:
+            frames_ok += abs(sf.info(path).frames - samples) <= FRAME
+        except Exception:  # noqa: BLE001
+            pass
+    shutil.rmtree(d, ignore_errors=True)
+    ch_s = calls * nframes * FRAME / RATE
+    return {"tool": tool, "calls": calls, "seconds": seconds, "cpu_s": round(cpu, 2),
+            "us_per_channel_second": round(1e6 * cpu / ch_s, 1), "exit_failures": sum(1 for c in codes if c),
+            "files_ok": frames_ok}
+
+
+# -- py-spy stage split --------------------------------------------------------------------------------
+
+#: (file name, function name or "*") -> stage, tried for the innermost frame of ours in a sample.
+STAGES = [
+    (("dtmf.py", "*"), "dtmf"),
+    (("silence.py", "*"), "silence"),
+    (("resample.py", "*"), "resample"),
+    (("g711.py", "*"), "encode"), (("ima.py", "*"), "encode"), (("oki.py", "*"), "encode"),
+    (("pcm.py", "*"), "encode"), (("base.py", "*"), "encode"),
+    (("sink.py", "*"), "file write"), (("cryptofile.py", "*"), "file write"), (("crypto.py", "*"), "file write"),
+    (("wavfile.py", "*"), "wav writer"),
+    (("pipeline.py", "tick"), "gather (ring read, positions)"),
+    (("pipeline.py", "_emit"), "mix + staging"),
+    (("pipeline.py", "_flush_and_end"), "flush/finalise"), (("pipeline.py", "_flush"), "flush/finalise"),
+    (("pipeline.py", "_finish"), "flush/finalise"), (("pipeline.py", "_append_delayed"), "flush/finalise"),
+    (("pipeline.py", "start"), "job start/stop"), (("pipeline.py", "_release"), "job start/stop"),
+    (("pipeline.py", "stop"), "job start/stop"),
+    (("main.py", "*"), "control loop (zmq, msgpack)"), (("messages.py", "*"), "control loop (zmq, msgpack)"),
+    (("sockets.py", "*"), "control loop (zmq, msgpack)"),
+]
+
+
+def classify_stack(stack: str) -> str:
+    """The stage a sampled worker stack belongs to: the innermost frame in worker/ or protocol/ decides."""
+    frames = stack.split(";")
+    for fr in reversed(frames):
+        if "(" not in fr:
+            continue
+        func, loc = fr.rsplit(" (", 1)
+        path = loc.split(":", 1)[0]
+        if "/worker/" not in path and "/protocol/" not in path and not path.startswith(("worker/", "protocol/")):
+            continue
+        base = os.path.basename(path)
+        for (fname, fn), stage in STAGES:
+            if base == fname and (fn == "*" or func.strip() == fn or func.strip().endswith("." + fn)):
+                return stage
+        return f"other ({base}:{func.strip()})"
+    return "other (outside worker code)"
+
+
+def start_profiler(pids: list[int], seconds: float, out: str) -> list[tuple[subprocess.Popen, str]]:
+    """py-spy record on each worker for `seconds` (raw collapsed stacks); [] if py-spy is missing."""
+    exe = shutil.which("py-spy")
+    if not exe:
+        log.warning("--profile: py-spy is not installed (pip install py-spy); no per-stage split")
+        return []
+    runs = []
+    for pid in pids:
+        path = os.path.join(out, f"pyspy-{pid}.txt")
+        cmd = [exe, "record", "--pid", str(pid), "--rate", "97", "--format", "raw", "--output", path,
+               "--duration", str(max(1, int(seconds))), "--nonblocking"]
+        runs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), path))
+    return runs
+
+
+def collect_profile(runs: list[tuple[subprocess.Popen, str]], us_per_channel_second: float | None) -> dict:
+    """Per-stage share of the sampled worker stacks, and the µs per channel-second that share is."""
+    counts: dict[str, int] = {}
+    for p, path in runs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        try:
+            with open(path) as f:
+                for line in f:
+                    stack, _, n = line.rstrip("\n").rpartition(" ")
+                    if stack and n.isdigit():
+                        stage = classify_stack(stack)
+                        counts[stage] = counts.get(stage, 0) + int(n)
+        except OSError:
+            pass
+    total = sum(counts.values())
+    if not total:
+        return {}
+    out = {}
+    for stage, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        share = n / total
+        out[stage] = {"share": round(share, 3),
+                      "us_per_channel_second": round(share * us_per_channel_second, 1) if us_per_channel_second else None}
+    return out
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+
+def run_stress(cfg: StressConfig) -> dict:
+    """One run at `cfg.channels`; the report dict (see the module docstring)."""
+    os.makedirs(cfg.out, exist_ok=True)
+    return Run(cfg).execute()
+
+
+def summary(report: dict) -> str:
+    """A few human lines from a report."""
+    cpu = report.get("cpu", {})
+    st = cpu.get("steady", {})
+    lat = report.get("latency_ms", {})
+    f = report.get("files", {})
+    lines = [
+        f"channels {report['config']['channels']} x {report['config']['seconds']:g} s, format "
+        f"{report['config']['file_format']}: {'OK' if report.get('ok') else 'FAILED'}",
+        f"  worker CPU {cpu.get('worker_us_per_channel_second')} us per channel-second overall, "
+        f"{st.get('worker_us_per_channel_second')} steady (cores {st.get('worker_core_utilisation')}); "
+        f"loadgen {cpu.get('loadgen_us_per_channel_second')}, controller+harness {cpu.get('controller_us_per_channel_second')}",
+        f"  overruns {report.get('overruns')}, lost samples {report.get('lost_samples')}, files verified "
+        f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}",
+        f"  start ms p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
+        f"(at load p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
+        f"stop ms p50 {lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}, "
+        f"start rate {report.get('run', {}).get('start_rate_achieved')}/s",
+        f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
+        f"{report.get('memory', {}).get('worker_anon_bytes_per_channel')} B, controller "
+        f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B",
+    ]
+    for stage, v in cpu.get("stages", {}).items():
+        lines.append(f"    {stage:34s} {100 * v['share']:5.1f} %  {v['us_per_channel_second']} us/ch-s")
+    for b in report.get("baseline", []):
+        if "skipped" in b:
+            lines.append(f"  baseline {b['tool']}: skipped ({b['skipped']})")
+        else:
+            lines.append(f"  baseline {b['tool']}: {b['us_per_channel_second']} us per channel-second "
+                         f"({b['calls']} calls x {b['seconds']:g} s), {b.get('ratio_to_wholecall_workers')}x wholecall's workers")
+    for fail in report.get("failures", []):
+        lines.append(f"  FAILURE: {fail}")
+    return "\n".join(lines)
+
+
+def _sustainable(rep: dict) -> bool:
+    util = rep.get("cpu", {}).get("steady", {}).get("worker_core_utilisation")
+    return bool(rep.get("ok")) and util is not None and max(util) < CPU_LIMIT
+
+
+def find_max(cfg: StressConfig, levels: list[int]) -> dict:
+    """Short runs at growing channel counts; the largest with zero loss and every worker < 90 % busy."""
+    runs = []
+    best = 0
+    for n in levels:
+        c = StressConfig(**{**asdict(cfg), "channels": n, "profile": False})
+        rep = run_stress(c)
+        good = _sustainable(rep)
+        if not cfg.quiet:
+            print(summary(rep), flush=True)
+        runs.append({"channels": n, "sustainable": good, "report": rep})
+        if not good:
+            break
+        best = n
+    return {"command": "wholecall stress --find-max", "max_channels": best, "cpu_limit": CPU_LIMIT, "levels": runs}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = StressConfig()
+    p = argparse.ArgumentParser(prog="wholecall stress", description=(
+        "Record many channels at real time (mixed, dtmf_elim, max silence set) with load generators in other "
+        "processes; report CPU per channel-second, losses, latency, memory; verify every file."))
+    p.add_argument("--channels", type=int, default=d.channels, help="concurrent calls (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=d.seconds, help="audio fed to each call (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="worker processes (0 = one per CPU)")
+    p.add_argument("--loadgens", type=int, default=d.loadgens, help="load generator processes (default %(default)s)")
+    p.add_argument("--format", dest="file_format", default=d.file_format, help="file_format (default %(default)s)")
+    p.add_argument("--max-silence-ms", type=int, default=d.max_silence_ms,
+                   help="milliseconds_max_silence of every recording (default %(default)s)")
+    p.add_argument("--ring-ms", type=int, default=d.ring_ms, help="ring per leg, ms (default %(default)s)")
+    p.add_argument("--start-rate", type=float, default=d.start_rate, help="start() calls per second (default %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads, help="API threads calling start() (default %(default)s)")
+    p.add_argument("--block-ms", type=float, default=d.block_ms, help="audio per producer write (default %(default)s)")
+    p.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
+    p.add_argument("--report", default=None, help="JSON report path (default OUT/stress-report.json)")
+    p.add_argument("--keep", action="store_true", help="keep the recordings (default: removed once verified)")
+    p.add_argument("--profile", action="store_true", help="sample the workers with py-spy: CPU split per stage")
+    p.add_argument("--spot-checks", type=int, default=d.spot_checks, help="files compared with the exact mix")
+    p.add_argument("--find-max", action="store_true", help="ramp the channel count to the largest sustainable")
+    p.add_argument("--levels", type=int, nargs="+", default=FIND_MAX_LEVELS, help="channel counts for --find-max")
+    p.add_argument("--baseline", type=int, nargs="?", const=100, default=0, metavar="CALLS",
+                   help="also record CALLS calls with one sox and one ffmpeg process per call (default 100)")
+    p.add_argument("--baseline-seconds", type=float, default=None, help="length of baseline calls (default --seconds, max 60)")
+    p.add_argument("--baseline-tools", default="sox,ffmpeg", help="comma-separated (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.channels < 1 or a.seconds <= 0 or a.start_rate <= 0:
+        print("wholecall stress: --channels, --seconds and --start-rate must be positive", file=sys.stderr)
+        return 2
+    cfg = StressConfig(channels=a.channels, seconds=a.seconds, workers=a.workers, loadgens=a.loadgens,
+                       file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
+                       start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
+                       profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet)
+    os.makedirs(cfg.out, exist_ok=True)
+    report_path = a.report or os.path.join(cfg.out, "stress-report.json")
+    if a.find_max:
+        report = find_max(cfg, sorted(a.levels))
+        ok = report["max_channels"] > 0
+        text = f"largest sustainable channel count: {report['max_channels']}"
+    else:
+        report = run_stress(cfg)
+        if a.baseline:
+            secs = a.baseline_seconds or min(cfg.seconds, 60.0)
+            ours = report["cpu"].get("steady", {}).get("worker_us_per_channel_second") \
+                or report["cpu"]["worker_us_per_channel_second"]
+            total = (report["cpu"]["worker_us_per_channel_second"] or 0) + (report["cpu"]["controller_us_per_channel_second"] or 0)
+            progs, _ = load_programs(count=cfg.programs)
+            report["baseline"] = []
+            for tool in [t.strip() for t in a.baseline_tools.split(",") if t.strip()]:
+                b = run_baseline(tool, min(a.baseline, 1000), secs, progs, cfg.out, cfg.quiet)
+                if "us_per_channel_second" in b and ours:
+                    b["ratio_to_wholecall_workers"] = round(b["us_per_channel_second"] / ours, 1)
+                    b["ratio_to_wholecall_workers_and_controller"] = round(b["us_per_channel_second"] / total, 1)
+                report["baseline"].append(b)
+        ok = bool(report["ok"])
+        text = summary(report)
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(text)
+    print(f"report: {report_path}")
+    return 0 if ok else 1
