@@ -140,14 +140,18 @@ class CallChannel:
         except Exception as e:
             raise Error(str(e)) from None
 
-    def hang_up(self) -> None:
-        """End the call: activities stop, a running recording ends with HANGUP, state IDLE."""
+    def hang_up(self, wait: bool = True) -> None:
+        """End the call: activities stop, a running recording ends with HANGUP, state IDLE.
+
+        Returns once the recording's file is final, unless `wait` is False (a switch
+        hanging up thousands of calls at once asks first and waits for all together).
+        """
         with self._lock:
             if self._state is CallState.IDLE:
                 return
             self._fire("hang_up")
         self._stop_activities()
-        self.WholeCallRecorder._hangup(self._controller.config.stop_timeout_s)
+        self.WholeCallRecorder._hangup(self._controller.config.stop_timeout_s if wait else 0.0)
 
     # -- activities that block starting a recorder (media.py implements them) --------------------
 

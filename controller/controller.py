@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from typing import Any
 
 from protocol import JobEnded, JobStarted, Message
@@ -74,11 +75,15 @@ class Controller:
     def close(self) -> None:
         """Hang up every channel (jobs end with HANGUP), stop the workers, unlink the arena."""
         try:
-            for ch in list(self._channels.values()):
+            channels = list(self._channels.values())
+            for ch in channels:  # ask all first, then wait for all: close is O(1) in waits
                 try:
-                    ch.hang_up()
+                    ch.hang_up(wait=False)
                 except Exception:
                     log.exception("hanging up Channel(%d) during close", ch.id)
+            deadline = time.monotonic() + self.config.stop_timeout_s
+            for ch in channels:
+                ch.WholeCallRecorder._wait_end(max(0.0, deadline - time.monotonic()))
         finally:
             if self.supervisor is not None:
                 self.supervisor.close()

@@ -224,7 +224,8 @@ class WholeCallRecorder:
             if not self._m.busy:
                 return
             self._request_stop(Cause.HANGUP)
-        self._wait_end(wait_s)
+        if wait_s > 0:
+            self._wait_end(wait_s)
 
     # -- events (I/O thread) -------------------------------------------------------------------
 
