@@ -48,6 +48,11 @@ def alaw_exact(x: np.ndarray) -> np.ndarray:
     return alaw_decode(alaw_encode(np.asarray(x, np.int16)))
 
 
+def is_digital_silence(x: np.ndarray) -> bool:
+    """Recorded digital silence: A-law has no zero code, so silence reads back as +-8."""
+    return bool(np.array_equal(np.asarray(x), alaw_exact(np.zeros(len(x), np.int16))))
+
+
 def mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The mixed-mode sum of two legs, saturated like the worker's mixer."""
     n = max(len(a), len(b))
