@@ -99,7 +99,7 @@ class WholeCallRecorder:
                 return self._failed_to_start(args.path, "no worker is available to record")
             parent = os.path.dirname(args.path)
             try:
-                os.makedirs(parent, mode=self._ctl.config.dir_mode, exist_ok=True)
+                _make_dirs(parent, self._ctl.config.dir_mode)
             except OSError as e:
                 return self._failed_to_start(args.path, f"cannot create directory {parent}: {e.strerror or e}")
             job_id = self._ctl._new_job(self)
@@ -245,6 +245,24 @@ class WholeCallRecorder:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
             self._m.fire("ended", cause=cause)
             self._cond.notify_all()
+
+
+def _make_dirs(path: str, mode: int) -> None:
+    """Create `path` and its missing parents, every one with `mode`.
+
+    `os.makedirs` applies `mode` to the last directory only; the others would get the
+    umask default (usually world-readable), and recordings are private.
+    """
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
 
 
 #: The spec's name for the class of `channel.WholeCallRecorder`.
