@@ -142,13 +142,17 @@ def _projection(weights: np.ndarray, freqs: np.ndarray = FREQS_HZ) -> np.ndarray
 
 
 _C_PRE = _projection(np.ones(PRE_N))
-# Fine analysis: each DTMF bin is measured at its nominal frequency and at two sub-bins
-# 2/3 of the operate limit either side; the largest of the three is within 0.4 dB of a
-# tone anywhere inside +-(1.5 % + 2 Hz), so levels, twist and purity need no guess of
-# the deviation. (The stepped window alone loses 3.2 dB at 1633 Hz + 26.5 Hz.)
+# Fine analysis: each DTMF bin is measured at three sub-bins: nominal and 2/3 of the
+# operate limit either side; the largest of the three is within 0.4 dB of a tone
+# anywhere inside +-(1.5 % + 2 Hz), so levels, twist and purity need no guess of the
+# deviation (the window alone loses 3 dB at 1633 Hz + 26.5 Hz). Sub-bins k, k + 8 and
+# k + 16 belong to DTMF bin k.
 _SUB_HZ = (2.0 / 3.0) * _ACCEPT_HZ
-_FINE_HZ = np.concatenate([FREQS_HZ, FREQS_HZ - _SUB_HZ, FREQS_HZ + _SUB_HZ])  # 24
+_FINE_HZ = np.concatenate([FREQS_HZ - _SUB_HZ, FREQS_HZ, FREQS_HZ + _SUB_HZ])  # 24
+_NF = len(_FINE_HZ)
 _C_WIN = _projection(_WINDOW, _FINE_HZ)  # (160, 48): cos x 24, -sin x 24
+_ROT24 = np.tile(_ROT, 3)  # phase advance is measured against the nominal frequency
+_TOL_HZ = (FREQ_TOL_WINDOW * FREQS_HZ).astype(np.float32)
 _NSPAN = 4 * SUBS_PER_FRAME  # sub-blocks gathered per hot row: frames n-3 .. n
 _NWIN = _NSPAN - _NW + 1  # windows in that span (13); window j covers sub-blocks j .. j+3
 # Windowed mean square of window j from the energies of the span's 10-sample
@@ -160,6 +164,10 @@ for _j in range(_NWIN):
     _E_WIN[_j * SUB // SEG : _j * SUB // SEG + WIN // SEG, _j] = _w2
 _WIN_IDX = (SUB * np.arange(_NWIN))[:, None] + np.arange(WIN)  # window j's samples in the span
 _PAIR = np.array([0, 4])  # offsets of the low and high group in the 8 bins
+_HOP_ENDS = SUB * np.arange(_NWIN - 1)
+_PAIR2 = _PAIR + 2
+_LAST4 = np.arange(-3, 1)
+_J1 = np.arange(1, _NWIN)[None, :, None]
 
 
 @dataclass(frozen=True)
@@ -317,10 +325,14 @@ class DtmfBank:
             end_of_audio = FRAME * n_next
             short = (~self._active[rows]) & (self._rd[rows] >= 0) & (self._rv[rows] >= FLUSH_MIN)
             if short.any():
-                self._confirm(rows[short], n_next[short], limit=end_of_audio[short])
+                r = rows[short]
+                self._confirm(r, n_next[short], self._rd[r], self._ra[r], self._rpow[r] / self._rv[r],
+                              limit=end_of_audio[short])
+                self._active[r] = True
             on = self._active[rows]
             if on.any():
-                self._finish(rows[on], n_next[on], limit=end_of_audio[on])
+                r = rows[on]
+                self._finish(r, n_next[on], self._rb[r], self._rpow[r] / self._rv[r], limit=end_of_audio[on])
         held = np.empty((len(rows), L, FRAME), np.float32)
         for j in range(L):
             f = self._n[rows] - L + j  # oldest held frame first
@@ -363,40 +375,53 @@ class DtmfBank:
         Always the same 12 windows (plus one before them for the phase advance), so a
         row that just became hot catches up on the two frames before the one that
         tripped the prescreen; windows a row has already seen are skipped by `_runs`.
+        (Small-axis reductions such as max/sort/any(axis=-1) cost ~6 us each in numpy,
+        so the per-group maxima below are written out as element-wise operations.)
         """
         h = len(rows)
         d = self._depth
-        frames = (n[:, None] + np.arange(-3, 1)) % d
-        span = self._buf[rows[:, None], frames].reshape(h, 4 * FRAME)
-        z = (span[:, _WIN_IDX].reshape(h * _NWIN, WIN) @ _C_WIN).reshape(h, _NWIN, 48)
-        sb = span.reshape(h * _SEGS, SEG)
-        e = np.einsum("ij,ij->i", sb, sb).reshape(h, _SEGS)
-        ew = (e @ _E_WIN)[:, 1:]  # weighted mean square of windows 1 .. 12
-        zc = (z[..., :8] + 1j * z[..., 24:32]).astype(np.complex64)  # nominal bins
-        np.multiply(z, z, out=z)
-        p3 = z[..., :24] + z[..., 24:]  # mean square at the 24 (sub-)bins
-        pw = np.maximum(np.maximum(p3[..., :8], p3[..., 8:16]), p3[..., 16:])  # (h, 13, 8)
-        grp = pw[:, 1:].reshape(h, _NWIN - 1, 2, 4)
-        srt = np.sort(grp, axis=-1)
-        top, second = srt[..., 3], srt[..., 2]  # (h, 12, 2): low, high
-        bins = grp.argmax(axis=-1) + _PAIR  # (h, 12, 2) in 0..7
-        # Phase advance from window j-1 to j at the chosen bins -> deviation in Hz.
-        adv = zc[:, 1:] * np.conj(zc[:, :-1]) * _ROT
-        adv = np.take_along_axis(adv, bins, axis=-1)  # (h, 12, 2)
-        hz = np.angle(adv) * _HZ_PER_RAD
-        tone = top
-        lo, hi = tone[..., 0], tone[..., 1]
+        span = self._flat[rows[:, None] * d + (n[:, None] + _LAST4) % d].reshape(h, 4 * FRAME)
+        # The 13 overlapping windows as a strided view, copied once by the reshape.
+        win = np.ndarray((h, _NWIN, WIN), np.float32, span, 0, (4 * FRAME * 4, SUB * 4, 4))
+        z = (win.reshape(h * _NWIN, WIN) @ _C_WIN).reshape(h, _NWIN, 2 * _NF)
+        seg = span.reshape(h * _SEGS, SEG)
+        ew = (np.einsum("ij,ij->i", seg, seg).reshape(h, _SEGS) @ _E_WIN)[:, 1:]  # windows 1..12
+        zr, zi = z[..., :_NF], z[..., _NF:]
+        p24 = zr * zr + zi * zi  # mean square at the 24 sub-bins
+        pw = np.maximum(np.maximum(p24[..., :8], p24[..., 8:16]), p24[..., 16:])[:, 1:]  # (h, 12, 8)
+        g = pw.reshape(h, _NWIN - 1, 2, 4)  # [..., group, bin]: both groups at once
+        a, b, c, e = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
+        ab, cd = np.maximum(a, b), np.maximum(c, e)
+        top = np.maximum(ab, cd)  # (h, 12, 2): strongest low, strongest high
+        second = np.maximum(np.minimum(ab, cd), np.maximum(np.minimum(a, b), np.minimum(c, e)))
+        bins = np.where(cd > ab, (e > c) + _PAIR2, (b > a) + _PAIR)  # (h, 12, 2) in 0..7
+        # Phase advance from window j-1 to j at the strongest sub-bin of each chosen
+        # bin -> the tone's deviation in Hz (a stationary tone advances by its own
+        # frequency whichever sub-bin looks at it).
+        at = (np.arange(h)[:, None, None] * _NWIN + _J1) * _NF + bins  # flat index, sub-bin 0
+        p = p24.reshape(-1)
+        pm, p0, pp = p[at], p[at + 8], p[at + 16]
+        k = at + np.where(pp > np.maximum(pm, p0), 16, 8 * (p0 > pm))
+        zc = (zr + 1j * zi).astype(np.complex64).reshape(-1)
+        adv = zc[k] * np.conj(zc[k - _NF]) * _ROT24[k % _NF]
+        hz = np.angle(adv) * np.float32(_HZ_PER_RAD)
+        lo, hi = top[..., 0], top[..., 1]
+        tol = _TOL_HZ[bins]
+        rel = np.float32(10 ** (REL_PEAK_DB / 10))
         valid = (
-            (tone.min(axis=-1) >= self._tone_ms)
+            (lo >= self._tone_ms)
+            & (hi >= self._tone_ms)
             & (hi <= lo * np.float32(10 ** (TWIST_REVERSE_DB / 10)))
             & (lo <= hi * np.float32(10 ** (TWIST_NORMAL_DB / 10)))
             & (lo + hi >= ew * np.float32(PURITY))
-            & (top >= second * np.float32(10 ** (REL_PEAK_DB / 10))).all(axis=-1)
-            & (np.abs(hz) <= FREQS_HZ[bins] * FREQ_TOL_WINDOW).all(axis=-1)
+            & (lo >= second[..., 0] * rel)
+            & (hi >= second[..., 1] * rel)
+            & (np.abs(hz[..., 0]) <= tol[..., 0])
+            & (np.abs(hz[..., 1]) <= tol[..., 1])
         )
         digit = (bins[..., 0] * 4 + bins[..., 1] - 4).astype(np.int16)
         # Window j (1 .. 12) ends at sample FRAME * (n - 3) + SUB * (j + 4) of the leg.
-        ends = (FRAME * (n - 3) + SUB * (_NW + 1))[:, None] + SUB * np.arange(_NWIN - 1)
+        ends = (FRAME * (n - 3) + SUB * (_NW + 1))[:, None] + _HOP_ENDS
         todo = ends > self._done[rows][:, None]
         self._done[rows] = ends[:, -1]
         busy = (self._rd[rows] >= 0) | (valid & todo).any(axis=1)
@@ -406,75 +431,93 @@ class DtmfBank:
 
     def _runs(self, rows: np.ndarray, n: np.ndarray, ends: np.ndarray, todo: np.ndarray,
               valid: np.ndarray, digit: np.ndarray, adv: np.ndarray, power: np.ndarray) -> None:
-        """Advance the digit runs of `rows` window by window (a fixed, small loop)."""
+        """Advance the digit runs of `rows` window by window (a fixed, small loop).
+
+        The run state is copied out once, updated in local arrays, and written back
+        once: per window only a handful of operations on arrays of the busy rows.
+        """
+        rd, rv, rg = self._rd[rows], self._rv[rows], self._rg[rows]
+        ra, rb, racc, rpow = self._ra[rows], self._rb[rows], self._racc[rows], self._rpow[rows]
+        act = self._active[rows]
+        vt = valid & todo
+        any_valid = vt.any(axis=0)
+        any_todo = todo.any(axis=0)
+
+        def stop(sel: np.ndarray) -> None:
+            fin = sel & act
+            if fin.any():
+                self._finish(rows[fin], n[fin], rb[fin], rpow[fin] / rv[fin])
+            rd[sel], rv[sel], rg[sel], racc[sel], rpow[sel], act[sel] = -1, 0, 0, 0, 0.0, False
+
         for j in range(ends.shape[1]):
-            t = todo[:, j]
-            if not t.any():
+            if not any_todo[j]:
                 continue
-            v = valid[:, j] & t
+            run = rd >= 0
+            if not any_valid[j]:  # only gaps at this window
+                rg += run & todo[:, j]
+                over = run & (rg > GAP_MAX)
+                if over.any():
+                    stop(over)
+                continue
+            v = vt[:, j]
             dj = digit[:, j]
-            rd = self._rd[rows]
             same = v & (dj == rd)
-            other = v & (dj != rd)
-            gap = t & ~v & (rd >= 0)
-            rg = self._rg[rows] + gap
-            self._rg[rows] = rg
-            stop = (rd >= 0) & (other | (rg > GAP_MAX))
-            if stop.any():
-                s = rows[stop]
-                on = self._active[s]
-                if on.any():
-                    self._finish(s[on], n[stop][on])
-                self._end_runs(s)
+            other = v & ~same
+            rg += todo[:, j] & ~v & run
+            over = run & (other | (rg > GAP_MAX))
+            if over.any():
+                stop(over)
             if other.any():
-                o = rows[other]
-                self._rd[o] = dj[other]
-                self._rv[o] = 1
-                self._rg[o] = 0
-                self._ra[o] = ends[other, j] - _NW * SUB
-                self._rb[o] = ends[other, j]
-                self._racc[o] = adv[other, j]
-                self._rpow[o] = power[other, j]
+                rd[other], rv[other], rg[other] = dj[other], 1, 0
+                ra[other], rb[other] = ends[other, j] - WIN, ends[other, j]
+                racc[other], rpow[other] = adv[other, j], power[other, j]
             if same.any():
-                s = rows[same]
-                self._rv[s] += 1
-                self._rg[s] = 0
-                self._rb[s] = ends[same, j]
-                self._racc[s] += adv[same, j]
-                self._rpow[s] += power[same, j]
-            cand = (v & ~self._active[rows]) & (self._rv[rows] >= N_DET)
+                rv[same] += 1
+                rg[same] = 0
+                rb[same] = ends[same, j]
+                racc[same] += adv[same, j]
+                rpow[same] += power[same, j]
+            cand = v & ~act & (rv >= N_DET)
             if cand.any():
-                c = rows[cand]
-                acc = self._racc[c]
-                dig = self._rd[c]
+                c = np.flatnonzero(cand)
+                dig = rd[c]
                 f = np.stack([FREQS_HZ[dig // 4], FREQS_HZ[dig % 4 + 4]], axis=-1)
-                dev = np.abs(np.angle(acc)) * _HZ_PER_RAD / f
-                ok = (dev <= FREQ_TOL).all(axis=1)
-                if ok.any():
-                    self._confirm(c[ok], n[cand][ok])
+                dev = np.abs(np.angle(racc[c])) * _HZ_PER_RAD / f
+                c = c[(dev <= FREQ_TOL).all(axis=1)]
+                if len(c):
+                    self._confirm(rows[c], n[c], rd[c], ra[c], rpow[c] / rv[c])
+                    act[c] = True
+        self._rd[rows], self._rv[rows], self._rg[rows] = rd, rv, rg
+        self._ra[rows], self._rb[rows], self._racc[rows], self._rpow[rows] = ra, rb, racc, rpow
+        self._active[rows] = act
 
     # ------------------------------------------------------------------ edges and muting
-    def _confirm(self, rows: np.ndarray, n: np.ndarray, limit: np.ndarray | None = None) -> None:
-        """Rows whose run is now a digit: log it, find its onset, mute from there on."""
-        level = self._rpow[rows] / np.maximum(self._rv[rows], 1)
-        anchor = self._ra[rows] + SUB  # inside the first valid window: surely tone
+    def _confirm(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, first_start: np.ndarray,
+                 level: np.ndarray, limit: np.ndarray | None = None) -> None:
+        """Runs that are now digits: log them, find the onsets, mute from there on.
+
+        `first_start` is where the run's first valid window starts, `level` the tone's
+        mean square; the caller marks the rows active.
+        """
+        anchor = first_start + SUB  # inside the first valid window: surely tone
         walked = self._walk(rows, n, anchor, level, -1, limit)
         oldest = FRAME * (n - LOOKAHEAD_FRAMES)  # first sample not yet released
         start = np.maximum(anchor - walked - SEG, np.maximum(oldest, 0))
-        self._active[rows] = True
-        for r, dg, s in zip(rows.tolist(), self._rd[rows].tolist(), start.tolist()):
-            self._events.append(DtmfEvent(row=r, digit=DIGITS[dg], start_sample=s))
+        for r, dg, st in zip(rows.tolist(), digits.tolist(), start.tolist()):
+            self._events.append(DtmfEvent(row=r, digit=DIGITS[dg], start_sample=st))
         el = self._elim[rows]
         if el.any():
             self._set_mask(rows[el], n[el], start[el], FRAME * (n[el] + 1), True)
 
-    def _finish(self, rows: np.ndarray, n: np.ndarray, limit: np.ndarray | None = None) -> None:
-        """Digits that stopped: find where the tone ends and unmute what follows it."""
-        level = self._rpow[rows] / np.maximum(self._rv[rows], 1)
-        anchor = self._rb[rows] - SUB  # inside the last valid window: surely tone
+    def _finish(self, rows: np.ndarray, n: np.ndarray, last_end: np.ndarray, level: np.ndarray,
+                limit: np.ndarray | None = None) -> None:
+        """Digits that stopped: find where each tone ends and unmute what follows it.
+
+        `last_end` is where the run's last valid window ends; the caller ends the runs.
+        """
+        anchor = last_end - SUB  # inside the last valid window: surely tone
         walked = self._walk(rows, n, anchor, level, +1, limit)
         end = anchor + walked + SEG
-        self._active[rows] = False
         el = self._elim[rows]
         if el.any():
             self._set_mask(rows[el], n[el], end[el], FRAME * (n[el] + 1), False)
