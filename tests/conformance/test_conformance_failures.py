@@ -1,0 +1,163 @@
+"""ERROR and the bounded waits of start() and stop(): workers that die, freeze or cannot
+write. Each test has its own controller (one worker, so the victim is known)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from conformance_helpers import feed_both, files_under, in_thread, read, tone, wait_for
+from conftest import make_controller
+from controller import Cause, RecorderState
+from worker.wavfile import read_info
+
+
+@pytest.fixture
+def solo(tmp_path):
+    """Factory: a one-worker controller, closed after the test (SIGCONT first if frozen)."""
+    made = []
+
+    def make(**kw):
+        ctl = make_controller(str(tmp_path / f"rec{len(made)}"), workers=1, **kw)
+        made.append(ctl)
+        return ctl
+
+    yield make
+    for ctl in made:
+        for w in ctl.supervisor.workers if ctl.supervisor else []:
+            try:
+                os.kill(w.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        ctl.close()
+
+
+def _answered(ctl):
+    ch = ctl.incoming_call()
+    ch.answer()
+    return ch
+
+
+def _worker_ready(ctl) -> bool:
+    return all(w.alive and w.ready for w in ctl.supervisor.workers)
+
+
+def test_worker_death_ends_the_job_with_error(solo):
+    """Cause: "record has stopped due to an error."
+    State: "a record job failed"
+    record(): "Upon return, this function will return a termination cause."
+
+    Decided: a worker killed mid-job ends its jobs with ERROR (state ERROR); the file
+    stays a readable WAV holding the audio up to the last flush; a replacement worker
+    takes the next job.
+    """
+    ctl = solo()
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    t, box = in_thread(lambda: rec.record("killed.wav"))
+    assert wait_for(lambda: rec.state() is RecorderState.RECORDING)
+    feed_both(ch, tone(440, 1.5))  # more than one flush (1 s) reaches the file
+    assert wait_for(lambda: os.path.exists(rec._path) and os.path.getsize(rec._path) >= 58 + 8000)
+    os.kill(ctl.supervisor.workers[0].proc.pid, signal.SIGKILL)
+    t.join(15)
+    assert box.get("result") is Cause.ERROR
+    assert rec.state() is RecorderState.ERROR and rec.cause() is Cause.ERROR
+    assert "died" in rec.last_result.error
+    data, _ = read(rec.last_result.path)
+    assert len(data) >= 8000
+    assert wait_for(lambda: _worker_ready(ctl), 15)
+    assert rec.start("after.wav")
+    assert rec.state() is RecorderState.RECORDING
+    assert rec.stop() and rec.cause() is Cause.ABORTED
+
+
+def test_start_gives_up_on_a_frozen_worker(solo):
+    """start(): "This function will block until the recording has started or a timeout has expired."
+    start(): "Upon return, this function will return True for success, otherwise False."
+    State: "a record job failed"
+
+    Decided: a worker that does not confirm the job is declared dead after the heartbeat
+    timeout; start() returns False within its bound, the job is ERROR, no file exists
+    and no job is left running.
+    """
+    ctl = solo(heartbeat_timeout_s=1.0, start_timeout_s=8.0)
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    root = ctl.config.recordings_dir
+    os.kill(ctl.supervisor.workers[0].proc.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    assert rec.start("frozen.wav") is False
+    assert time.monotonic() - t0 < 8.0
+    assert rec.state() is RecorderState.ERROR and rec.cause() is Cause.ERROR
+    assert files_under(root) == set()
+    assert wait_for(lambda: _worker_ready(ctl), 15)
+    assert rec.start("thawed.wav") and rec.stop()
+
+
+def test_stop_returns_false_when_the_job_does_not_end_in_time(solo):
+    """stop(): "This function will block until the record job terminates or a timeout expires."
+    stop(): "Upon return, this method will return True for success, otherwise False."
+
+    A worker frozen for longer than `stop_timeout_s`: stop() returns False and the job
+    is still in progress; when the worker resumes, the job ends ABORTED.
+    """
+    ctl = solo(stop_timeout_s=0.5, heartbeat_timeout_s=30.0)
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    assert rec.start("slow.wav")
+    feed_both(ch, tone(440, 0.3))
+    pid = ctl.supervisor.workers[0].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert rec.stop() is False
+        assert 0.5 <= time.monotonic() - t0 < 5
+        assert rec.state() is RecorderState.RECORDING and rec.cause() is Cause.NONE
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert rec.wait_until_finished(10) is Cause.ABORTED
+    assert rec.last_result.samples == 2400
+
+
+def test_file_that_cannot_be_written_ends_the_job_with_error(solo):
+    """Cause: "record has stopped due to an error."
+    State: "a record job failed"
+
+    The worker's writes start failing (file size limit, like a full disk): the job ends
+    with ERROR naming the failure, and what was written before stays a readable WAV.
+    """
+    ctl = solo()
+    pid = ctl.supervisor.workers[0].proc.pid
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (20000, 20000))
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    assert rec.start("big.wav")
+    feed_both(ch, tone(440, 4.0))
+    assert rec.wait_until_finished(10) is Cause.ERROR
+    assert rec.state() is RecorderState.ERROR
+    assert "write failed" in rec.last_result.error
+    info = read_info(rec.last_result.path)
+    assert info.data_offset + info.data_size <= os.path.getsize(rec.last_result.path) <= 20000
+    data, _ = read(rec.last_result.path)
+    assert len(data) == info.data_size and np.abs(data.astype(int)).max() > 1000
+
+
+def test_closing_the_controller_hangs_up_recording_calls(solo):
+    """Cause: "record ended due to a call hangup."
+
+    Shutting the service down hangs up its calls: their jobs end with HANGUP and the
+    files are final.
+    """
+    ctl = solo()
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    assert rec.start("closing.wav")
+    feed_both(ch, tone(440, 0.5))
+    ctl.close()
+    assert rec.cause() is Cause.HANGUP
+    assert len(read(rec.last_result.path)[0]) == 4000
