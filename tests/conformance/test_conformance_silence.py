@@ -224,6 +224,8 @@ def test_zero_means_no_silence_limits(call, name):
     start(): "To turn off the termination conditions, max_bytes=0 means no limit;
     milliseconds_max_silence=0 means no silence timeout and milliseconds_initial_silence=0
     means no initial silence timeout."
+    record(): "The recording will continue until one of the termination conditions applies."
+    start(): "The recording will continue until one of the termination conditions applies."
     """
     rec = call.WholeCallRecorder
     audio = np.concatenate([silence(2.0), tone(440, 0.2), silence(2.0)])
