@@ -193,3 +193,44 @@ def test_guards_hold_under_concurrent_activity(call, other_call, name):
             outcomes.add("bridge first")
         call.disconnect()
     assert outcomes <= {"recorder first", "bridge first"}
+
+
+def test_two_calls_racing_for_one_filename(service, name, rec_dir):
+    """start(): "the name of the file to record."
+    start(): "Upon return, this function will return True for success, otherwise False."
+
+    Two calls start recording to the same new name at once. Acceptable: one records; the
+    other raises Error (the name already exists) or returns False (its worker found the
+    file created by the first: never overwritten). The winner's file is intact.
+    """
+    import os
+
+    for _ in range(4):
+        fn = name()
+        chans = [service.incoming_call() for _ in range(2)]
+        try:
+            for ch in chans:
+                ch.answer()
+            go = threading.Barrier(2)
+            runs = [in_thread(lambda ch=ch: (go.wait(5), ch.WholeCallRecorder.start(fn))[1]) for ch in chans]
+            outcomes = []
+            for t, box in runs:
+                t.join(10)
+                if box.get("result") is True:
+                    outcomes.append("started")
+                elif box.get("result") is False:
+                    outcomes.append("failed")
+                else:
+                    assert isinstance(box.get("error"), Error) and "already exists" in str(box["error"])
+                    outcomes.append("refused")
+            assert outcomes.count("started") == 1 and len(outcomes) == 2, outcomes
+            winner = chans[outcomes.index("started")]
+            loser = chans[1 - outcomes.index("started")]
+            if "failed" in outcomes:
+                assert loser.WholeCallRecorder.state() is RecorderState.ERROR
+            feed_both(winner, tone(440, 0.25))
+            assert winner.WholeCallRecorder.stop()
+            assert len(read(os.path.join(rec_dir, fn))[0]) == 2000
+        finally:
+            for ch in chans:
+                ch.close()
