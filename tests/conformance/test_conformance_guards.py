@@ -282,3 +282,21 @@ def test_hang_up_ends_activities_and_recording(call, other_call, prompt, name):
     assert rec.cause() is Cause.HANGUP
     assert not call.FilePlayer.playing and call._activities() == []
     assert other_call._activities() == []
+
+
+@pytest.mark.parametrize("func", ["record", "start"])
+def test_hangup_comes_before_argument_errors(service, func):
+    """record(): "If the call state is IDLE, this function will raise a Hangup exception."
+    start(): "If the call state is IDLE, this function will raise a Hangup exception."
+
+    Decided: the call state is checked first; an IDLE call with bad arguments raises Hangup.
+    """
+    ch = service.channel()
+    try:
+        kw = {"rate": 5, "max_bytes": -1}
+        if func == "record":
+            kw["seconds_timeout"] = -1
+        with pytest.raises(Hangup):
+            getattr(ch.WholeCallRecorder, func)("", **kw)
+    finally:
+        ch.close()

@@ -84,3 +84,22 @@ def test_spec_has_no_sentence_outside_the_registry(spec_text):
     removed is nothing: no requirement of the spec is untested."""
     left = {sec: leftover(body, SPEC.get(sec, ())) for sec, body in spec_sections(spec_text).items()}
     assert all(not v for v in left.values()), {k: v for k, v in left.items() if v}
+
+
+def test_readme_table_names_real_tests():
+    """The README's conformance tables point at tests that exist, and list every argument and cause."""
+    import re
+
+    readme = os.path.join(HERE, "..", "..", "README.md")
+    text = open(readme).read()
+    section = text.split("## Spec conformance", 1)[1].split("\n## ", 1)[0]
+    names = {n.split("::")[1] for n in _test_docstrings()}
+    cited = set(re.findall(r"::(test_\w+?)(?:\*|`)", section))
+    prefixes = {c for c in re.findall(r"::(test_\w+)\*", section)}
+    missing = [c for c in cited - prefixes if c not in names]
+    missing += [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    assert not missing, f"README cites tests that do not exist: {missing}"
+    for word in ("filename", "file_format", "rate", "seconds_timeout", "max_bytes", "milliseconds_max_silence",
+                 "milliseconds_initial_silence", "dtmf_elim", "recording_mode", "cipher",
+                 "ERROR", "SILENCE", "SIZE", "ABORTED", "HANGUP", "TIMEOUT", "NONE"):
+        assert f"| `{word}`" in section, word
