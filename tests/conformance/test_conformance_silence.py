@@ -334,3 +334,26 @@ def test_silence_on_either_leg_counts_for_the_mix(call, name):
     assert _ended(rec) is Cause.SILENCE
     assert abs(rec.last_result.samples - (len(talk) + HANGOVER)) <= FRAME
     assert wait_for(lambda: rec.state() is RecorderState.IDLE)
+
+
+@pytest.mark.parametrize("file_format", ["alaw", "ulaw", "oki", "ima", "s16bit", "u8bit"])
+@pytest.mark.parametrize("rate", [6000, 8000, 11025])
+def test_silence_trimming_holds_for_every_format_and_rate(call, name, file_format, rate):
+    """record(): "This could be that the maximum file size (max_bytes) has been reached; the
+    silence timeout (milliseconds_max_silence) has been triggered or the initial silence
+    timeout (milliseconds_initial_silence) has been triggered."
+    start(): "the amount of silence after which to stop recording. Default is 0 seconds (no limit)."
+
+    Pre-roll and tail are decided on the call's 8 kHz audio and carried to the file's
+    rate: to one frame (at the file's rate), or half an IMA block.
+    """
+    from worker.codecs import CODECS
+
+    rec = call.WholeCallRecorder
+    assert rec.start(name(), file_format=file_format, rate=rate, milliseconds_initial_silence=2000,
+                     milliseconds_max_silence=500)
+    feed_both(call, np.concatenate([silence(1.0), tone(440, 1.0), silence(1.0)]))
+    assert _ended(rec) is Cause.SILENCE
+    expected = (1920 + 8000 + HANGOVER) * rate / 8000
+    slack = max(FRAME * rate / 8000, CODECS[file_format].unit_frames / 2 + 1)
+    assert abs(rec.last_result.samples - expected) <= slack
