@@ -47,7 +47,7 @@ def test_many_channels_from_many_threads(service, name):
                     feed(ch, tone(f_in, 0.6), tone(f_out, 0.6))
 
                 t, _ = in_thread(talk)
-                cause = rec.record(name(), seconds_timeout=1.0)
+                cause = rec.record(name(), seconds_timeout=2.0)  # ample for 0.6 s written at once
                 t.join(5)
             data, _ = read(rec.last_result.path)
             results[i] = (cause, len(data), data)
