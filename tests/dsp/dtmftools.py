@@ -63,6 +63,7 @@ class BankRun:
 
     out: np.ndarray  # (rows, samples) float32, the bank's delay removed
     events: list  # DtmfEvent, in confirmation order
+    onsets_cut: int  # digits confirmed too late to mute their start (must stay 0)
 
     def digits(self, row: int) -> str:
         return "".join(e.digit for e in self.events if e.row == row)
@@ -104,7 +105,7 @@ def run_bank(signals: list[np.ndarray] | np.ndarray, eliminate: bool = True, sub
             pos[pick] += 1
     out[:, nfr:] = bank.flush(np.arange(rows))
     flat = out.reshape(rows, -1)[:, L * FRAME:]
-    return BankRun(out=flat[:, : x.shape[1]], events=bank.pop_events())
+    return BankRun(out=flat[:, : x.shape[1]], events=bank.pop_events(), onsets_cut=bank.onsets_cut)
 
 
 # ---------------------------------------------------------------- speech (espeak-ng)

@@ -155,6 +155,7 @@ def battery():
                 signals.append(case.signal)
                 owners.append((ci, len(c.cases) - 1))
     run = run_bank(signals)
+    assert run.onsets_cut == 0
     results: dict[str, dict] = {c.name: {"ok": 0, "n": 0, "pre": [], "post": [], "leaks": 0, "touched": 0}
                                 for c in CRITERIA}
     for row, (ci, j) in enumerate(owners):
