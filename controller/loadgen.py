@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -276,6 +277,8 @@ def run(arena_name: str, endpoint: str, programs_path: str, block_ms: float) -> 
     send = lambda m: sock.send(msgpack.packb(m, use_bin_type=True))  # noqa: E731
     send({"t": "ready", "pid": os.getpid()})
     cohorts: dict[int, Cohort] = {}
+    origin = time.monotonic()
+    block_s = block / RATE
     fed = 0
     lag_max = 0.0
     next_stats = time.monotonic()
@@ -284,14 +287,19 @@ def run(arena_name: str, endpoint: str, programs_path: str, block_ms: float) -> 
         while True:
             now = time.monotonic()
             due = min((c.next_due for c in cohorts.values()), default=now + 0.1)
-            wait_ms = max(0, int((min(due, next_stats) - now) * 1000))
+            # Round up: waking a fraction of a millisecond early would spin on poll(0) until due.
+            wait_ms = max(0, math.ceil((min(due, next_stats) - now) * 1000))
             if sock.poll(wait_ms, zmq.POLLIN):
                 while sock.poll(0, zmq.POLLIN):
                     msg = msgpack.unpackb(sock.recv(), raw=False)
                     if msg["t"] == "quit":
                         return 0
                     if msg["t"] == "feed":
-                        c = Cohort(arena, msg, sources, progs.length, block, time.monotonic())
+                        # Every cohort's clock starts on the block grid, so all blocks fall due
+                        # together: one wake-up per block for the whole process, not one per cohort.
+                        now = time.monotonic()
+                        t0 = origin + math.ceil((now - origin) / block_s) * block_s
+                        c = Cohort(arena, msg, sources, progs.length, block, t0)
                         cohorts[c.id] = c
             now = time.monotonic()
             for c in list(cohorts.values()):

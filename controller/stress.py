@@ -88,6 +88,7 @@ class StressConfig:
     spot_checks: int = 8
     quiet: bool = False
     programs: int = 16
+    tick_ms: float = 0.0  # 0: the Controller's default
 
 
 @dataclass
@@ -152,6 +153,18 @@ def proc_anon(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def system_cpu() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine so far (all CPUs), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return math.nan, math.nan
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    total = sum(v[:8])
+    return (total - idle) / _TCK, total / _TCK
 
 
 def self_cpu() -> float:
@@ -247,7 +260,8 @@ class Sampler:
     def take(self, recording: int, overruns: int) -> dict:
         s = {"t": time.monotonic(), "recording": recording, "overruns": overruns,
              "workers": [proc_cpu(p) for p in self.workers], "loadgens": [proc_cpu(p) for p in self.loadgens],
-             "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in self.workers]}
+             "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in self.workers],
+             "system": system_cpu()}
         self.samples.append(s)
         return s
 
@@ -283,7 +297,11 @@ class Run:
         progs, progs_path = load_programs(count=cfg.programs)
         self.programs = progs
         run_dir = os.path.join(cfg.out, f"recordings-{cfg.channels}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        ccfg = Config(workers=cfg.workers, recordings_dir=run_dir, max_channels=cfg.channels, ring_ms=cfg.ring_ms)
+        settings = {"workers": cfg.workers, "recordings_dir": run_dir, "max_channels": cfg.channels,
+                    "ring_ms": cfg.ring_ms}
+        if cfg.tick_ms:
+            settings["tick_ms"] = cfg.tick_ms
+        ccfg = Config(**settings)
         lay = Layout(2 * cfg.channels, ccfg.ring_samples)
         nofile = raise_nofile()
         report: dict = {
@@ -291,10 +309,12 @@ class Run:
             "clips": {"source": progs.source, "programs": progs.count, "seconds": progs.length / RATE},
             "rlimit_nofile": nofile[0],
         }
-        ctl = Controller(**{k: getattr(ccfg, k) for k in ("workers", "recordings_dir", "max_channels", "ring_ms")})
+        report["controller_config"] = {k: v for k, v in asdict(ccfg).items() if k != "recordings_dir"}
+        ctl = Controller(**settings)
         lg = None
         try:
             ctl.start()
+            self.arena = ctl.arena
             worker_pids = [w.proc.pid for w in ctl.supervisor.workers]
             lg = LoadGenerators(cfg.loadgens, ctl.arena.name, progs_path, cfg.block_ms)
             self.sampler = Sampler(worker_pids, lg.pids)
@@ -487,7 +507,7 @@ class Run:
                 if msg["t"] == "done":
                     if self.first_done is None:
                         self.first_done = time.monotonic()
-                        self.sampler.take(self.recording, 0)
+                        self.sampler.take(self.recording, int(self.arena.overruns.sum()))
                     self.lg_lag_ms = max(self.lg_lag_ms, msg["lag_ms"])
                     st, ov = msg["stored"], msg["overruns"]
                     for j, idx in enumerate(msg["channels"]):
@@ -536,6 +556,12 @@ class Run:
             "loadgen_us_per_channel_second": us(d("loadgens"), ch_s),
             "controller_us_per_channel_second": us(d("controller"), ch_s),
         }
+        # Anything else busy on the machine (other users' tests, builds) skews every figure: say so.
+        busy = end["system"][0] - base["system"][0]
+        span = end["system"][1] - base["system"][1]
+        ours = d("workers") + d("loadgens") + d("controller")
+        cpu["machine_busy_share"] = round(busy / span, 3) if span > 0 else None
+        cpu["foreign_cpu_share"] = round(max(0.0, busy - ours) / span, 3) if span > 0 else None
         # Steady state: every call recording (after the ramp, before the first call ends).
         steady = [s for s in self.sampler.samples if s["recording"] >= 0.999 * self.cfg.channels]
         if len(steady) >= 2 and steady[-1]["t"] - steady[0]["t"] >= 1.0:
@@ -549,7 +575,23 @@ class Run:
                 "loadgen_us_per_channel_second": us(sum(b["loadgens"]) - sum(a["loadgens"]), chs),
                 "controller_us_per_channel_second": us(b["controller"] - a["controller"], chs),
             }
+            span = b["system"][1] - a["system"][1]
+            if span > 0:
+                ours = sum(b["workers"]) - sum(a["workers"]) + sum(b["loadgens"]) - sum(a["loadgens"]) \
+                    + b["controller"] - a["controller"]
+                cpu["steady"]["foreign_cpu_share"] = round(max(0.0, b["system"][0] - a["system"][0] - ours) / span, 3)
         report["cpu"] = cpu
+        # The run over time: elapsed s, calls recording, overruns so far, CPU % per worker since the last sample.
+        series, prev = [], None
+        for s in self.sampler.samples:
+            if prev is not None and s["t"] - prev["t"] >= 0.5:
+                dt = s["t"] - prev["t"]
+                series.append([round(s["t"] - self.t_start, 1), s["recording"], s["overruns"],
+                               [round(100 * (b - a) / dt) for a, b in zip(prev["workers"], s["workers"])]])
+                prev = s
+            elif prev is None:
+                prev = s
+        report["timeline"] = series
         if self.spy:
             us = cpu.get("steady", {}).get("worker_us_per_channel_second") or cpu["worker_us_per_channel_second"]
             cpu["stages"] = collect_profile(self.spy, us)
@@ -817,6 +859,10 @@ def summary(report: dict) -> str:
         else:
             lines.append(f"  baseline {b['tool']}: {b['us_per_channel_second']} us per channel-second "
                          f"({b['calls']} calls x {b['seconds']:g} s), {b.get('ratio_to_wholecall_workers')}x wholecall's workers")
+    foreign = max(cpu.get("foreign_cpu_share") or 0, st.get("foreign_cpu_share") or 0)
+    if foreign > 0.05:
+        lines.append(f"  WARNING: other processes used {100 * foreign:.0f} % of the machine's CPU during the run; "
+                     "figures are skewed")
     for fail in report.get("failures", []):
         lines.append(f"  FAILURE: {fail}")
     return "\n".join(lines)
@@ -827,21 +873,39 @@ def _sustainable(rep: dict) -> bool:
     return bool(rep.get("ok")) and util is not None and max(util) < CPU_LIMIT
 
 
-def find_max(cfg: StressConfig, levels: list[int]) -> dict:
-    """Short runs at growing channel counts; the largest with zero loss and every worker < 90 % busy."""
+def find_max(cfg: StressConfig, levels: list[int], refine: int = 2) -> dict:
+    """Short runs at growing channel counts; the largest with zero loss and every worker < 90 % busy.
+
+    After the first failing level, `refine` bisection steps (rounded to 250 channels)
+    narrow the gap between the last good and the first bad count.
+    """
     runs = []
-    best = 0
-    for n in levels:
+    best, worst = 0, None
+
+    def attempt(n: int) -> bool:
         c = StressConfig(**{**asdict(cfg), "channels": n, "profile": False})
         rep = run_stress(c)
         good = _sustainable(rep)
         if not cfg.quiet:
             print(summary(rep), flush=True)
         runs.append({"channels": n, "sustainable": good, "report": rep})
-        if not good:
+        return good
+
+    for n in levels:
+        if not attempt(n):
+            worst = n
             break
         best = n
-    return {"command": "wholecall stress --find-max", "max_channels": best, "cpu_limit": CPU_LIMIT, "levels": runs}
+    for _ in range(refine if worst is not None else 0):
+        mid = (best + worst) // 2 // 250 * 250
+        if mid <= best or mid >= worst:
+            break
+        if attempt(mid):
+            best = mid
+        else:
+            worst = mid
+    return {"command": "wholecall stress --find-max", "max_channels": best, "first_unsustainable": worst,
+            "cpu_limit": CPU_LIMIT, "levels": runs}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -860,6 +924,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-rate", type=float, default=d.start_rate, help="start() calls per second (default %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads, help="API threads calling start() (default %(default)s)")
     p.add_argument("--block-ms", type=float, default=d.block_ms, help="audio per producer write (default %(default)s)")
+    p.add_argument("--tick-ms", type=float, default=0.0, help="worker tick, ms (default: the Controller's)")
+    p.add_argument("--refine", type=int, default=2, help="bisection steps after --find-max's first failure")
     p.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
     p.add_argument("--report", default=None, help="JSON report path (default OUT/stress-report.json)")
     p.add_argument("--keep", action="store_true", help="keep the recordings (default: removed once verified)")
@@ -883,11 +949,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = StressConfig(channels=a.channels, seconds=a.seconds, workers=a.workers, loadgens=a.loadgens,
                        file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
                        start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
-                       profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet)
+                       profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
     if a.find_max:
-        report = find_max(cfg, sorted(a.levels))
+        report = find_max(cfg, sorted(a.levels), a.refine)
         ok = report["max_channels"] > 0
         text = f"largest sustainable channel count: {report['max_channels']}"
     else:
