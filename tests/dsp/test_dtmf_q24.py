@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from dtmftools import DIGITS, clip16, operate_deviation, run_bank, tone, white
+from worker.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 GUARD_MAX = 80  # samples (10 ms): the most the muting may exceed a tone on either side
 FLOOR_DBM0 = -70.0  # background noise under every signal (makes muted samples visible)
@@ -60,13 +61,18 @@ def _place(parts: list[np.ndarray], rng: np.random.Generator, floor_dbm0: float 
 
 
 def _simple(ms: float = 60.0, dbm0: float = -10.0, twist: float = 0.0, rel=(0.0, 0.0), hz=(0.0, 0.0),
-            noise_below_weaker: float | None = None, clip: bool = False) -> Callable:
+            noise_below_weaker: float | None = None, clip: bool = False, codec: str | None = None) -> Callable:
     def build(d: str, k: int, rng: np.random.Generator) -> Case:
         ph = tuple(rng.uniform(0, 2 * np.pi, 2))
         r, h = rel(d, k) if callable(rel) else (rel, hz)
         t = tone(d, ms, dbm0, twist, r, h, ph)
         noise = None if noise_below_weaker is None else min(dbm0, dbm0 + twist) - noise_below_weaker
+        if codec is not None and noise is None:
+            noise = -50.0  # above the codec's smallest step, so only muting makes zeros
         x, spans = _place([t], rng, noise=noise, clip=clip)
+        if codec is not None:  # the leg arrived as G.711
+            enc, dec = {"alaw": (alaw_encode, alaw_decode), "ulaw": (ulaw_encode, ulaw_decode)}[codec]
+            x = dec(enc(np.rint(clip16(x)).astype(np.int16))).astype(np.float64)
         return Case(x, spans, d)
     return build
 
@@ -128,6 +134,8 @@ CRITERIA = [
     Criterion("duration 40 ms", True, _simple(ms=40.0)),
     Criterion("noise 12 dB below tones at -25 dBm0", True, _simple(dbm0=-25.0, noise_below_weaker=12.0)),
     Criterion("corner: 40 ms, -25 dBm0, twist, +-(1.5%+2Hz), noise", True, _twist_corner),
+    Criterion("G.711 A-law leg, -25 dBm0, +-(1.5 % + 2 Hz)", True, _simple(dbm0=-25.0, rel=_operate_dev, codec="alaw")),
+    Criterion("G.711 mu-law leg, -25 dBm0, +-(1.5 % + 2 Hz)", True, _simple(dbm0=-25.0, rel=_operate_dev, codec="ulaw")),
     Criterion("interruption 10 ms (one digit)", True, _interrupted),
     Criterion("pause 40 ms (two digits)", True, _paused),
     Criterion("93 ms/digit, 16 digits in a row", True, _velocity),
