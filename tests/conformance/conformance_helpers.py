@@ -24,6 +24,17 @@ TAIL_MAX = 2000  # DESIGN: at most 250 ms of silent tail kept after a SILENCE en
 HANGOVER = 1600  # Config.silence_hangover_ms default (200 ms) in samples
 
 
+def _delay() -> int:
+    # The recorder's only delay: the DTMF eliminator's fixed look-ahead, which the
+    # pipeline reads from the bank too. Silence and size are decided on delayed audio.
+    from worker.dtmf import DtmfBank
+
+    return int(DtmfBank.lookahead_frames) * FRAME
+
+
+DELAY = _delay()  # samples
+
+
 def tone(freq: float, seconds: float, amp: float = 8000.0) -> np.ndarray:
     """A sine burst, -12 dBFS by default (far above the silence threshold)."""
     t = np.arange(int(round(seconds * RATE))) / RATE

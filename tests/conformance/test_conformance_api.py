@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import controller as api
-from conformance_helpers import feed_both, in_thread, silence, tone, wait_for
+from conformance_helpers import DELAY, FRAME, feed_both, in_thread, silence, tone, wait_for
 from conftest import make_controller
 from controller import Cause, RecorderState
 from controller.states import _TRANSITIONS, Phase, RecorderMachine, TransitionError
@@ -195,7 +195,7 @@ def channel(tmp_path):
     ctl.close()
 
 
-def _talk_then_silence(channel, seconds_silence: float = 2.2) -> threading.Thread:
+def _talk_then_silence(channel, seconds_silence: float = 2.0 + (DELAY + FRAME) / 8000) -> threading.Thread:
     """A caller who says something, then is silent (written once the job runs)."""
 
     def caller():

@@ -5,7 +5,7 @@ against real workers.
 Known audio: tone bursts at -15 dBFS, then digital silence or low noise. Lengths are
 checked in samples to +-1 frame (20 ms). Producers write faster than real time unless
 a test says otherwise. The decision is taken on the audio after the DTMF look-ahead
-(a fixed 80 ms delay line), so a limit is met once limit + look-ahead has been written.
+(a fixed delay line, `DELAY`), so a limit is met once limit + look-ahead has been written.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from conformance_helpers import (
-    FRAME, HANGOVER, PREROLL_MAX, TAIL_MAX, alaw_exact, feed, feed_both, is_digital_silence, loud_span,
+    DELAY, FRAME, HANGOVER, PREROLL_MAX, TAIL_MAX, alaw_exact, feed, feed_both, is_digital_silence, loud_span,
     noise, read, silence, tone, wait_for,
 )
 from conftest import make_controller
 from controller import Cause, RecorderState
 from worker.wavfile import read_info
 
-LOOKAHEAD = 800  # samples the decision may trail the audio (80 ms delay line + a frame)
+LOOKAHEAD = DELAY + FRAME  # audio to write past a limit so the delayed decision surely sees it
 
 
 def _ended(rec, timeout: float = 5.0) -> Cause:

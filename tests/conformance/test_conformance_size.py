@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from conformance_helpers import alaw_exact, feed, feed_both, mix, read, silence, tone
+from conformance_helpers import DELAY, alaw_exact, feed, feed_both, mix, read, silence, tone
 from controller import Cause, RecorderState
 from worker.codecs import CODECS
 from worker.wavfile import header_bytes, read_info
@@ -48,7 +48,7 @@ def test_size_is_reached_exactly(call, name):
     """
     rec = call.WholeCallRecorder
     assert rec.start(name(), max_bytes=58 + 3200)
-    feed_both(call, tone(440, 0.4 + 0.1))  # the limit plus the DTMF look-ahead
+    feed_both(call, tone(440, (3200 + DELAY) / 8000))  # the limit plus the DTMF look-ahead, no more
     assert rec.wait_until_finished(5) is Cause.SIZE
     assert rec.last_result.bytes == 58 + 3200 and rec.last_result.samples == 3200
 
