@@ -153,6 +153,9 @@ class Pipeline:
             return f"cannot create {msg.path}: {e}"
         try:
             max_bytes = 0 if stereo else msg.max_bytes
+            limit = getattr(sink, "plaintext_limit", None)
+            if limit is not None:
+                max_bytes = limit(max_bytes)  # the encrypted file, not the WAV inside, obeys max_bytes
             writer = WavWriter(sink, msg.file_format, msg.rate, 2 if stereo else 1, max_bytes)
         except Exception as e:
             sink.discard()
