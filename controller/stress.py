@@ -304,6 +304,11 @@ class Run:
         ccfg = Config(**settings)
         lay = Layout(2 * cfg.channels, ccfg.ring_samples)
         nofile = raise_nofile()
+        # Each worker holds one open file per recording it runs (plus sockets, libraries).
+        need = -(-cfg.channels // ccfg.workers) + 256
+        if nofile[0] < need:
+            raise RuntimeError(f"RLIMIT_NOFILE is {nofile[0]} (hard limit {nofile[1]}); {cfg.channels} channels on "
+                               f"{ccfg.workers} workers need about {need}: raise the hard limit (ulimit -Hn)")
         report: dict = {
             "command": "wholecall stress", "config": asdict(cfg), "machine": machine(),
             "clips": {"source": progs.source, "programs": progs.count, "seconds": progs.length / RATE},
@@ -957,7 +962,11 @@ def main(argv: list[str] | None = None) -> int:
         ok = report["max_channels"] > 0
         text = f"largest sustainable channel count: {report['max_channels']}"
     else:
-        report = run_stress(cfg)
+        try:
+            report = run_stress(cfg)
+        except (RuntimeError, TimeoutError) as e:
+            print(f"wholecall stress: {e}", file=sys.stderr)
+            return 2
         if a.baseline:
             secs = a.baseline_seconds or min(cfg.seconds, 60.0)
             ours = report["cpu"].get("steady", {}).get("worker_us_per_channel_second") \
