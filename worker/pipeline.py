@@ -124,13 +124,14 @@ class Pipeline:
             hist[:, :old] = self.hist
         self.hist = hist
         # np.zeros is calloc'd: rows never used cost no resident memory.
-        stage_m = np.zeros((cap, self.stage_len), np.int16)
+        # Mono staging is time-major: frame step k of every job lands in one plane, so
+        # the per-step scatter writes neighbouring rows instead of one row per 100 KB.
+        stage_t = np.zeros((self.stage_len // FRAME, cap, FRAME), np.int16)
         stage_s = np.zeros((cap, self.stage_len, 2), np.int16)
         if old:
-            stage_m[:old] = self.stage_m
+            stage_t[:, :old] = self.stage_t
             stage_s[:old] = self.stage_s
-        self.stage_m, self.stage_s = stage_m, stage_s
-        self.stage_m3 = stage_m.reshape(cap, -1, FRAME)
+        self.stage_t, self.stage_s = stage_t, stage_s
         self.stage_s3 = stage_s.reshape(cap, -1, FRAME, 2)
         if old:
             self.silence.grow(cap)
@@ -310,7 +311,7 @@ class Pipeline:
             np.clip(mix, -32768, 32767, out=mix)
             first, ended = self.silence.step(msel, mix, fill[mono])
             # Leg samples are integers and the DTMF bank only zeroes them: the sum is exact.
-            self.stage_m3[msel, fslot[mono]] = mix.astype(np.int16)
+            self.stage_t[fslot[mono], msel] = mix.astype(np.int16)
             if first.any():
                 f = msel[first]
                 lead = self.trim_leading[f]
@@ -362,12 +363,14 @@ class Pipeline:
         if job.stereo:
             data = self.stage_s[row, skip:fill]
         else:
-            data = self.stage_m[row, skip:fill]
+            # skip is a whole number of frames; fill may end inside the last one.
+            data = self.stage_t[skip // FRAME:-(-fill // FRAME), row].reshape(-1)[:fill - skip]
             if self.trim_leading[row] and not self.silence.heard[row]:
                 # Still waiting for the caller: keep only the pre-roll, write nothing.
-                keep = min(fill, PREROLL_SAMPLES)
-                self.stage_m[row, :keep] = self.stage_m[row, fill - keep:fill]
-                self.fill[row], self.skip[row] = keep, 0
+                keep = min(fill, PREROLL_SAMPLES) // FRAME
+                last = fill // FRAME
+                self.stage_t[:keep, row] = self.stage_t[last - keep:last, row].copy()
+                self.fill[row], self.skip[row] = keep * FRAME, 0
                 return
         if job.cause == "SIZE" or job.writer.full:
             data = data[:0]
