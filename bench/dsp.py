@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from worker.dtmf import DIGITS, FRAME, HIGH_HZ, LOW_HZ, DtmfBank, dbm0_mean_square  # noqa: E402
+from worker.dtmf import FRAME, HIGH_HZ, LOW_HZ, DtmfBank, dbm0_mean_square  # noqa: E402
 
 RATE = 8000
 _TEXTS = [
@@ -67,7 +67,7 @@ def speech(seconds: float) -> np.ndarray:
     return s.astype(np.float32)
 
 
-def run(legs: int, seconds: float, corpus: np.ndarray, seed: int = 0) -> dict[str, float]:
+def run(legs: int, seconds: float, corpus: np.ndarray, keying: float = 0.02, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     nframes = int(seconds * RATE) // FRAME
     rows = np.arange(legs)
@@ -77,7 +77,7 @@ def run(legs: int, seconds: float, corpus: np.ndarray, seed: int = 0) -> dict[st
     phase = rng.integers(0, 2, legs)
     noise = np.float32(np.sqrt(dbm0_mean_square(-65.0)))
     # a few legs key in ten digits: 100 ms tones 100 ms apart, in seconds 1 .. 3
-    keyers = rng.choice(legs, max(1, legs // 50), replace=False)
+    keyers = rng.choice(legs, int(round(legs * keying)), replace=False)
     t = np.arange(int(0.1 * RATE)) / RATE
     amp = np.sqrt(2 * dbm0_mean_square(-10.0))
     bank = DtmfBank(capacity=legs)
@@ -91,7 +91,7 @@ def run(legs: int, seconds: float, corpus: np.ndarray, seed: int = 0) -> dict[st
         frames[~talking] = 0.0
         frames += noise * rng.standard_normal((legs, FRAME), dtype=np.float32)
         start = k * FRAME - RATE
-        if start >= 0 and start % (2 * len(t)) < len(t) and start < 2 * RATE:
+        if len(keyers) and start >= 0 and start % (2 * len(t)) < len(t) and start < 2 * RATE:
             j = (start // (2 * len(t))) % 16
             f_lo, f_hi = LOW_HZ[j // 4], HIGH_HZ[j % 4]
             seg = t[(start % (2 * len(t))):][:FRAME]
@@ -111,15 +111,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--legs", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--seconds", type=float, default=6.0, help="audio per leg")
+    ap.add_argument("--keying", type=float, nargs="*", default=[0.0, 0.02],
+                    help="share of legs that key 10 digits (in seconds 1..3)")
     args = ap.parse_args()
     corpus = speech(60.0)
-    print(f"DTMF bank (worker/dtmf.py), {args.seconds:g} s of audio per leg, digits: {DIGITS}\n")
-    print("| legs | CPU µs per leg-second | CPU s | leg-seconds | digits found / keyed |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print(f"DTMF bank (worker/dtmf.py), {args.seconds:g} s of audio per leg, look-ahead "
+          f"{DtmfBank.lookahead_frames * 20} ms, single-threaded BLAS\n")
+    print("| legs | legs keying digits | CPU µs per leg-second | CPU s | leg-seconds | digits found / keyed |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for legs in args.legs:
-        r = run(legs, args.seconds, corpus)
-        print(f"| {legs:,} | {r['us_per_leg_second']:.1f} | {r['cpu_s']:.2f} | {r['leg_seconds']:,.0f} "
-              f"| {r['events']} / {r['expected_events']} |")
+        for keying in args.keying:
+            r = run(legs, args.seconds, corpus, keying)
+            print(f"| {legs:,} | {keying:.0%} | {r['us_per_leg_second']:.1f} | {r['cpu_s']:.2f} "
+                  f"| {r['leg_seconds']:,.0f} | {r['events']} / {r['expected_events']} |")
 
 
 if __name__ == "__main__":

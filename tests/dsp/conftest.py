@@ -21,12 +21,12 @@ def report() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory):
-    """(samples at 8 kHz, voices) of at least 10.5 minutes of espeak-ng speech."""
+    """(samples at 8 kHz, voices) of an hour of espeak-ng speech, every language."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     cache = tmp_path_factory.getbasetemp() / "dsp-speech-cache"
     cache.mkdir(exist_ok=True)
-    return cached_speech(str(cache), 10.5)
+    return cached_speech(str(cache), 60.0)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

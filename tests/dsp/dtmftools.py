@@ -149,22 +149,38 @@ def _say(voice: str, text: str, speed: int, pitch: int) -> np.ndarray:
     return soxr.resample(x, sr, RATE)
 
 
+def espeak_languages() -> list[str]:
+    """Every language espeak-ng has a voice for (about 130)."""
+    out = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[1] for line in out.splitlines()[1:] if line.strip()]
+
+
 def make_speech(minutes: float) -> tuple[np.ndarray, list[str]]:
-    """At least `minutes` of espeak-ng speech at 8 kHz (float64, peak ~1) and the voices used."""
+    """At least `minutes` of espeak-ng speech at 8 kHz (float64, peak ~1) and the voices used.
+
+    One utterance per language in turn (every language espeak-ng has), each reading
+    one of the texts above plus digits, with a rotating voice variant, speed and pitch.
+    """
     parts: list[np.ndarray] = []
     voices: list[str] = []
+    texts = list(_TEXTS.values())
+    langs = espeak_languages()
     i = 0
     total = 0
     while total < minutes * 60 * RATE:
-        for lang, text in _TEXTS.items():
-            voice = lang + _VARIANTS[i % len(_VARIANTS)]
-            speed = (120, 150, 175, 210)[(i // 3) % 4]
-            pitch = (25, 45, 65, 85)[(i * 7) % 4]
-            x = _say(voice, text + " " + _NUMBERS, speed, pitch)
-            parts.append(x)
-            voices.append(f"{voice}@{speed}wpm/p{pitch}")
-            total += len(x)
+        lang = langs[i % len(langs)]
+        voice = lang + _VARIANTS[i % len(_VARIANTS)]
+        speed = (110, 140, 170, 200, 230)[i % 5]
+        pitch = (10, 30, 50, 70, 90, 99)[(i * 7) % 6]
+        try:
+            x = _say(voice, texts[i % len(texts)] + " " + _NUMBERS, speed, pitch)
+        except subprocess.CalledProcessError:  # a few listed languages cannot be selected
             i += 1
+            continue
+        parts.append(x)
+        voices.append(f"{voice}@{speed}wpm/p{pitch}")
+        total += len(x)
+        i += 1
     return np.concatenate(parts), voices
 
 
