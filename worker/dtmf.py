@@ -564,39 +564,46 @@ class DtmfBank:
         f = FREQS_HZ[np.stack([digits // 4, digits % 4 + 4], axis=1)]  # (m, 2) nominal
         f = f + np.angle(acc) * _HZ_PER_RAD  # measured deviation
         om = (2 * np.pi * f / FS).astype(np.float32)[:, None, :]  # rad/sample
-        x = self._held(rows, n, ref[:, None] + np.arange(WIN), limit).astype(np.float32)
-        # Complex amplitude of each tone on the window (the trapezoid keeps the other
-        # tone >= 36 dB down), then the tone's continuation is Re(sum_k C_k e^{j w_k t}).
-        ph = om * _T_WIN  # (m, WIN, 2)
-        wx = (x * _WINDOW_FIT)[:, None, :]
-        cr = np.matmul(wx, np.cos(ph))[:, 0, :, None]  # (m, 2, 1): C = cr - j ci
-        ci = np.matmul(wx, np.sin(ph))[:, 0, :, None]
-        if direction < 0:
-            anchor = ref + SUB  # the first valid window's second sub-block is surely tone
-        else:
-            anchor = ref + WIN - SUB  # and so is the last valid window's third
-        # Walk in chunks: nearly every tone edge is found within the first one.
+        back = direction < 0
+        # The walk starts inside the valid window (its second sub-block going back, its
+        # third going forward: both are surely tone) and goes chunk by chunk; before each
+        # chunk the tone is refitted on the 160 samples just walked (or the window), so
+        # a slightly wrong frequency cannot make the prediction drift off the tone.
+        anchor = ref + SUB if back else ref + WIN - SUB
         walked = np.zeros(m, np.int64)
-        y_dtype = np.float32
         going = np.arange(m)
-        chunk = SEG * np.arange(_EDGE_CHUNK // SEG)[:, None] + np.arange(SEG)  # (nseg, SEG)
-        for k in range(_EDGE_REACH // _EDGE_CHUNK):
-            step = chunk + k * _EDGE_CHUNK
-            if direction < 0:
-                step = -1 - step[:, ::-1]  # segments before the anchor, nearest first
-            rel = (anchor - ref)[going, None] + step.reshape(-1)  # time relative to the fit
-            ph = om[going] * rel[..., None].astype(np.float32)  # (g, k, 2)
-            pred = np.matmul(np.cos(ph), cr[going]) + np.matmul(np.sin(ph), ci[going])
-            pred = pred.reshape(len(going), -1, SEG)
-            y = self._held(rows[going], n[going], ref[going, None] + rel,
-                           None if limit is None else limit[going]).astype(y_dtype).reshape(pred.shape)
-            c = (y * pred).sum(axis=2) / np.maximum((pred * pred).sum(axis=2), 1e-9)
-            run = np.logical_and.accumulate(c > 0.5, axis=1).sum(axis=1)
+        nseg = _EDGE_CHUNK // SEG
+        # One segment more than the chunk: a failing segment that still leans towards
+        # the tone (projection > 0) is bridged when the next one carries the tone again,
+        # since speech over a tone's edge makes single segments fail.
+        chunk = SEG * np.arange(nseg + 1)[:, None] + np.arange(SEG)  # (nseg + 1, SEG)
+        if back:
+            chunk = -1 - chunk[:, ::-1]  # segments before the front, nearest first
+        for _ in range(_EDGE_REACH // _EDGE_CHUNK):
+            r, nn, o = rows[going], n[going], om[going]
+            lim = None if limit is None else limit[going]
+            front = anchor[going] - walked[going] if back else anchor[going] + walked[going]
+            fit0 = np.minimum(front, ref[going]) if back else np.maximum(front - WIN, ref[going])
+            # Complex amplitude of each tone on the fit region (the trapezoid keeps the
+            # other tone >= 36 dB down); the tone goes on as Re(sum_k C_k e^{j w_k t}).
+            x = self._held(r, nn, fit0[:, None] + np.arange(WIN), lim)
+            ph = o * _T_WIN  # (g, WIN, 2), time from fit0
+            wx = (x * _WINDOW_FIT)[:, None, :]
+            cr = np.matmul(wx, np.cos(ph))[:, 0, :, None]  # (g, 2, 1): C = cr - j ci
+            ci = np.matmul(wx, np.sin(ph))[:, 0, :, None]
+            at = front[:, None] + chunk.reshape(-1)  # absolute sample indices
+            ph = o * (at - fit0[:, None])[..., None].astype(np.float32)
+            pred = (np.matmul(np.cos(ph), cr) + np.matmul(np.sin(ph), ci)).reshape(len(going), -1, SEG)
+            y = self._held(r, nn, at, lim).reshape(pred.shape)
+            c = (y * pred).sum(axis=2) / np.maximum((pred * pred).sum(axis=2), np.float32(1e-9))
+            strong = c > 0.5
+            tone = strong[:, :-1] | ((c[:, :-1] > 0) & strong[:, 1:])
+            run = np.logical_and.accumulate(tone, axis=1).sum(axis=1)
             walked[going] += SEG * run
-            going = going[run == c.shape[1]]
+            going = going[run == nseg]
             if not len(going):
                 break
-        return anchor - walked - SEG if direction < 0 else anchor + walked + SEG
+        return anchor - walked - SEG if back else anchor + walked + SEG
 
     def _set_mask(self, rows: np.ndarray, n: np.ndarray, start: np.ndarray, stop: np.ndarray,
                   value: bool) -> None:

@@ -149,10 +149,16 @@ def _say(voice: str, text: str, speed: int, pitch: int) -> np.ndarray:
     return soxr.resample(x, sr, RATE)
 
 
+# Languages whose synthesis differs from run to run (espeak-ng 1.51: Arabic): left out
+# so that every test run sees exactly the same speech.
+_UNSTABLE = {"ar"}
+
+
 def espeak_languages() -> list[str]:
-    """Every language espeak-ng has a voice for (about 130)."""
+    """Every language espeak-ng has a voice for (about 130), but the unstable ones."""
     out = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[1] for line in out.splitlines()[1:] if line.strip()]
+    langs = [line.split()[1] for line in out.splitlines()[1:] if line.strip()]
+    return [lang for lang in langs if lang not in _UNSTABLE]
 
 
 def make_speech(minutes: float) -> tuple[np.ndarray, list[str]]:
