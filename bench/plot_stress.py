@@ -143,7 +143,7 @@ def main() -> None:
     a = p.parse_args()
     rows, find = [], []
     if a.from_reports:
-        for path in sorted(glob.glob(os.path.join(a.from_reports, "report-*.json"))):
+        for path in sorted(glob.glob(os.path.join(a.from_reports, "report-*[0-9].json"))):
             with open(path) as f:
                 rows.append(row(json.load(f)))
         fm = os.path.join(a.from_reports, "find-max.json")
@@ -163,6 +163,9 @@ def main() -> None:
                     break
                 print(f"{n} channels: {100 * r['foreign']:.0f} % foreign CPU during the run; running it again",
                       file=sys.stderr)
+                # Keep the disturbed report next to the clean one: it shows what foreign load does.
+                os.replace(os.path.join(a.out, f"report-{n}.json"),
+                           os.path.join(a.out, f"report-{n}-disturbed-{attempt + 1}.json"))
             rows.append(r)
         if a.find_max:
             wait_quiet()
