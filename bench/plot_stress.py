@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -143,7 +144,8 @@ def main() -> None:
     a = p.parse_args()
     rows, find = [], []
     if a.from_reports:
-        for path in sorted(glob.glob(os.path.join(a.from_reports, "report-*[0-9].json"))):
+        paths = glob.glob(os.path.join(a.from_reports, "report-*.json"))
+        for path in sorted(p for p in paths if re.fullmatch(r"report-\d+\.json", os.path.basename(p))):
             with open(path) as f:
                 rows.append(row(json.load(f)))
         fm = os.path.join(a.from_reports, "find-max.json")
