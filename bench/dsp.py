@@ -19,17 +19,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads BLAS
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+import argparse
+import io
+import subprocess
+import sys
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from worker.dtmf import FRAME, HIGH_HZ, LOW_HZ, DtmfBank, dbm0_mean_square  # noqa: E402
+from worker.dtmf import FRAME, HIGH_HZ, LOW_HZ, DtmfBank, dbm0_mean_square
 
 RATE = 8000
 _TEXTS = [
@@ -77,7 +77,7 @@ def run(legs: int, seconds: float, corpus: np.ndarray, keying: float = 0.02, see
     phase = rng.integers(0, 2, legs)
     noise = np.float32(np.sqrt(dbm0_mean_square(-65.0)))
     # a few legs key in ten digits: 100 ms tones 100 ms apart, in seconds 1 .. 3
-    keyers = rng.choice(legs, int(round(legs * keying)), replace=False)
+    keyers = rng.choice(legs, round(legs * keying), replace=False)
     t = np.arange(int(0.1 * RATE)) / RATE
     amp = np.sqrt(2 * dbm0_mean_square(-10.0))
     bank = DtmfBank(capacity=legs)

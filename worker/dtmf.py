@@ -166,19 +166,20 @@ _NWIN = _NSPAN - _NW + 1  # windows in that span (13); window j covers sub-block
 # segments: ew = seg @ _E_WIN (w^2 averaged per segment; exact for steady signals).
 _SEGS = 4 * FRAME // SEG
 _E_WIN = np.zeros((_SEGS, _NWIN), np.float32)
-_w2 = (_WINDOW**2).reshape(-1, SEG).mean(axis=1) / (SEG * (_WINDOW**2).mean() * WIN / SEG)
+_w2 = (_WINDOW**2).reshape(-1, SEG).mean(axis=1) / (_WINDOW**2).sum()
 for _j in range(_NWIN):
     _E_WIN[_j * SUB // SEG : _j * SUB // SEG + WIN // SEG, _j] = _w2
 _PAIR = np.array([0, 4])  # offsets of the low and high group in the 8 bins
-_FRAME_ITEM = np.dtype((np.void, FRAME * 4))  # one float32 frame as a single item
-_EDGE_REACH = 640  # the edge walk looks at most this far beyond the valid windows (80 ms)
-_EDGE_CHUNK = 80
-_WINDOW_FIT = (_WINDOW * 2 / _WINDOW.sum()).astype(np.float32)
-_T_WIN = np.arange(WIN, dtype=np.float32)[:, None]
-_HOP_ENDS = SUB * np.arange(_NWIN - 1)
 _PAIR2 = _PAIR + 2
-_LAST4 = np.arange(-3, 1)
-_J1 = np.arange(1, _NWIN)[None, :, None]
+_LAST4 = np.arange(-3, 1)  # frames n-3 .. n
+_J1 = np.arange(1, _NWIN)[None, :, None]  # windows 1 .. 12
+_HOP_ENDS = SUB * np.arange(_NWIN - 1)
+_FRAME_ITEM = np.dtype((np.void, FRAME * 4))  # one float32 frame as a single item
+# Edge walk (see DtmfBank._edge).
+_EDGE_REACH = 640  # at most this far beyond the valid windows (80 ms)
+_EDGE_CHUNK = 80  # samples walked per refit of the tone
+_WINDOW_FIT = (_WINDOW * 2 / _WINDOW.sum()).astype(np.float32)  # amplitude estimate weights
+_T_WIN = np.arange(WIN, dtype=np.float32)[:, None]
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,27 @@ class DtmfBank:
 
     lookahead_frames: int = LOOKAHEAD_FRAMES
 
+    # Per-row state, all arrays indexed by row (see ensure_capacity for their meaning).
+    _buf: np.ndarray
+    _mask: np.ndarray
+    _masked: np.ndarray
+    _n: np.ndarray
+    _elim: np.ndarray
+    _hot: np.ndarray
+    _due: np.ndarray
+    _done: np.ndarray
+    _rd: np.ndarray
+    _rv: np.ndarray
+    _rg: np.ndarray
+    _ra: np.ndarray
+    _rb: np.ndarray
+    _racc: np.ndarray
+    _rpur: np.ndarray
+    _active: np.ndarray
+    _flat: np.ndarray
+    _mflat: np.ndarray
+    _frames: np.ndarray
+
     def __init__(self, capacity: int = 64) -> None:
         self._depth = LOOKAHEAD_FRAMES + 1  # slots per row: the held frames + the outgoing one
         self._cap = 0
@@ -225,7 +247,7 @@ class DtmfBank:
         d = self._depth
 
         def grow(name: str, shape: tuple[int, ...], dtype: type, fill: object = 0) -> None:
-            arr = np.full((new,) + shape, fill, dtype=dtype)
+            arr: np.ndarray = np.full((new,) + shape, fill, dtype=dtype)
             old = getattr(self, name, None)
             if old is not None:
                 arr[: len(old)] = old
@@ -266,6 +288,7 @@ class DtmfBank:
         self._n[rows] = 0
         self._elim[rows] = np.asarray(eliminate, dtype=np.bool_)
         self._hot[rows] = 0
+        self._due[rows] = 0
         self._done[rows] = -1
         self._end_runs(rows)
 
@@ -459,8 +482,8 @@ class DtmfBank:
         ra, rb, racc, rpur = self._ra[rows], self._rb[rows], self._racc[rows], self._rpur[rows]
         act = self._active[rows]
         vt = valid & todo
-        any_valid = vt.any(axis=0)
-        any_todo = todo.any(axis=0)
+        any_valid = np.asarray(vt.any(axis=0))
+        any_todo = np.asarray(todo.any(axis=0))
         # Nothing happens before a row's first window to do (with a run) or first valid one.
         j0 = int(np.where(rd >= 0, todo.argmax(axis=1), vt.argmax(axis=1)).min())
 
@@ -551,14 +574,15 @@ class DtmfBank:
               direction: int, limit: np.ndarray | None) -> np.ndarray:
         """First muted sample (direction < 0: onset) or first sample after the mute (end).
 
-        The tone is fitted (least squares, both frequencies as measured by the run's
-        phase advances) on the valid window starting at `ref`, and extended backwards
-        (or forwards) coherently. Going away from the window, 10-sample segments whose
-        projection on that prediction is more than half of it still carry the tone;
-        the first one that does not ends the walk, and one more segment is muted as a
-        guard. Being phase-locked, the test follows the tone under speech 10 dB down
-        and stops at loud speech right next to it; beats between the two tones, which
-        make plain energy dip, do not matter.
+        Both tones (at the frequencies the run measured) are fitted on the valid window
+        starting at `ref` and extended coherently, backwards for the onset, forwards for
+        the end. Walking away from the window in 10-sample segments, a segment whose
+        projection on that prediction exceeds half of it carries the tone; the walk
+        ends at the first segment that does not (one that still leans towards the tone
+        is let through if the next one carries it), and one more segment is muted as a
+        guard. Being phase-locked, the test follows a tone under speech 10 dB down and
+        stops at loud speech right next to it; the beat between the two tones, which
+        makes plain energy dip by up to 9 dB over a segment, does not matter.
         """
         m = len(rows)
         f = FREQS_HZ[np.stack([digits // 4, digits % 4 + 4], axis=1)]  # (m, 2) nominal

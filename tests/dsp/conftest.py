@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from dtmftools import cached_speech
 
 #: name -> printable value, filled by the tests, printed by pytest_terminal_summary.

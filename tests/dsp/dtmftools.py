@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.dtmf import DBM0_PEAK, DIGITS, FRAME, HIGH_HZ, LOOKAHEAD_FRAMES, LOW_HZ, DtmfBank, dbm0_mean_square
+from worker.dtmf import (
+    DBM0_PEAK,
+    DIGITS,
+    FRAME,
+    HIGH_HZ,
+    LOOKAHEAD_FRAMES,
+    LOW_HZ,
+    DtmfBank,
+    dbm0_mean_square,
+)
 
 RATE = 8000
 
@@ -36,7 +45,7 @@ def tone(digit: str, ms: float, dbm0: float = -10.0, twist_db: float = 0.0,
     lo, hi = pair(digit)
     f_lo = lo * (1 + rel[0]) + hz[0]
     f_hi = hi * (1 + rel[1]) + hz[1]
-    t = np.arange(int(round(ms * RATE / 1000))) / RATE
+    t = np.arange(round(ms * RATE / 1000)) / RATE
     a_lo = DBM0_PEAK * 10 ** (dbm0 / 20)
     a_hi = a_lo * 10 ** (twist_db / 20)
     return a_lo * np.cos(2 * np.pi * f_lo * t + phase[0]) + a_hi * np.cos(2 * np.pi * f_hi * t + phase[1])

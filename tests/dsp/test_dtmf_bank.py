@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dtmftools import DIGITS, FRAME, LOOKAHEAD_FRAMES, run_bank, tone, white
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dtmftools import DIGITS, FRAME, LOOKAHEAD_FRAMES, run_bank, tone, white
 from worker.dtmf import DtmfBank
 
 L = LOOKAHEAD_FRAMES

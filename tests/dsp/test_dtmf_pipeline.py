@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-
 from dtmftools import RATE, pair, tone, white
+
 from tests.conftest import feed
 
 DIGITS_KEYED = "4539"

@@ -15,13 +15,13 @@ muted, and the muting may reach at most 10 ms beyond the tone on either side; fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pytest
-
 from dtmftools import DIGITS, clip16, operate_deviation, run_bank, tone, white
+
 from worker.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 GUARD_MAX = 80  # samples (10 ms): the most the muting may exceed a tone on either side

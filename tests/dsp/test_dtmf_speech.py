@@ -10,7 +10,6 @@ here runs at -25, -15 and -5 dBm0 (active level), an hour at each.
 from __future__ import annotations
 
 import numpy as np
-
 from dtmftools import DIGITS, FRAME, RATE, pair, run_bank, speech_at, tone, white
 
 LEVELS_DBM0 = (-25.0, -15.0, -5.0)
