@@ -79,6 +79,7 @@ definition that the largest sine the codec passes is +3.17 dBm0 (mu-law) / +3.14
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,7 @@ FREQ_TOL = 0.025  # run average: between operate (1.5 % + 2 Hz) and non-operate 
 N_DET = 4  # valid windows (5 ms apart) that confirm a digit
 GAP_MAX = 7  # invalid windows bridged inside one digit (35 ms: 10 ms breaks survive)
 FLUSH_MIN = 2  # at job end a digit cut short counts with this many valid windows
+EVENTS_KEPT = 4096  # confirmed digits held for pop_events()
 
 # --- prescreen (loose: it only decides where the fine analysis runs) ---
 PRE_N = 80  # samples of each frame the prescreen looks at (wide bins: deviation-tolerant)
@@ -230,7 +232,8 @@ class DtmfBank:
     def __init__(self, capacity: int = 64) -> None:
         self._depth = LOOKAHEAD_FRAMES + 1  # slots per row: the held frames + the outgoing one
         self._cap = 0
-        self._events: list[DtmfEvent] = []
+        # Kept for pop_events(); bounded so that a caller that never pops does not leak.
+        self._events: deque[DtmfEvent] = deque(maxlen=EVENTS_KEPT)
         #: Digits whose onset lay before the oldest sample still held when they were
         #: confirmed (their start could not be muted). Stays 0 in every test here.
         self.onsets_cut = 0
@@ -301,8 +304,10 @@ class DtmfBank:
         self._active[rows] = False
 
     def pop_events(self) -> list[DtmfEvent]:
-        """Digits confirmed since the last call (in confirmation order)."""
-        ev, self._events = self._events, []
+        """Digits confirmed since the last call, in confirmation order (at most the last
+        `EVENTS_KEPT`)."""
+        ev = list(self._events)
+        self._events.clear()
         return ev
 
     # ------------------------------------------------------------------ per frame
