@@ -38,7 +38,9 @@ How it works, and why it is cheap:
    energy becomes *hot*. Any tone of 40 ms or more covers a whole frame-aligned
    20 ms frame, so it always trips the prescreen; silence and nearly all speech
    (0.5 % of frames) stop here.
-2. *Fine analysis, hot rows only, at most every other frame.* 160-sample windows every
+2. *Fine analysis, hot rows only, every other frame* (every frame while a digit is
+   being confirmed; all due rows together, so it runs at most every other call when
+   no digit is pending). 160-sample windows every
    40 samples (5 ms), trapezoid-weighted, projected (one matmul) on three sub-bins per
    DTMF bin so that a tone anywhere within the operate deviation loses < 0.4 dB. The
    window keeps the neighbouring bin of the group >= 20 dB and the other group >= 36 dB
@@ -48,14 +50,17 @@ How it works, and why it is cheap:
    `PURITY` of the window's energy, each beats the rest of its group by `REL_PEAK_DB`
    and deviates by less than `FREQ_TOL_WINDOW`.
 3. *Digits.* `N_DET` valid windows of one digit (gaps of up to `GAP_MAX` windows
-   bridged) whose run-averaged deviation is within `FREQ_TOL` confirm it. With purity
-   0.85 a window must be ~85 % tone, so a 40 ms tone gives at least 4 (in silence 5-6)
-   valid windows and a 23 ms tone at most 2.
+   bridged) whose run-averaged deviation is within `FREQ_TOL` and run-averaged purity
+   at least `PURITY_RUN` confirm it. With purity 0.85 a window must be ~85 % tone, so a
+   40 ms tone gives at least 4 (in silence 5-6) valid windows and a 23 ms tone at most
+   2. The run average keeps out speech whose harmonics sit on a DTMF pair (a
+   high-pitched Klatt voice did, at purity 0.84-0.88, before it was added).
 4. *Elimination.* At confirmation both tones are fitted (amplitude and phase, at their
    measured frequencies) on the first valid window and extended backwards coherently;
    walking back in 10-sample segments, a segment whose projection on that prediction is
-   more than half of it still carries the tone. The mute starts one segment before the
-   first segment that does not. From then on every new frame is muted whole; when the
+   more than half of it still carries the tone (refitted every 80 samples, and a single
+   failing segment bridged). The mute starts one segment before the first segment
+   that does not. From then on every new frame is muted whole; when the
    digit stops, the same walk forwards from the last valid window places its end and
    what follows is unmuted. Phase-locked, the walk follows a tone under speech 10 dB
    down (which may delay confirmation) and stops at loud speech right next to it.
@@ -69,8 +74,17 @@ onset had already left the delay line counts in `onsets_cut` (0 in every test).
 Guard (audio next to a tone that is muted as well): one 10-sample segment (1.25 ms)
 plus under 1.25 ms of segment rounding, each side. Loud speech directly against the
 tone can add a few segments (measured: mean 1.3 ms, at most 7 ms over 160 digits
-keyed into speech; the tests allow 10 ms). Muted samples are exact zeros, not comfort noise: the mixer and the silence
-detector see true silence, and a listener hears a clean gap.
+keyed into speech, tests allow 10 ms; over 3,200 digits in a stress run: 99th
+percentile 5 ms, worst 15 ms with speech right against a tone, 31 ms with speech
+over it). Muted samples are exact zeros, not
+comfort noise: the mixer and the silence detector see true silence, and a listener
+hears a clean gap.
+
+Limits: a digit keyed while speech runs under it at less than ~10 dB below the tones
+is not reliably detected (purity), and speech that loud over a tone's edges can leave
+a few ms of it: in a stress run with speech 10 dB under the whole tone, 9 % of such
+digits were missed and 5 % kept part of an edge (0.5-20 ms). The standards ask for noise 12-15 dB
+down, which is met with margin.
 
 Levels are in int16 scale: 0 dBm0 is a sine of peak `DBM0_PEAK`, from G.711's
 definition that the largest sine the codec passes is +3.17 dBm0 (mu-law) / +3.14 dBm0
