@@ -249,6 +249,18 @@ def spot_check(path: str, programs: Programs, program: int, phase: int, expected
 # -- one run --------------------------------------------------------------------------------------
 
 
+def worker_backlog_ms(arena: object) -> float:
+    """How far the workers trail the producers on the worst recorded leg, in ms of audio.
+
+    A ring overruns when this reaches the ring's length, so it shows a stalled worker
+    long before audio is lost.
+    """
+    rec = arena.job != 0
+    if not rec.any():
+        return 0.0
+    return float((arena.write_pos[rec] - arena.read_pos[rec]).max()) * 1000 / RATE
+
+
 class Sampler:
     """CPU and memory of every process involved, sampled over time (for the steady-state window)."""
 
@@ -257,8 +269,10 @@ class Sampler:
         self.loadgens = loadgens
         self.samples: list[dict] = []
 
-    def take(self, recording: int, overruns: int) -> dict:
-        s = {"t": time.monotonic(), "recording": recording, "overruns": overruns,
+    def take(self, recording: int, arena: object | None = None, backlog: float = 0.0) -> dict:
+        """One sample; with the arena, also the overruns so far."""
+        overruns = int(arena.overruns.sum()) if arena is not None else 0
+        s = {"t": time.monotonic(), "recording": recording, "overruns": overruns, "backlog_ms": backlog,
              "workers": [proc_cpu(p) for p in self.workers], "loadgens": [proc_cpu(p) for p in self.loadgens],
              "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in self.workers],
              "system": system_cpu()}
@@ -285,6 +299,8 @@ class Run:
         self.errors: list[str] = []
         self.spy: list[tuple[subprocess.Popen, str]] = []
         self.t_start = 0.0
+        self.backlog_peak = 0.0  # since the last progress sample
+        self.backlog_max = 0.0  # over the run
         self._io_stop = threading.Event()
 
     # -- phases ---------------------------------------------------------------------------
@@ -332,7 +348,7 @@ class Run:
                 self.calls.append(Call(i, ch, f"{i // 1000:03d}/call-{i:06d}.wav",
                                        program=int(rng.integers(progs.count))))
             create_s = time.monotonic() - t0
-            base = self.sampler.take(0, 0)
+            base = self.sampler.take(0, ctl.arena)
             starters = cf.ThreadPoolExecutor(cfg.threads, thread_name_prefix="start")
             stoppers = cf.ThreadPoolExecutor(max(4, cfg.threads // 4), thread_name_prefix="stop")
             self.stoppers = stoppers
@@ -371,7 +387,7 @@ class Run:
             self._io_stop.set()
             io.join(10)
             stoppers.shutdown(wait=True)
-            end = self.sampler.take(self.recording, int(ctl.arena.overruns.sum()))
+            end = self.sampler.take(self.recording, ctl.arena)
             self._progress(ctl, last, time.monotonic() - t_start, final=True)
             restarts = ctl.supervisor.restarts
             anon_workers = max(sum(s["worker_anon"]) for s in self.sampler.samples)
@@ -388,7 +404,8 @@ class Run:
             "channels_created_s": round(create_s, 2), "wall_s": round(wall, 2),
             "started": len(ok_calls), "start_failures": self.start_failed,
             "start_rate_achieved": round(self._achieved_rate(), 1), "worker_restarts": restarts,
-            "loadgen_max_lag_ms": round(self.lg_lag_ms, 1), "errors": self.errors,
+            "loadgen_max_lag_ms": round(self.lg_lag_ms, 1), "worker_backlog_max_ms": round(self.backlog_max),
+            "ring_ms": round(ccfg.ring_samples * 1000 / RATE), "errors": self.errors,
         }
         report["latency_ms"] = {
             "start": percentiles([c.start_ms for c in self.calls]),
@@ -488,8 +505,14 @@ class Run:
         cohort_id = 0
         pending: list[Call] = []
         window_end = 0.0
+        next_backlog = 0.0
         while not self._io_stop.is_set():
             now = time.monotonic()
+            if now >= next_backlog:
+                b = worker_backlog_ms(self.arena)
+                self.backlog_peak = max(self.backlog_peak, b)
+                self.backlog_max = max(self.backlog_max, b)
+                next_backlog = now + 0.05
             try:
                 while True:
                     pending.append(self.fed_q.get_nowait())
@@ -512,7 +535,7 @@ class Run:
                 if msg["t"] == "done":
                     if self.first_done is None:
                         self.first_done = time.monotonic()
-                        self.sampler.take(self.recording, int(self.arena.overruns.sum()))
+                        self.sampler.take(self.recording, self.arena)
                     self.lg_lag_ms = max(self.lg_lag_ms, msg["lag_ms"])
                     st, ov = msg["stored"], msg["overruns"]
                     for j, idx in enumerate(msg["channels"]):
@@ -527,12 +550,13 @@ class Run:
     # -- reporting --------------------------------------------------------------------------------
 
     def _progress(self, ctl, last: dict, elapsed: float, final: bool = False) -> dict:
-        s = self.sampler.take(self.recording, int(ctl.arena.overruns.sum()) if ctl.arena is not None else 0)
+        s = self.sampler.take(self.recording, ctl.arena, self.backlog_peak)
+        self.backlog_peak = 0.0
         dt = max(1e-6, s["t"] - last["t"])
         wk = " ".join(f"{100 * (a - b) / dt:3.0f}%" for a, b in zip(s["workers"], last["workers"]))
         lgc = sum(s["loadgens"]) - sum(last["loadgens"])
         line = (f"[{elapsed:6.1f}s] recording {self.recording:6d}/{self.cfg.channels}  started {self.started}"
-                f"  stopped {self.stopped}  failed {self.start_failed}  overruns {s['overruns']}"
+                f"  stopped {self.stopped}  failed {self.start_failed}  overruns {s['overruns']}  backlog {s['backlog_ms']:.0f} ms"
                 f"  | CPU workers {wk}  loadgen {100 * lgc / dt:3.0f}%  controller {100 * (s['controller'] - last['controller']) / dt:3.0f}%"
                 f"  | lag {self.lg_lag_ms:.0f} ms")
         if not self.cfg.quiet:
@@ -586,12 +610,13 @@ class Run:
                     + b["controller"] - a["controller"]
                 cpu["steady"]["foreign_cpu_share"] = round(max(0.0, b["system"][0] - a["system"][0] - ours) / span, 3)
         report["cpu"] = cpu
-        # The run over time: elapsed s, calls recording, overruns so far, CPU % per worker since the last sample.
+        # The run over time: elapsed s, calls recording, overruns so far, worst worker backlog (ms),
+        # CPU % per worker since the last sample.
         series, prev = [], None
         for s in self.sampler.samples:
             if prev is not None and s["t"] - prev["t"] >= 0.5:
                 dt = s["t"] - prev["t"]
-                series.append([round(s["t"] - self.t_start, 1), s["recording"], s["overruns"],
+                series.append([round(s["t"] - self.t_start, 1), s["recording"], s["overruns"], round(s["backlog_ms"]),
                                [round(100 * (b - a) / dt) for a, b in zip(prev["workers"], s["workers"])]])
                 prev = s
             elif prev is None:
