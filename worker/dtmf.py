@@ -37,7 +37,7 @@ How it works, and why it is cheap:
    whose frame has one strong low and one strong high bin holding `PRE_PURITY` of the
    energy becomes *hot*. Any tone of 40 ms or more covers a whole frame-aligned
    20 ms frame, so it always trips the prescreen; silence and nearly all speech
-   (0.5 % of frames) stop here.
+   (0.2 % of frames) stop here.
 2. *Fine analysis, hot rows only, every other frame* (every frame while a digit is
    being confirmed; all due rows together, so it runs at most every other call when
    no digit is pending). 160-sample windows every
@@ -131,7 +131,7 @@ EVENTS_KEPT = 4096  # confirmed digits held for pop_events()
 # --- prescreen (loose: it only decides where the fine analysis runs) ---
 PRE_N = 80  # samples of each frame the prescreen looks at (wide bins: deviation-tolerant)
 PRE_MIN_DBM0 = -38.0
-PRE_PURITY = 0.55  # a full-tone frame scores >= 0.77 at every operate limit; speech ~0.5 %
+PRE_PURITY = 0.60  # full-tone frames score >= 0.70 at the worst operate corner; speech 0.2 %
 PRE_TWIST_DB = 12.0
 HOT_FRAMES = 2  # frames a row stays hot after the prescreen last fired
 
