@@ -59,6 +59,7 @@ def row(rep: dict) -> dict:
     files = rep.get("files", {})
     return {
         "channels": rep["config"]["channels"], "seconds": rep["config"]["seconds"], "ok": rep.get("ok"),
+        "ramp": rep["config"]["start_rate"],
         "worker_us": cpu.get("worker_us_per_channel_second"), "worker_us_steady": st.get("worker_us_per_channel_second"),
         "cores": st.get("worker_core_utilisation"), "loadgen_us": cpu.get("loadgen_us_per_channel_second"),
         "controller_us": cpu.get("controller_us_per_channel_second"),
@@ -87,43 +88,52 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], find: list[dict], path: str) -> None:
+def plot(series: list[tuple[str, list[dict]]], path: str) -> None:
+    """Left: worker CPU per channel-second; right: lost samples and the busiest worker's load; one colour per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    pts = sorted(rows + find, key=lambda r: r["channels"])
-    xs = [r["channels"] for r in pts]
-    ax1.plot(xs, [r["worker_us_steady"] for r in pts], "o-", label="workers, steady state")
-    ax1.plot(xs, [r["worker_us"] for r in pts], "s--", label="workers, whole run (ramp, finalise)")
-    ax1.plot(xs, [r["loadgen_us"] for r in pts], "^:", label="load generator")
-    ax1.axhline(100, color="grey", lw=0.8, ls="--")
-    ax1.text(xs[0], 103, "target 100 µs", color="grey", fontsize=8)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    ax3 = ax2.twinx()
+    top = 10
+    for k, (label, rows) in enumerate(series):
+        pts = sorted(rows, key=lambda r: r["channels"])
+        if not pts:
+            continue
+        c = f"C{k}"
+        xs = [r["channels"] for r in pts]
+        ax1.plot(xs, [r["worker_us_steady"] for r in pts], "o-", color=c, label=f"workers, steady: {label}")
+        ax1.plot(xs, [r["worker_us"] for r in pts], "s:", color=c, alpha=0.5, label=f"workers, whole run: {label}")
+        if k == 0:
+            ax1.plot(xs, [r["loadgen_us"] for r in pts], "^--", color="grey", label=f"load generator: {label}")
+        lost = [r["lost"] or 0 for r in pts]
+        top = max([top] + [3 * v for v in lost])
+        ax2.plot(xs, lost, "o-", color=c, label=f"lost samples: {label}")
+        ax3.plot(xs, [max(r["cores"]) * 100 if r["cores"] else None for r in pts], "d:", color=c, alpha=0.6,
+                 label=f"busiest worker %: {label}")
+    ax1.axhline(100, color="black", lw=0.8, ls="--")
+    ax1.text(0.01, 104, "target 100 µs", fontsize=8, transform=ax1.get_yaxis_transform())
     ax1.set_xscale("log")
+    ax1.set_ylim(0, None)
     ax1.set_xlabel("concurrent channels")
     ax1.set_ylabel("CPU µs per recorded channel-second")
-    ax1.set_title("CPU per channel-second (2 workers, 2 cores)")
-    ax1.legend(fontsize=8)
+    ax1.set_title("worker CPU per channel-second (2 workers on 2 cores)")
+    ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3)
-    ax2.plot(xs, [r["overruns"] or 0 for r in pts], "o-", color="tab:red", label="ring overruns (samples)")
-    ax2.plot(xs, [r["lost"] or 0 for r in pts], "x--", color="tab:purple", label="lost samples")
-    util = [max(r["cores"]) * 100 if r["cores"] else None for r in pts]
-    ax3 = ax2.twinx()
-    ax3.plot(xs, util, "d:", color="tab:green", label="busiest worker core %")
-    ax3.axhline(90, color="tab:green", lw=0.8, ls="--")
-    ax3.set_ylabel("busiest worker, % of its core")
+    ax3.axhline(90, color="black", lw=0.8, ls="--")
+    ax3.set_ylabel("busiest worker, % of its core (dotted)")
     ax3.set_ylim(0, 110)
     ax2.set_xscale("log")
     ax2.set_yscale("symlog", linthresh=1)
-    ax2.set_ylim(0, max([10] + [3 * (r["overruns"] or 0) for r in pts] + [3 * (r["lost"] or 0) for r in pts]))
+    ax2.set_ylim(0, top)
     ax2.set_xlabel("concurrent channels")
-    ax2.set_ylabel("samples")
+    ax2.set_ylabel("lost samples (ring overruns)")
     ax2.set_title("losses and headroom")
     h1, l1 = ax2.get_legend_handles_labels()
     h2, l2 = ax3.get_legend_handles_labels()
-    ax2.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    ax2.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -141,6 +151,8 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "stress-out"))
     p.add_argument("--png", default=os.path.join(ROOT, "bench", "stress.png"))
     p.add_argument("--from-reports", default=None, help="only re-plot the reports in this directory")
+    p.add_argument("--find-json", action="append", default=[], metavar="PATH:LABEL",
+                   help="another --find-max report to plot as its own series (repeatable)")
     a = p.parse_args()
     rows, find = [], []
     if a.from_reports:
@@ -189,7 +201,16 @@ def main() -> None:
                 print(f"  {stage:40s} {100 * v['share']:5.1f} %  {v['us_per_channel_second']} µs/ch-s")
         for b in r["baseline"] or []:
             print(f"baseline at {r['channels']}: {b}")
-    plot(rows, find, a.png)
+    def label(rs: list[dict], what: str) -> str:
+        return f"{what} {rs[0]['seconds']:g} s, ramp {rs[0]['ramp']:g}/s" if rs else what
+
+    series = [(label(rows, "runs"), rows), (label(find, "find-max"), find)]
+    for spec in a.find_json:
+        path, _, name = spec.partition(":")
+        with open(path) as f:
+            extra = [row(lv["report"]) for lv in json.load(f)["levels"]]
+        series.append((name or label(extra, "find-max"), extra))
+    plot(series, a.png)
     with open(os.path.join(os.path.dirname(a.png), "stress-results.json"), "w") as f:
         json.dump({"levels": rows, "find_max": find}, f, indent=1)
     print(f"plot: {a.png}")
