@@ -33,6 +33,12 @@ class Config:
     frame is kept so word endings are not clipped (DESIGN allows up to 250 ms)."""
     tick_ms: float = 20.0
     """Worker tick: how often each worker advances all its jobs."""
+    scale_tick_ms: float = 100.0
+    """Worker tick once a worker holds `scale_jobs` jobs or more: each tick then covers a
+    whole producer block of every job, so the fixed cost per frame step is paid for all
+    jobs at once (stop/silence decisions are then up to this much later in wall-clock)."""
+    scale_jobs: int = 256
+    """Jobs per worker from which `scale_tick_ms` applies."""
     flush_ms: float = 1000.0
     """Audio a worker stages per job before writing it to the file; also the most a
     killed worker can lose (the header is refreshed on every flush)."""

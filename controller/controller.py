@@ -63,6 +63,7 @@ class Controller:
                 cfg.workers, self._run_dir, self.arena.name, self._on_event, self._on_worker_lost,
                 tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
                 skew_ms=cfg.skew_ms, flush_ms=cfg.flush_ms, pin=cfg.pin_workers,
+                scale_tick_ms=cfg.scale_tick_ms, scale_jobs=cfg.scale_jobs,
             )
             self.supervisor.wait_ready(30.0)
         except BaseException:

@@ -49,7 +49,7 @@ def _die_with_parent() -> None:
 
 
 def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, heartbeat_ms: float,
-        skew_ms: float, flush_ms: float, parent: int) -> int:
+        skew_ms: float, flush_ms: float, parent: int, scale_tick_ms: float = 100.0, scale_jobs: int = 256) -> int:
     _die_with_parent()
     try:
         os.sched_setaffinity(0, {cpu})
@@ -68,6 +68,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     ctx = zmq.Context()
     sock = sockets.dealer(ctx, endpoint, index)
     tick_s = tick_ms / 1000
+    scale_tick_s = scale_tick_ms / 1000
     pipe = Pipeline(
         arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
         flush_samples=max(160, int(flush_ms * 8)),
@@ -93,13 +94,17 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                 stopping = True
             now = time.monotonic()
             if now >= next_tick or stopping:
-                work = pipe.tick()
+                work = pipe.tick(now)
                 ticks += 1
                 for ev in pipe.ended:
                     sockets.send(sock, ev)
                 pipe.ended.clear()
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
-                next_tick = now if work >= len(pipe.rows) * pipe.max_frames and work else next_tick + tick_s
+                # Many jobs: tick less often so each frame step covers every job (producers
+                # write ~100 ms blocks; a 20 ms tick would split them into 5x more steps,
+                # each paying the fixed numpy cost).
+                period = tick_s if len(pipe.jobs) < scale_jobs else max(tick_s, scale_tick_s)
+                next_tick = now if work >= len(pipe.rows) * pipe.max_frames and work else next_tick + period
                 if next_tick < now - tick_s:
                     next_tick = now
             if stopping and not pipe.jobs:
@@ -161,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skew-ms", type=float, default=500.0)
     p.add_argument("--flush-ms", type=float, default=1000.0)
     p.add_argument("--parent", type=int, default=os.getppid())
+    p.add_argument("--scale-tick-ms", type=float, default=100.0)
+    p.add_argument("--scale-jobs", type=int, default=256)
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s worker[" + str(a.index) + "] %(levelname)s %(message)s")
-    return run(a.index, a.cpu, a.endpoint, a.arena, a.tick_ms, a.heartbeat_ms, a.skew_ms, a.flush_ms, a.parent)
+    return run(a.index, a.cpu, a.endpoint, a.arena, a.tick_ms, a.heartbeat_ms, a.skew_ms, a.flush_ms, a.parent,
+               a.scale_tick_ms, a.scale_jobs)

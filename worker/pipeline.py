@@ -82,7 +82,11 @@ class Pipeline:
         self._win = np.lib.stride_tricks.as_strided(
             data, shape=(data.shape[0], data.shape[1] - FRAME + 1, FRAME),
             strides=(data.strides[0], data.strides[1], data.strides[1]), writeable=False)
-        self.skew_ticks = max(1, int(round(skew_samples / SAMPLE_RATE / tick_s)))
+        self.skew_s = skew_samples / SAMPLE_RATE
+        # History of each job's leading-leg position, one row per tick, stamped with the
+        # tick's time: enough rows to reach `skew` back at the shortest tick.
+        self.skew_ticks = max(2, int(np.ceil(self.skew_s / tick_s)) + 2)
+        self.hist_t = np.full(self.skew_ticks, -np.inf)
         self.jobs: dict[int, Job] = {}  # by row
         self.by_id: dict[int, Job] = {}
         self.dtmf = DtmfBank(capacity=2 * capacity)
@@ -206,8 +210,9 @@ class Pipeline:
 
     # -- the tick --------------------------------------------------------------------------
 
-    def tick(self) -> int:
+    def tick(self, now: float | None = None) -> int:
         """Advance every job as far as its audio allows; returns frames processed."""
+        now = time.monotonic() if now is None else now
         if self._rows_dirty:
             # Once per tick, not per start: a burst of 1,000 starts costs one sort.
             self.rows = np.fromiter(self.jobs, np.int64, len(self.jobs))
@@ -220,9 +225,16 @@ class Pipeline:
         w_in = a.write_pos[self.slot_in[rows]]
         w_out = a.write_pos[self.slot_out[rows]]
         lead = np.maximum(w_in, w_out)
+        # Where the leading leg was `skew` ago: the newest history row at least that old
+        # (a job younger than that reads its start position there).
+        old = self.hist_t <= now - self.skew_s
+        if old.any():
+            old_lead = self.hist[int(np.argmax(np.where(old, self.hist_t, -np.inf))), rows]
+        else:  # the worker is younger than `skew`: wait for both legs
+            old_lead = np.zeros(len(rows), np.int64)
         self._hist_i = (self._hist_i + 1) % self.skew_ticks
-        old_lead = self.hist[self._hist_i, rows]  # where the leading leg was `skew` ago
         self.hist[self._hist_i, rows] = lead
+        self.hist_t[self._hist_i] = now
         allowed = np.maximum(np.minimum(w_in, w_out), old_lead)
         end = self.end[rows]
         draining = end >= 0
