@@ -911,13 +911,16 @@ def find_max(cfg: StressConfig, levels: list[int], refine: int = 2) -> dict:
     """Short runs at growing channel counts; the largest with zero loss and every worker < 90 % busy.
 
     After the first failing level, `refine` bisection steps (rounded to 250 channels)
-    narrow the gap between the last good and the first bad count.
+    narrow the gap between the last good and the first bad count. A level whose calls
+    would end before its ramp does is lengthened to ramp + 10 s.
     """
     runs = []
     best, worst = 0, None
 
     def attempt(n: int) -> bool:
-        c = StressConfig(**{**asdict(cfg), "channels": n, "profile": False})
+        # Every call must outlive the ramp by 10 s, or there is no steady state to judge.
+        secs = max(cfg.seconds, math.ceil(n / cfg.start_rate) + 10)
+        c = StressConfig(**{**asdict(cfg), "channels": n, "seconds": secs, "profile": False})
         rep = run_stress(c)
         good = _sustainable(rep)
         if not cfg.quiet:
