@@ -212,7 +212,7 @@ def main() -> None:
         series.append((name or label(extra, "find-max"), extra))
     plot(series, a.png)
     with open(os.path.join(os.path.dirname(a.png), "stress-results.json"), "w") as f:
-        json.dump({"levels": rows, "find_max": find}, f, indent=1)
+        json.dump({"levels": rows, "find_max": find, "series": {name: rs for name, rs in series[2:]}}, f, indent=1)
     print(f"plot: {a.png}")
 
 

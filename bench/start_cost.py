@@ -1,0 +1,127 @@
+"""What one start() and one stop() cost, per thread and per process (the stress ramp's budget).
+
+Two measurements, both outside `wholecall stress` so nothing else competes:
+
+1. Controller process: N answered channels started, then stopped, one after another
+   from one thread; CPU per call of every thread of this process (the API thread, the
+   supervisor's I/O thread, ZeroMQ's own I/O thread), from /proc/self/task/*/stat.
+2. Worker: `Pipeline.start` for N jobs in-process, on a disk directory and on tmpfs
+   (file creation cost differs by two orders of magnitude on some machines), with the
+   slowest individual starts (the per-row tables grow by doubling).
+
+    OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 2000 --dir /tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds per thread of this process, named by Python thread name where there is one."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        name = names.get(int(tid)) or s[s.index("(") + 1:s.rindex(")")]
+        fields = s.rsplit(")", 1)[1].split()
+        out[f"{name}[{tid}]"] = (int(fields[11]) + int(fields[12])) / TCK
+    return out
+
+
+def per_thread(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {k: round(1e6 * (v - before.get(k, 0.0)) / n) for k, v in after.items() if v - before.get(k, 0.0) > 0.005}
+
+
+def controller_costs(n: int, base: str) -> dict:
+    from controller import Controller
+
+    d = tempfile.mkdtemp(prefix="startcost-", dir=base)
+    try:
+        with Controller(workers=2, recordings_dir=d, max_channels=n, ring_ms=2048) as ctl:
+            chans = []
+            for _ in range(n):
+                ch = ctl.incoming_call()
+                ch.answer()
+                chans.append(ch)
+            a, t0 = threads_cpu(), time.perf_counter()
+            for i, ch in enumerate(chans):
+                assert ch.WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
+            start_wall = (time.perf_counter() - t0) / n
+            b = threads_cpu()
+            for ch in chans:
+                ch.WholeCallRecorder.stop()
+            c = threads_cpu()
+        return {"start_us_per_thread": per_thread(a, b, n), "stop_us_per_thread": per_thread(b, c, n),
+                "start_wall_ms": round(1e3 * start_wall, 3)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def worker_start_cost(n: int, base: str) -> dict:
+    from protocol import StartJob
+    from shm import Arena
+    from worker.pipeline import Pipeline, default_open_sink
+
+    out = tempfile.mkdtemp(prefix="startcost-", dir=base)
+    arena = Arena.create(2 * n, 16384)
+    try:
+        pipe = Pipeline(arena, default_open_sink(), tick_s=0.02)
+        walls = []
+        c0 = time.process_time()
+        for i in range(n):
+            msg = StartJob(job_id=i + 1, channel=i, slot_in=2 * i, slot_out=2 * i + 1, start_pos=0,
+                           path=os.path.join(out, f"c{i}.wav"), file_format="alaw", rate=8000, max_bytes=0,
+                           ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=True, mode="mixed", cipher=None,
+                           silence_dbfs=-45.0, silence_hangover_ms=200, file_mode=0o600)
+            t = time.perf_counter()
+            err = pipe.start(msg)
+            walls.append(time.perf_counter() - t)
+            assert not err, err
+        cpu = time.process_time() - c0
+        ms = np.array(walls) * 1e3
+        slow = np.argsort(ms)[-4:]
+        pipe.abort_all("ABORTED")
+        while pipe.jobs:
+            pipe.tick()
+        del pipe
+        gc.collect()
+        return {"dir": base, "cpu_us_per_start": round(1e6 * cpu / n), "wall_ms_p50": round(float(np.median(ms)), 3),
+                "wall_ms_p99": round(float(np.percentile(ms, 99)), 3),
+                "slowest_starts": {int(i) + 1: round(float(ms[i]), 1) for i in sorted(slow)}}
+    finally:
+        arena.close()
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channels", type=int, default=2000)
+    p.add_argument("--dir", default=tempfile.gettempdir(), help="disk directory for recordings")
+    a = p.parse_args()
+    print("controller process, per call:", controller_costs(a.channels, a.dir))
+    for base in (a.dir, "/dev/shm"):
+        print("worker Pipeline.start:", worker_start_cost(a.channels, base))
+
+
+if __name__ == "__main__":
+    main()
