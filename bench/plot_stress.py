@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from controller.stress import system_cpu  # noqa: E402
+from controller.stress import system_cpu
 
 
 def wait_quiet(limit: float = 0.10, window_s: float = 3.0, max_wait_s: float = 900.0) -> float:

@@ -163,7 +163,7 @@ class Programs:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> "Programs":
+    def load(cls, path: str) -> Programs:
         with np.load(path) as z:
             return cls(z["audio"], z["dtmf"], str(z["source"]))
 
@@ -274,7 +274,10 @@ def run(arena_name: str, endpoint: str, programs_path: str, block_ms: float) -> 
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(endpoint)
-    send = lambda m: sock.send(msgpack.packb(m, use_bin_type=True))  # noqa: E731
+
+    def send(msg: dict) -> None:
+        sock.send(msgpack.packb(msg, use_bin_type=True))
+
     send({"t": "ready", "pid": os.getpid()})
     cohorts: dict[int, Cohort] = {}
     origin = time.monotonic()

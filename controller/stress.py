@@ -177,7 +177,7 @@ def percentiles(values: list[float]) -> dict:
     if not len(v):
         return {"n": 0}
     p = np.percentile(v, [50, 90, 99])
-    return {"n": int(len(v)), "p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3),
+    return {"n": len(v), "p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3),
             "p99": round(float(p[2]), 3), "max": round(float(v.max()), 3)}
 
 
@@ -206,7 +206,7 @@ def verify_file(path: str, expected: int, file_format: str, rate: int) -> dict:
         return {"ok": False, "frames": 0, "problem": f"cannot decode: {e}"}
     want_sub = {"alaw": "ALAW", "ulaw": "ULAW", "s16bit": "PCM_16", "u8bit": "PCM_U8", "ima": "IMA_ADPCM",
                 "oki": None}.get(file_format)
-    frames = int(len(data))
+    frames = len(data)
     exp = expected * rate // RATE
     tol = FRAME * rate // RATE + (1017 if file_format == "ima" else 0)  # IMA pads its last block
     problems = []
@@ -501,7 +501,7 @@ class Run:
     def _io_loop(self, lg: LoadGenerators, rng: np.random.Generator) -> None:
         """Hands started calls to the load generators in cohorts; stops calls they finished feeding."""
         cfg = self.cfg
-        samples = int(round(cfg.seconds * RATE))
+        samples = round(cfg.seconds * RATE)
         cohort_id = 0
         pending: list[Call] = []
         window_end = 0.0
@@ -575,8 +575,12 @@ class Run:
     def _cpu_figures(self, report: dict, base: dict, end: dict, lg_pids: list[int]) -> None:
         total_samples = sum(max(c.stored) for c in self.calls if c.started)
         ch_s = total_samples / RATE
-        d = lambda key: sum(end[key]) - sum(base[key]) if isinstance(end[key], list) else end[key] - base[key]  # noqa: E731
-        us = lambda cpu, chs: round(1e6 * cpu / chs, 1) if chs > 0 else None  # noqa: E731
+        def d(key: str) -> float:
+            return sum(end[key]) - sum(base[key]) if isinstance(end[key], list) else end[key] - base[key]
+
+        def us(cpu_s: float, chs: float) -> float | None:
+            return round(1e6 * cpu_s / chs, 1) if chs > 0 else None
+
         cpu = {
             "recorded_channel_seconds": round(ch_s, 1),
             "worker_cpu_s": round(d("workers"), 2), "loadgen_cpu_s": round(d("loadgens"), 2),
@@ -757,8 +761,8 @@ def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out:
     for _, path in procs:
         try:
             frames_ok += abs(sf.info(path).frames - samples) <= FRAME
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as e:  # noqa: BLE001 - an unreadable file is simply not ok
+            log.warning("baseline %s: %s unreadable: %s", tool, path, e)
     shutil.rmtree(d, ignore_errors=True)
     ch_s = calls * nframes * FRAME / RATE
     return {"tool": tool, "calls": calls, "seconds": seconds, "cpu_s": round(cpu, 2),
@@ -870,20 +874,20 @@ def summary(report: dict) -> str:
     lat = report.get("latency_ms", {})
     f = report.get("files", {})
     lines = [
-        f"channels {report['config']['channels']} x {report['config']['seconds']:g} s, format "
-        f"{report['config']['file_format']}: {'OK' if report.get('ok') else 'FAILED'}",
-        f"  worker CPU {cpu.get('worker_us_per_channel_second')} us per channel-second overall, "
-        f"{st.get('worker_us_per_channel_second')} steady (cores {st.get('worker_core_utilisation')}); "
-        f"loadgen {cpu.get('loadgen_us_per_channel_second')}, controller+harness {cpu.get('controller_us_per_channel_second')}",
-        f"  overruns {report.get('overruns')}, lost samples {report.get('lost_samples')}, files verified "
-        f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}",
-        f"  start ms p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
-        f"(at load p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
-        f"stop ms p50 {lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}, "
-        f"start rate {report.get('run', {}).get('start_rate_achieved')}/s",
-        f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
-        f"{report.get('memory', {}).get('worker_anon_bytes_per_channel')} B, controller "
-        f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B",
+        (f"channels {report['config']['channels']} x {report['config']['seconds']:g} s, format "
+         f"{report['config']['file_format']}: {'OK' if report.get('ok') else 'FAILED'}"),
+        (f"  worker CPU {cpu.get('worker_us_per_channel_second')} us per channel-second overall, "
+         f"{st.get('worker_us_per_channel_second')} steady (cores {st.get('worker_core_utilisation')}); "
+         f"loadgen {cpu.get('loadgen_us_per_channel_second')}, controller+harness {cpu.get('controller_us_per_channel_second')}"),
+        (f"  overruns {report.get('overruns')}, lost samples {report.get('lost_samples')}, files verified "
+         f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}"),
+        (f"  start ms p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
+         f"(at load p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
+         f"stop ms p50 {lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}, "
+         f"start rate {report.get('run', {}).get('start_rate_achieved')}/s"),
+        (f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
+         f"{report.get('memory', {}).get('worker_anon_bytes_per_channel')} B, controller "
+         f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B"),
     ]
     for stage, v in cpu.get("stages", {}).items():
         lines.append(f"    {stage:34s} {100 * v['share']:5.1f} %  {v['us_per_channel_second']} us/ch-s")
