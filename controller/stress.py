@@ -195,17 +195,39 @@ def machine() -> dict:
 # -- file verification (runs in a process pool, after the load) ----------------------------------
 
 
-def verify_file(path: str, expected: int, file_format: str, rate: int) -> dict:
-    """Decode one recording completely; check its format and length (+-1 frame) against `expected`."""
+def decode(path: str, file_format: str, rate: int) -> tuple[np.ndarray, int, str]:
+    """A recording as int16 (frames, channels), its rate and libsndfile's subtype name.
+
+    libsndfile refuses OKI ADPCM inside a WAV, so for "oki" the header is parsed by
+    `worker.wavfile.read_info` and the data chunk decoded by libsndfile as raw VOX.
+    """
     import soundfile as sf
 
-    try:
+    if file_format != "oki":
         info = sf.info(path)
         data, sr = sf.read(path, dtype="int16", always_2d=True)
+        return data, sr, info.subtype
+    import io
+
+    from worker.wavfile import read_info
+
+    info = read_info(path)
+    with open(path, "rb") as f:
+        f.seek(info.data_offset)
+        raw = f.read(min(info.data_size, info.file_size - info.data_offset))
+    data, _ = sf.read(io.BytesIO(raw), dtype="int16", always_2d=True, format="RAW", subtype="VOX_ADPCM",
+                      samplerate=info.rate, channels=1)
+    return data, info.rate, "VOX_ADPCM"
+
+
+def verify_file(path: str, expected: int, file_format: str, rate: int) -> dict:
+    """Decode one recording completely; check its format and length (+-1 frame) against `expected`."""
+    try:
+        data, sr, subtype = decode(path, file_format, rate)
     except Exception as e:  # noqa: BLE001 - any decoder failure makes the file invalid
         return {"ok": False, "frames": 0, "problem": f"cannot decode: {e}"}
     want_sub = {"alaw": "ALAW", "ulaw": "ULAW", "s16bit": "PCM_16", "u8bit": "PCM_U8", "ima": "IMA_ADPCM",
-                "oki": None}.get(file_format)
+                "oki": "VOX_ADPCM"}.get(file_format)
     frames = len(data)
     exp = expected * rate // RATE
     tol = FRAME * rate // RATE + (1017 if file_format == "ima" else 0)  # IMA pads its last block
@@ -214,8 +236,8 @@ def verify_file(path: str, expected: int, file_format: str, rate: int) -> dict:
         problems.append(f"rate {sr}, want {rate}")
     if data.shape[1] != 1:
         problems.append(f"{data.shape[1]} channels, want 1 (mixed)")
-    if want_sub and info.subtype != want_sub:
-        problems.append(f"subtype {info.subtype}, want {want_sub}")
+    if want_sub and subtype != want_sub:
+        problems.append(f"subtype {subtype}, want {want_sub}")
     if abs(frames - exp) > tol:
         problems.append(f"{frames} frames, want {exp} +-{tol}")
     if frames and not np.any(data):
@@ -225,9 +247,7 @@ def verify_file(path: str, expected: int, file_format: str, rate: int) -> dict:
 
 def spot_check(path: str, programs: Programs, program: int, phase: int, expected: int, file_format: str) -> dict:
     """Compare one file with the exact mix of what its legs received (SNR outside DTMF spans)."""
-    import soundfile as sf
-
-    data, _ = sf.read(path, dtype="int16", always_2d=True)
+    data, _, _ = decode(path, file_format, RATE)
     got = data[:, 0].astype(np.float64)
     legs = programs.span(program, phase, expected).astype(np.int32)
     want = np.clip(legs[0] + legs[1], -32768, 32767).astype(np.float64)

@@ -33,6 +33,17 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     assert not any((tmp_path / "out").glob("recordings-*/*/*.wav"))
 
 
+@pytest.mark.parametrize("file_format", ["oki", "ima"])
+def test_adpcm_recordings_are_decoded_and_checked_too(tmp_path, file_format):
+    """OKI in WAV is decoded through its data chunk (libsndfile refuses it), IMA with block padding."""
+    report_path = tmp_path / "report.json"
+    rc = main(["--channels", "20", "--seconds", "2", "--workers", "1", "--format", file_format, "--ring-ms", "8192",
+               "--out", str(tmp_path / "out"), "--report", str(report_path), "--spot-checks", "2", "--quiet"])
+    report = json.loads(report_path.read_text())
+    assert report["failures"] == [] and rc == 0
+    assert report["files"]["verified"] == 20 and report["files"]["spot_failed"] == 0
+
+
 @pytest.mark.skipif(not shutil.which("sox"), reason="sox is not installed")
 def test_sox_baseline_records_every_call_at_the_right_length(tmp_path):
     progs, _ = load_programs()
