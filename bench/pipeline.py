@@ -25,7 +25,8 @@ from shm import Arena  # noqa: E402
 from worker.pipeline import Pipeline, default_open_sink  # noqa: E402
 
 
-def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool, fmt: str) -> dict:
+def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool, fmt: str,
+        library: bool = False) -> dict:
     tick = int(8 * tick_ms)
     cap = 1 << 13
     arena = Arena.create(2 * channels, cap)
@@ -34,13 +35,26 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
     from controller.cli import speech_like
 
     clip = speech_like(8.0, 140, 3)  # voiced, syllabic, with pauses: what the detector sees on calls
+    rng = np.random.default_rng(1)
+    if library:
+        # The stress run's clips (espeak-ng speech, silence, DTMF): each job its own program
+        # and phase, and its legs at unrelated ring positions, as real producers leave them.
+        from controller.loadgen import load_programs
+
+        progs = load_programs()[0]
+        prog = rng.integers(progs.count, size=channels)
+        phase = rng.integers(progs.length, size=channels)
+        offset = rng.integers(cap, size=2 * channels)
     try:
         for c in range(channels):
-            msg = StartJob(job_id=c + 1, channel=c, slot_in=2 * c, slot_out=2 * c + 1, start_pos=0,
+            start = int(offset[2 * c]) if library else 0
+            msg = StartJob(job_id=c + 1, channel=c, slot_in=2 * c, slot_out=2 * c + 1, start_pos=start,
                            path=os.path.join(out, f"c{c}.wav"), file_format=fmt, rate=8000, max_bytes=0,
                            ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=dtmf, mode="mixed", cipher=None,
                            silence_dbfs=-45.0, silence_hangover_ms=200, file_mode=0o600)
             arena.job[2 * c] = arena.job[2 * c + 1] = c + 1
+            if library:
+                arena.write_pos[2 * c] = arena.write_pos[2 * c + 1] = start
             err = pipe.start(msg)
             assert not err, err
         slots = np.arange(2 * channels)
@@ -54,11 +68,18 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
         t_cpu = 0.0
         for i in range(ticks):
             # Producers (not timed): every leg advances one tick of audio.
-            w = int(arena.write_pos[0])
-            cols = (w + ar) & (cap - 1)
-            src = clip[(i * tick + ar) % len(clip)]
-            arena.data[:, cols] = src
-            arena.write_pos[slots] = w + tick
+            if library:
+                w = arena.write_pos[slots]
+                t = (phase[:, None] + i * tick + ar) % progs.length
+                src = progs.audio[prog[:, None, None], np.arange(2)[None, :, None], t[:, None, :]]
+                arena.data[slots[:, None], (w[:, None] + ar) & (cap - 1)] = src.reshape(2 * channels, tick)
+                arena.write_pos[slots] = w + tick
+            else:
+                w = int(arena.write_pos[0])
+                cols = (w + ar) & (cap - 1)
+                src = clip[(i * tick + ar) % len(clip)]
+                arena.data[:, cols] = src
+                arena.write_pos[slots] = w + tick
             c0 = time.process_time()
             if prof:
                 prof.enable()
@@ -101,11 +122,13 @@ def main() -> None:
     p.add_argument("--no-dtmf", action="store_true")
     p.add_argument("--format", default="alaw")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--library", action="store_true",
+                   help="feed the stress run's clip library, each job at its own program, phase and ring offset")
     a = p.parse_args()
     print("| channels | tick ms | dtmf | µs CPU per channel-second |")
     print("| ---: | ---: | --- | ---: |")
     for n in a.channels:
-        r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format)
+        r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format, a.library)
         print(f"| {n} | {a.tick_ms:g} | {r['dtmf']} | {r['us_per_channel_second']:.1f} |")
         if a.profile:
             print(r["profile"])

@@ -24,6 +24,7 @@ from protocol import (
     Hello,
     JobEnded,
     JobStarted,
+    Message,
     ProtocolError,
     Shutdown,
     StartJob,
@@ -73,6 +74,18 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
         arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
         flush_samples=max(160, int(flush_ms * 8)),
     )
+    deferred: list[Message] = []
+
+    def serve_starts() -> None:
+        """Mid-tick: start jobs at once; keep every other command for after the tick."""
+        while sock.poll(0, zmq.POLLIN):
+            msg = _decode(sock.recv_multipart()[-1], sock, index)
+            if isinstance(msg, StartJob):
+                _apply(msg, pipe, sock, index)
+            elif msg is not None:
+                deferred.append(msg)
+
+    pipe.between = serve_starts
     sockets.send(sock, Hello(worker=index, pid=os.getpid(), cpu=cpu))
     ticks = 0
     next_tick = time.monotonic()
@@ -81,6 +94,10 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
         while True:
             now = time.monotonic()
             wait_ms = max(0, int((next_tick - now) * 1000))
+            for msg in deferred:  # what arrived during the last tick, in order
+                if _apply(msg, pipe, sock, index):
+                    stopping = True
+            deferred.clear()
             frames = sock.recv_multipart() if sock.poll(wait_ms, zmq.POLLIN) else None
             if frames is not None:
                 if _handle(frames[-1], pipe, sock, index):
@@ -134,11 +151,21 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
 
 def _handle(data: bytes, pipe: Pipeline, sock: zmq.Socket, index: int) -> bool:
     """Apply one command; returns True when told to shut down."""
+    msg = _decode(data, sock, index)
+    return msg is not None and _apply(msg, pipe, sock, index)
+
+
+def _decode(data: bytes, sock: zmq.Socket, index: int) -> Message | None:
+    """The command, or None after answering a malformed one with WorkerError."""
     try:
-        msg = decode(data)
+        return decode(data)
     except ProtocolError as e:
         sockets.send(sock, WorkerError(worker=index, job_id=0, message=f"bad command: {e}"))
-        return False
+        return None
+
+
+def _apply(msg: Message, pipe: Pipeline, sock: zmq.Socket, index: int) -> bool:
+    """Apply one decoded command; returns True when told to shut down."""
     if isinstance(msg, StartJob):
         err = pipe.start(msg)
         if err:
