@@ -62,6 +62,7 @@ class Supervisor:
         pin: bool = True,
         scale_tick_ms: float = 100.0,
         scale_jobs: int = 256,
+        capacity: int = 64,
     ) -> None:
         self.n = workers
         self.run_dir = run_dir
@@ -70,7 +71,8 @@ class Supervisor:
         self.on_worker_lost = on_worker_lost
         self.worker_args = ["--tick-ms", str(tick_ms), "--heartbeat-ms", str(heartbeat_ms),
                             "--skew-ms", str(skew_ms), "--flush-ms", str(flush_ms),
-                            "--scale-tick-ms", str(scale_tick_ms), "--scale-jobs", str(scale_jobs)]
+                            "--scale-tick-ms", str(scale_tick_ms), "--scale-jobs", str(scale_jobs),
+                            "--capacity", str(capacity)]
         self.heartbeat_timeout = heartbeat_timeout_s
         self.pin = pin
         self.ctx = zmq.Context()

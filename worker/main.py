@@ -1,7 +1,8 @@
 """The worker process: pinned to one CPU, owns a set of jobs, reports their causes.
 
 Loop: wait for a command until the next tick is due, run the pipeline tick, send what
-it produced (started / ended events), heartbeat. A malformed command is reported as a
+it produced (started / ended events), heartbeat. Commands are applied by
+`worker.commands` (files are created off the loop, starts are served mid-tick). A malformed command is reported as a
 `WorkerError` and dropped; it never stops the loop. The worker exits when the
 controller says so, when its parent dies (PR_SET_PDEATHSIG plus a ppid check), or on
 SIGTERM, finalising every file first.
@@ -19,22 +20,11 @@ import time
 
 import zmq
 
-from protocol import (
-    Heartbeat,
-    Hello,
-    JobEnded,
-    JobStarted,
-    Message,
-    ProtocolError,
-    Shutdown,
-    StartJob,
-    StopJob,
-    WorkerError,
-    decode,
-)
+from protocol import Heartbeat, Hello
 from protocol import sockets
 from shm import Arena
 
+from .commands import Commands
 from .pipeline import Pipeline, cpu_seconds, default_open_sink
 
 log = logging.getLogger("wholecall.worker")
@@ -50,7 +40,8 @@ def _die_with_parent() -> None:
 
 
 def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, heartbeat_ms: float,
-        skew_ms: float, flush_ms: float, parent: int, scale_tick_ms: float = 100.0, scale_jobs: int = 256) -> int:
+        skew_ms: float, flush_ms: float, parent: int, scale_tick_ms: float = 100.0, scale_jobs: int = 256,
+        capacity: int = 64) -> int:
     _die_with_parent()
     try:
         os.sched_setaffinity(0, {cpu})
@@ -72,20 +63,12 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     scale_tick_s = scale_tick_ms / 1000
     pipe = Pipeline(
         arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
-        flush_samples=max(160, int(flush_ms * 8)),
+        flush_samples=max(160, int(flush_ms * 8)), capacity=capacity,
     )
-    deferred: list[Message] = []
-
-    def serve_starts() -> None:
-        """Mid-tick: start jobs at once; keep every other command for after the tick."""
-        while sock.poll(0, zmq.POLLIN):
-            msg = _decode(sock.recv_multipart()[-1], sock, index)
-            if isinstance(msg, StartJob):
-                _apply(msg, pipe, sock, index)
-            elif msg is not None:
-                deferred.append(msg)
-
-    pipe.between = serve_starts
+    commands = Commands(sock, pipe, index)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(commands.wake_r, zmq.POLLIN)
     sockets.send(sock, Hello(worker=index, pid=os.getpid(), cpu=cpu))
     ticks = 0
     next_tick = time.monotonic()
@@ -94,24 +77,18 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
         while True:
             now = time.monotonic()
             wait_ms = max(0, int((next_tick - now) * 1000))
-            for msg in deferred:  # what arrived during the last tick, in order
-                if _apply(msg, pipe, sock, index):
-                    stopping = True
-            deferred.clear()
-            frames = sock.recv_multipart() if sock.poll(wait_ms, zmq.POLLIN) else None
-            if frames is not None:
-                if _handle(frames[-1], pipe, sock, index):
-                    stopping = True
+            if poller.poll(wait_ms):
                 # Drain everything queued before ticking: starts and stops are cheap.
-                while sock.poll(0, zmq.POLLIN):
-                    if _handle(sock.recv_multipart()[-1], pipe, sock, index):
-                        stopping = True
-            if stopping or os.getppid() != parent:
+                commands.receive_all()
+            if commands.shutdown or stopping or os.getppid() != parent:
+                if not stopping:
+                    commands.wait_openers()  # starts in flight end ABORTED too, files final
                 pipe.abort_all("ABORTED")
                 stopping = True
             now = time.monotonic()
             if now >= next_tick or stopping:
                 work = pipe.tick(now)
+                commands.after_tick()
                 ticks += 1
                 for ev in pipe.ended:
                     sockets.send(sock, ev)
@@ -124,7 +101,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                 next_tick = now if work >= len(pipe.rows) * pipe.max_frames and work else next_tick + period
                 if next_tick < now - tick_s:
                     next_tick = now
-            if stopping and not pipe.jobs:
+            if stopping and not pipe.jobs and not commands.busy:
                 break
             if now >= next_beat:
                 overruns = int(arena.overruns[pipe.slot_in[pipe.rows]].sum() + arena.overruns[pipe.slot_out[pipe.rows]].sum()) if len(pipe.rows) else 0
@@ -141,45 +118,13 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                 pass
         raise
     finally:
+        commands.close()
         sock.close(linger=1000)
         ctx.term()
         pipe.close()
         del pipe
         arena.close()
     return 0
-
-
-def _handle(data: bytes, pipe: Pipeline, sock: zmq.Socket, index: int) -> bool:
-    """Apply one command; returns True when told to shut down."""
-    msg = _decode(data, sock, index)
-    return msg is not None and _apply(msg, pipe, sock, index)
-
-
-def _decode(data: bytes, sock: zmq.Socket, index: int) -> Message | None:
-    """The command, or None after answering a malformed one with WorkerError."""
-    try:
-        return decode(data)
-    except ProtocolError as e:
-        sockets.send(sock, WorkerError(worker=index, job_id=0, message=f"bad command: {e}"))
-        return None
-
-
-def _apply(msg: Message, pipe: Pipeline, sock: zmq.Socket, index: int) -> bool:
-    """Apply one decoded command; returns True when told to shut down."""
-    if isinstance(msg, StartJob):
-        err = pipe.start(msg)
-        if err:
-            sockets.send(sock, JobEnded(job_id=msg.job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0, error=err))
-        else:
-            sockets.send(sock, JobStarted(job_id=msg.job_id))
-    elif isinstance(msg, StopJob):
-        if not pipe.stop(msg.job_id, msg.cause, msg.end_pos):
-            sockets.send(sock, WorkerError(worker=index, job_id=msg.job_id, message="stop for unknown job"))
-    elif isinstance(msg, Shutdown):
-        return True
-    else:
-        sockets.send(sock, WorkerError(worker=index, job_id=0, message=f"unexpected command {msg.TYPE}"))
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", type=int, default=os.getppid())
     p.add_argument("--scale-tick-ms", type=float, default=100.0)
     p.add_argument("--scale-jobs", type=int, default=256)
+    p.add_argument("--capacity", type=int, default=64, help="jobs to size the arrays for at start-up")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s worker[" + str(a.index) + "] %(levelname)s %(message)s")
     return run(a.index, a.cpu, a.endpoint, a.arena, a.tick_ms, a.heartbeat_ms, a.skew_ms, a.flush_ms, a.parent,
-               a.scale_tick_ms, a.scale_jobs)
+               a.scale_tick_ms, a.scale_jobs, a.capacity)

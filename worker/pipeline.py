@@ -162,20 +162,37 @@ class Pipeline:
         """Open the job's file and begin reading its rings; returns "" or an error text."""
         if msg.job_id in self.by_id:
             return f"job {msg.job_id} already running"
+        writer, err = self.open_writer(msg)
+        if writer is None:
+            return err
+        self.attach(msg, writer)
+        return ""
+
+    def open_writer(self, msg: StartJob) -> tuple[WavWriter | None, str]:
+        """Create the job's file and its writer: (writer, "") or (None, error text).
+
+        Touches no pipeline state, so the worker runs it on its file-opening threads:
+        creating a file on a busy ext4 can block for milliseconds (inode allocation
+        reads bitmaps and tables), which must not stall the tick.
+        """
         stereo = msg.mode == "separate"
         try:
             sink = self.open_sink(msg.path, msg.cipher, msg.file_mode)
         except (OSError, ValueError) as e:
-            return f"cannot create {msg.path}: {e}"
+            return None, f"cannot create {msg.path}: {e}"
         try:
             max_bytes = 0 if stereo else msg.max_bytes
             limit = getattr(sink, "plaintext_limit", None)
             if limit is not None:
                 max_bytes = limit(max_bytes)  # the encrypted file, not the WAV inside, obeys max_bytes
-            writer = WavWriter(sink, msg.file_format, msg.rate, 2 if stereo else 1, max_bytes)
+            return WavWriter(sink, msg.file_format, msg.rate, 2 if stereo else 1, max_bytes), ""
         except Exception as e:
             sink.discard()
-            return f"cannot write {msg.path}: {e}"
+            return None, f"cannot write {msg.path}: {e}"
+
+    def attach(self, msg: StartJob, writer: WavWriter) -> None:
+        """Begin reading the job's rings into `writer` (the pipeline side of a start: cheap)."""
+        stereo = msg.mode == "separate"
         if not self._free_rows:
             self._alloc(self._cap * 2)
         row = self._free_rows.pop()
@@ -202,7 +219,6 @@ class Pipeline:
         )
         self.dtmf.reset(np.array([2 * row, 2 * row + 1]), np.array([msg.dtmf_elim, msg.dtmf_elim]))
         self._rows_dirty = True
-        return ""
 
     def stop(self, job_id: int, cause: str, end_pos: int) -> bool:
         """Ask a job to end once its legs are drained up to `end_pos`."""
