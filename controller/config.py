@@ -59,6 +59,11 @@ class Config:
     """Permission bits of directories the controller creates for recordings."""
     pin_workers: bool = True
     """Pin worker i to CPU i mod the number of CPUs."""
+    worker_priority: int = 10
+    """Workers run this much above normal priority (nice -10): on a saturated box the
+    real-time audio path must win over API threads and other jobs, or rings overrun.
+    Needs CAP_SYS_NICE (root); without it workers log a warning and run at normal
+    priority. 0 leaves the priority alone."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -67,6 +72,8 @@ class Config:
                 raise ValueError(f"{f.name} must not be negative, got {v}")
         if self.workers == 0:
             object.__setattr__(self, "workers", _default_workers())
+        if self.worker_priority > 20:
+            raise ValueError(f"worker_priority must be at most 20 (nice -20), got {self.worker_priority}")
         if self.max_channels < 1:
             raise ValueError(f"max_channels must be at least 1, got {self.max_channels}")
         if not -120.0 < self.silence_dbfs < 0.0:

@@ -64,7 +64,7 @@ class Controller:
                 tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
                 skew_ms=cfg.skew_ms, flush_ms=cfg.flush_ms, pin=cfg.pin_workers,
                 scale_tick_ms=cfg.scale_tick_ms, scale_jobs=cfg.scale_jobs,
-                capacity=worker_capacity(cfg.max_channels, cfg.workers),
+                capacity=worker_capacity(cfg.max_channels, cfg.workers), priority=cfg.worker_priority,
             )
             self.supervisor.wait_ready(30.0)
         except BaseException:

@@ -50,6 +50,8 @@ import zmq
 
 from shm import Arena, LegBatchWriter
 
+from .procenv import media_env
+
 log = logging.getLogger("wholecall.loadgen")
 
 RATE = 8000
@@ -358,10 +360,7 @@ class LoadGenerators:
         self.procs: list[subprocess.Popen] = []
         self.pids: list[int] = []
         self.legs = [0] * count  # legs being fed, per load generator (for placement)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env = media_env()
         self.poller = zmq.Poller()
         try:
             for i in range(count):

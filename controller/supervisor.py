@@ -25,9 +25,10 @@ import zmq
 from protocol import Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, decode, encode
 from protocol import sockets
 
+from .procenv import media_env
+
 log = logging.getLogger("wholecall.controller")
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Supervisor:
         scale_tick_ms: float = 100.0,
         scale_jobs: int = 256,
         capacity: int = 64,
+        priority: int = 0,
     ) -> None:
         self.n = workers
         self.run_dir = run_dir
@@ -72,7 +74,7 @@ class Supervisor:
         self.worker_args = ["--tick-ms", str(tick_ms), "--heartbeat-ms", str(heartbeat_ms),
                             "--skew-ms", str(skew_ms), "--flush-ms", str(flush_ms),
                             "--scale-tick-ms", str(scale_tick_ms), "--scale-jobs", str(scale_jobs),
-                            "--capacity", str(capacity)]
+                            "--capacity", str(capacity), "--priority", str(priority)]
         self.heartbeat_timeout = heartbeat_timeout_s
         self.pin = pin
         self.ctx = zmq.Context()
@@ -98,9 +100,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> WorkerHandle:
         cpu = self._cpus[index % len(self._cpus)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env = media_env()
         cmd = [sys.executable, "-m", "worker", "--index", str(index), "--cpu", str(cpu),
                "--endpoint", self.endpoint, "--arena", self.arena_name, "--parent", str(os.getpid()),
                *self.worker_args]

@@ -41,12 +41,18 @@ def _die_with_parent() -> None:
 
 def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, heartbeat_ms: float,
         skew_ms: float, flush_ms: float, parent: int, scale_tick_ms: float = 100.0, scale_jobs: int = 256,
-        capacity: int = 64) -> int:
+        capacity: int = 64, priority: int = 0) -> int:
     _die_with_parent()
     try:
         os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError) as e:
         log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, e)
+    if priority:
+        # Before any thread starts: Linux keeps a nice value per thread, and threads inherit it.
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, -priority)
+        except OSError as e:
+            log.warning("worker %d: cannot raise priority to nice -%d: %s", index, priority, e)
     stopping = False
 
     def on_term(signum, frame):
@@ -141,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-tick-ms", type=float, default=100.0)
     p.add_argument("--scale-jobs", type=int, default=256)
     p.add_argument("--capacity", type=int, default=64, help="jobs to size the arrays for at start-up")
+    p.add_argument("--priority", type=int, default=0, help="run at nice -PRIORITY (0: unchanged)")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s worker[" + str(a.index) + "] %(levelname)s %(message)s")
     return run(a.index, a.cpu, a.endpoint, a.arena, a.tick_ms, a.heartbeat_ms, a.skew_ms, a.flush_ms, a.parent,
-               a.scale_tick_ms, a.scale_jobs, a.capacity)
+               a.scale_tick_ms, a.scale_jobs, a.capacity, a.priority)
