@@ -1,0 +1,169 @@
+"""The worker's command handling: files are created off the tick, and order per job holds.
+
+Real pieces throughout: an arena, a ROUTER/DEALER pair over ipc://, the real pipeline
+and `worker.commands.Commands` driven the way the worker loop drives them. The one
+stand-in is the disk: the sink factory wraps the real one and can be made to block, as
+an ext4 inode allocation does under load.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+
+from protocol import JobEnded, JobStarted, StartJob, StopJob, decode, sockets
+from shm import Arena
+from worker.commands import Commands
+from worker.crypto import open_sink
+from worker.pipeline import Pipeline
+
+RATE = 8000
+
+
+class SlowDisk:
+    """The real sink factory; creating a path listed in `hold` blocks until released."""
+
+    def __init__(self) -> None:
+        self.hold: dict[str, threading.Event] = {}
+
+    def __call__(self, path, cipher, mode):
+        gate = self.hold.get(os.path.basename(path))
+        if gate is not None:
+            assert gate.wait(10), "test never released the slow create"
+        return open_sink(path, cipher, mode)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    arena = Arena.create(8, 1 << 14)
+    ctx = zmq.Context()
+    endpoint = sockets.control_endpoint(str(run))
+    router = sockets.router(ctx, endpoint)
+    dealer = sockets.dealer(ctx, endpoint, 0)
+    disk = SlowDisk()
+    pipe = Pipeline(arena, disk, capacity=4)
+    commands = Commands(dealer, pipe, 0)
+    events: list = []
+
+    def pump(seconds: float, until=None) -> None:
+        """Run the worker loop's calls: receive, tick (serving mid-tick), collect events."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            commands.receive_all()
+            pipe.tick()
+            commands.after_tick()
+            for ev in pipe.ended:
+                sockets.send(dealer, ev)
+            pipe.ended.clear()
+            while router.poll(0):
+                events.append(decode(router.recv_multipart()[-1]))
+            if until is not None and until():
+                return
+            time.sleep(0.005)
+
+    def command(msg) -> None:
+        sockets.send(router, msg, peer=sockets.worker_identity(0))
+
+    yield tmp_path, arena, disk, pipe, commands, command, pump, events
+    for gate in disk.hold.values():
+        gate.set()
+    commands.close()
+    pipe.close()
+    dealer.close(linger=0)
+    router.close(linger=0)
+    ctx.term()
+    arena.close()
+
+
+def start_msg(job_id: int, path: str, slot: int, pos: int = 0) -> StartJob:
+    return StartJob(job_id=job_id, channel=job_id, slot_in=slot, slot_out=slot + 1, start_pos=pos, path=path,
+                    file_format="s16bit", rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0,
+                    dtmf_elim=False, mode="mixed", cipher=None, silence_dbfs=-45.0, silence_hangover_ms=200,
+                    file_mode=0o600)
+
+
+def feed(arena: Arena, slot: int, pcm: np.ndarray) -> None:
+    """Producer side: append to a leg's ring and publish the new position (LegWriter's order)."""
+    w = int(arena.write_pos[slot])
+    cap = arena.capacity
+    arena.data[slot, (w + np.arange(len(pcm))) & (cap - 1)] = pcm
+    arena.write_pos[slot] = w + len(pcm)
+
+
+def ended(events, job_id):
+    return next((e for e in events if isinstance(e, JobEnded) and e.job_id == job_id), None)
+
+
+def test_slow_create_does_not_hold_up_other_jobs_and_a_stop_sent_meanwhile_is_kept(rig):
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    disk.hold["slow.wav"] = gate = threading.Event()
+    tone = (3000 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.int16)
+    for s in range(4):
+        arena.job[s] = 1 + s // 2
+    command(start_msg(1, str(tmp / "slow.wav"), 0))
+    command(start_msg(2, str(tmp / "fast.wav"), 2))
+    pump(2.0, until=lambda: any(isinstance(e, JobStarted) and e.job_id == 2 for e in events))
+    assert [e.job_id for e in events if isinstance(e, JobStarted)] == [2], "the fast job waited for the slow create"
+    assert commands.busy
+
+    # The fast job records while the slow file is still being created.
+    feed(arena, 2, tone)
+    feed(arena, 3, tone)
+    pump(1.0, until=lambda: pipe.pos[pipe.by_id[2].row] >= RATE)
+    assert pipe.pos[pipe.by_id[2].row] == RATE
+
+    # Audio reaches the slow job's legs, then its stop, all before its file exists: the
+    # stop is held, applied once the file is open, and the audio up to it is recorded.
+    feed(arena, 0, tone[:4000])
+    feed(arena, 1, tone[:4000])
+    command(StopJob(job_id=1, cause="ABORTED", end_pos=4000))
+    pump(0.3)
+    assert ended(events, 1) is None
+    gate.set()
+    pump(5.0, until=lambda: ended(events, 1) is not None)
+    done = ended(events, 1)
+    assert done.cause == "ABORTED" and done.samples == 4000, done
+    audio, rate = sf.read(tmp / "slow.wav", dtype="int16")
+    assert rate == RATE and len(audio) == 4000
+    expect = np.clip(2 * tone[:4000].astype(np.int32), -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(audio, expect)
+
+    command(StopJob(job_id=2, cause="ABORTED", end_pos=RATE))
+    pump(5.0, until=lambda: ended(events, 2) is not None)
+    assert ended(events, 2).cause == "ABORTED" and ended(events, 2).samples == RATE
+    assert not pipe.jobs and not commands.busy
+
+
+def test_duplicate_start_while_opening_is_refused_and_creates_nothing_twice(rig):
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    disk.hold["a.wav"] = gate = threading.Event()
+    command(start_msg(7, str(tmp / "a.wav"), 0))
+    command(start_msg(7, str(tmp / "a.wav"), 0))
+    pump(1.0, until=lambda: ended(events, 7) is not None)
+    err = ended(events, 7)
+    assert err is not None and err.cause == "ERROR" and "already running" in err.error
+    gate.set()
+    pump(3.0, until=lambda: any(isinstance(e, JobStarted) for e in events))
+    assert [e.job_id for e in events if isinstance(e, JobStarted)] == [7]
+    command(StopJob(job_id=7, cause="ABORTED", end_pos=0))
+    pump(3.0, until=lambda: len([e for e in events if isinstance(e, JobEnded)]) == 2)
+    assert [e.cause for e in events if isinstance(e, JobEnded)] == ["ERROR", "ABORTED"]
+
+
+def test_failed_create_is_reported_and_leaves_no_file(rig):
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    (tmp / "taken.wav").write_bytes(b"not ours")
+    command(start_msg(3, str(tmp / "taken.wav"), 0))
+    pump(2.0, until=lambda: ended(events, 3) is not None)
+    e = ended(events, 3)
+    assert e.cause == "ERROR" and "cannot create" in e.error
+    assert (tmp / "taken.wav").read_bytes() == b"not ours"
+    assert not pipe.jobs and not commands.busy
