@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import zmq
 
-from protocol import JobEnded, JobStarted, StartJob, StopJob, decode, sockets
+from protocol import Hello, JobEnded, JobStarted, StartJob, StopJob, decode, sockets
 from shm import Arena
 from worker.commands import Commands
 from worker.crypto import open_sink
@@ -48,6 +48,10 @@ def rig(tmp_path):
     endpoint = sockets.control_endpoint(str(run))
     router = sockets.router(ctx, endpoint)
     dealer = sockets.dealer(ctx, endpoint, 0)
+    # As the real worker does: say hello first, so the ROUTER knows the peer before it sends.
+    sockets.send(dealer, Hello(worker=0, pid=os.getpid(), cpu=0))
+    assert router.poll(5000), "the DEALER never connected"
+    router.recv_multipart()
     disk = SlowDisk()
     pipe = Pipeline(arena, disk, capacity=4)
     commands = Commands(dealer, pipe, 0)
