@@ -161,13 +161,15 @@ class Commands:
             pass  # the pipe is full (the loop is already due to wake) or closing
 
     def _attach_opened(self) -> None:
-        if not self._opened:
-            return
+        # Always drain the wake-up pipe: an opener may write its byte after an earlier
+        # call took its file, and a byte left behind would keep the loop's poll spinning.
         try:
             while os.read(self.wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        if not self._opened:
+            return
         with self._lock:
             opened, self._opened = self._opened, []
         for msg, writer, err in opened:
