@@ -507,10 +507,16 @@ class DtmfBank:
         # Nothing happens before a row's first window to do (with a run) or first valid one.
         j0 = int(np.where(rd >= 0, todo.argmax(axis=1), vt.argmax(axis=1)).min())
 
+        # Digits that stop and digits confirmed, in window order. Their edges are found
+        # after the loop in one `_edge` call per direction (its cost is mostly per
+        # call), then the mutes are applied in the order the windows decided them.
+        ended: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        confirmed: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
         def stop(sel: np.ndarray) -> None:
-            fin = sel & act
-            if fin.any():
-                self._finish(rows[fin], n[fin], rd[fin], rb[fin], racc[fin])
+            fin = np.flatnonzero(sel & act)
+            if len(fin):
+                ended.append((j, fin, rd[fin], rb[fin] - WIN, racc[fin]))
             rd[sel], rv[sel], rg[sel], racc[sel], rpur[sel], act[sel] = -1, 0, 0, 0, 0, False
 
         for j in range(j0, ends.shape[1]):
@@ -545,11 +551,40 @@ class DtmfBank:
                 dev = np.abs(np.angle(racc[c])) * _HZ_PER_RAD / f
                 c = c[(dev <= FREQ_TOL).all(axis=1)]
                 if len(c):
-                    self._confirm(rows[c], n[c], rd[c], ra[c], racc[c])
+                    confirmed.append((j, c, rd[c], ra[c], racc[c]))
                     act[c] = True
         self._rd[rows], self._rv[rows], self._rg[rows] = rd, rv, rg
         self._ra[rows], self._rb[rows], self._racc[rows], self._rpur[rows] = ra, rb, racc, rpur
         self._active[rows] = act
+        if ended or confirmed:
+            self._apply_edges(rows, n, ended, confirmed)
+
+    def _apply_edges(self, rows: np.ndarray, n: np.ndarray, ended: list, confirmed: list) -> None:
+        """Find the edges of the digits one `_runs` call ended and confirmed; mute in order.
+
+        Each entry is (window, row positions, digits, reference window start, phase
+        sums). Edges depend only on the held audio, not on the mutes, so all of one
+        direction are found together; the mutes then follow window order, a stop
+        before a confirmation at the same window, as the loop decided them.
+        """
+        edges = {}
+        for kind, items, direction in (("end", ended, +1), ("start", confirmed, -1)):
+            if not items:
+                continue
+            pos = np.concatenate([it[1] for it in items])
+            at = self._edge(rows[pos], n[pos], np.concatenate([it[2] for it in items]),
+                            np.concatenate([it[3] for it in items]), np.concatenate([it[4] for it in items]),
+                            direction, None)
+            bounds = np.cumsum([0] + [len(it[1]) for it in items])
+            edges[kind] = [at[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        order = sorted([(it[0], 0, i) for i, it in enumerate(ended)] + [(it[0], 1, i) for i, it in enumerate(confirmed)])
+        for _, is_start, i in order:
+            if is_start:
+                _, pos, digits, _, _ = confirmed[i]
+                self._mute(rows[pos], n[pos], digits, edges["start"][i])
+            else:
+                pos = ended[i][1]
+                self._unmute(rows[pos], n[pos], edges["end"][i])
 
     # ------------------------------------------------------------------ edges and muting
     def _confirm(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, first_start: np.ndarray,
@@ -559,7 +594,10 @@ class DtmfBank:
         `first_start` is where each run's first valid window starts, `acc` its summed
         phase advances (low, high); the caller marks the rows active.
         """
-        start = self._edge(rows, n, digits, first_start, acc, -1, limit)
+        self._mute(rows, n, digits, self._edge(rows, n, digits, first_start, acc, -1, limit))
+
+    def _mute(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, start: np.ndarray) -> None:
+        """Confirmed digits whose onsets are `start`: log them, mute from there on."""
         oldest = np.maximum(FRAME * (n - LOOKAHEAD_FRAMES), 0)  # first sample not yet released
         self.onsets_cut += int((start + SEG <= oldest).sum())  # the tone went on into released audio
         start = np.maximum(start, oldest)
@@ -575,7 +613,10 @@ class DtmfBank:
 
         `last_end` is where each run's last valid window ends; the caller ends the runs.
         """
-        end = self._edge(rows, n, digits, last_end - WIN, acc, +1, limit)
+        self._unmute(rows, n, self._edge(rows, n, digits, last_end - WIN, acc, +1, limit))
+
+    def _unmute(self, rows: np.ndarray, n: np.ndarray, end: np.ndarray) -> None:
+        """Digits that stopped at `end`: unmute what follows."""
         el = self._elim[rows]
         if el.any():
             self._set_mask(rows[el], n[el], end[el], FRAME * (n[el] + 1), False)
