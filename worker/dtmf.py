@@ -577,6 +577,17 @@ class DtmfBank:
                             direction, None)
             bounds = np.cumsum([0] + [len(it[1]) for it in items])
             edges[kind] = [at[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        every = np.concatenate([it[1] for it in ended + confirmed])
+        if len(np.unique(every)) == len(every):
+            # No row has two of them (the usual case): order cannot matter, one call each.
+            if ended:
+                pos = np.concatenate([it[1] for it in ended])
+                self._unmute(rows[pos], n[pos], np.concatenate(edges["end"]))
+            if confirmed:
+                pos = np.concatenate([it[1] for it in confirmed])
+                self._mute(rows[pos], n[pos], np.concatenate([it[2] for it in confirmed]),
+                           np.concatenate(edges["start"]))
+            return
         order = sorted([(it[0], 0, i) for i, it in enumerate(ended)] + [(it[0], 1, i) for i, it in enumerate(confirmed)])
         for _, is_start, i in order:
             if is_start:
