@@ -395,9 +395,6 @@ def repair(path: str) -> str:
         and (not info.fact_offset or info.fact_frames == frames)
     )
     if consistent:
-        # A crashed recorder may leave disk reserved past the end (sink.PREALLOC_BYTES):
-        # truncating to the same size gives it back and changes no byte.
-        os.truncate(path, info.file_size)
         return f"{name}: header already consistent: {what}"
     with open(path, "r+b") as f:
         if info.file_size > info.data_offset + data:
