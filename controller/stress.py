@@ -78,7 +78,7 @@ class StressConfig:
     file_format: str = "alaw"
     rate: int = 8000
     max_silence_ms: int = 5000
-    ring_ms: int = 2048
+    ring_ms: int = Config.ring_ms  # the product's default: measure what users run
     start_rate: float = 1000.0
     threads: int = 64
     block_ms: float = 100.0
@@ -357,7 +357,8 @@ class Run:
             ctl.start()
             self.arena = ctl.arena
             worker_pids = [w.proc.pid for w in ctl.supervisor.workers]
-            lg = LoadGenerators(cfg.loadgens, ctl.arena.name, progs_path, cfg.block_ms)
+            lg = LoadGenerators(cfg.loadgens, ctl.arena.name, progs_path, cfg.block_ms,
+                                priority=ccfg.worker_priority)
             self.sampler = Sampler(worker_pids, lg.pids)
             anon_workers0 = sum(proc_anon(p) for p in worker_pids)
             anon_ctl0 = proc_anon(os.getpid())
