@@ -191,7 +191,6 @@ _PAIR2 = _PAIR + 2
 _LAST4 = np.arange(-3, 1)  # frames n-3 .. n
 _J1 = np.arange(1, _NWIN)[None, :, None]  # windows 1 .. 12
 _HOP_ENDS = SUB * np.arange(_NWIN - 1)
-_FRAME_ITEM = np.dtype((np.void, FRAME * 4))  # one float32 frame as a single item
 # Edge walk (see DtmfBank._edge).
 _EDGE_REACH = 640  # at most this far beyond the valid windows (80 ms)
 _EDGE_CHUNK = 80  # samples walked per refit of the tone
@@ -244,8 +243,18 @@ class DtmfBank:
     _mflat: np.ndarray
     _frames: np.ndarray
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 64, sample_type: type = np.float32) -> None:
+        """`sample_type` is what `process` takes, holds and returns: float32 for any
+        signal, or int16 for telephony samples (the worker's choice: half the bytes moved
+        through the delay line, and the same numbers, since int16 values are exact in
+        float32, so detection and output are identical)."""
         self._depth = LOOKAHEAD_FRAMES + 1  # slots per row: the held frames + the outgoing one
+        self._type = np.dtype(sample_type)
+        if self._type not in (np.dtype(np.float32), np.dtype(np.int16)):
+            raise ValueError(f"sample_type must be float32 or int16, not {self._type}")
+        # One frame as a single item: fancy indexing then moves whole frames with one
+        # memcpy each (about twice as fast as row-wise indexing).
+        self._item = np.dtype((np.void, FRAME * self._type.itemsize))
         self._cap = 0
         # Kept for pop_events(); bounded so that a caller that never pops does not leak.
         self._events: deque[DtmfEvent] = deque(maxlen=EVENTS_KEPT)
@@ -273,7 +282,7 @@ class DtmfBank:
 
         # The delay line and its mute mask: row r's frame f sits in slot f % d, at flat
         # index r * d + f % d (one flat fancy index is much cheaper than two).
-        grow("_buf", (d, FRAME), np.float32)
+        grow("_buf", (d, FRAME), self._type)
         grow("_mask", (d, FRAME), np.bool_)
         grow("_masked", (), np.bool_)  # any mask bit set in the row's ring
         grow("_n", (), np.int64)  # frames received since reset
@@ -291,9 +300,7 @@ class DtmfBank:
         grow("_active", (), np.bool_)  # run confirmed as a digit: muting
         self._flat = self._buf.reshape(new * d, FRAME)
         self._mflat = self._mask.reshape(new * d, FRAME)
-        # The same ring as one 640-byte item per frame: fancy indexing then moves whole
-        # frames with one memcpy each (about twice as fast as row-wise float indexing).
-        self._frames = self._flat.view(_FRAME_ITEM).reshape(new * d)
+        self._frames = self._flat.view(self._item).reshape(new * d)
         self._cap = new
 
     def reset(self, rows: np.ndarray, eliminate: np.ndarray) -> None:
@@ -329,13 +336,13 @@ class DtmfBank:
     def process(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """Advance `rows` (unique) by one frame each; return their frames from L calls ago."""
         rows = np.asarray(rows, dtype=np.int64)
-        frames = np.asarray(frames, dtype=np.float32)
+        frames = np.asarray(frames, dtype=self._type)
         d = self._depth
         n = self._n[rows]
         base = rows * d
         hot = self._prescreen(rows, n, frames)
         slot_in = base + n % d
-        self._frames[slot_in] = np.ascontiguousarray(frames).view(_FRAME_ITEM).reshape(-1)
+        self._frames[slot_in] = np.ascontiguousarray(frames).view(self._item).reshape(-1)
 
         # A confirmed digit that is still on mutes each new frame whole (trimmed at its end).
         act = self._active[rows]
@@ -356,11 +363,11 @@ class DtmfBank:
 
         self._n[rows] = n + 1
         slot_out = base + (n + 1) % d  # == (n - L) % d: the frame received L calls ago
-        out = self._frames.take(slot_out).view(np.float32).reshape(len(rows), FRAME)
+        out = self._frames.take(slot_out).view(self._type).reshape(len(rows), FRAME)
         m = self._masked[rows]
         if m.any():
             so = slot_out[m]
-            out[m] = np.where(self._mflat[so], np.float32(0.0), out[m])
+            out[m] = np.where(self._mflat[so], self._type.type(0), out[m])
             self._mflat[so] = False
             mr = rows[m]
             self._masked[mr] = self._mask[mr].any(axis=(1, 2))
@@ -394,18 +401,18 @@ class DtmfBank:
             if on.any():
                 r = rows[on]
                 self._finish(r, n_next[on], self._rd[r], self._rb[r], self._racc[r], limit=end_of_audio[on])
-        held = np.empty((len(rows), L, FRAME), np.float32)
+        held = np.empty((len(rows), L, FRAME), self._type)
         for j in range(L):
             f = self._n[rows] - L + j  # oldest held frame first
             slot = rows * d + f % d
-            held[:, j] = np.where(self._mflat[slot], np.float32(0.0), self._flat[slot])
+            held[:, j] = np.where(self._mflat[slot], self._type.type(0), self._flat[slot])
         self.reset(rows, self._elim[rows])
         return held
 
     # ------------------------------------------------------------------ prescreen
     def _prescreen(self, rows: np.ndarray, n: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """Which rows need the fine analysis this frame (bool per row of `rows`)."""
-        x = frames[:, :PRE_N]
+        x = frames[:, :PRE_N].astype(np.float32, copy=False)
         p = x @ _C_PRE
         np.multiply(p, p, out=p)
         pw = p[:, :8] + p[:, 8:]  # mean square of a tone at each bin
@@ -442,6 +449,7 @@ class DtmfBank:
         h = len(rows)
         d = self._depth
         span = self._flat[rows[:, None] * d + (n[:, None] + _LAST4) % d].reshape(h, 4 * FRAME)
+        span = span.astype(np.float32, copy=False)
         # The 13 overlapping windows as a strided view, copied once by the reshape.
         win = np.ndarray((h, _NWIN, WIN), np.float32, span, 0, (4 * FRAME * 4, SUB * 4, 4))
         z = (win.reshape(h * _NWIN, WIN) @ _C_WIN).reshape(h, _NWIN, 2 * _NF)
@@ -640,7 +648,7 @@ class DtmfBank:
         if limit is not None:
             held &= offs < limit[:, None]
         x = self._flat[rows[:, None] * self._depth + frame % self._depth, offs % FRAME]
-        return np.where(held, x, np.float32(0.0))
+        return np.where(held, x.astype(np.float32, copy=False), np.float32(0.0))
 
     def _edge(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, ref: np.ndarray, acc: np.ndarray,
               direction: int, limit: np.ndarray | None) -> np.ndarray:

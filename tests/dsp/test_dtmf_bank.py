@@ -226,3 +226,31 @@ def test_property_delay_line_with_random_calls(nrows, nframes, seed, base):
         seq = np.concatenate([np.stack(got[r]), held[i]])
         assert not seq[:L].any()
         assert np.array_equal(seq[L:], x[r])
+
+
+def test_int16_bank_decides_and_outputs_exactly_what_the_float32_bank_does():
+    """The worker's int16 delay line: for telephony samples, the same digits, the same
+    onsets and the same output sample for sample as the float32 bank."""
+    from controller.loadgen import load_programs
+
+    progs = load_programs()[0]  # espeak-ng speech, silence and DTMF keyed on either leg
+    legs = 40
+    rng = np.random.default_rng(11)
+    prog, phase = rng.integers(progs.count, size=legs), rng.integers(progs.length, size=legs)
+    banks = [DtmfBank(capacity=legs), DtmfBank(capacity=legs, sample_type=np.int16)]
+    rows = np.arange(legs)
+    for b in banks:
+        b.reset(rows, rows % 5 != 0)
+    outs = [[], []]
+    for f in range(750):  # 15 s
+        idx = (phase[:, None] + f * FRAME + np.arange(FRAME)) % progs.length
+        x = progs.audio[prog[:, None], rows[:, None] % 2, idx]
+        outs[0].append(banks[0].process(rows, x.astype(np.float32)))
+        outs[1].append(banks[1].process(rows, x))
+    assert outs[1][0].dtype == np.int16
+    a, b = np.stack(outs[0]), np.stack(outs[1])
+    events = [bk.pop_events() for bk in banks]
+    assert len(events[0]) > 5, "the clips key digits: the comparison must cover muting"
+    assert events[0] == events[1]
+    assert np.array_equal(a, b.astype(np.float32))
+    assert np.array_equal(banks[0].flush(rows), banks[1].flush(rows).astype(np.float32))
