@@ -110,8 +110,8 @@ class Pipeline:
         #: Called between the steps of a tick (between frame steps, and every
         #: `SERVE_EVERY_FLUSHES` flushes): the worker serves start commands there, so a
         #: start waits for a slice of a tick, not for a whole tick at 10,000 channels.
-        #: It may call `start()`, never `stop()` (a stop mid-tick would see positions
-        #: the tick has not stored yet).
+        #: It may call `attach()` or `start()` (new rows join at the next tick), never
+        #: `stop()` (a stop mid-tick would see positions the tick has not stored yet).
         self.between: Callable[[], None] | None = None
         self._released: list[int] = []  # rows freed this tick, reusable from the next
         self._in_tick = False
