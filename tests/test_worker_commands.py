@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import zmq
 
-from protocol import Hello, JobEnded, JobStarted, StartJob, StopJob, decode, sockets
+from protocol import Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
 from shm import Arena
 from worker.commands import Commands
 from worker.crypto import open_sink
@@ -170,4 +170,23 @@ def test_failed_create_is_reported_and_leaves_no_file(rig):
     e = ended(events, 3)
     assert e.cause == "ERROR" and "cannot create" in e.error
     assert (tmp / "taken.wav").read_bytes() == b"not ours"
+    assert not pipe.jobs and not commands.busy
+
+
+def test_a_start_that_crosses_shutdown_is_refused_and_the_one_before_it_ends_aborted(rig):
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    command(start_msg(4, str(tmp / "before.wav"), 0))
+    command(Shutdown())
+    deadline = time.monotonic() + 3
+    while not commands.shutdown and time.monotonic() < deadline:
+        commands.receive_all()
+        time.sleep(0.005)
+    assert commands.shutdown
+    commands.wait_openers()  # as the worker loop does on Shutdown
+    command(start_msg(5, str(tmp / "after.wav"), 2))  # raced the Shutdown
+    pump(2.0, until=lambda: ended(events, 4) is not None and ended(events, 5) is not None)
+    assert ended(events, 4).cause == "ABORTED"
+    late = ended(events, 5)
+    assert late is not None and late.cause == "ERROR" and "shutting down" in late.error
+    assert (tmp / "before.wav").exists() and not (tmp / "after.wav").exists()
     assert not pipe.jobs and not commands.busy

@@ -60,6 +60,7 @@ class Commands:
         self._opened: list[tuple[StartJob, WavWriter | None, str]] = []  # filled by the openers
         self._lock = threading.Lock()
         self._deferred: list[Message] = []
+        self._accepting = True  # False once the openers are shut down
         # Opener threads wake the loop through this pipe when a file is ready.
         self.wake_r, self._wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -76,21 +77,11 @@ class Commands:
     def receive_all(self) -> None:
         """Apply every queued command and every finished open (between ticks)."""
         self._apply_deferred()
-        while self.sock.poll(0, zmq.POLLIN):
-            msg = self._decode(self.sock.recv_multipart()[-1])
-            if msg is not None:
-                self._apply(msg)
-        self._attach_opened()
+        self._receive(mid_tick=False)
 
     def serve(self) -> None:
         """Mid-tick: pass starts to the openers and attach opened files; hold the rest."""
-        while self.sock.poll(0, zmq.POLLIN):
-            msg = self._decode(self.sock.recv_multipart()[-1])
-            if isinstance(msg, StartJob):
-                self._begin(msg)
-            elif msg is not None:
-                self._deferred.append(msg)
-        self._attach_opened()
+        self._receive(mid_tick=True)
 
     def after_tick(self) -> None:
         self._apply_deferred()
@@ -98,6 +89,7 @@ class Commands:
 
     def wait_openers(self) -> None:
         """Shutting down: let every file in creation finish, and attach it (it then ends ABORTED)."""
+        self._accepting = False
         self._pool.shutdown(wait=True)
         self._attach_opened()
 
@@ -112,6 +104,17 @@ class Commands:
         os.close(self._wake_w)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _receive(self, mid_tick: bool) -> None:
+        while self.sock.poll(0, zmq.POLLIN):
+            msg = self._decode(self.sock.recv_multipart()[-1])
+            if msg is None:
+                continue
+            if mid_tick and not isinstance(msg, StartJob):
+                self._deferred.append(msg)
+            else:
+                self._apply(msg)
+        self._attach_opened()
 
     def _decode(self, data: bytes) -> Message | None:
         """The command, or None after answering a malformed one with WorkerError."""
@@ -141,11 +144,18 @@ class Commands:
 
     def _begin(self, msg: StartJob) -> None:
         if msg.job_id in self.pipe.by_id or msg.job_id in self._opening:
-            self._send(JobEnded(job_id=msg.job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0,
-                                error=f"job {msg.job_id} already running"))
+            self._refuse(msg, f"job {msg.job_id} already running")
+            return
+        if not self._accepting or self.shutdown:
+            # A start that crossed our Shutdown: the openers are gone (or going), so no
+            # file is made and the controller hears why at once.
+            self._refuse(msg, f"worker {self.index} is shutting down")
             return
         self._opening[msg.job_id] = msg
         self._pool.submit(self._open, msg)
+
+    def _refuse(self, msg: StartJob, why: str) -> None:
+        self._send(JobEnded(job_id=msg.job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0, error=why))
 
     def _open(self, msg: StartJob) -> None:
         """Opener thread: create the file (may block on the disk), then wake the loop."""
@@ -176,7 +186,7 @@ class Commands:
             del self._opening[msg.job_id]
             stop = self._held_stops.pop(msg.job_id, None)
             if writer is None:
-                self._send(JobEnded(job_id=msg.job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0, error=err))
+                self._refuse(msg, err)
                 continue
             self.pipe.attach(msg, writer)
             self._send(JobStarted(job_id=msg.job_id))
