@@ -254,3 +254,40 @@ def test_int16_bank_decides_and_outputs_exactly_what_the_float32_bank_does():
     assert events[0] == events[1]
     assert np.array_equal(a, b.astype(np.float32))
     assert np.array_equal(banks[0].flush(rows), banks[1].flush(rows).astype(np.float32))
+
+
+def test_back_to_back_digits_end_and_start_in_one_call_and_are_both_muted(monkeypatch):
+    """A digit ending and the next one confirmed on the same row in one `_runs` call
+    (keyed with 0-10 ms between them) must apply its mutes in window order: unmute the
+    first, then mute the second, or the second's start is let through (or the gap kept
+    muted forever). The spy only checks that this case is the one being exercised."""
+    collided = []
+    real = DtmfBank._apply_edges
+
+    def spy(self, rows, n, ended, confirmed):
+        every = np.concatenate([it[1] for it in ended + confirmed])
+        collided.append(len(np.unique(every)) < len(every))
+        return real(self, rows, n, ended, confirmed)
+
+    monkeypatch.setattr(DtmfBank, "_apply_edges", spy)
+    rng = np.random.default_rng(9)
+    for gap_ms in (0, 5, 10):
+        for lead_ms in range(0, 40, 5):
+            x = white(8000, -55, rng)
+            a = 400 + lead_ms * 8
+            t1 = tone("1", 80, -12, phase=tuple(rng.uniform(0, 6, 2)))
+            b = a + len(t1) + gap_ms * 8
+            t2 = tone("9", 80, -12, phase=tuple(rng.uniform(0, 6, 2)))
+            x[a:a + len(t1)] += t1
+            x[b:b + len(t2)] += t2
+            run = run_bank([x])
+            y, case = run.out[0], (gap_ms, lead_ms)
+            assert run.digits(0) == "19", case
+            assert not y[a:a + len(t1)].any() and not y[b:b + len(t2)].any(), case
+            pre, _ = _muted_span(y, a, a + len(t1))
+            _, post = _muted_span(y, b, b + len(t2))
+            assert pre <= GUARD_MAX and post <= GUARD_MAX, case
+            keep = np.ones(len(x), bool)
+            keep[a - pre:b + len(t2) + post] = False
+            assert np.array_equal(y[keep], x[keep].astype(np.float32)), case
+    assert sum(collided) >= 10, "no case put an end and a start of one row in one call"
