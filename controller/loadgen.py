@@ -190,6 +190,8 @@ def build_programs(count: int = 16, seconds: float = 40.0, seed: int = 7) -> Pro
             if speaker == 0 and rng.random() < 0.3:
                 digits = "".join(rng.choice(list("0123456789*#"), int(rng.integers(3, 7))))
                 for d in digits:
+                    if t >= length:  # the last gap ran past the end: the call is full
+                        break
                     tone_ms, gap_ms = int(rng.integers(60, 120)), int(rng.integers(60, 120))
                     tone = dtmf_tone(d, tone_ms, float(rng.uniform(-14, -8))).astype(np.float64)
                     end = min(length, t + len(tone))
