@@ -151,7 +151,7 @@ class Controller:
         if isinstance(msg, JobStarted):
             rec = self._jobs.get(msg.job_id)
             if rec is not None:
-                rec._on_started(msg.job_id)
+                rec._on_started(msg)
         elif isinstance(msg, JobEnded):
             with self._lock:
                 rec = self._jobs.pop(msg.job_id, None)

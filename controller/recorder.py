@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocol import StartJob, StopJob
+from protocol import JobStarted, StartJob, StopJob
 
 from .args import check_start, check_timeout
 from .errors import Error, Hangup
@@ -38,6 +38,28 @@ class JobResult:
     error: str
 
 
+@dataclass(frozen=True)
+class StartTrace:
+    """Where the last successful start() spent its time: CLOCK_MONOTONIC readings, the
+    worker's two included (the clock is system-wide). Tells an operator whether a slow
+    start is the controller's, the transport's or the worker's."""
+
+    called: float  # start() entered
+    sent: float  # StartJob handed to the supervisor's I/O thread
+    worker_received: float  # the worker read it
+    worker_confirmed: float  # the worker attached the open file and sent JobStarted
+    delivered: float  # the I/O thread handed JobStarted to this recorder
+    returned: float  # start() returned True
+
+    HOPS = ("checks", "to_worker", "in_worker", "from_worker", "wake_up")
+
+    def hops_ms(self) -> dict[str, float]:
+        """Each hop in ms: argument checks, controller to worker, open and attach in the
+        worker, worker back to the I/O thread, I/O thread to the waiting API thread."""
+        t = (self.called, self.sent, self.worker_received, self.worker_confirmed, self.delivered, self.returned)
+        return {name: 1000 * (b - a) for name, a, b in zip(self.HOPS, t, t[1:])}
+
+
 class WholeCallRecorder:
     """Records the whole call (both legs) of one `CallChannel` to a WAV file."""
 
@@ -52,6 +74,9 @@ class WholeCallRecorder:
         self._worker = -1
         self._path = ""
         self.last_result: JobResult | None = None
+        #: Timestamps of the last start() that succeeded (None before one has).
+        self.last_start_trace: StartTrace | None = None
+        self._started: tuple[float, JobStarted] | None = None
 
     # -- the spec's queries ---------------------------------------------------------------
 
@@ -80,6 +105,7 @@ class WholeCallRecorder:
         cipher: Any = None,
     ) -> bool:
         """Begin recording; True once the worker has the file open and reads the rings."""
+        called = time.monotonic()
         self._check_call()
         with self._cond:
             if self._m.busy:
@@ -118,6 +144,7 @@ class WholeCallRecorder:
                 file_mode=cfg.file_mode,
             )
             self._ctl.supervisor.assign(worker, job_id)
+            sent = time.monotonic()
             self._ctl.supervisor.send(worker.index, msg)
             deadline = time.monotonic() + cfg.start_timeout_s
             while self._m.phase is Phase.STARTING:
@@ -128,7 +155,13 @@ class WholeCallRecorder:
                     self._request_stop(Cause.ERROR)
                     return False
                 self._cond.wait(left)
-            return self._m.phase is Phase.RECORDING
+            if self._m.phase is not Phase.RECORDING:
+                return False
+            if self._started is not None:
+                delivered, ev = self._started
+                self.last_start_trace = StartTrace(called, sent, ev.t_received, ev.t_confirmed, delivered,
+                                                   time.monotonic())
+            return True
 
     def record(
         self,
@@ -229,9 +262,10 @@ class WholeCallRecorder:
 
     # -- events (I/O thread) -------------------------------------------------------------------
 
-    def _on_started(self, job_id: int) -> None:
+    def _on_started(self, ev: JobStarted) -> None:
         with self._cond:
-            if self._m.job_id == job_id:
+            if self._m.job_id == ev.job_id:
+                self._started = (time.monotonic(), ev)
                 self._m.fire("started")
                 self._cond.notify_all()
 

@@ -53,6 +53,7 @@ from shm.layout import Layout
 
 from .config import Config
 from .loadgen import LoadGenerators, Programs, load_programs
+from .recorder import StartTrace
 
 log = logging.getLogger("wholecall.stress")
 
@@ -113,6 +114,7 @@ class Call:
     stopped: bool = False
     t_begin: float = math.nan  # monotonic time start() was called
     t_end: float = math.nan  # ... and returned
+    hops_ms: dict | None = None  # the recorder's StartTrace, per hop
 
 
 # -- small measurement helpers ------------------------------------------------------------------
@@ -179,6 +181,12 @@ def percentiles(values: list[float]) -> dict:
     p = np.percentile(v, [50, 90, 99])
     return {"n": len(v), "p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3),
             "p99": round(float(p[2]), 3), "max": round(float(v.max()), 3)}
+
+
+def start_hops(calls: list[Call]) -> dict:
+    """Percentiles of each hop of start() (see `StartTrace.hops_ms`) over these calls."""
+    traced = [c.hops_ms for c in calls if c.hops_ms]
+    return {hop: percentiles([h[hop] for h in traced]) for hop in StartTrace.HOPS} if traced else {}
 
 
 def machine() -> dict:
@@ -432,6 +440,8 @@ class Run:
             "start": percentiles([c.start_ms for c in self.calls]),
             "start_at_load": percentiles([c.start_ms for c in self.calls if c.running_at_start >= 0.9 * cfg.channels]),
             "stop": percentiles([c.stop_ms for c in self.calls]),
+            "start_hops": start_hops(self.calls),
+            "start_hops_at_load": start_hops([c for c in self.calls if c.running_at_start >= 0.9 * cfg.channels]),
         }
         report["memory"] = {
             "ring_samples": ccfg.ring_samples, "ring_bytes_per_leg": ccfg.ring_samples * 2,
@@ -480,6 +490,8 @@ class Run:
             call.error = f"start raised {type(e).__name__}: {e}"
         call.t_end = time.perf_counter()
         call.start_ms = 1000 * (call.t_end - t)
+        if ok and rec.last_start_trace is not None:
+            call.hops_ms = rec.last_start_trace.hops_ms()
         with self.lock:
             if ok:
                 call.started = True
@@ -906,6 +918,9 @@ def summary(report: dict) -> str:
          f"(at load p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
          f"stop ms p50 {lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}, "
          f"start rate {report.get('run', {}).get('start_rate_achieved')}/s"),
+        f"  start{' at load' if lat.get('start_hops_at_load') else ''}, per hop, ms p50/p99: " + ", ".join(
+            f"{hop} {v.get('p50')}/{v.get('p99')}"
+            for hop, v in (lat.get("start_hops_at_load") or lat.get("start_hops", {})).items()),
         (f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
          f"{report.get('memory', {}).get('worker_anon_bytes_per_channel')} B, controller "
          f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B"),

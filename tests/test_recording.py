@@ -74,6 +74,24 @@ def test_start_twice_is_an_error(answered):
     assert not os.path.exists(os.path.join(os.path.dirname(rec.last_result.path), "b.wav"))
 
 
+def test_a_start_is_traced_hop_by_hop_on_one_clock_shared_with_the_worker(answered):
+    """The worker's two readings fall between the controller's: one system-wide clock."""
+    rec = answered.WholeCallRecorder
+    assert rec.last_start_trace is None
+    before = time.monotonic()
+    assert rec.start("traced.wav")
+    after = time.monotonic()
+    tr = rec.last_start_trace
+    stamps = [tr.called, tr.sent, tr.worker_received, tr.worker_confirmed, tr.delivered, tr.returned]
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert stamps == sorted(stamps), stamps
+    hops = tr.hops_ms()
+    assert list(hops) == list(tr.HOPS)
+    assert sum(hops.values()) == pytest.approx(1000 * (tr.returned - tr.called))
+    assert rec.stop()
+    assert rec.last_start_trace is tr  # kept until the next start succeeds
+
+
 def test_start_on_idle_call_raises_hangup(ctl):
     ch = ctl.channel()
     with pytest.raises(Hangup):

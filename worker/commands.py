@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import threading
+import time
 
 import zmq
 
@@ -55,7 +56,7 @@ class Commands:
         self.index = index
         self.shutdown = False
         self._pool = cf.ThreadPoolExecutor(OPENER_THREADS, thread_name_prefix="opener")
-        self._opening: dict[int, StartJob] = {}  # job_id -> its start, file being created
+        self._opening: dict[int, float] = {}  # job_id -> when its start was read; file being created
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening
         self._opened: list[tuple[StartJob, WavWriter | None, str]] = []  # filled by the openers
         self._lock = threading.Lock()
@@ -151,7 +152,7 @@ class Commands:
             # file is made and the controller hears why at once.
             self._refuse(msg, f"worker {self.index} is shutting down")
             return
-        self._opening[msg.job_id] = msg
+        self._opening[msg.job_id] = time.monotonic()
         self._pool.submit(self._open, msg)
 
     def _refuse(self, msg: StartJob, why: str) -> None:
@@ -183,13 +184,13 @@ class Commands:
         with self._lock:
             opened, self._opened = self._opened, []
         for msg, writer, err in opened:
-            del self._opening[msg.job_id]
+            t_received = self._opening.pop(msg.job_id)
             stop = self._held_stops.pop(msg.job_id, None)
             if writer is None:
                 self._refuse(msg, err)
                 continue
             self.pipe.attach(msg, writer)
-            self._send(JobStarted(job_id=msg.job_id))
+            self._send(JobStarted(job_id=msg.job_id, t_received=t_received, t_confirmed=time.monotonic()))
             if stop is not None:
                 self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
             elif self.shutdown:
