@@ -62,6 +62,8 @@ class Config:
     worker_priority: int = 10
     """Workers run this much above normal priority (nice -10): on a saturated box the
     real-time audio path must win over API threads and other jobs, or rings overrun.
+    The controller's I/O thread (the one that relays commands and events) runs at the
+    same level, so a worker's confirmation is not left waiting behind the workers.
     Needs CAP_SYS_NICE (root); without it workers log a warning and run at normal
     priority. 0 leaves the priority alone."""
 

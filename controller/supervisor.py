@@ -77,6 +77,7 @@ class Supervisor:
                             "--capacity", str(capacity), "--priority", str(priority)]
         self.heartbeat_timeout = heartbeat_timeout_s
         self.pin = pin
+        self.priority = priority
         self.ctx = zmq.Context()
         self.endpoint = sockets.control_endpoint(run_dir)
         self.sock = sockets.router(self.ctx, self.endpoint)
@@ -154,6 +155,14 @@ class Supervisor:
                 self._lose(w, f"worker {index} unreachable: {e}")
 
     def _loop(self) -> None:
+        if self.priority:
+            # Linux keeps a nice value per thread: only this one is raised, to the workers'
+            # level, so a worker's JobStarted is taken at once, not after the workers'
+            # slice on a saturated box (the API threads stay the caller's business).
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -self.priority)
+            except OSError as e:
+                log.warning("controller I/O thread: cannot raise priority to nice -%d: %s", self.priority, e)
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
