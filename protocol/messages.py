@@ -169,7 +169,10 @@ def _check(value: Any, allowed: tuple[type, ...]) -> bool:
 def encode(msg: Message) -> bytes:
     """The one way a message becomes bytes."""
     body: dict[str, Any] = {"v": VERSION, "t": msg.TYPE}
-    body.update(dataclasses.asdict(msg))
+    # Field by field, not dataclasses.asdict: that deep-copies every value (0.17 ms for
+    # a StartJob, half of a start()'s own CPU in the controller); msgpack only reads them.
+    for name in _FIELDS[msg.TYPE]:
+        body[name] = getattr(msg, name)
     return msgpack.packb(body, use_bin_type=True)
 
 
