@@ -31,6 +31,19 @@ log = logging.getLogger("wholecall.controller")
 
 
 
+def zmq_io_threads() -> list[int]:
+    """Thread ids of libzmq's I/O threads in this process (it names them ZMQbg/IO/<n>)."""
+    tids = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith("ZMQbg/IO"):
+                    tids.append(int(tid))
+        except OSError:
+            continue  # the thread ended
+    return tids
+
+
 @dataclass
 class WorkerHandle:
     index: int
@@ -156,13 +169,16 @@ class Supervisor:
 
     def _loop(self) -> None:
         if self.priority:
-            # Linux keeps a nice value per thread: only this one is raised, to the workers'
+            # Linux keeps a nice value per thread: only the threads every command and event
+            # passes through (this one and ZeroMQ's I/O thread) are raised to the workers'
             # level, so a worker's JobStarted is taken at once, not after the workers'
-            # slice on a saturated box (the API threads stay the caller's business).
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -self.priority)
-            except OSError as e:
-                log.warning("controller I/O thread: cannot raise priority to nice -%d: %s", self.priority, e)
+            # slice on a saturated box. The API threads stay the caller's business.
+            for tid in [threading.get_native_id(), *zmq_io_threads()]:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, tid, -self.priority)
+                except OSError as e:
+                    log.warning("controller thread %d: cannot raise priority to nice -%d: %s", tid, self.priority, e)
+                    break
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)

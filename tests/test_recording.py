@@ -189,13 +189,18 @@ def test_exception_inside_with_block_still_cleans_up(tmp_path):
 def test_workers_and_the_io_thread_run_at_the_worker_priority_and_the_callers_threads_do_not(make_controller):
     import threading
 
+    from controller.supervisor import zmq_io_threads
+
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    others = set(zmq_io_threads())  # other tests' contexts in this process
     ctl = make_controller(workers=1, worker_priority=7)
     io = next(t for t in threading.enumerate() if t.name == "wholecall-io")
     deadline = time.monotonic() + 5
     while os.getpriority(os.PRIO_PROCESS, io.native_id) != -7 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert os.getpriority(os.PRIO_PROCESS, io.native_id) == -7
+    ours = set(zmq_io_threads()) - others
+    assert ours and all(os.getpriority(os.PRIO_PROCESS, t) == -7 for t in ours)
     assert os.getpriority(os.PRIO_PROCESS, ctl.supervisor.workers[0].proc.pid) == -7
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
