@@ -142,6 +142,11 @@ class WavWriter:
         self._trimmed = False
         self._result: tuple[int, int] | None = None
         self._aborted = False
+        # The header only changes in its three sizes: refreshes patch a template
+        # (0.5 us) instead of rebuilding it (2.9 us, once a second per recording).
+        self._tmpl = bytearray(_header(codec, channels, rate, 0, 0))
+        # Data is the last chunk and fact (when there is one) the one before it.
+        self._fact_at = len(self._tmpl) - 12 if codec.fact else -1
         self._refresh()
 
     # -- the pipeline's calls -------------------------------------------------
@@ -279,8 +284,12 @@ class WavWriter:
 
     def _refresh(self) -> None:
         """Rewrite the header so it describes exactly the audio already appended."""
-        header = _header(self.codec, self.channels, self.rate, self._data_bytes, self._frames_on_disk())
-        self.sink.pwrite(header, 0)
+        t = self._tmpl
+        struct.pack_into("<I", t, 4, len(t) - 8 + self._data_bytes)
+        struct.pack_into("<I", t, len(t) - 4, self._data_bytes)
+        if self._fact_at >= 0:
+            struct.pack_into("<I", t, self._fact_at, self._frames_on_disk())
+        self.sink.pwrite(bytes(t), 0)  # a copy: a sink may keep what it is given
 
 
 # -- reading our files back: header info, repair, raw .vox --------------------

@@ -319,3 +319,23 @@ def test_to_vox_refuses_other_formats(tmp_path):
     WavWriter(FileSink(path), "alaw", 8000).close()
     with pytest.raises(ValueError, match="OKI"):
         to_vox(path, os.path.join(tmp_path, "a.vox"))
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+@pytest.mark.parametrize("rate", RATES)
+def test_every_refreshed_header_is_the_one_built_from_scratch(tmp_path, file_format, rate):
+    """Refreshes patch a header template; after each write it must equal a freshly built header."""
+    from worker.wavfile import _header
+
+    channels = 2 if file_format in STEREO_FORMATS and rate == 8000 else 1
+    path = str(tmp_path / "h.wav")
+    w = WavWriter(FileSink(path), file_format, rate, channels)
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 159, 160, 4000, 8001):
+        block = rng.integers(-9000, 9000, (n, channels) if channels == 2 else n).astype(np.int16)
+        w.write(block)
+        with open(path, "rb") as f:
+            head = f.read(w._header_len)
+        want = _header(w.codec, channels, rate, w._data_bytes, w._frames_on_disk())
+        assert head == want, (n, head.hex(), want.hex())
+    w.close()
