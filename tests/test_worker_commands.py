@@ -190,3 +190,20 @@ def test_a_start_that_crosses_shutdown_is_refused_and_the_one_before_it_ends_abo
     assert late is not None and late.cause == "ERROR" and "shutting down" in late.error
     assert (tmp / "before.wav").exists() and not (tmp / "after.wav").exists()
     assert not pipe.jobs and not commands.busy
+
+
+def test_a_start_queued_behind_shutdown_in_the_same_batch_is_refused_before_the_openers_close(rig):
+    """Shutdown and a StartJob read in one drain: the start must not reach the openers."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    command(Shutdown())
+    command(start_msg(6, str(tmp / "same-batch.wav"), 0))
+    deadline = time.monotonic() + 3
+    while not commands.sock.poll(0, zmq.POLLIN) and time.monotonic() < deadline:
+        time.sleep(0.005)  # both are queued at the DEALER before the worker reads any
+    time.sleep(0.05)
+    commands.receive_all()  # one drain reads both, the openers still open
+    assert commands.shutdown and not commands.busy
+    pump(2.0, until=lambda: ended(events, 6) is not None)
+    late = ended(events, 6)
+    assert late is not None and late.cause == "ERROR" and "shutting down" in late.error
+    assert not (tmp / "same-batch.wav").exists() and not pipe.jobs
