@@ -94,9 +94,11 @@ class JobStarted(Message):
     TYPE: ClassVar[str] = "started"
     job_id: int
     # The worker's CLOCK_MONOTONIC (system-wide on Linux, so the controller can subtract
-    # its own readings): when the StartJob was read, and when this confirmation was sent.
-    # They split a start()'s latency into controller, transport and worker shares.
+    # its own readings): when the StartJob was read, when its file was open, and when
+    # this confirmation was sent. They split a start()'s latency into controller,
+    # transport and worker shares.
     t_received: float
+    t_opened: float
     t_confirmed: float
 
 

@@ -21,7 +21,7 @@ ALL = [
     StopJob(job_id=7, cause="ABORTED", end_pos=99),
     Shutdown(),
     Hello(worker=1, pid=100, cpu=1),
-    JobStarted(job_id=7, t_received=12.5, t_confirmed=12.75),
+    JobStarted(job_id=7, t_received=12.5, t_opened=12.6, t_confirmed=12.75),
     JobEnded(job_id=7, cause="SILENCE", bytes=1000, samples=900, duration_s=0.1125, error=""),
     Heartbeat(worker=0, jobs=3, cpu_s=1.5, ticks=10, overruns=0),
     WorkerError(worker=0, job_id=0, message="bad"),

@@ -82,7 +82,8 @@ def test_a_start_is_traced_hop_by_hop_on_one_clock_shared_with_the_worker(answer
     assert rec.start("traced.wav")
     after = time.monotonic()
     tr = rec.last_start_trace
-    stamps = [tr.called, tr.sent, tr.worker_received, tr.worker_confirmed, tr.delivered, tr.returned]
+    stamps = [tr.called, tr.sent, tr.worker_received, tr.worker_opened, tr.worker_confirmed, tr.delivered,
+              tr.returned]
     assert before <= stamps[0] and stamps[-1] <= after
     assert stamps == sorted(stamps), stamps
     hops = tr.hops_ms()

@@ -58,7 +58,7 @@ class Commands:
         self._pool = cf.ThreadPoolExecutor(OPENER_THREADS, thread_name_prefix="opener")
         self._opening: dict[int, float] = {}  # job_id -> when its start was read; file being created
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening
-        self._opened: list[tuple[StartJob, WavWriter | None, str]] = []  # filled by the openers
+        self._opened: list[tuple[StartJob, WavWriter | None, str, float]] = []  # filled by the openers
         self._lock = threading.Lock()
         self._deferred: list[Message] = []
         self._accepting = True  # False once the openers are shut down
@@ -98,7 +98,7 @@ class Commands:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             opened, self._opened = self._opened, []
-        for _, writer, _ in opened:  # a crash between open and attach: leave no half-made file
+        for _, writer, _, _ in opened:  # a crash between open and attach: leave no half-made file
             if writer is not None:
                 writer.abort()
         os.close(self.wake_r)
@@ -165,7 +165,7 @@ class Commands:
         except BaseException as e:  # noqa: BLE001 - the loop must hear about every start
             writer, err = None, f"cannot create {msg.path}: {e}"
         with self._lock:
-            self._opened.append((msg, writer, err))
+            self._opened.append((msg, writer, err, time.monotonic()))
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -183,14 +183,15 @@ class Commands:
             return
         with self._lock:
             opened, self._opened = self._opened, []
-        for msg, writer, err in opened:
+        for msg, writer, err, t_opened in opened:
             t_received = self._opening.pop(msg.job_id)
             stop = self._held_stops.pop(msg.job_id, None)
             if writer is None:
                 self._refuse(msg, err)
                 continue
             self.pipe.attach(msg, writer)
-            self._send(JobStarted(job_id=msg.job_id, t_received=t_received, t_confirmed=time.monotonic()))
+            self._send(JobStarted(job_id=msg.job_id, t_received=t_received, t_opened=t_opened,
+                                  t_confirmed=time.monotonic()))
             if stop is not None:
                 self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
             elif self.shutdown:
