@@ -57,16 +57,18 @@ def rig(tmp_path):
     commands = Commands(dealer, pipe, 0)
     events: list = []
 
-    def pump(seconds: float, until=None) -> None:
-        """Run the worker loop's calls: receive, tick (serving mid-tick), collect events."""
+    def pump(seconds: float, until=None, loop: bool = True) -> None:
+        """Run the worker loop's calls: receive, tick (serving mid-tick), collect events.
+        With loop=False only collect what the worker's I/O thread and openers send."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            commands.receive_all()
-            pipe.tick()
-            commands.after_tick()
-            for ev in pipe.ended:
-                sockets.send(dealer, ev)
-            pipe.ended.clear()
+            if loop:
+                commands.receive_all()
+                pipe.tick()
+                commands.after_tick()
+                for ev in pipe.ended:
+                    commands.send(ev)
+                pipe.ended.clear()
             while router.poll(0):
                 events.append(decode(router.recv_multipart()[-1]))
             if until is not None and until():
@@ -192,18 +194,37 @@ def test_a_start_that_crosses_shutdown_is_refused_and_the_one_before_it_ends_abo
     assert not pipe.jobs and not commands.busy
 
 
-def test_a_start_queued_behind_shutdown_in_the_same_batch_is_refused_before_the_openers_close(rig):
-    """Shutdown and a StartJob read in one drain: the start must not reach the openers."""
+def test_a_start_read_right_after_shutdown_is_refused_before_the_loop_applies_the_shutdown(rig):
+    """The I/O thread reads Shutdown and then a StartJob; the loop has not run: the start
+    must not reach the openers, although the openers are still open."""
     tmp, arena, disk, pipe, commands, command, pump, events = rig
     command(Shutdown())
     command(start_msg(6, str(tmp / "same-batch.wav"), 0))
-    deadline = time.monotonic() + 3
-    while not commands.sock.poll(0, zmq.POLLIN) and time.monotonic() < deadline:
-        time.sleep(0.005)  # both are queued at the DEALER before the worker reads any
-    time.sleep(0.05)
-    commands.receive_all()  # one drain reads both, the openers still open
-    assert commands.shutdown and not commands.busy
-    pump(2.0, until=lambda: ended(events, 6) is not None)
+    pump(3.0, until=lambda: ended(events, 6) is not None, loop=False)
+    assert not commands.shutdown and not commands.busy  # refused by the I/O thread alone
+    pump(2.0, until=lambda: ended(events, 6) is not None and commands.shutdown)
     late = ended(events, 6)
     assert late is not None and late.cause == "ERROR" and "shutting down" in late.error
     assert not (tmp / "same-batch.wav").exists() and not pipe.jobs
+
+
+def test_a_start_is_confirmed_as_soon_as_its_file_is_open_without_waiting_for_the_loop(rig):
+    """JobStarted comes from the opener via the I/O thread; the loop attaches it later,
+    and the job's audio from start_pos is all there (nothing lost by the later attach)."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    tone = (3000 * np.sin(2 * np.pi * 300 * np.arange(RATE) / RATE)).astype(np.int16)
+    feed(arena, 4, tone[:2000])
+    feed(arena, 5, tone[:2000])
+    command(start_msg(8, str(tmp / "early.wav"), 4, pos=2000))
+    pump(3.0, until=lambda: any(isinstance(e, JobStarted) for e in events), loop=False)
+    assert [e.job_id for e in events if isinstance(e, JobStarted)] == [8]
+    assert not pipe.jobs, "confirmed before the loop ran"
+    feed(arena, 4, tone[2000:])
+    feed(arena, 5, tone[2000:])
+    command(StopJob(job_id=8, cause="ABORTED", end_pos=RATE))
+    pump(5.0, until=lambda: ended(events, 8) is not None)
+    kinds = [type(e).__name__ for e in events if getattr(e, "job_id", None) == 8]
+    assert kinds == ["JobStarted", "JobEnded"]
+    audio, _ = sf.read(tmp / "early.wav", dtype="int16")
+    expect = np.clip(2 * tone[2000:].astype(np.int32), -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(audio, expect)

@@ -1,9 +1,10 @@
 """The worker process: pinned to one CPU, owns a set of jobs, reports their causes.
 
-Loop: wait for a command until the next tick is due, run the pipeline tick, send what
-it produced (started / ended events), heartbeat. Commands are applied by
-`worker.commands` (files are created off the loop, starts are served mid-tick). A malformed command is reported as a
-`WorkerError` and dropped; it never stops the loop. The worker exits when the
+Loop: wait for commands or opened files until the next tick is due, run the pipeline
+tick, queue what it produced (ended events), heartbeat. `worker.commands` owns the
+socket on its own I/O thread, creates files on opener threads and confirms starts from
+there; the loop attaches opened files (also mid-tick) and applies stops between ticks.
+A malformed command is reported as a `WorkerError` and dropped; it never stops the loop. The worker exits when the
 controller says so, when its parent dies (PR_SET_PDEATHSIG plus a ppid check), or on
 SIGTERM, finalising every file first.
 """
@@ -71,11 +72,10 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
         arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
         flush_samples=max(160, int(flush_ms * 8)), capacity=capacity,
     )
-    commands = Commands(sock, pipe, index)
+    commands = Commands(sock, pipe, index)  # from here on only its I/O thread uses the socket
     poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
     poller.register(commands.wake_r, zmq.POLLIN)
-    sockets.send(sock, Hello(worker=index, pid=os.getpid(), cpu=cpu))
+    commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
     ticks = 0
     next_tick = time.monotonic()
     next_beat = next_tick
@@ -84,8 +84,10 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
             now = time.monotonic()
             wait_ms = max(0, int((next_tick - now) * 1000))
             if poller.poll(wait_ms):
-                # Drain everything queued before ticking: starts and stops are cheap.
+                # Apply everything queued before ticking: stops and attaches are cheap.
                 commands.receive_all()
+                if not commands.io_alive:
+                    raise RuntimeError("the command I/O thread died")
             if commands.shutdown or stopping or os.getppid() != parent:
                 if not stopping:
                     commands.wait_openers()  # starts in flight end ABORTED too, files final
@@ -97,7 +99,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                 commands.after_tick()
                 ticks += 1
                 for ev in pipe.ended:
-                    sockets.send(sock, ev)
+                    commands.send(ev)
                 pipe.ended.clear()
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
                 # Many jobs: tick less often so each frame step covers every job (producers
@@ -111,17 +113,14 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                 break
             if now >= next_beat:
                 overruns = int(arena.overruns[pipe.slot_in[pipe.rows]].sum() + arena.overruns[pipe.slot_out[pipe.rows]].sum()) if len(pipe.rows) else 0
-                sockets.send(sock, Heartbeat(worker=index, jobs=len(pipe.jobs), cpu_s=cpu_seconds(),
-                                             ticks=ticks, overruns=overruns))
+                commands.send(Heartbeat(worker=index, jobs=len(pipe.jobs), cpu_s=cpu_seconds(),
+                                        ticks=ticks, overruns=overruns))
                 next_beat = now + heartbeat_ms / 1000
     except BaseException as e:  # noqa: BLE001 - the last word before dying is worth sending
         log.exception("worker %d crashed", index)
         pipe.fail_all(f"worker {index} crashed: {e}")
         for ev in pipe.ended:
-            try:
-                sockets.send(sock, ev)
-            except zmq.ZMQError:
-                pass
+            commands.send(ev)  # sent by close() below, before the socket goes
         raise
     finally:
         commands.close()
