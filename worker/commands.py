@@ -96,6 +96,12 @@ class Commands:
         self._outbox.append(msg)
         _poke(self._io_wake_w)
 
+    def send_all(self, msgs: list[Message]) -> None:
+        """Queue several events with one wake-up of the I/O thread (a tick's endings)."""
+        if msgs:
+            self._outbox.extend(msgs)
+            _poke(self._io_wake_w)
+
     def receive_all(self) -> None:
         """Between ticks: apply the commands read so far and attach every opened file."""
         _drain(self.wake_r)
