@@ -48,16 +48,16 @@ class StartTrace:
     sent: float  # StartJob handed to the supervisor's I/O thread
     worker_received: float  # the worker read it
     worker_opened: float  # an opener thread had the file open
-    worker_confirmed: float  # the worker attached the open file and sent JobStarted
+    worker_confirmed: float  # the opener queued JobStarted (the tick attaches the job at its next serve point)
     delivered: float  # the I/O thread handed JobStarted to this recorder
     returned: float  # start() returned True
 
-    HOPS = ("checks", "to_worker", "open", "attach", "from_worker", "wake_up")
+    HOPS = ("checks", "to_worker", "open", "confirm", "from_worker", "wake_up")
 
     def hops_ms(self) -> dict[str, float]:
         """Each hop in ms: argument checks, controller to worker, the file's creation on an
-        opener thread, its attachment at the tick's next serve point, worker back to the
-        I/O thread, I/O thread to the waiting API thread."""
+        opener thread (including its wait in the openers' queue), the opener's confirmation,
+        worker back to the I/O thread, I/O thread to the waiting API thread."""
         t = (self.called, self.sent, self.worker_received, self.worker_opened, self.worker_confirmed,
              self.delivered, self.returned)
         return {name: 1000 * (b - a) for name, a, b in zip(self.HOPS, t, t[1:])}

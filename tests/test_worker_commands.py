@@ -228,3 +228,33 @@ def test_a_start_is_confirmed_as_soon_as_its_file_is_open_without_waiting_for_th
     audio, _ = sf.read(tmp / "early.wav", dtype="int16")
     expect = np.clip(2 * tone[2000:].astype(np.int32), -32768, 32767).astype(np.int16)
     np.testing.assert_array_equal(audio, expect)
+
+
+def test_a_file_opened_during_a_tick_is_attached_inside_that_tick(rig):
+    """The tick's serve points attach opened files; the loop's between-tick calls are not needed."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    tone = (3000 * np.sin(2 * np.pi * 500 * np.arange(RATE) / RATE)).astype(np.int16)
+    command(start_msg(10, str(tmp / "running.wav"), 0))
+    pump(3.0, until=lambda: 10 in pipe.by_id)
+    disk.hold["late.wav"] = gate = threading.Event()
+    command(start_msg(11, str(tmp / "late.wav"), 2))
+    pump(1.0, until=lambda: commands.busy, loop=False)
+    gate.set()
+    pump(3.0, until=lambda: any(isinstance(e, JobStarted) and e.job_id == 11 for e in events), loop=False)
+    assert 11 not in pipe.by_id
+    feed(arena, 0, tone[:1600])
+    feed(arena, 1, tone[:1600])
+    pipe.tick()  # job 10 has frames to process: the tick passes its serve points
+    assert 11 in pipe.by_id and not commands.busy
+
+
+def test_close_ends_a_confirmed_but_unattached_start_with_error_and_removes_its_file(rig):
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    command(start_msg(12, str(tmp / "cut.wav"), 0))
+    pump(3.0, until=lambda: any(isinstance(e, JobStarted) and e.job_id == 12 for e in events), loop=False)
+    assert (tmp / "cut.wav").exists() and 12 not in pipe.by_id
+    assert commands.close()  # a crash of the loop before it attached the file
+    pump(2.0, until=lambda: ended(events, 12) is not None, loop=False)
+    e = ended(events, 12)
+    assert e is not None and e.cause == "ERROR" and "before the job was attached" in e.error
+    assert not (tmp / "cut.wav").exists()

@@ -77,6 +77,9 @@ class Commands:
         self.wake_r, self._wake_w = _pipe()
         self._io_wake_r, self._io_wake_w = _pipe()
         self._io_running = True
+        self._io_failed = False
+        self._closed = False
+        pipe.between = self.serve
         self._io = threading.Thread(target=self._io_loop, name="commands-io", daemon=True)
         self._io.start()
 
@@ -87,7 +90,8 @@ class Commands:
 
     @property
     def io_alive(self) -> bool:
-        return self._io.is_alive()
+        """False once the I/O thread has failed (the worker must then fail too)."""
+        return not self._io_failed and self._io.is_alive()
 
     # -- the loop's calls --------------------------------------------------------------
 
@@ -125,22 +129,43 @@ class Commands:
         self._pool.shutdown(wait=True)
         self._attach_opened()
 
-    def close(self) -> None:
-        """Stop the openers and the I/O thread (after it sent everything queued); the
-        caller may then close the socket."""
+    def close(self) -> bool:
+        """Stop the openers and the I/O thread (after it sent everything queued).
+
+        Starts still in flight (a crash, or a stop before `wait_openers`) end with ERROR
+        and leave no file. Returns False if the I/O thread did not stop: it still owns
+        the socket, so the caller must not close it (the worker then exits hard).
+        """
+        if self._closed:
+            return True
         with self._lock:
             self._accepting = False  # a start read from now on is refused, not submitted
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             opened, self._opened = self._opened, []
-        for _, writer, _ in opened:  # a crash between open and attach: leave no half-made file
+            cut = list(self._opening)  # opened but not attached, or never opened (cancelled)
+            self._opening.clear()
+        for _, writer, _ in opened:
             if writer is not None:
-                writer.abort()
+                writer.abort()  # leave no half-made file
+        for job_id in cut:
+            self.send(JobEnded(job_id=job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0,
+                               error=f"worker {self.index} stopped before the job was attached"))
         self._io_running = False
         _poke(self._io_wake_w)
         self._io.join(5)
+        if self._io.is_alive():
+            log.error("worker %d: the command I/O thread did not stop (blocked in a send?)", self.index)
+            return False
+        if self._io_failed:
+            try:
+                self._flush_outbox()  # the thread is gone: its last messages are ours to try
+            except Exception:  # noqa: BLE001 - what failed the thread fails here too
+                log.exception("worker %d: %d messages could not be sent", self.index, len(self._outbox))
         for fd in (self.wake_r, self._wake_w, self._io_wake_r, self._io_wake_w):
             os.close(fd)
+        self._closed = True
+        return True
 
     # -- the I/O thread --------------------------------------------------------------------
 
@@ -161,11 +186,13 @@ class Commands:
                     return
         except BaseException:  # noqa: BLE001 - the loop sees io_alive turn False and fails the worker
             log.exception("worker %d: command I/O thread failed", self.index)
+            self._io_failed = True
             _poke(self._wake_w)
 
     def _flush_outbox(self) -> None:
         while self._outbox:
-            sockets.send(self.sock, self._outbox.popleft())
+            sockets.send(self.sock, self._outbox[0])
+            self._outbox.popleft()  # only once sent: a failed send leaves it for close()
 
     def _read_commands(self) -> None:
         for_loop = False
@@ -248,18 +275,30 @@ class Commands:
             return
         with self._lock:
             opened, self._opened = self._opened, []
-            for msg, _, _ in opened:
-                del self._opening[msg.job_id]
-        for msg, writer, err in opened:
-            stop = self._held_stops.pop(msg.job_id, None)
-            if writer is None:
-                self._refuse(msg, err)
-                continue
+        for i, (msg, writer, err) in enumerate(opened):
+            try:
+                self._attach_one(msg, writer, err)
+            except BaseException:
+                # Whatever was not attached stays where fail_all()/close() will find it.
+                with self._lock:
+                    self._opened[:0] = opened[i + 1:]
+                    self._opening.pop(msg.job_id, None)
+                if writer is not None and msg.job_id not in self.pipe.by_id:
+                    writer.abort()
+                raise
+
+    def _attach_one(self, msg: StartJob, writer: WavWriter | None, err: str) -> None:
+        stop = self._held_stops.pop(msg.job_id, None)
+        if writer is None:
+            self._refuse(msg, err)
+        else:
             self.pipe.attach(msg, writer)
             if stop is not None:
                 self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
             elif self.shutdown:
                 self.pipe.stop(msg.job_id, "ABORTED", msg.start_pos)
+        with self._lock:
+            del self._opening[msg.job_id]  # only now: until here a duplicate start is refused
 
 
 def _pipe() -> tuple[int, int]:

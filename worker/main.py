@@ -85,6 +85,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     poller.register(commands.wake_r, zmq.POLLIN)
     commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
     ticks = 0
+    draining = False
     next_tick = time.monotonic()
     next_beat = next_tick
     try:
@@ -94,11 +95,14 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
             if poller.poll(wait_ms):
                 # Apply everything queued before ticking: stops and attaches are cheap.
                 commands.receive_all()
-                if not commands.io_alive:
-                    raise RuntimeError("the command I/O thread died")
+            if not commands.io_alive:
+                raise RuntimeError("the command I/O thread died")
             if commands.shutdown or stopping or os.getppid() != parent:
-                if not stopping:
-                    commands.wait_openers()  # starts in flight end ABORTED too, files final
+                if not draining:
+                    # Also after SIGTERM (and so parent death, PDEATHSIG): starts in flight
+                    # end ABORTED with final files, and later ones are refused.
+                    commands.wait_openers()
+                    draining = True
                 pipe.abort_all("ABORTED")
                 stopping = True
             now = time.monotonic()
@@ -129,7 +133,8 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
         commands.send_all(pipe.ended)  # sent by close() below, before the socket goes
         raise
     finally:
-        commands.close()
+        if not commands.close():
+            os._exit(3)  # its I/O thread still holds the socket: nothing more can be said safely
         sock.close(linger=1000)
         ctx.term()
         pipe.close()
