@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -292,17 +293,35 @@ def worker_backlog_ms(arena: object) -> float:
 class Sampler:
     """CPU and memory of every process involved, sampled over time (for the steady-state window)."""
 
-    def __init__(self, workers: list[int], loadgens: list[int]) -> None:
-        self.workers = workers
+    def __init__(self, workers: Callable[[], list[int]], loadgens: list[int]) -> None:
+        self._worker_pids = workers  # asked at every sample: a dead worker is replaced
         self.loadgens = loadgens
         self.samples: list[dict] = []
+        self._seen: dict[int, tuple[int, float]] = {}  # worker index -> (pid, its last CPU reading)
+        self._carry: dict[int, float] = {}  # worker index -> CPU of the processes it replaced
+
+    def _workers_cpu(self, pids: list[int]) -> list[float]:
+        """CPU seconds per worker slot, summed over every process that held the slot."""
+        out = []
+        for i, pid in enumerate(pids):
+            cpu = proc_cpu(pid)
+            old = self._seen.get(i)
+            if old is not None and old[0] != pid:
+                self._carry[i] = self._carry.get(i, 0.0) + old[1]
+                old = None
+            if math.isnan(cpu):  # gone, not replaced yet: it used what it had used
+                cpu = old[1] if old is not None else 0.0
+            self._seen[i] = (pid, cpu)
+            out.append(self._carry.get(i, 0.0) + cpu)
+        return out
 
     def take(self, recording: int, arena: object | None = None, backlog: float = 0.0) -> dict:
         """One sample; with the arena, also the overruns so far."""
         overruns = int(arena.overruns.sum()) if arena is not None else 0
+        pids = self._worker_pids()
         s = {"t": time.monotonic(), "recording": recording, "overruns": overruns, "backlog_ms": backlog,
-             "workers": [proc_cpu(p) for p in self.workers], "loadgens": [proc_cpu(p) for p in self.loadgens],
-             "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in self.workers],
+             "workers": self._workers_cpu(pids), "loadgens": [proc_cpu(p) for p in self.loadgens],
+             "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in pids],
              "system": system_cpu()}
         self.samples.append(s)
         return s
@@ -367,7 +386,8 @@ class Run:
             worker_pids = [w.proc.pid for w in ctl.supervisor.workers]
             lg = LoadGenerators(cfg.loadgens, ctl.arena.name, progs_path, cfg.block_ms,
                                 priority=ccfg.worker_priority)
-            self.sampler = Sampler(worker_pids, lg.pids)
+            sup = ctl.supervisor  # kept: ctl.close() drops the attribute, not the handles
+            self.sampler = Sampler(lambda: [w.proc.pid for w in sup.workers], lg.pids)
             anon_workers0 = sum(proc_anon(p) for p in worker_pids)
             anon_ctl0 = proc_anon(os.getpid())
             t0 = time.monotonic()
@@ -654,7 +674,8 @@ class Run:
             if prev is not None and s["t"] - prev["t"] >= 0.5:
                 dt = s["t"] - prev["t"]
                 series.append([round(s["t"] - self.t_start, 1), s["recording"], s["overruns"], round(s["backlog_ms"]),
-                               [round(100 * (b - a) / dt) for a, b in zip(prev["workers"], s["workers"])]])
+                               [None if math.isnan(b - a) else round(100 * (b - a) / dt)  # a worker replaced
+                                for a, b in zip(prev["workers"], s["workers"])]])
                 prev = s
             elif prev is None:
                 prev = s
