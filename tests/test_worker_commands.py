@@ -258,3 +258,18 @@ def test_close_ends_a_confirmed_but_unattached_start_with_error_and_removes_its_
     e = ended(events, 12)
     assert e is not None and e.cause == "ERROR" and "before the job was attached" in e.error
     assert not (tmp / "cut.wav").exists()
+
+
+def test_heartbeats_keep_coming_from_inside_a_long_tick(rig):
+    """A tick longer than the supervisor's heartbeat timeout must not look like a hung worker."""
+    from protocol import Heartbeat
+
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    commands.heartbeat = lambda: Heartbeat(worker=0, jobs=0, cpu_s=0.0, ticks=0, overruns=0)
+    commands.heartbeat_s = 0.05
+    t_end = time.monotonic() + 0.5
+    while time.monotonic() < t_end:  # one long tick: only its serve points run
+        commands.serve()
+        time.sleep(0.005)
+    pump(1.0, until=lambda: sum(isinstance(e, Heartbeat) for e in events) >= 8, loop=False)
+    assert sum(isinstance(e, Heartbeat) for e in events) >= 8

@@ -84,10 +84,18 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     poller = zmq.Poller()
     poller.register(commands.wake_r, zmq.POLLIN)
     commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
+
+    def heartbeat() -> Heartbeat:
+        rows = pipe.rows
+        overruns = int(arena.overruns[pipe.slot_in[rows]].sum() + arena.overruns[pipe.slot_out[rows]].sum()) \
+            if len(rows) else 0
+        return Heartbeat(worker=index, jobs=len(pipe.jobs), cpu_s=cpu_seconds(), ticks=ticks, overruns=overruns)
+
+    commands.heartbeat = heartbeat
+    commands.heartbeat_s = heartbeat_ms / 1000
     ticks = 0
     draining = False
     next_tick = time.monotonic()
-    next_beat = next_tick
     try:
         while True:
             now = time.monotonic()
@@ -122,11 +130,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                     next_tick = now
             if stopping and not pipe.jobs and not commands.busy:
                 break
-            if now >= next_beat:
-                overruns = int(arena.overruns[pipe.slot_in[pipe.rows]].sum() + arena.overruns[pipe.slot_out[pipe.rows]].sum()) if len(pipe.rows) else 0
-                commands.send(Heartbeat(worker=index, jobs=len(pipe.jobs), cpu_s=cpu_seconds(),
-                                        ticks=ticks, overruns=overruns))
-                next_beat = now + heartbeat_ms / 1000
+            commands.beat_if_due()
     except BaseException as e:  # noqa: BLE001 - the last word before dying is worth sending
         log.exception("worker %d crashed", index)
         pipe.fail_all(f"worker {index} crashed: {e}")
