@@ -65,7 +65,7 @@ def rig(tmp_path):
             if loop:
                 commands.receive_all()
                 pipe.tick()
-                commands.after_tick()
+                commands.receive_all()
                 for ev in pipe.ended:
                     commands.send(ev)
                 pipe.ended.clear()
@@ -184,7 +184,8 @@ def test_a_start_that_crosses_shutdown_is_refused_and_the_one_before_it_ends_abo
         commands.receive_all()
         time.sleep(0.005)
     assert commands.shutdown
-    commands.wait_openers()  # as the worker loop does on Shutdown
+    commands.wait_openers()  # as the worker loop does on Shutdown...
+    pipe.abort_all("ABORTED")  # ...then it stops what runs (job 4 may have been attached already)
     command(start_msg(5, str(tmp / "after.wav"), 2))  # raced the Shutdown
     pump(2.0, until=lambda: ended(events, 4) is not None and ended(events, 5) is not None)
     assert ended(events, 4).cause == "ABORTED"

@@ -15,7 +15,7 @@ openers send goes through one outbox that the I/O thread drains, so the events o
 job leave in the order they were made (JobStarted before its JobEnded).
 
 Every other command waits for the loop: stops and shutdown are applied between ticks
-(`receive_all`, `after_tick`), because a stop placed while the tick holds positions it
+(`receive_all`), because a stop placed while the tick holds positions it
 has not stored yet could end a job late. Mid-tick (`serve`, called between the tick's
 steps) opened files are attached. Order per job is kept: a stop for a job whose file is
 still being opened is held and applied right after it is attached.
@@ -135,9 +135,6 @@ class Commands:
         if self.heartbeat is not None and now >= self._next_beat:
             self._next_beat = now + self.heartbeat_s
             self.send(self.heartbeat())
-
-    def after_tick(self) -> None:
-        self.receive_all()
 
     def wait_openers(self) -> None:
         """Shutting down: let every file in creation finish, and attach it (it then ends ABORTED)."""
@@ -296,7 +293,7 @@ class Commands:
             try:
                 self._attach_one(msg, writer, err)
             except BaseException:
-                # Whatever was not attached stays where fail_all()/close() will find it.
+                # Whatever was not attached stays where close() will find it.
                 with self._lock:
                     self._opened[:0] = opened[i + 1:]
                     self._opening.pop(msg.job_id, None)

@@ -116,7 +116,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
             now = time.monotonic()
             if now >= next_tick or stopping:
                 work = pipe.tick(now)
-                commands.after_tick()
+                commands.receive_all()
                 ticks += 1
                 commands.send_all(pipe.ended)
                 pipe.ended.clear()

@@ -108,9 +108,9 @@ class Pipeline:
         self.ended: list[JobEnded] = []
         self.overruns_seen = 0
         #: Called between the steps of a tick (between frame steps, after the DTMF bank
-        #: in each, and every `SERVE_EVERY_FLUSHES` flushes): the worker serves start
-        #: commands there, so a start waits for a slice of a tick, not for a whole tick
-        #: at 10,000 channels.
+        #: in each, and every `SERVE_EVERY_FLUSHES` flushes): the worker attaches newly
+        #: opened jobs there and keeps its heartbeat going, so a tick of 10,000 channels
+        #: neither delays new jobs by a whole tick nor looks like a hung worker.
         #: It may call `attach()` or `start()` (new rows join at the next tick), never
         #: `stop()` (a stop mid-tick would see positions the tick has not stored yet).
         self.between: Callable[[], None] | None = None
@@ -308,7 +308,7 @@ class Pipeline:
             out = self.dtmf.process(bank_rows, legs)
             if between is not None:
                 # The bank is the largest share of a frame step (~40 %): serving on both
-                # sides of it halves how long a queued start waits for the worker.
+                # sides of it halves the longest stretch without a serve point.
                 between()
             fed = self.fed[sel] + 1
             self.fed[sel] = fed
@@ -489,7 +489,7 @@ class Pipeline:
             if a.job[s] == job.msg.job_id:
                 a.job[s] = 0
         # The bank's rows are not flushed here: `attach` resets them for the next job, and
-        # a job that ends normally was flushed by `_append_delayed` (~70 us per flush).
+        # a job that ends normally was flushed by `_append_delayed` (~105 us per flush).
         del self.jobs[row]
         del self.by_id[job.msg.job_id]
         # Not reusable before the tick ends: a start served mid-tick must not take a row
