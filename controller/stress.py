@@ -11,7 +11,11 @@ every file and reports what it cost:
 - ring overruns and lost samples (must be zero), files decoded with soundfile and
   length-checked against what the load generators wrote (+-1 frame), a spot check of
   content against the mix the recording must contain;
-- start()/stop() latency percentiles, overall and with >= 90 % of the calls running;
+- start()/stop() latency percentiles: over the ramp (`--start-rate`, 1,000 per second by
+  default), during its last tenth (>= 90 % of the calls running, starts still arriving at
+  the ramp's rate), and for *probe* calls: once all `--channels` calls record, a few more
+  are started at `--probe-rate` (a steady call centre's turnover), so their start() is
+  timed with all N recordings running, apart from the ramp's own load;
 - memory per channel (rings from the arena layout, worker and controller buffers as
   measured), and the arena sized from the channel count;
 - with `--baseline`, the same recordings made the way a user would without wholecall
@@ -66,6 +70,8 @@ CPU_LIMIT = 0.90
 #: (DTMF spans left out). Well under what each codec achieves on speech, far above the
 #: ~0 dB of a misaligned, garbled or wrongly mixed file.
 SNR_FLOOR_DB = {"alaw": 20.0, "ulaw": 20.0, "s16bit": 50.0, "u8bit": 15.0, "ima": 8.0, "oki": 6.0}
+#: Probes start this long after the ramp's last start() returned.
+PROBE_SETTLE_S = 1.0
 FIND_MAX_LEVELS = [500, 1000, 2000, 5000, 10000, 15000, 20000, 30000]
 
 
@@ -91,6 +97,8 @@ class StressConfig:
     quiet: bool = False
     programs: int = 16
     tick_ms: float = 0.0  # 0: the Controller's default
+    probes: int = -1  # extra calls started once all `channels` record (-1: channels // 50, 10..200)
+    probe_rate: float = 20.0  # their start() rate, per second
 
 
 @dataclass
@@ -115,10 +123,18 @@ class Call:
     stopped: bool = False
     t_begin: float = math.nan  # monotonic time start() was called
     t_end: float = math.nan  # ... and returned
+    probe: bool = False  # started after the ramp, with all the run's channels recording
     hops_ms: dict | None = None  # the recorder's StartTrace, per hop
 
 
 # -- small measurement helpers ------------------------------------------------------------------
+
+
+def probe_count(cfg: "StressConfig") -> int:
+    """Probe calls of a run: `cfg.probes`, or by default one per 50 channels (10 to 200)."""
+    if cfg.probes >= 0:
+        return cfg.probes
+    return min(200, max(10, cfg.channels // 50))
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -349,6 +365,8 @@ class Run:
         self.backlog_peak = 0.0  # since the last progress sample
         self.backlog_max = 0.0  # over the run
         self._io_stop = threading.Event()
+        self.probes = 0
+        self.probes_skipped = 0  # probes not started: a ramp call had already ended
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -360,17 +378,19 @@ class Run:
         progs, progs_path = load_programs(count=cfg.programs)
         self.programs = progs
         run_dir = os.path.join(cfg.out, f"recordings-{cfg.channels}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        settings = {"workers": cfg.workers, "recordings_dir": run_dir, "max_channels": cfg.channels,
+        probes = self.probes = probe_count(cfg)
+        total = cfg.channels + probes
+        settings = {"workers": cfg.workers, "recordings_dir": run_dir, "max_channels": total,
                     "ring_ms": cfg.ring_ms}
         if cfg.tick_ms:
             settings["tick_ms"] = cfg.tick_ms
         ccfg = Config(**settings)
-        lay = Layout(2 * cfg.channels, ccfg.ring_samples)
+        lay = Layout(2 * total, ccfg.ring_samples)
         nofile = raise_nofile()
         # Each worker holds one open file per recording it runs (plus sockets, libraries).
-        need = -(-cfg.channels // ccfg.workers) + 256
+        need = -(-total // ccfg.workers) + 256
         if nofile[0] < need:
-            raise RuntimeError(f"RLIMIT_NOFILE is {nofile[0]} (hard limit {nofile[1]}); {cfg.channels} channels on "
+            raise RuntimeError(f"RLIMIT_NOFILE is {nofile[0]} (hard limit {nofile[1]}); {total} channels on "
                                f"{ccfg.workers} workers need about {need}: raise the hard limit (ulimit -Hn)")
         report: dict = {
             "command": "wholecall stress", "config": asdict(cfg), "machine": machine(),
@@ -391,11 +411,11 @@ class Run:
             anon_workers0 = sum(proc_anon(p) for p in worker_pids)
             anon_ctl0 = proc_anon(os.getpid())
             t0 = time.monotonic()
-            for i in range(cfg.channels):
+            for i in range(total):
                 ch = ctl.incoming_call()
                 ch.answer()
                 self.calls.append(Call(i, ch, f"{i // 1000:03d}/call-{i:06d}.wav",
-                                       program=int(rng.integers(progs.count))))
+                                       program=int(rng.integers(progs.count)), probe=i >= cfg.channels))
             create_s = time.monotonic() - t0
             base = self.sampler.take(0, ctl.arena)
             starters = cf.ThreadPoolExecutor(cfg.threads, thread_name_prefix="start")
@@ -404,7 +424,8 @@ class Run:
             io = threading.Thread(target=self._io_loop, args=(lg, rng), name="stress-io", daemon=True)
             io.start()
             t_start = self.t_start = time.monotonic()
-            deadline = t_start + cfg.channels / cfg.start_rate * 3 + cfg.seconds + 120
+            deadline = t_start + cfg.channels / cfg.start_rate * 3 + probes / cfg.probe_rate + cfg.seconds + 120
+            probe_t0 = None  # when the first probe is due
             # The ramp: start() calls handed out at the target rate, run by many threads.
             next_progress = t_start
             i = 0
@@ -416,14 +437,22 @@ class Run:
                     i += 1
                 if self.ramp_end is None and self.started + self.start_failed == cfg.channels:
                     self.ramp_end = now
+                    probe_t0 = now + PROBE_SETTLE_S
                     if cfg.profile:
                         # Sample the workers in the steady state: all calls recording, none ended yet.
                         window = max(1.0, min(20.0, cfg.seconds - 2.0))
                         self.spy = start_profiler(worker_pids, window, cfg.out)
+                if probe_t0 is not None and i < total:
+                    if self.first_done is not None:  # a ramp call ended: fewer than N record from now on
+                        self.probes_skipped = total - i
+                        i = total
+                    while i < total and probe_t0 + (i - cfg.channels) / cfg.probe_rate <= now:
+                        starters.submit(self._start, self.calls[i])
+                        i += 1
                 if now >= next_progress:
                     last = self._progress(ctl, last, now - t_start)
                     next_progress = now + 1.0
-                if self.stopped + self.start_failed >= cfg.channels:
+                if i >= total and self.stopped + self.start_failed >= total - self.probes_skipped:
                     break
                 if now > deadline:
                     self.errors.append(f"run did not finish within {deadline - t_start:.0f} s")
@@ -431,7 +460,8 @@ class Run:
                 if not all(lg.alive()):
                     self.errors.append("a load generator died")
                     break
-                time.sleep(min(0.005, max(0.0, t_start + i / cfg.start_rate - now)) if i < cfg.channels else 0.05)
+                time.sleep(min(0.005, max(0.0, t_start + i / cfg.start_rate - now)) if i < cfg.channels
+                           else 0.005 if i < total and probe_t0 is not None else 0.05)
             starters.shutdown(wait=True)
             self._io_stop.set()
             io.join(10)
@@ -456,19 +486,28 @@ class Run:
             "loadgen_max_lag_ms": round(self.lg_lag_ms, 1), "worker_backlog_max_ms": round(self.backlog_max),
             "ring_ms": round(ccfg.ring_samples * 1000 / RATE), "errors": self.errors,
         }
+        ramp = [c for c in self.calls if not c.probe]
+        at_load = [c for c in ramp if c.running_at_start >= 0.9 * cfg.channels]
+        # Probes whose start() began with every ramp call recording (a failed ramp start lowers that).
+        steady = [c for c in self.calls if c.probe and c.running_at_start >= cfg.channels]
         report["latency_ms"] = {
-            "start": percentiles([c.start_ms for c in self.calls]),
-            "start_at_load": percentiles([c.start_ms for c in self.calls if c.running_at_start >= 0.9 * cfg.channels]),
+            "start": percentiles([c.start_ms for c in ramp]),
+            "start_at_load": percentiles([c.start_ms for c in at_load]),
+            "start_steady": percentiles([c.start_ms for c in steady]),
             "stop": percentiles([c.stop_ms for c in self.calls]),
-            "start_hops": start_hops(self.calls),
-            "start_hops_at_load": start_hops([c for c in self.calls if c.running_at_start >= 0.9 * cfg.channels]),
+            "start_hops": start_hops(ramp),
+            "start_hops_at_load": start_hops(at_load),
+            "start_hops_steady": start_hops(steady),
         }
+        report["probes"] = {"planned": probes, "started": sum(1 for c in self.calls if c.probe and c.started),
+                            "with_all_recording": len(steady), "skipped": self.probes_skipped,
+                            "rate_per_s": cfg.probe_rate}
         report["memory"] = {
             "ring_samples": ccfg.ring_samples, "ring_bytes_per_leg": ccfg.ring_samples * 2,
             "rings_bytes_per_channel": 2 * ccfg.ring_samples * 2,
-            "arena_bytes": lay.total, "arena_bytes_per_channel": round(lay.total / cfg.channels),
+            "arena_bytes": lay.total, "arena_bytes_per_channel": round(lay.total / total),
             "worker_anon_bytes_per_channel": round(max(0, anon_workers - anon_workers0) / max(1, len(ok_calls))),
-            "controller_anon_bytes_per_channel": round(max(0, anon_ctl - anon_ctl0) / cfg.channels),
+            "controller_anon_bytes_per_channel": round(max(0, anon_ctl - anon_ctl0) / total),
         }
         self._cpu_figures(report, base, end, lg_pids)
         self._verify(report, run_dir)
@@ -619,8 +658,8 @@ class Run:
         return s
 
     def _achieved_rate(self) -> float:
-        """start() calls per second from the first call to the last return, all threads together."""
-        done = [c for c in self.calls if not math.isnan(c.t_end)]
+        """Ramp start() calls per second from the first call to the last return, all threads together."""
+        done = [c for c in self.calls if not c.probe and not math.isnan(c.t_end)]
         if len(done) < 2:
             return 0.0
         return len(done) / max(1e-6, max(c.t_end for c in done) - min(c.t_begin for c in done))
@@ -935,13 +974,19 @@ def summary(report: dict) -> str:
          f"loadgen {cpu.get('loadgen_us_per_channel_second')}, controller+harness {cpu.get('controller_us_per_channel_second')}"),
         (f"  overruns {report.get('overruns')}, lost samples {report.get('lost_samples')}, files verified "
          f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}"),
-        (f"  start ms p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
-         f"(at load p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
-         f"stop ms p50 {lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}, "
-         f"start rate {report.get('run', {}).get('start_rate_achieved')}/s"),
-        f"  start{' at load' if lat.get('start_hops_at_load') else ''}, per hop, ms p50/p99: " + ", ".join(
-            f"{hop} {v.get('p50')}/{v.get('p99')}"
-            for hop, v in (lat.get("start_hops_at_load") or lat.get("start_hops", {})).items()),
+        (f"  start ms during the ramp p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
+         f"(its last tenth p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
+         f"ramp rate {report.get('run', {}).get('start_rate_achieved')}/s; stop ms p50 "
+         f"{lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}"),
+        (f"  start ms with all {report['config']['channels']} recording ({report.get('probes', {}).get('with_all_recording')} "
+         f"probes at {report.get('probes', {}).get('rate_per_s')}/s): p50 {lat.get('start_steady', {}).get('p50')} "
+         f"p99 {lat.get('start_steady', {}).get('p99')}"),
+    ]
+    for name, key in (("the ramp's last tenth", "start_hops_at_load"), ("probes", "start_hops_steady")):
+        if lat.get(key):
+            lines.append(f"  start per hop, {name}, ms p50/p99: " + ", ".join(
+                f"{hop} {v.get('p50')}/{v.get('p99')}" for hop, v in lat[key].items()))
+    lines += [
         (f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
          f"{report.get('memory', {}).get('worker_anon_bytes_per_channel')} B, controller "
          f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B"),
@@ -1023,6 +1068,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="API threads calling start() (default %(default)s)")
     p.add_argument("--block-ms", type=float, default=d.block_ms, help="audio per producer write (default %(default)s)")
     p.add_argument("--tick-ms", type=float, default=0.0, help="worker tick, ms (default: the Controller's)")
+    p.add_argument("--probes", type=int, default=d.probes,
+                   help="calls started after the ramp, with all --channels recording (default: channels/50, 10..200)")
+    p.add_argument("--probe-rate", type=float, default=d.probe_rate, help="their start() rate (default %(default)s/s)")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after --find-max's first failure")
     p.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
     p.add_argument("--report", default=None, help="JSON report path (default OUT/stress-report.json)")
@@ -1041,13 +1089,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if a.channels < 1 or a.seconds <= 0 or a.start_rate <= 0:
-        print("wholecall stress: --channels, --seconds and --start-rate must be positive", file=sys.stderr)
+    if a.channels < 1 or a.seconds <= 0 or a.start_rate <= 0 or a.probe_rate <= 0:
+        print("wholecall stress: --channels, --seconds, --start-rate and --probe-rate must be positive", file=sys.stderr)
         return 2
     cfg = StressConfig(channels=a.channels, seconds=a.seconds, workers=a.workers, loadgens=a.loadgens,
                        file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
                        start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
-                       profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms)
+                       profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms,
+                       probes=a.probes, probe_rate=a.probe_rate)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
     if a.find_max:

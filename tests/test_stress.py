@@ -21,13 +21,21 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
                "--out", str(tmp_path / "out"), "--report", str(report_path), "--spot-checks", "6", "--quiet"])
     report = json.loads(report_path.read_text())
     assert report["failures"] == [] and rc == 0
-    assert report["run"]["started"] == 200 and report["run"]["start_failures"] == 0
+    # Ten probe calls (one per 50 channels, at least 10) start once all 200 record; they are
+    # recorded and verified like the rest. A probe is skipped only if a ramp call had ended.
+    probes = report["probes"]
+    assert probes["planned"] == 10 and probes["started"] + probes["skipped"] == 10
+    assert probes["with_all_recording"] >= 1
+    assert report["latency_ms"]["start_steady"]["n"] == probes["with_all_recording"]
+    assert report["latency_ms"]["start_hops_steady"]["open"]["n"] == probes["with_all_recording"]
+    n = 200 + probes["started"]
+    assert report["run"]["started"] == n and report["run"]["start_failures"] == 0
     assert report["overruns"] == 0 and report["lost_samples"] == 0
     files = report["files"]
-    assert files["verified"] == files["expected"] == 200 and files["invalid"] == 0
-    assert files["causes"] == {"ABORTED": 200}
+    assert files["verified"] == files["expected"] == n and files["invalid"] == 0
+    assert files["causes"] == {"ABORTED": n}
     assert len(files["spot_checks"]) == 6 and files["spot_failed"] == 0
-    assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(200 * 5, abs=1)
+    assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(n * 5, abs=1)
     assert report["memory"]["rings_bytes_per_channel"] == 2 * 2 * report["memory"]["ring_samples"]
     # Verified recordings are removed unless --keep.
     assert not any((tmp_path / "out").glob("recordings-*/*/*.wav"))
@@ -38,6 +46,7 @@ def test_adpcm_recordings_are_decoded_and_checked_too(tmp_path, file_format):
     """OKI in WAV is decoded through its data chunk (libsndfile refuses it), IMA with block padding."""
     report_path = tmp_path / "report.json"
     rc = main(["--channels", "20", "--seconds", "2", "--workers", "1", "--format", file_format, "--ring-ms", "8192",
+               "--probes", "0",
                "--out", str(tmp_path / "out"), "--report", str(report_path), "--spot-checks", "2", "--quiet"])
     report = json.loads(report_path.read_text())
     assert report["failures"] == [] and rc == 0
