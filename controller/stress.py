@@ -174,16 +174,21 @@ def proc_anon(pid: int) -> int:
     return 0
 
 
-def system_cpu() -> tuple[float, float]:
-    """Busy and total CPU seconds of the whole machine so far (all CPUs), from /proc/stat."""
+def system_cpu() -> tuple[float, float, float]:
+    """Busy, total and stolen CPU seconds of the whole machine so far (all CPUs), from /proc/stat.
+
+    Steal is time the hypervisor gave our vCPUs to someone else: on a shared VM it makes
+    every figure of a run worse without any process here using the CPU.
+    """
     try:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     idle = v[3] + (v[4] if len(v) > 4 else 0)
     total = sum(v[:8])
-    return (total - idle) / _TCK, total / _TCK
+    steal = v[7] if len(v) > 7 else 0
+    return (total - idle) / _TCK, total / _TCK, steal / _TCK
 
 
 def self_cpu() -> float:
@@ -685,8 +690,11 @@ class Run:
         busy = end["system"][0] - base["system"][0]
         span = end["system"][1] - base["system"][1]
         ours = d("workers") + d("loadgens") + d("controller")
+        steal = end["system"][2] - base["system"][2]
         cpu["machine_busy_share"] = round(busy / span, 3) if span > 0 else None
-        cpu["foreign_cpu_share"] = round(max(0.0, busy - ours) / span, 3) if span > 0 else None
+        # Foreign: busy time that is neither ours nor stolen by the hypervisor (steal is busy in /proc/stat).
+        cpu["foreign_cpu_share"] = round(max(0.0, busy - ours - steal) / span, 3) if span > 0 else None
+        cpu["steal_share"] = round(steal / span, 3) if span > 0 else None
         # Steady state: every call recording (after the ramp, before the first call ends).
         steady = [s for s in self.sampler.samples if s["recording"] >= 0.999 * self.cfg.channels]
         if len(steady) >= 2 and steady[-1]["t"] - steady[0]["t"] >= 1.0:
@@ -704,7 +712,10 @@ class Run:
             if span > 0:
                 ours = sum(b["workers"]) - sum(a["workers"]) + sum(b["loadgens"]) - sum(a["loadgens"]) \
                     + b["controller"] - a["controller"]
-                cpu["steady"]["foreign_cpu_share"] = round(max(0.0, b["system"][0] - a["system"][0] - ours) / span, 3)
+                stolen = b["system"][2] - a["system"][2]
+                cpu["steady"]["foreign_cpu_share"] = round(
+                    max(0.0, b["system"][0] - a["system"][0] - ours - stolen) / span, 3)
+                cpu["steady"]["steal_share"] = round(stolen / span, 3)
         report["cpu"] = cpu
         # The run over time: elapsed s, calls recording, overruns so far, worst worker backlog (ms),
         # CPU % per worker since the last sample.
@@ -1003,6 +1014,10 @@ def summary(report: dict) -> str:
     if foreign > 0.05:
         lines.append(f"  WARNING: other processes used {100 * foreign:.0f} % of the machine's CPU during the run; "
                      "figures are skewed")
+    steal = max(cpu.get("steal_share") or 0, st.get("steal_share") or 0)
+    if steal > 0.02:
+        lines.append(f"  WARNING: the hypervisor took {100 * steal:.0f} % of the machine's CPU (steal time) during "
+                     "the run; figures are skewed")
     for fail in report.get("failures", []):
         lines.append(f"  FAILURE: {fail}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from controller.loadgen import load_programs
-from controller.stress import classify_stack, main, run_baseline
+from controller.stress import classify_stack, main, run_baseline, summary, system_cpu
 
 
 def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
@@ -128,3 +128,15 @@ def test_a_worker_killed_mid_run_fails_the_run_with_a_report_not_a_crash(tmp_pat
     assert report["run"]["worker_restarts"] >= 1
     assert any("worker restarts" in f for f in report["failures"])
     assert report["files"]["causes"].get("ERROR", 0) >= 1
+
+
+def test_steal_time_is_read_apart_from_busy_time_and_warned_about():
+    """A shared VM's steal time skews every figure; the report names it, not 'other processes'."""
+    busy, total, steal = system_cpu()
+    assert 0 <= steal <= busy <= total
+    report = {"config": {"channels": 10, "seconds": 1, "file_format": "alaw"}, "ok": True,
+              "cpu": {"steal_share": 0.12, "foreign_cpu_share": 0.0, "steady": {"steal_share": 0.2}}}
+    text = summary(report)
+    assert "hypervisor took 20 %" in text and "other processes" not in text
+    report["cpu"] = {"steal_share": 0.0, "steady": {}}
+    assert "hypervisor" not in summary(report)
