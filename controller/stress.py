@@ -370,7 +370,6 @@ class Run:
         self.backlog_peak = 0.0  # since the last progress sample
         self.backlog_max = 0.0  # over the run
         self._io_stop = threading.Event()
-        self.probes = 0
         self.probes_skipped = 0  # probes not started: a ramp call had already ended
 
     # -- phases ---------------------------------------------------------------------------
@@ -383,7 +382,7 @@ class Run:
         progs, progs_path = load_programs(count=cfg.programs)
         self.programs = progs
         run_dir = os.path.join(cfg.out, f"recordings-{cfg.channels}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        probes = self.probes = probe_count(cfg)
+        probes = probe_count(cfg)
         total = cfg.channels + probes
         settings = {"workers": cfg.workers, "recordings_dir": run_dir, "max_channels": total,
                     "ring_ms": cfg.ring_ms}
