@@ -177,20 +177,46 @@ _NF = len(_FINE_HZ)
 _C_WIN = _projection(_WINDOW, _FINE_HZ)  # (160, 48): cos x 24, -sin x 24
 _ROT24 = np.tile(_ROT, 3)  # phase advance is measured against the nominal frequency
 _TOL_HZ = (FREQ_TOL_WINDOW * FREQS_HZ).astype(np.float32)
-_NSPAN = 4 * SUBS_PER_FRAME  # sub-blocks gathered per hot row: frames n-3 .. n
-_NWIN = _NSPAN - _NW + 1  # windows in that span (13); window j covers sub-blocks j .. j+3
-# Windowed mean square of window j from the energies of the span's 10-sample
-# segments: ew = seg @ _E_WIN (w^2 averaged per segment; exact for steady signals).
-_SEGS = 4 * FRAME // SEG
-_E_WIN = np.zeros((_SEGS, _NWIN), np.float32)
-_w2 = (_WINDOW**2).reshape(-1, SEG).mean(axis=1) / (_WINDOW**2).sum()
-for _j in range(_NWIN):
-    _E_WIN[_j * SUB // SEG : _j * SUB // SEG + WIN // SEG, _j] = _w2
+# Windowed mean square of a window from the energies of its 10-sample segments
+# (w^2 averaged per segment; exact for steady signals).
+_W2 = ((_WINDOW**2).reshape(-1, SEG).mean(axis=1) / (_WINDOW**2).sum()).astype(np.float32)
 _PAIR = np.array([0, 4])  # offsets of the low and high group in the 8 bins
 _PAIR2 = _PAIR + 2
-_LAST4 = np.arange(-3, 1)  # frames n-3 .. n
-_J1 = np.arange(1, _NWIN)[None, :, None]  # windows 1 .. 12
-_HOP_ENDS = SUB * np.arange(_NWIN - 1)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Constants of a fine analysis over the last `frames` frames of a row.
+
+    Window j covers sub-blocks j .. j+3 of the span; windows 1 .. nwin-1 are judged
+    (window 0 only gives window 1 its phase advance), so a span of f frames judges the
+    windows ending in its last f - 1 frames: 4 frames for one new frame (two frames of
+    catch-up before it), B + 3 for a block of B.
+    """
+
+    frames: int
+    nwin: int
+    last: np.ndarray  # frame offsets from the newest: -(frames - 1) .. 0
+    e_win: np.ndarray  # (segments, nwin): segment energies -> windowed mean square
+    j1: np.ndarray  # windows 1 .. nwin - 1, shaped for broadcasting
+    hop_ends: np.ndarray
+
+
+_SPANS: dict[int, _Span] = {}
+
+
+def _span(frames: int) -> _Span:
+    sp = _SPANS.get(frames)
+    if sp is None:
+        nwin = frames * SUBS_PER_FRAME - _NW + 1
+        e_win = np.zeros((frames * FRAME // SEG, nwin), np.float32)
+        for j in range(nwin):
+            e_win[j * SUB // SEG : j * SUB // SEG + WIN // SEG, j] = _W2
+        sp = _SPANS[frames] = _Span(frames, nwin, np.arange(1 - frames, 1), e_win,
+                                    np.arange(1, nwin)[None, :, None], SUB * np.arange(nwin - 1))
+    return sp
+
+
 # Edge walk (see DtmfBank._edge).
 _EDGE_REACH = 640  # at most this far beyond the valid windows (80 ms)
 _EDGE_CHUNK = 80  # samples walked per refit of the tone
@@ -243,12 +269,24 @@ class DtmfBank:
     _mflat: np.ndarray
     _frames: np.ndarray
 
-    def __init__(self, capacity: int = 64, sample_type: type = np.float32) -> None:
+    def __init__(self, capacity: int = 64, sample_type: type = np.float32, max_block: int = 1) -> None:
         """`sample_type` is what `process` takes, holds and returns: float32 for any
         signal, or int16 for telephony samples (the worker's choice: half the bytes moved
         through the delay line, and the same numbers, since int16 values are exact in
-        float32, so detection and output are identical)."""
-        self._depth = LOOKAHEAD_FRAMES + 1  # slots per row: the held frames + the outgoing one
+        float32, so detection and output are identical).
+
+        `max_block` is the most frames one `process` call may advance a row by. Blocks
+        exist for cost: the bank's work is mostly a fixed cost per call, so a worker
+        with thousands of legs that receives 100 ms per tick advances them 5 frames at
+        once instead of in 5 calls. Each row holds `max_block - 1` more frames for it.
+        """
+        if max_block < 1:
+            raise ValueError(f"max_block must be at least 1, not {max_block}")
+        self.max_block = max_block
+        # Slots per row: the held frames + the outgoing ones (a block's frames arrive
+        # before its outgoing frames leave).
+        self._depth = LOOKAHEAD_FRAMES + max_block
+        self._b = 1  # frames per row of the call in progress
         self._type = np.dtype(sample_type)
         if self._type not in (np.dtype(np.float32), np.dtype(np.int16)):
             raise ValueError(f"sample_type must be float32 or int16, not {self._type}")
@@ -334,44 +372,59 @@ class DtmfBank:
 
     # ------------------------------------------------------------------ per frame
     def process(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Advance `rows` (unique) by one frame each; return their frames from L calls ago."""
+        """Advance `rows` (unique) by one frame each, `frames` shaped (rows, FRAME), or by
+        a block of B <= `max_block` frames each, shaped (rows, B, FRAME); return each
+        row's frames from L frames ago, in the same shape, tone samples zeroed."""
         rows = np.asarray(rows, dtype=np.int64)
         frames = np.asarray(frames, dtype=self._type)
+        single = frames.ndim == 2
+        blk = frames[:, None, :] if single else frames
+        m, b = blk.shape[:2]
+        if blk.shape != (len(rows), b, FRAME) or not 1 <= b <= self.max_block:
+            raise ValueError(f"frames must be (rows, {FRAME}) or (rows, 1..{self.max_block}, {FRAME}) "
+                             f"for {len(rows)} rows, not {frames.shape}")
+        self._b = b
         d = self._depth
-        n = self._n[rows]
-        base = rows * d
-        hot = self._prescreen(rows, n, frames)
-        slot_in = base + n % d
-        self._frames[slot_in] = np.ascontiguousarray(frames).view(self._item).reshape(-1)
+        n0 = self._n[rows]
+        n = n0 + (b - 1)  # the newest frame of each row once this call's frames are in
+        base = rows[:, None] * d
+        ib = np.arange(b)
+        hot = self._prescreen(rows, blk)
+        slot_in = (base + (n0[:, None] + ib) % d).reshape(-1)
+        self._frames[slot_in] = np.ascontiguousarray(blk).view(self._item).reshape(-1)
 
         # A confirmed digit that is still on mutes each new frame whole (trimmed at its end).
         act = self._active[rows]
         if act.any():
             act &= self._elim[rows]
-            self._mflat[slot_in[act]] = True
+            self._mflat[slot_in.reshape(m, b)[act].reshape(-1)] = True
             self._masked[rows[act]] = True
 
         if hot.any():
             hr, hn = rows[hot], n[hot]
-            # Every hot row is analysed at least every other frame; all of them together,
-            # so the analysis (a fixed cost per call) runs at most every other call.
-            if (hn >= self._due[hr]).any():
+            if b > 1:
+                # A block: every frame of it is analysed now, with two frames of catch-up.
+                self._fine(hr, hn, b + 3)
+            elif (hn >= self._due[hr]).any():
+                # Every hot row is analysed at least every other frame; all of them
+                # together, so the analysis (a fixed cost per call) runs at most every
+                # other call.
                 self._fine(hr, hn)
                 # A run not yet confirmed is analysed every frame (the onset must still be
                 # held when it is confirmed); everything else every other frame.
                 self._due[hr] = hn + 2 - ((self._rd[hr] >= 0) & ~self._active[hr])
 
-        self._n[rows] = n + 1
-        slot_out = base + (n + 1) % d  # == (n - L) % d: the frame received L calls ago
-        out = self._frames.take(slot_out).view(self._type).reshape(len(rows), FRAME)
-        m = self._masked[rows]
-        if m.any():
-            so = slot_out[m]
-            out[m] = np.where(self._mflat[so], self._type.type(0), out[m])
+        self._n[rows] = n0 + b
+        slot_out = base + (n0[:, None] - LOOKAHEAD_FRAMES + ib) % d  # received L frames ago
+        out = self._frames.take(slot_out.reshape(-1)).view(self._type).reshape(m, b, FRAME)
+        mk = self._masked[rows]
+        if mk.any():
+            so = slot_out[mk]
+            out[mk] = np.where(self._mflat[so], self._type.type(0), out[mk])
             self._mflat[so] = False
-            mr = rows[m]
+            mr = rows[mk]
             self._masked[mr] = self._mask[mr].any(axis=(1, 2))
-        return out
+        return out[:, 0] if single else out
 
     def flush(self, rows: np.ndarray) -> np.ndarray:
         """At job end: the L frames still held per row, eliminated; the rows are then free.
@@ -383,6 +436,7 @@ class DtmfBank:
         rows = np.asarray(rows, dtype=np.int64)
         d = self._depth
         L = LOOKAHEAD_FRAMES
+        self._b = 1  # decided as at one frame after the last
         if len(rows):
             n_last = self._n[rows] - 1
             late = ((self._hot[rows] > 0) | (self._rd[rows] >= 0)) & (n_last >= 0)
@@ -410,9 +464,15 @@ class DtmfBank:
         return held
 
     # ------------------------------------------------------------------ prescreen
-    def _prescreen(self, rows: np.ndarray, n: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Which rows need the fine analysis this frame (bool per row of `rows`)."""
-        x = frames[:, :PRE_N].astype(np.float32, copy=False)
+    def _prescreen(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Which rows need the fine analysis this call (bool per row of `rows`).
+
+        `frames` is (rows, B, FRAME). A row needs it when the prescreen fires in one of
+        its frames, when it fired in the last frame before them (the frame after a
+        firing one is analysed too: a tone's end), or while it has a digit run.
+        """
+        m, b = frames.shape[:2]
+        x = frames[:, :, :PRE_N].astype(np.float32, copy=False).reshape(m * b, PRE_N)
         p = x @ _C_PRE
         np.multiply(p, p, out=p)
         pw = p[:, :8] + p[:, 8:]  # mean square of a tone at each bin
@@ -426,48 +486,59 @@ class DtmfBank:
             (weak > self._pre_min)
             & (strong < weak * np.float32(10 ** (PRE_TWIST_DB / 10)))
             & ((weak + strong) > energy * np.float32(PRE_PURITY / PRE_N))
-        )
+        ).reshape(m, b)
         was = self._hot[rows]
-        h = np.where(fired, np.int16(HOT_FRAMES), np.maximum(was, 1) - 1)
-        self._hot[rows] = h
         run = self._rd[rows] >= 0
-        if fired.any():
-            trip = fired & (was == 0) & ~run  # cold -> hot: may wait one frame
-            self._due[rows[trip]] = n[trip] + 1
-        return (h > 0) | run
+        if b == 1:
+            fired = fired[:, 0]
+            any_fired = fired
+            h = np.where(fired, np.int16(HOT_FRAMES), np.maximum(was, 1) - 1)
+            if fired.any():
+                trip = fired & (was == 0) & ~run  # cold -> hot: may wait one frame
+                self._due[rows[trip]] = self._n[rows[trip]] + 1
+        else:
+            any_fired = fired.any(axis=1)
+            since = np.argmax(fired[:, ::-1], axis=1)  # frames after the last firing one
+            h = np.where(any_fired, np.maximum(HOT_FRAMES - since, 0), np.maximum(was - b, 0)).astype(np.int16)
+        self._hot[rows] = h
+        return any_fired | (was > 1) | run
 
     # ------------------------------------------------------------------ fine analysis
-    def _fine(self, rows: np.ndarray, n: np.ndarray) -> None:
-        """Windows ending in frames n-2 .. n of hot rows, and the digit runs they make.
+    def _fine(self, rows: np.ndarray, n: np.ndarray, frames: int = 4) -> None:
+        """Windows ending in frames n-frames+2 .. n of hot rows, and the digit runs they make.
 
-        Always the same 12 windows (plus one before them for the phase advance), so a
-        row that just became hot catches up on the two frames before the one that
-        tripped the prescreen; windows a row has already seen are skipped by `_runs`.
+        Always the same windows (for one new frame: 12, plus one before them for the
+        phase advance), so a row that just became hot catches up on the two frames
+        before the one that tripped the prescreen; windows a row has already seen are
+        skipped by `_runs`.
         (Small-axis reductions such as max/sort/any(axis=-1) cost ~6 us each in numpy,
         so the per-group maxima below are written out as element-wise operations.)
         """
         h = len(rows)
         d = self._depth
-        span = self._flat[rows[:, None] * d + (n[:, None] + _LAST4) % d].reshape(h, 4 * FRAME)
+        sp = _span(frames)
+        nwin = sp.nwin
+        span = self._flat[rows[:, None] * d + (n[:, None] + sp.last) % d].reshape(h, frames * FRAME)
         span = span.astype(np.float32, copy=False)
-        # The 13 overlapping windows as a strided view, copied once by the reshape.
-        win = np.ndarray((h, _NWIN, WIN), np.float32, span, 0, (4 * FRAME * 4, SUB * 4, 4))
-        z = (win.reshape(h * _NWIN, WIN) @ _C_WIN).reshape(h, _NWIN, 2 * _NF)
-        seg = span.reshape(h * _SEGS, SEG)
-        ew = (np.einsum("ij,ij->i", seg, seg).reshape(h, _SEGS) @ _E_WIN)[:, 1:]  # windows 1..12
+        # The overlapping windows as a strided view, copied once by the reshape.
+        win = np.ndarray((h, nwin, WIN), np.float32, span, 0, (frames * FRAME * 4, SUB * 4, 4))
+        z = (win.reshape(h * nwin, WIN) @ _C_WIN).reshape(h, nwin, 2 * _NF)
+        nseg = frames * FRAME // SEG
+        seg = span.reshape(h * nseg, SEG)
+        ew = (np.einsum("ij,ij->i", seg, seg).reshape(h, nseg) @ sp.e_win)[:, 1:]  # windows 1 ..
         zr, zi = z[..., :_NF], z[..., _NF:]
         p24 = zr * zr + zi * zi  # mean square at the 24 sub-bins
         pw = np.maximum(np.maximum(p24[..., :8], p24[..., 8:16]), p24[..., 16:])[:, 1:]  # (h, 12, 8)
-        g = pw.reshape(h, _NWIN - 1, 2, 4)  # [..., group, bin]: both groups at once
+        g = pw.reshape(h, nwin - 1, 2, 4)  # [..., group, bin]: both groups at once
         a, b, c, e = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
         ab, cd = np.maximum(a, b), np.maximum(c, e)
-        top = np.maximum(ab, cd)  # (h, 12, 2): strongest low, strongest high
+        top = np.maximum(ab, cd)  # (h, nwin - 1, 2): strongest low, strongest high
         second = np.maximum(np.minimum(ab, cd), np.maximum(np.minimum(a, b), np.minimum(c, e)))
-        bins = np.where(cd > ab, (e > c) + _PAIR2, (b > a) + _PAIR)  # (h, 12, 2) in 0..7
+        bins = np.where(cd > ab, (e > c) + _PAIR2, (b > a) + _PAIR)  # (h, nwin - 1, 2) in 0..7
         # Phase advance from window j-1 to j at the strongest sub-bin of each chosen
         # bin -> the tone's deviation in Hz (a stationary tone advances by its own
         # frequency whichever sub-bin looks at it).
-        at = (np.arange(h)[:, None, None] * _NWIN + _J1) * _NF + bins  # flat index, sub-bin 0
+        at = (np.arange(h)[:, None, None] * nwin + sp.j1) * _NF + bins  # flat index, sub-bin 0
         p = p24.reshape(-1)
         pm, p0, pp = p[at], p[at + 8], p[at + 16]
         k = at + np.where(pp > np.maximum(pm, p0), 16, 8 * (p0 > pm))
@@ -489,8 +560,8 @@ class DtmfBank:
             & (np.abs(hz[..., 1]) <= tol[..., 1])
         )
         digit = (bins[..., 0] * 4 + bins[..., 1] - 4).astype(np.int16)
-        # Window j (1 .. 12) ends at sample FRAME * (n - 3) + SUB * (j + 4) of the leg.
-        ends = (FRAME * (n - 3) + SUB * (_NW + 1))[:, None] + _HOP_ENDS
+        # Window j (1 ..) ends at sample FRAME * (n - frames + 1) + SUB * (j + 4) of the leg.
+        ends = (FRAME * (n - frames + 1) + SUB * (_NW + 1))[:, None] + sp.hop_ends
         todo = ends > self._done[rows][:, None]
         self._done[rows] = ends[:, -1]
         busy = (self._rd[rows] >= 0) | (valid & todo).any(axis=1)
@@ -617,7 +688,8 @@ class DtmfBank:
 
     def _mute(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, start: np.ndarray) -> None:
         """Confirmed digits whose onsets are `start`: log them, mute from there on."""
-        oldest = np.maximum(FRAME * (n - LOOKAHEAD_FRAMES), 0)  # first sample not yet released
+        # First sample not yet released: this call's outgoing frames are still maskable.
+        oldest = np.maximum(FRAME * (n - LOOKAHEAD_FRAMES - (self._b - 1)), 0)
         self.onsets_cut += int((start + SEG <= oldest).sum())  # the tone went on into released audio
         start = np.maximum(start, oldest)
         for r, dg, st in zip(rows.tolist(), digits.tolist(), start.tolist()):
@@ -643,7 +715,7 @@ class DtmfBank:
     def _held(self, rows: np.ndarray, n: np.ndarray, offs: np.ndarray, limit: np.ndarray | None) -> np.ndarray:
         """Samples at absolute indices `offs` (rows x k) from the ring; 0 where not held."""
         frame = offs // FRAME
-        cur = n[:, None]  # the ring holds frames cur - L .. cur
+        cur = n[:, None]  # the ring holds frames cur - depth + 1 .. cur
         held = (frame >= 0) & (frame <= cur) & (frame > cur - self._depth)
         if limit is not None:
             held &= offs < limit[:, None]

@@ -79,12 +79,14 @@ class BankRun:
 
 
 def run_bank(signals: list[np.ndarray] | np.ndarray, eliminate: bool = True, subsets: bool = False,
-             seed: int = 0) -> BankRun:
+             seed: int = 0, block: int = 1) -> BankRun:
     """Feed each signal to its own row of one bank, frame by frame; undo the delay.
 
     With `subsets`, each call carries a random subset of the rows still running, in a
-    random order (a leg's frames still arrive in order, one per call), as the worker
-    does when legs have different amounts of audio ready.
+    random order (a leg's frames still arrive in order), as the worker does when legs
+    have different amounts of audio ready. With `block` > 1, calls advance rows by
+    blocks of frames as the worker does at scale: `block` frames per call (the last one
+    shorter), or with `subsets` a random size of 1 .. `block` per call.
     """
     sigs = [np.asarray(s, dtype=np.float64) for s in signals]
     rows = len(sigs)
@@ -93,25 +95,36 @@ def run_bank(signals: list[np.ndarray] | np.ndarray, eliminate: bool = True, sub
     for i, s in enumerate(sigs):
         x[i, : len(s)] = s
     frames = x.reshape(rows, nfr, FRAME)
-    bank = DtmfBank(capacity=max(1, rows // 3))  # also exercises growth
+    bank = DtmfBank(capacity=max(1, rows // 3), max_block=block)  # also exercises growth
     bank.reset(np.arange(rows), np.full(rows, eliminate))
     L = LOOKAHEAD_FRAMES
     out = np.zeros((rows, nfr + L, FRAME), np.float32)
     if not subsets:
         r = np.arange(rows)
-        for k in range(nfr):
-            out[:, k] = bank.process(r, frames[:, k])
+        for k in range(0, nfr, block):
+            if block == 1:
+                out[:, k] = bank.process(r, frames[:, k])
+            else:
+                b = min(block, nfr - k)
+                out[:, k:k + b] = bank.process(r, frames[:, k:k + b])
     else:
         rng = np.random.default_rng(seed)
         pos = np.zeros(rows, np.int64)
         while (pos < nfr).any():
-            live = np.flatnonzero(pos < nfr)
+            b = int(rng.integers(1, block + 1))
+            live = np.flatnonzero(pos + b <= nfr)
+            if not len(live):
+                b, live = 1, np.flatnonzero(pos < nfr)
             pick = live[rng.random(len(live)) < 0.7]
             if not len(pick):
                 continue
             pick = rng.permutation(pick)
-            out[pick, pos[pick]] = bank.process(pick, frames[pick, pos[pick]])
-            pos[pick] += 1
+            if b == 1 and block == 1:
+                out[pick, pos[pick]] = bank.process(pick, frames[pick, pos[pick]])
+            else:
+                at = pos[pick][:, None] + np.arange(b)
+                out[pick[:, None], at] = bank.process(pick, frames[pick[:, None], at])
+            pos[pick] += b
     out[:, nfr:] = bank.flush(np.arange(rows))
     flat = out.reshape(rows, -1)[:, L * FRAME:]
     return BankRun(out=flat[:, : x.shape[1]], events=bank.pop_events(), onsets_cut=bank.onsets_cut)
