@@ -26,12 +26,12 @@ from worker.pipeline import Pipeline, default_open_sink  # noqa: E402
 
 
 def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool, fmt: str,
-        library: bool = False) -> dict:
+        library: bool = False, block: int = 5) -> dict:
     tick = int(8 * tick_ms)
     cap = 1 << 13
     arena = Arena.create(2 * channels, cap)
     out = tempfile.mkdtemp(prefix="wholecall-bench-")
-    pipe = Pipeline(arena, default_open_sink(), capacity=channels, tick_s=tick_ms / 1000)
+    pipe = Pipeline(arena, default_open_sink(), capacity=channels, tick_s=tick_ms / 1000, max_block=max(1, block))
     from controller.cli import speech_like
 
     clip = speech_like(8.0, 140, 3)  # voiced, syllabic, with pauses: what the detector sees on calls
@@ -83,14 +83,14 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
             c0 = time.process_time()
             if prof:
                 prof.enable()
-            pipe.tick()
+            pipe.tick(block=block)
             if prof:
                 prof.disable()
             t_cpu += time.process_time() - c0
         pipe.abort_all("ABORTED")
         c0 = time.process_time()
         while pipe.jobs:
-            pipe.tick()
+            pipe.tick(block=block)
         t_end = time.process_time() - c0
         result = {
             "channels": channels, "seconds": seconds, "tick_ms": tick_ms, "dtmf": dtmf, "format": fmt,
@@ -121,15 +121,17 @@ def main() -> None:
     p.add_argument("--tick-ms", type=float, default=100)
     p.add_argument("--no-dtmf", action="store_true")
     p.add_argument("--format", default="alaw")
+    p.add_argument("--block", type=int, default=5,
+                   help="frames per pipeline step (the worker's choice at scale: 5, one 100 ms tick)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--library", action="store_true",
                    help="feed the stress run's clip library, each job at its own program, phase and ring offset")
     a = p.parse_args()
-    print("| channels | tick ms | dtmf | µs CPU per channel-second |")
-    print("| ---: | ---: | --- | ---: |")
+    print("| channels | tick ms | block | dtmf | µs CPU per channel-second |")
+    print("| ---: | ---: | ---: | --- | ---: |")
     for n in a.channels:
-        r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format, a.library)
-        print(f"| {n} | {a.tick_ms:g} | {r['dtmf']} | {r['us_per_channel_second']:.1f} |")
+        r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format, a.library, a.block)
+        print(f"| {n} | {a.tick_ms:g} | {a.block} | {r['dtmf']} | {r['us_per_channel_second']:.1f} |")
         if a.profile:
             print(r["profile"])
 

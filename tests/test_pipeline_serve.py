@@ -35,8 +35,9 @@ def start_msg(job_id: int, path: str, slot: int, pos: int) -> StartJob:
                     file_mode=0o600)
 
 
-@pytest.mark.parametrize("flush_samples", [800, 8000])
-def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path, monkeypatch, flush_samples):
+@pytest.mark.parametrize("flush_samples,block", [(800, 1), (8000, 1), (8000, 5)])
+def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path, monkeypatch, flush_samples,
+                                                                        block):
     import worker.pipeline
 
     monkeypatch.setattr(worker.pipeline, "SERVE_EVERY_FLUSHES", 2)  # serve between flushes of this few jobs too
@@ -65,7 +66,7 @@ def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path
                 arena.data[s, (written[s] + np.arange(800)) & (arena.capacity - 1)] = leg_signal(s, written[s], 800)
                 written[s] += 800
                 arena.write_pos[s] = written[s]
-            pipe.tick()
+            pipe.tick(block=block)
         assert len(jobs) > 20 and pipe._cap >= 16, "the tables never grew mid-tick"
         pipe.between = None
         for job_id, (slot, _, _) in jobs.items():
@@ -73,7 +74,7 @@ def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path
         for _ in range(50):
             if not pipe.jobs:
                 break
-            pipe.tick()
+            pipe.tick(block=block)
         assert not pipe.jobs
         ends = {e.job_id: e for e in pipe.ended}
         for job_id, (slot, pos, path) in jobs.items():

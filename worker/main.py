@@ -26,12 +26,14 @@ from protocol import sockets
 from shm import Arena
 
 from .commands import Commands
-from .pipeline import Pipeline, cpu_seconds, default_open_sink
+from .dtmf import FRAME
+from .pipeline import SAMPLE_RATE, Pipeline, cpu_seconds, default_open_sink
 
 log = logging.getLogger("wholecall.worker")
 
 #: GIL hand-over interval in the worker (Python's default is 5 ms).
 GIL_SWITCH_S = 0.0005
+FRAME_S = FRAME / SAMPLE_RATE
 
 
 def _die_with_parent() -> None:
@@ -76,9 +78,11 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     sock = sockets.dealer(ctx, endpoint, index)
     tick_s = tick_ms / 1000
     scale_tick_s = scale_tick_ms / 1000
+    # At scale, frames per pipeline step: what one scale tick brings (100 ms: 5 frames).
+    scale_block = max(1, round(max(tick_s, scale_tick_s) / FRAME_S))
     pipe = Pipeline(
         arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
-        flush_samples=max(160, int(flush_ms * 8)), capacity=capacity,
+        flush_samples=max(160, int(flush_ms * 8)), capacity=capacity, max_block=scale_block,
     )
     commands = Commands(sock, pipe, index)  # from here on only its I/O thread uses the socket
     poller = zmq.Poller()
@@ -115,16 +119,17 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                 stopping = True
             now = time.monotonic()
             if now >= next_tick or stopping:
-                work = pipe.tick(now)
+                scale = len(pipe.jobs) >= scale_jobs
+                work = pipe.tick(now, block=scale_block if scale else 1)
                 commands.receive_all()
                 ticks += 1
                 commands.send_all(pipe.ended)
                 pipe.ended.clear()
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
-                # Many jobs: tick less often so each frame step covers every job (producers
-                # write ~100 ms blocks; a 20 ms tick would split them into 5x more steps,
-                # each paying the fixed numpy cost).
-                period = tick_s if len(pipe.jobs) < scale_jobs else max(tick_s, scale_tick_s)
+                # Many jobs: tick less often, and step through blocks of frames, so each step
+                # covers every job (producers write ~100 ms blocks; a 20 ms tick would split
+                # them into 5x more steps, each paying the fixed numpy cost).
+                period = max(tick_s, scale_tick_s) if scale else tick_s
                 next_tick = now if work >= len(pipe.rows) * pipe.max_frames and work else next_tick + period
                 if next_tick < now - tick_s:
                     next_tick = now

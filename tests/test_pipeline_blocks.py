@@ -1,0 +1,108 @@
+"""Block steps (the worker's mode at scale) record exactly what frame steps record.
+
+Real arena, real pipeline, real files. The same calls are fed twice, once advanced frame
+by frame (`tick(block=1)`) and once in blocks of 5 frames, with legs written in uneven
+chunks so that blocks are often incomplete and wait for the next tick: every file must
+be byte for byte the same and every job must end the same way (cause, samples). The
+calls cover what a block changes: DTMF digits muted across block edges, silence ends
+decided inside a block, a size limit, separate (stereo) mode, an initial-silence job,
+and stops at positions that are not frame multiples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from controller.loadgen import load_programs
+from protocol import StartJob
+from shm import Arena
+from worker.pipeline import Pipeline, default_open_sink
+
+RATE = 8000
+JOBS = 12
+
+
+def messages(tmp, progs) -> list[StartJob]:
+    msgs = []
+    for j in range(JOBS):
+        mode = "separate" if j == 3 else "mixed"
+        msgs.append(StartJob(
+            job_id=j + 1, channel=j, slot_in=2 * j, slot_out=2 * j + 1, start_pos=0, path=str(tmp / f"j{j}.wav"),
+            file_format="alaw" if j % 2 else "s16bit", rate=RATE, max_bytes=40_000 if j == 4 else 0,
+            ms_max_silence=1500 if j % 4 == 1 else 0, ms_initial_silence=3000 if j == 7 else 0,
+            dtmf_elim=j != 9, mode=mode, cipher=None, silence_dbfs=-40.0, silence_hangover_ms=200,
+            file_mode=0o600))
+    return msgs
+
+
+def record(tmp, block: int) -> tuple[dict, dict[int, bytes], list]:
+    progs = load_programs()[0]  # espeak-ng speech, pauses and DTMF strings on either leg
+    rng = np.random.default_rng(5)
+    prog = rng.integers(progs.count, size=JOBS)
+    phase = rng.integers(progs.length, size=JOBS)
+    arena = Arena.create(2 * JOBS, 1 << 14)
+    pipe = Pipeline(arena, default_open_sink(), capacity=4, flush_samples=4000, max_block=5)
+    msgs = messages(tmp, progs)
+    # Stops at odd positions (not frame multiples); the rest are aborted at the end.
+    stop_at = {2: 47_123, 6: 61_001, 10: 80_000 + 37}
+    written = np.zeros(JOBS, np.int64)
+    try:
+        for m in msgs:
+            arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
+            assert pipe.start(m) == ""
+        now = 100.0
+        for t in range(110):  # 11 s of audio on average, in uneven chunks
+            for j in range(JOBS):
+                n = int(rng.integers(0, 1700))
+                idx = (phase[j] + written[j] + np.arange(n)) % progs.length
+                for leg in (0, 1):
+                    s = 2 * j + leg
+                    arena.data[s, (written[j] + np.arange(n)) & (arena.capacity - 1)] = progs.audio[prog[j], leg, idx]
+                    arena.write_pos[s] = written[j] + n
+                written[j] += n
+                if j in stop_at and written[j] >= stop_at[j] and (j + 1) in pipe.by_id:
+                    pipe.stop(j + 1, "HANGUP", stop_at.pop(j))
+            pipe.tick(now, block=block)
+            now += 0.1
+        for m in msgs:  # as the controller stops a call: at what its legs hold now
+            pipe.stop(m.job_id, "ABORTED", int(written[m.job_id - 1]))
+        for _ in range(50):
+            if not pipe.jobs:
+                break
+            pipe.tick(now, block=block)
+        assert not pipe.jobs
+        ends = {e.job_id: (e.cause, e.samples, e.bytes) for e in pipe.ended}
+        files = {m.job_id: open(m.path, "rb").read() for m in msgs}
+        return ends, files, pipe.dtmf.pop_events()
+    finally:
+        pipe.close()
+        arena.close()
+
+
+def test_block_steps_record_the_same_files_as_frame_steps(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ends1, files1, digits1 = record(tmp_path / "a", 1)
+    ends5, files5, digits5 = record(tmp_path / "b", 5)
+    assert len(digits1) >= 5 and digits5 == digits1
+    causes = sorted(c for c, _, _ in ends1.values())
+    # The scenario must exercise what it claims to: silence and size ends, stops, aborts.
+    assert {"SILENCE", "SIZE", "HANGUP", "ABORTED"} <= set(causes), causes
+    assert ends5 == ends1
+    for job_id, data in files1.items():
+        assert files5[job_id] == data, f"job {job_id}: the block-stepped file differs"
+    got, rate = sf.read(str(tmp_path / "b" / "j2.wav"), dtype="int16")
+    assert rate == RATE and len(got) == 47_123  # a stop inside a frame ends the file there
+
+
+def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):
+    arena = Arena.create(2, 1 << 12)
+    pipe = Pipeline(arena, default_open_sink(), capacity=1, max_block=3)
+    try:
+        with pytest.raises(ValueError, match="block must be 1 .. 3"):
+            pipe.tick(block=5)
+    finally:
+        pipe.close()
+        arena.close()
