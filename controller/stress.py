@@ -97,6 +97,7 @@ class StressConfig:
     quiet: bool = False
     programs: int = 16
     tick_ms: float = 0.0  # 0: the Controller's default
+    scale_jobs: int = 0  # 0: the Controller's default (jobs per worker from which it ticks in blocks)
     probes: int = -1  # extra calls started once all `channels` record (-1: channels // 50, 10..200)
     probe_rate: float = 20.0  # their start() rate, per second
 
@@ -388,6 +389,8 @@ class Run:
                     "ring_ms": cfg.ring_ms}
         if cfg.tick_ms:
             settings["tick_ms"] = cfg.tick_ms
+        if cfg.scale_jobs:
+            settings["scale_jobs"] = cfg.scale_jobs
         ccfg = Config(**settings)
         lay = Layout(2 * total, ccfg.ring_samples)
         nofile = raise_nofile()
@@ -1082,6 +1085,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="API threads calling start() (default %(default)s)")
     p.add_argument("--block-ms", type=float, default=d.block_ms, help="audio per producer write (default %(default)s)")
     p.add_argument("--tick-ms", type=float, default=0.0, help="worker tick, ms (default: the Controller's)")
+    p.add_argument("--scale-jobs", type=int, default=0,
+                   help="jobs per worker from which workers tick every 100 ms in blocks (default: the Controller's)")
     p.add_argument("--probes", type=int, default=d.probes,
                    help="calls started after the ramp, with all --channels recording (default: channels/50, 10..200)")
     p.add_argument("--probe-rate", type=float, default=d.probe_rate, help="their start() rate (default %(default)s/s)")
@@ -1110,7 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
                        file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
                        start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
                        profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms,
-                       probes=a.probes, probe_rate=a.probe_rate)
+                       scale_jobs=a.scale_jobs, probes=a.probes, probe_rate=a.probe_rate)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
     if a.find_max:

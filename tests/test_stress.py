@@ -17,7 +17,9 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     report_path = tmp_path / "report.json"
     # An 8 s ring: the suite runs in parallel on small machines, and a worker starved by
     # other tests for a few seconds must not turn into lost audio here (this checks correctness).
-    rc = main(["--channels", "200", "--seconds", "5", "--workers", "2", "--ring-ms", "8192",
+    # --scale-jobs 50: each worker holds ~100 jobs, so it runs the scale path (100 ms ticks,
+    # 5-frame blocks) that 10,000 channels run, and the spot checks hold it to the exact mix.
+    rc = main(["--channels", "200", "--seconds", "5", "--workers", "2", "--ring-ms", "8192", "--scale-jobs", "50",
                "--out", str(tmp_path / "out"), "--report", str(report_path), "--spot-checks", "6", "--quiet"])
     report = json.loads(report_path.read_text())
     assert report["failures"] == [] and rc == 0

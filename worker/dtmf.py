@@ -657,24 +657,39 @@ class DtmfBank:
             bounds = np.cumsum([0] + [len(it[1]) for it in items])
             edges[kind] = [at[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         every = np.concatenate([it[1] for it in ended + confirmed])
-        if len(np.unique(every)) == len(every):
-            # No row has two of them (the usual case): order cannot matter, one call each.
-            if ended:
-                pos = np.concatenate([it[1] for it in ended])
-                self._unmute(rows[pos], n[pos], np.concatenate(edges["end"]))
-            if confirmed:
-                pos = np.concatenate([it[1] for it in confirmed])
-                self._mute(rows[pos], n[pos], np.concatenate([it[2] for it in confirmed]),
-                           np.concatenate(edges["start"]))
+        # Order matters only within a row: rows with one stop or confirmation here are
+        # muted in one call per direction, rows with several (a digit ended and the next
+        # confirmed in one block) in window order. Digits are logged in window order.
+        once = np.bincount(every, minlength=len(rows)) == 1
+        if ended:
+            pos = np.concatenate([it[1] for it in ended])
+            sel = once[pos]
+            if sel.any():
+                pos = pos[sel]
+                self._unmute(rows[pos], n[pos], np.concatenate(edges["end"])[sel])
+        if confirmed:
+            pos = np.concatenate([it[1] for it in confirmed])
+            start = self._log(rows[pos], n[pos], np.concatenate([it[2] for it in confirmed]),
+                              np.concatenate(edges["start"]))
+            sel = once[pos]
+            if sel.any():
+                self._mask_on(rows[pos[sel]], n[pos[sel]], start[sel])
+            bounds = np.cumsum([0] + [len(it[1]) for it in confirmed])
+            edges["start"] = [start[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        if once.all():
             return
         order = sorted([(it[0], 0, i) for i, it in enumerate(ended)] + [(it[0], 1, i) for i, it in enumerate(confirmed)])
         for _, is_start, i in order:
+            pos = (confirmed if is_start else ended)[i][1]
+            at = edges["start" if is_start else "end"][i]
+            again = ~once[pos]
+            if not again.any():
+                continue
+            pos, at = pos[again], at[again]
             if is_start:
-                _, pos, digits, _, _ = confirmed[i]
-                self._mute(rows[pos], n[pos], digits, edges["start"][i])
+                self._mask_on(rows[pos], n[pos], at)
             else:
-                pos = ended[i][1]
-                self._unmute(rows[pos], n[pos], edges["end"][i])
+                self._unmute(rows[pos], n[pos], at)
 
     # ------------------------------------------------------------------ edges and muting
     def _confirm(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, first_start: np.ndarray,
@@ -688,12 +703,20 @@ class DtmfBank:
 
     def _mute(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, start: np.ndarray) -> None:
         """Confirmed digits whose onsets are `start`: log them, mute from there on."""
+        self._mask_on(rows, n, self._log(rows, n, digits, start))
+
+    def _log(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Log confirmed digits; returns their onsets, clipped to what is still held."""
         # First sample not yet released: this call's outgoing frames are still maskable.
         oldest = np.maximum(FRAME * (n - LOOKAHEAD_FRAMES - (self._b - 1)), 0)
         self.onsets_cut += int((start + SEG <= oldest).sum())  # the tone went on into released audio
         start = np.maximum(start, oldest)
         for r, dg, st in zip(rows.tolist(), digits.tolist(), start.tolist()):
             self._events.append(DtmfEvent(row=r, digit=DIGITS[dg], start_sample=st))
+        return start
+
+    def _mask_on(self, rows: np.ndarray, n: np.ndarray, start: np.ndarray) -> None:
+        """Mute from `start` (clipped by `_log`) to the newest sample held."""
         el = self._elim[rows]
         if el.any():
             self._set_mask(rows[el], n[el], start[el], FRAME * (n[el] + 1), True)
@@ -783,23 +806,22 @@ class DtmfBank:
 
     def _set_mask(self, rows: np.ndarray, n: np.ndarray, start: np.ndarray, stop: np.ndarray,
                   value: bool) -> None:
-        """Set (or clear) the mute mask of samples [start, stop) held for each row."""
+        """Set (or clear) the mute mask of samples [start, stop) held for each row.
+
+        All held frames of all rows in one fancy index (the rows are unique): a loop over
+        the delay line's slots cost ten calls of a dozen numpy operations each.
+        """
         d = self._depth
-        idx = np.arange(FRAME)
-        for k in range(d):
-            f = n - k  # frame index held in the ring (n is the current frame)
-            ok = f >= 0
-            if not ok.any():
-                continue
-            base = FRAME * f
-            sel = ok & (start < base + FRAME) & (stop > base)
-            if not sel.any():
-                continue
-            r, fs = rows[sel], f[sel]
-            inside = (idx >= (start[sel] - base[sel])[:, None]) & (idx < (stop[sel] - base[sel])[:, None])
-            slot = fs % d
+        f = n[:, None] - np.arange(d)  # (g, d): the frames held, newest first
+        base = FRAME * f
+        sel = (f >= 0) & (start[:, None] < base + FRAME) & (stop[:, None] > base)
+        if sel.any():
+            gi, k = np.nonzero(sel)
+            off = np.arange(FRAME) + base[gi, k][:, None]
+            inside = (off >= start[gi][:, None]) & (off < stop[gi][:, None])
+            slot = rows[gi] * d + f[gi, k] % d
             if value:
-                self._mask[r, slot] |= inside
+                self._mflat[slot] |= inside
             else:
-                self._mask[r, slot] &= ~inside
+                self._mflat[slot] &= ~inside
         self._masked[rows] = self._mask[rows].any(axis=(1, 2))
