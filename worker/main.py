@@ -34,6 +34,8 @@ log = logging.getLogger("wholecall.worker")
 #: GIL hand-over interval in the worker (Python's default is 5 ms).
 GIL_SWITCH_S = 0.0005
 FRAME_S = FRAME / SAMPLE_RATE
+#: Frames one tick may advance a job by (a backlog drains over several ticks).
+MAX_FRAMES_PER_TICK = 25
 
 
 def _die_with_parent() -> None:
@@ -78,11 +80,15 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     sock = sockets.dealer(ctx, endpoint, index)
     tick_s = tick_ms / 1000
     scale_tick_s = scale_tick_ms / 1000
-    # At scale, frames per pipeline step: what one scale tick brings (100 ms: 5 frames).
-    scale_block = max(1, round(max(tick_s, scale_tick_s) / FRAME_S))
+    # At scale, frames per pipeline step: what one scale tick brings (100 ms: 5 frames),
+    # and never more than a tick may take or a quarter of a ring holds (a running job only
+    # advances by whole blocks, so a block the ring cannot hold would never come).
+    scale_block = max(1, min(round(max(tick_s, scale_tick_s) / FRAME_S), MAX_FRAMES_PER_TICK,
+                             arena.capacity // (4 * FRAME)))
     pipe = Pipeline(
         arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
         flush_samples=max(160, int(flush_ms * 8)), capacity=capacity, max_block=scale_block,
+        max_frames_per_tick=MAX_FRAMES_PER_TICK,
     )
     commands = Commands(sock, pipe, index)  # from here on only its I/O thread uses the socket
     poller = zmq.Poller()

@@ -33,7 +33,7 @@ import numpy as np
 from protocol import JobEnded, StartJob
 from shm import Arena
 
-from .silence import PREROLL_SAMPLES, SilenceTracker
+from .silence import PREROLL_SAMPLES, SilenceTracker, frame_energy
 
 from .crypto import open_sink
 from .dtmf import FRAME, DtmfBank
@@ -76,6 +76,8 @@ class Pipeline:
     ) -> None:
         """`max_block` is the largest `block` a tick may be asked for (it sizes the DTMF
         delay line: each leg holds `max_block - 1` frames more)."""
+        if not 1 <= max_block <= max_frames_per_tick:
+            raise ValueError(f"max_block must be 1 .. max_frames_per_tick ({max_frames_per_tick}), not {max_block}")
         self.arena = arena
         self.open_sink = open_sink
         self.flush_samples = flush_samples
@@ -318,9 +320,12 @@ class Pipeline:
             p = pos[sel_i] + (first if np.isscalar(first) else first[sel_i]) * FRAME
             limit = allowed[sel_i]
             m = len(sel)
-            legs = np.empty((2 * m, b * FRAME), np.int16)
-            legs[0::2] = self._gather(self.slot_in[sel], p, np.minimum(w_in[sel_i], limit), b * FRAME)
-            legs[1::2] = self._gather(self.slot_out[sel], p, np.minimum(w_out[sel_i], limit), b * FRAME)
+            # Both legs of each job in one gather, interleaved (in, out) as the bank wants them.
+            slots = np.empty(2 * m, np.int64)
+            slots[0::2], slots[1::2] = self.slot_in[sel], self.slot_out[sel]
+            written = np.empty(2 * m, np.int64)
+            written[0::2], written[1::2] = np.minimum(w_in[sel_i], limit), np.minimum(w_out[sel_i], limit)
+            legs = self._gather(slots, np.repeat(p, 2), written, b * FRAME)
             bank_rows = np.empty(2 * m, np.int64)
             bank_rows[0::2] = 2 * sel
             bank_rows[1::2] = 2 * sel + 1
@@ -332,13 +337,17 @@ class Pipeline:
             fed = self.fed[sel]
             self.fed[sel] = fed + b
             out = out.reshape(m, 2, b, FRAME)
-            for f in range(b):
-                # The bank's first `lookahead` outputs per job are its initial delay line.
-                keep = fed + f >= self.lookahead
-                if keep.all():
-                    self._emit(sel, out[:, 0, f], out[:, 1, f])
-                elif keep.any():
-                    self._emit(sel[keep], out[keep, 0, f], out[keep, 1, f])
+            # The bank's first `lookahead` outputs per job are its initial delay line.
+            whole = fed >= self.lookahead
+            if whole.all():
+                self._emit(sel, out[:, 0], out[:, 1])
+            else:
+                if whole.any():
+                    self._emit(sel[whole], out[whole, 0], out[whole, 1])
+                for f in range(b):  # young jobs: frame by frame, the delay line's part dropped
+                    keep = ~whole & (fed + f >= self.lookahead)
+                    if keep.any():
+                        self._emit(sel[keep], out[keep, 0, f:f + 1], out[keep, 1, f:f + 1])
         self.pos[rows] = pos + np.minimum(nframes * FRAME, np.maximum(avail, 0))
         newpos = self.pos[rows]
         a.read_pos[self.slot_in[rows]] = newpos
@@ -371,17 +380,23 @@ class Pipeline:
         a = self.arena
         cap = a.capacity
         col = p & (cap - 1)
-        flat = col <= cap - size
         item = slots * cap + col
         win = self._window(size)
-        if flat.all():
+        wrap = col > cap - size
+        if not wrap.any():
             x = win[item].view(np.int16).reshape(len(slots), size)
         else:
-            ar = np.arange(size)
+            # A row that wraps is cut from the ring's last `size` samples followed by its
+            # first `size`: two more whole-window copies, then one shifted window of them.
             x = np.empty((len(slots), size), np.int16)
+            flat = ~wrap
             x[flat] = win[item[flat]].view(np.int16).reshape(-1, size)
-            w = ~flat
-            x[w] = a.data[slots[w][:, None], (col[w][:, None] + ar) & (cap - 1)]
+            ws = slots[wrap] * cap
+            both = np.empty((len(ws), 2, size), np.int16)
+            both[:, 0] = win[ws + cap - size].view(np.int16).reshape(-1, size)
+            both[:, 1] = win[ws].view(np.int16).reshape(-1, size)
+            shifted = np.lib.stride_tricks.sliding_window_view(both.reshape(len(ws), 2 * size), size, axis=1)
+            x[wrap] = shifted[np.arange(len(ws)), col[wrap] - (cap - size)]
         short = written - p < size
         if short.any():
             lim = (written - p)[short]
@@ -389,37 +404,54 @@ class Pipeline:
         return x
 
     def _emit(self, sel: np.ndarray, y_in: np.ndarray, y_out: np.ndarray) -> None:
-        """Mix or pair one output frame per job in `sel` and append it to staging."""
-        if not len(sel):
-            return
+        """Mix or pair B output frames per job in `sel` (legs shaped (m, B, FRAME)) and
+        append them to staging.
+
+        The mix, its energies and the staging scatter are one operation each for the
+        whole block; only the silence decisions go frame by frame (a job that reaches
+        its silence limit takes no frame after that one).
+        """
         live = ~self.done[sel]
         if not live.all():
             sel, y_in, y_out = sel[live], y_in[live], y_out[live]
+        if not len(sel):
+            return
+        b = y_in.shape[1]
+        ks = np.arange(b)
         stereo = self.stereo[sel]
         fill = self.fill[sel]
         fslot = fill // FRAME  # staging rows hold whole frames: fill is a multiple of FRAME here
         if stereo.any():
             s = stereo
-            pair = np.stack([y_in[s], y_out[s]], axis=-1)
-            self.stage_s3[sel[s], fslot[s]] = pair  # int16 legs: stored as they are
-        mono = ~stereo
-        msel = sel
-        if not mono.all():
-            msel, y_in, y_out = sel[mono], y_in[mono], y_out[mono]
-        if len(msel):
-            # Saturating mix of two int16 legs, summed exactly in float32 (what silence needs).
-            mix = y_in.astype(np.float32)
-            mix += y_out
-            np.clip(mix, -32768, 32767, out=mix)
-            first, ended = self.silence.step(msel, mix, fill[mono])
-            self.stage_t[fslot[mono], msel] = mix.astype(np.int16)
+            pair = np.stack([y_in[s], y_out[s]], axis=-1)  # (ms, B, FRAME, 2)
+            self.stage_s3[sel[s][:, None], fslot[s][:, None] + ks] = pair  # int16 legs: stored as they are
+            self.fill[sel[s]] = fill[s] + b * FRAME
+            mono = ~stereo
+            if not mono.any():
+                return
+            sel, y_in, y_out, fill, fslot = sel[mono], y_in[mono], y_out[mono], fill[mono], fslot[mono]
+        m = len(sel)
+        # Saturating mix of two int16 legs, summed exactly in float32 (what silence needs).
+        mix = y_in.astype(np.float32)
+        mix += y_out
+        np.clip(mix, -32768, 32767, out=mix)
+        self.stage_t[fslot[:, None] + ks, sel[:, None]] = mix.astype(np.int16)
+        energy = frame_energy(mix.reshape(m * b, FRAME)).reshape(m, b)
+        taken = np.zeros(m, np.int64)
+        going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
+        for k in range(b):
+            at, before = sel[going], fill[going] + k * FRAME
+            first, ended = self.silence.step_energy(at, energy[going, k], FRAME, before)
+            taken[going] += 1
             if first.any():
-                f = msel[first]
-                lead = self.trim_leading[f]
-                self.skip[f[lead]] = np.maximum(0, self.fill[f[lead]] - PREROLL_SAMPLES)
+                lead = first & self.trim_leading[at]
+                self.skip[at[lead]] = np.maximum(0, before[lead] - PREROLL_SAMPLES)
             if ended.any():
-                self.done[msel[ended]] = True
-        self.fill[sel] = fill + FRAME
+                self.done[at[ended]] = True
+                going = np.flatnonzero(~self.done[sel])
+                if not len(going):
+                    break
+        self.fill[sel] = fill + taken * FRAME
 
     def _flush_and_end(self, rows: np.ndarray) -> None:
         fill = self.fill[rows]
@@ -459,7 +491,7 @@ class Pipeline:
         for k in range(n):
             if self.fill[row] + FRAME > self.stage_len:
                 self._flush(job)
-            self._emit(np.array([row]), y_in[k:k + 1], y_out[k:k + 1])
+            self._emit(np.array([row]), y_in[None, k:k + 1], y_out[None, k:k + 1])
 
     def _flush(self, job: Job) -> None:
         row = job.row

@@ -29,6 +29,11 @@ def dbfs_to_mean_square(dbfs: float) -> float:
     return (FULL_SCALE ** 2) * 10.0 ** (dbfs / 10.0)
 
 
+def frame_energy(frames: np.ndarray) -> np.ndarray:
+    """Mean square of each row of `frames` (float32, rows x samples)."""
+    return np.einsum("ij,ij->i", frames, frames) / frames.shape[1]
+
+
 class SilenceTracker:
     """Per-job silence state; rows are job rows of the worker's job table."""
 
@@ -62,8 +67,12 @@ class SilenceTracker:
         is (the caller drops leading silence before it, keeping the pre-roll), `ended`
         marks rows whose initial or max silence limit was reached with this frame.
         """
-        n = frames.shape[1]
-        ms = np.einsum("ij,ij->i", frames, frames) / n
+        return self.step_energy(rows, frame_energy(frames), frames.shape[1], fill)
+
+    def step_energy(self, rows: np.ndarray, ms: np.ndarray, n: int, fill: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """`step` for frames of `n` samples whose mean squares `ms` the caller computed
+        (the pipeline does it for a whole block of frames in one call)."""
         loud = ms > self.threshold[rows]
         heard = self.heard[rows]
         trims = self.initial_limit[rows] > 0
