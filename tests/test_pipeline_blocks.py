@@ -106,3 +106,44 @@ def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):
     finally:
         pipe.close()
         arena.close()
+
+
+@pytest.mark.parametrize("file_format", ["alaw", "s16bit"])  # the batched G.711 flush and the general one
+def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_format):
+    """The disk fills after 2 s of audio: the job ends ERROR, naming the write, and the
+    file holds what was written before, with a header that says so."""
+    from worker.sink import FileSink
+
+    class FillingSink(FileSink):
+        def pwrite(self, data, offset):
+            if offset + len(memoryview(data)) > 60 + 2 * 16000:
+                raise OSError(28, "No space left on device")
+            super().pwrite(data, offset)
+
+    arena = Arena.create(2, 1 << 14)
+    pipe = Pipeline(arena, lambda path, cipher, mode: FillingSink(path, mode), capacity=1, flush_samples=4000,
+                    max_block=5)
+    path = tmp_path / "full.wav"
+    msg = StartJob(job_id=1, channel=0, slot_in=0, slot_out=1, start_pos=0, path=str(path), file_format=file_format,
+                   rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0, dtmf_elim=True, mode="mixed",
+                   cipher=None, silence_dbfs=-40.0, silence_hangover_ms=200, file_mode=0o600)
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(800) / RATE)).astype(np.int16)
+    try:
+        arena.job[0] = arena.job[1] = 1
+        assert pipe.start(msg) == ""
+        for t in range(100):  # 8 s at 100 ms per tick
+            if not pipe.jobs:
+                break
+            for s in (0, 1):
+                arena.data[s, (800 * t + np.arange(800)) & (arena.capacity - 1)] = tone
+                arena.write_pos[s] = 800 * (t + 1)
+            pipe.tick(t * 0.1, block=5)
+        assert not pipe.jobs
+        (end,) = pipe.ended
+        assert end.cause == "ERROR" and "write failed" in end.error and "No space" in end.error
+        info = sf.info(str(path))
+        width = 1 if file_format == "alaw" else 2
+        assert info.frames == end.samples and 0 < info.frames * width <= 2 * 16000
+    finally:
+        pipe.close()
+        arena.close()

@@ -44,6 +44,9 @@ log = logging.getLogger("wholecall.worker")
 SAMPLE_RATE = 8000
 #: Flushes (file writes, ~30 us each on ext4) between two calls of `Pipeline.between`.
 SERVE_EVERY_FLUSHES = 64
+#: Jobs encoded per table lookup in `_flush_codes`: small enough that the lookup's index
+#: copy stays in cache (16: 7.6 us per job-second; 1,024: 20 us; one by one: 9.5 us).
+FLUSH_CHUNK = 16
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Pipeline:
         self.max_block = max_block
         self.lookahead = self.dtmf.lookahead_frames
         self._free_rows: list[int] = []
+        self._tables: list[np.ndarray] = []  # the writers' byte tables (see `_flush_codes`)
         self._cap = 0
         self._alloc(capacity)
         self._hist_i = 0
@@ -144,6 +148,7 @@ class Pipeline:
         self.trim_leading = g("trim_leading", dtype=bool)
         self.done = g("done", dtype=bool)  # worker decided to end (SILENCE)
         self.room = g("room")  # input samples that still fit in the file (max_bytes)
+        self.table = g("table", dtype=np.int8)  # 1 + index in self._tables of the writer's byte table; 0: none
         hist = np.zeros((self.skew_ticks, cap), np.int64)
         if old:
             hist[:, :old] = self.hist
@@ -220,6 +225,7 @@ class Pipeline:
         self.stereo[row] = stereo
         self.done[row] = False
         self.room[row] = self._room(writer)
+        self.table[row] = self._table_index(writer.byte_table)
         self.hist[:, row] = msg.start_pos
         ms = 0 if stereo else 1
         to_samples = lambda v: v * SAMPLE_RATE // 1000  # noqa: E731
@@ -453,15 +459,32 @@ class Pipeline:
                     break
         self.fill[sel] = fill + taken * FRAME
 
+    def _table_index(self, table: np.ndarray | None) -> int:
+        if table is None:
+            return 0
+        for i, t in enumerate(self._tables):
+            if t is table:
+                return i + 1
+        self._tables.append(table)
+        return len(self._tables)
+
     def _flush_and_end(self, rows: np.ndarray) -> None:
         fill = self.fill[rows]
         finished = (self.end[rows] >= 0) & (self.pos[rows] >= self.end[rows])
         # A job whose staged audio would fill the file is flushed now, so SIZE ends it
         # when max_bytes is reached, not at the next regular flush.
         full = fill - self.skip[rows] >= self.room[rows]
-        due = rows[(fill >= self.flush_samples) | finished | self.done[rows] | full]
+        regular = fill >= self.flush_samples
+        due = regular | finished | self.done[rows] | full
+        # The plain case, most jobs of a tick: a full staging row of a G.711 job that goes
+        # on, all of it to be written (see `_flush_codes`).
+        plain = regular & (fill == self.flush_samples) & ~finished & ~self.done[rows] & ~full \
+            & (self.table[rows] > 0) & (self.skip[rows] == 0) & (~self.trim_leading[rows] | self.silence.heard[rows])
+        if plain.any():
+            self._flush_codes(rows[plain])
+            due &= ~plain
         between = self.between
-        for i, row in enumerate(due.tolist()):
+        for i, row in enumerate(rows[due].tolist()):
             if between is not None and i % SERVE_EVERY_FLUSHES == SERVE_EVERY_FLUSHES - 1:
                 between()
             job = self.jobs[row]
@@ -478,6 +501,34 @@ class Pipeline:
                 ending = True
             if ending or job.cause in ("SIZE", "ERROR"):
                 self._finish(job)
+
+    def _flush_codes(self, rows: np.ndarray) -> None:
+        """Write one flush of each job in `rows` (mono, G.711 at 8 kHz, staging exactly
+        `flush_samples`, nothing to skip, not ending): a few jobs of one table encoded in
+        one lookup straight from staging, then one `write_codes` per job."""
+        nslot = self.flush_samples // FRAME
+        tables = self.table[rows]
+        between = self.between
+        written = 0
+        for t in np.unique(tables).tolist():
+            same = rows[tables == t]
+            for sel in np.array_split(same, -(-len(same) // FLUSH_CHUNK)):
+                # (jobs, frames, FRAME) codes: each job's contiguous, in time order.
+                codes = np.take(self._tables[t - 1], self.stage_t[:nslot, sel].view(np.uint16).transpose(1, 0, 2))
+                for row, job_codes in zip(sel.tolist(), codes.reshape(len(sel), -1)):
+                    written += 1
+                    if between is not None and written % SERVE_EVERY_FLUSHES == 0:
+                        between()
+                    job = self.jobs[row]
+                    try:
+                        job.writer.write_codes(job_codes)
+                    except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
+                        log.error("job %d: write failed: %s", job.msg.job_id, e)
+                        job.cause, job.error = "ERROR", f"write failed: {e}"
+                        self._finish(job)
+                        continue
+                    self.room[row] = self._room(job.writer)
+        self.fill[rows] = 0
 
     def _append_delayed(self, job: Job) -> None:
         """At the end of a job, the DTMF look-ahead still holds its last frames."""

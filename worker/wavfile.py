@@ -139,6 +139,8 @@ class WavWriter:
         self._data_bytes = 0  # encoded bytes on disk after the header
         self._encoder = codec.make_encoder(channels)
         self._resampler = StreamResampler(rate, channels)
+        table = getattr(self._encoder, "table", None)
+        self._table = table if channels == 1 and self._resampler.passthrough else None
         self._trimmed = False
         self._result: tuple[int, int] | None = None
         self._aborted = False
@@ -185,6 +187,34 @@ class WavWriter:
         self.input_samples += accepted
         self._refresh()
         return accepted
+
+    @property
+    def byte_table(self) -> np.ndarray | None:
+        """The code table when each 8 kHz input sample becomes one byte of the file
+        (G.711 at 8 kHz, mono), else None.
+
+        With it, the pipeline encodes the second of audio of every such recording due in
+        a tick with one table lookup and hands each its codes (`write_codes`), instead of
+        one `write` per recording with its copies and checks.
+        """
+        return self._table
+
+    def write_codes(self, codes: np.ndarray) -> None:
+        """Append input samples already encoded with `byte_table`; all of them must fit."""
+        self._check_open("write_codes")
+        if self._table is None:
+            raise RuntimeError(f"write_codes: a {self.file_format} file at {self.rate} Hz takes write()")
+        if self._trimmed:
+            raise RuntimeError("write after truncate(): the recording's end has been fixed")
+        n = len(codes)
+        if n > self.room:
+            raise ValueError(f"write_codes: {n} samples do not fit in the {self.room} left")
+        if not n:
+            return
+        self._put(codes)
+        self._frames += n
+        self.input_samples += n
+        self._refresh()
 
     def truncate(self, input_samples: int) -> None:
         """Cut the recording back to about `input_samples` 8 kHz frames (to drop a silent tail).

@@ -339,3 +339,41 @@ def test_every_refreshed_header_is_the_one_built_from_scratch(tmp_path, file_for
         want = _header(w.codec, channels, rate, w._data_bytes, w._frames_on_disk())
         assert head == want, (n, head.hex(), want.hex())
     w.close()
+
+
+@pytest.mark.parametrize("file_format", ["alaw", "ulaw"])
+def test_write_codes_makes_the_file_write_makes(tmp_path, file_format):
+    """The pipeline encodes many G.711 recordings in one lookup and hands each its codes:
+    the file must be byte for byte what `write` of the same samples gives."""
+    x = speech(1.3)
+    a, b = (WavWriter(FileSink(str(tmp_path / f"{k}.wav")), file_format, 8000) for k in "ab")
+    table = b.byte_table
+    assert table is not None
+    for i in range(0, len(x), 3000):
+        a.write(x[i:i + 3000])
+        b.write_codes(np.take(table, x[i:i + 3000].view(np.uint16)))
+        assert b.input_samples == a.input_samples and b.room == a.room
+    a.close(), b.close()
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
+@pytest.mark.parametrize("file_format, rate, channels", [("ima", 8000, 1), ("s16bit", 8000, 1), ("alaw", 11025, 1),
+                                                         ("alaw", 8000, 2)])
+def test_write_codes_only_where_a_sample_is_a_byte(tmp_path, file_format, rate, channels):
+    w = WavWriter(FileSink(str(tmp_path / "x.wav")), file_format, rate, channels)
+    assert w.byte_table is None
+    with pytest.raises(RuntimeError, match="takes write"):
+        w.write_codes(np.zeros(160, np.uint8))
+    w.abort()
+
+
+def test_write_codes_refuses_what_does_not_fit(tmp_path):
+    path = str(tmp_path / "x.wav")
+    w = WavWriter(FileSink(path), "alaw", 8000, max_bytes=58 + 1000)
+    w.write_codes(np.zeros(600, np.uint8))
+    with pytest.raises(ValueError, match="400 left"):
+        w.write_codes(np.zeros(401, np.uint8))
+    w.write_codes(np.zeros(400, np.uint8))
+    assert w.room == 0
+    w.close()
+    assert os.path.getsize(path) == 58 + 1000 and sf.info(path).frames == 1000

@@ -120,6 +120,10 @@ def ulaw_decode(codes: np.ndarray) -> np.ndarray:
 class AlawEncoder(SampleEncoder):
     """Streaming A-law: stateless, one byte per sample, channels interleaved."""
 
+    #: Code of each int16 sample (indexed by its uint16 view), for callers that encode
+    #: many recordings' samples in one lookup (see `WavWriter.byte_table`).
+    table = ALAW_ENCODE
+
     def _encode(self, samples: np.ndarray) -> bytes:
         # np.take, not fancy indexing: 1.6x faster on a 64 KiB table (720 vs 444 Msamples/s).
         return np.take(ALAW_ENCODE, samples.view(np.uint16)).tobytes()
@@ -127,6 +131,8 @@ class AlawEncoder(SampleEncoder):
 
 class UlawEncoder(SampleEncoder):
     """Streaming mu-law: stateless, one byte per sample, channels interleaved."""
+
+    table = ULAW_ENCODE
 
     def _encode(self, samples: np.ndarray) -> bytes:
         return np.take(ULAW_ENCODE, samples.view(np.uint16)).tobytes()
