@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import math
@@ -54,8 +55,10 @@ from typing import Callable
 
 import numpy as np
 
+from shm.arena import SHM_DIR, huge_pages
 from shm.layout import Layout
 
+from .arena_mount import private_arena_dir
 from .config import Config
 from .loadgen import LoadGenerators, Programs, load_programs
 from .recorder import StartTrace
@@ -98,6 +101,7 @@ class StressConfig:
     programs: int = 16
     tick_ms: float = 0.0  # 0: the Controller's default
     scale_jobs: int = 0  # 0: the Controller's default (jobs per worker from which it ticks in blocks)
+    arena_dir: str = ""  # "": a private tmpfs with 2 MiB pages when root (as deploy/ mounts one), else /dev/shm
     probes: int = -1  # extra calls started once all `channels` record (-1: channels // 50, 10..200)
     probe_rate: float = 20.0  # their start() rate, per second
 
@@ -404,14 +408,22 @@ class Run:
             "clips": {"source": progs.source, "programs": progs.count, "seconds": progs.length / RATE},
             "rlimit_nofile": nofile[0],
         }
-        report["controller_config"] = {k: v for k, v in asdict(ccfg).items() if k != "recordings_dir"}
-        ctl = Controller(**settings)
+        arena_mount = contextlib.ExitStack()
+        settings["arena_dir"] = cfg.arena_dir or arena_mount.enter_context(private_arena_dir(lay.total)) or SHM_DIR
+        try:
+            ccfg = Config(**settings)
+            report["controller_config"] = {k: v for k, v in asdict(ccfg).items() if k != "recordings_dir"}
+            arena_huge = huge_pages(ccfg.arena_dir)
+            ctl = Controller(**settings)
+        except BaseException:
+            arena_mount.close()
+            raise
         lg = None
         try:
             ctl.start()
             self.arena = ctl.arena
             worker_pids = [w.proc.pid for w in ctl.supervisor.workers]
-            lg = LoadGenerators(cfg.loadgens, ctl.arena.name, progs_path, cfg.block_ms,
+            lg = LoadGenerators(cfg.loadgens, ctl.arena.path, progs_path, cfg.block_ms,
                                 priority=ccfg.worker_priority)
             sup = ctl.supervisor  # kept: ctl.close() drops the attribute, not the handles
             self.sampler = Sampler(lambda: [w.proc.pid for w in sup.workers], lg.pids)
@@ -483,6 +495,7 @@ class Run:
             if lg is not None:
                 lg.close()
             ctl.close()
+            arena_mount.close()
         wall = time.monotonic() - t_start
         # -- figures ---------------------------------------------------------------------------
         ok_calls = [c for c in self.calls if c.started]
@@ -513,6 +526,8 @@ class Run:
             "ring_samples": ccfg.ring_samples, "ring_bytes_per_leg": ccfg.ring_samples * 2,
             "rings_bytes_per_channel": 2 * ccfg.ring_samples * 2,
             "arena_bytes": lay.total, "arena_bytes_per_channel": round(lay.total / total),
+            "arena_dir": "private tmpfs" if ccfg.arena_dir != (cfg.arena_dir or SHM_DIR) else ccfg.arena_dir,
+            "arena_huge_pages": arena_huge,
             "worker_anon_bytes_per_channel": round(max(0, anon_workers - anon_workers0) / max(1, len(ok_calls))),
             "controller_anon_bytes_per_channel": round(max(0, anon_ctl - anon_ctl0) / total),
         }
@@ -1002,7 +1017,9 @@ def summary(report: dict) -> str:
     lines += [
         (f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
          f"{report.get('memory', {}).get('worker_anon_bytes_per_channel')} B, controller "
-         f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B"),
+         f"{report.get('memory', {}).get('controller_anon_bytes_per_channel')} B; arena in "
+         f"{report.get('memory', {}).get('arena_dir')}, "
+         f"{'2 MiB' if report.get('memory', {}).get('arena_huge_pages') else '4 KiB'} pages"),
     ]
     for stage, v in cpu.get("stages", {}).items():
         lines.append(f"    {stage:34s} {100 * v['share']:5.1f} %  {v['us_per_channel_second']} us/ch-s")
@@ -1085,6 +1102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="API threads calling start() (default %(default)s)")
     p.add_argument("--block-ms", type=float, default=d.block_ms, help="audio per producer write (default %(default)s)")
     p.add_argument("--tick-ms", type=float, default=0.0, help="worker tick, ms (default: the Controller's)")
+    p.add_argument("--arena-dir", default="",
+                   help="tmpfs for the ring arena (default: a private one with 2 MiB pages when root, else "
+                        "/dev/shm; /dev/shm measures 4 KiB pages)")
     p.add_argument("--scale-jobs", type=int, default=0,
                    help="jobs per worker from which workers tick every 100 ms in blocks (default: the Controller's)")
     p.add_argument("--probes", type=int, default=d.probes,
@@ -1115,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
                        file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
                        start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
                        profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms,
-                       scale_jobs=a.scale_jobs, probes=a.probes, probe_rate=a.probe_rate)
+                       scale_jobs=a.scale_jobs, arena_dir=a.arena_dir, probes=a.probes, probe_rate=a.probe_rate)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
     if a.find_max:

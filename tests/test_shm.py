@@ -144,3 +144,38 @@ def test_replacement_reader_resumes_where_the_dead_one_stopped():
         subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
         rest = LegReader(a, 0).read(1000)
         assert rest[0] == 250 and len(rest) == 350
+
+
+def test_an_arena_outside_dev_shm_must_be_on_tmpfs(tmp_path):
+    from shm.arena import mount_of
+
+    if mount_of(str(tmp_path))[0] == "tmpfs":
+        pytest.skip("the test directory is itself on tmpfs")
+    with pytest.raises(ValueError, match="not tmpfs: the rings would be on disk"):
+        Arena.create(4, 1024, str(tmp_path))
+    with pytest.raises(ValueError, match="does not exist"):
+        Arena.create(4, 1024, str(tmp_path / "nowhere"))
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_an_arena_on_a_huge_page_tmpfs_is_attached_by_path_and_unlinked():
+    from controller.arena_mount import private_arena_dir
+    from shm.arena import huge_pages
+
+    assert not huge_pages("/dev/shm") or "huge=" in open("/proc/self/mountinfo").read()
+    with private_arena_dir(8 << 20) as d:
+        if d is None:
+            pytest.skip("this machine does not let us mount a tmpfs")
+        assert huge_pages(d)
+        with Arena.create(4, 1 << 16, d) as a:
+            assert a.path.startswith(d + "/") and os.path.exists(a.path)
+            b = Arena.attach(a.path)
+            a.data[1, :5] = [1, 2, 3, 4, 5]
+            assert list(b.data[1, :5]) == [1, 2, 3, 4, 5]
+            b.close()
+            with pytest.raises(ValueError, match="not a wholecall arena"):
+                Arena.attach(d + "/../" + a.name)
+        assert os.listdir(d) == []
+    assert not os.path.exists(d)
+    assert f" {d} " not in open("/proc/self/mountinfo").read()

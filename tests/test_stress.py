@@ -5,6 +5,7 @@ mix its legs received); timing and CPU figures are reported but never asserted h
 """
 
 import json
+import os
 import shutil
 
 import pytest
@@ -39,6 +40,10 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     assert len(files["spot_checks"]) == 6 and files["spot_failed"] == 0
     assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(n * 5, abs=1)
     assert report["memory"]["rings_bytes_per_channel"] == 2 * 2 * report["memory"]["ring_samples"]
+    # As root, the run's arena is on a private tmpfs with 2 MiB pages (tests/test_shm.py
+    # checks that such a mount goes away).
+    mem = report["memory"]
+    assert mem["arena_dir"] != "private tmpfs" or mem["arena_huge_pages"]
     # Verified recordings are removed unless --keep.
     assert not any((tmp_path / "out").glob("recordings-*/*/*.wav"))
 
