@@ -45,7 +45,7 @@ class Config:
     """Jobs per worker from which `scale_tick_ms` applies."""
     flush_ms: float = 1000.0
     """Audio a worker stages per job before writing it to the file; also the most a
-    killed worker can lose (the header is refreshed on every flush)."""
+    killed worker can lose (the controller repairs its files' headers)."""
     skew_ms: float = 500.0
     """How long a recording waits for a leg that has fallen behind the other before
     recording the missing part as silence (a leg with nothing to say)."""

@@ -20,6 +20,7 @@ from typing import Any
 from protocol import JobEnded, JobStarted, Message
 from shm import Arena
 from shm.arena import huge_pages
+from worker.wavfile import read_info, repair
 
 from .channel import CallChannel
 from .config import Config
@@ -175,7 +176,7 @@ class Controller:
             with self._lock:
                 rec = self._jobs.pop(job_id, None)
             if rec is not None:
-                rec._on_ended(job_id, Cause.ERROR, 0, 0, 0.0, why)
+                rec._on_ended(job_id, Cause.ERROR, *salvage(rec._path, rec._encrypted), why)
 
     def stats(self) -> dict:
         """Workers, their load and the last heartbeat figures."""
@@ -201,3 +202,24 @@ def worker_capacity(max_channels: int, workers: int) -> int:
     used cost no resident memory, and a worker that gets more still grows.
     """
     return max(64, min(max_channels, -(-max_channels * 5 // (4 * max(1, workers))) + 16))
+
+
+def salvage(path: str, encrypted: bool) -> tuple[int, int, float]:
+    """Make a dead worker's file describe all the audio it wrote: (bytes, frames, seconds).
+
+    Workers refresh a header only every few seconds (`worker.pipeline.HEADER_REFRESH_SAMPLES`),
+    so the file of a killed worker says less than it holds; the worker process is gone
+    when this runs, so nothing else writes the file. An encrypted file is left as it is:
+    `wholecall decrypt` repairs what it decrypts.
+    """
+    if not path or encrypted:
+        return 0, 0, 0.0
+    try:
+        repair(path)
+        info = read_info(path)
+        unit_bytes, unit_frames = info.unit()
+        frames = info.data_size // unit_bytes * unit_frames
+        return info.file_size, frames, frames / info.rate if info.rate else 0.0
+    except (OSError, ValueError) as e:
+        log.warning("cannot repair %s after its worker was lost: %s", path, e)
+        return 0, 0, 0.0

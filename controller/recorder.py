@@ -76,6 +76,7 @@ class WholeCallRecorder:
         self._m = RecorderMachine(f"Channel({channel.id})")
         self._worker = -1
         self._path = ""
+        self._encrypted = False
         self.last_result: JobResult | None = None
         #: Timestamps of the last start() that succeeded (None before one has).
         self.last_start_trace: StartTrace | None = None
@@ -135,6 +136,7 @@ class WholeCallRecorder:
             self._m.fire("start", job_id)
             self._worker = worker.index
             self._path = args.path
+            self._encrypted = args.cipher is not None
             start_pos = self._channel._arm(job_id)
             cfg = self._ctl.config
             msg = StartJob(

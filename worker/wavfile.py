@@ -106,7 +106,14 @@ class WavWriter:
     input_samples: int
     """Input (8 kHz) sample frames accepted so far."""
 
-    def __init__(self, sink: Sink, file_format: str, rate: int, channels: int = 1, max_bytes: int = 0) -> None:
+    def __init__(self, sink: Sink, file_format: str, rate: int, channels: int = 1, max_bytes: int = 0,
+                 refresh_samples: int = 0) -> None:
+        """`refresh_samples`: input samples between two header refreshes by `write` and
+        `write_codes` (0: after every call). The header always describes audio already
+        in the file, so a file is readable at every moment; refreshing less often only
+        lets it lag. The pipeline refreshes every few seconds (a killed worker's files are
+        repaired exactly by the controller) because each refresh is a system call that
+        costs as much CPU as the audio it describes."""
         if file_format not in FORMATS:
             raise ValueError(f"file_format: unknown format {file_format!r}; expected one of {', '.join(FORMATS)}")
         if type(rate) is not int or rate not in RATES:  # True and 8000.0 are not rates
@@ -127,6 +134,8 @@ class WavWriter:
         self.max_bytes = max_bytes
         self.full = False
         self.input_samples = 0
+        self._refresh_every = refresh_samples
+        self._refreshed_at = 0  # input_samples when the header was last rewritten
 
         limit = min(max_bytes, RIFF_LIMIT) if max_bytes else RIFF_LIMIT
         unit = codec.unit_bytes(channels)
@@ -185,7 +194,7 @@ class WavWriter:
             if start + REFRESH_INPUT_FRAMES < len(frames):
                 self._refresh()
         self.input_samples += accepted
-        self._refresh()
+        self._refresh_if_due()
         return accepted
 
     @property
@@ -214,7 +223,7 @@ class WavWriter:
         self._put(codes)
         self._frames += n
         self.input_samples += n
-        self._refresh()
+        self._refresh_if_due()
 
     def truncate(self, input_samples: int) -> None:
         """Cut the recording back to about `input_samples` 8 kHz frames (to drop a silent tail).
@@ -311,6 +320,11 @@ class WavWriter:
 
     def _frames_on_disk(self) -> int:
         return self._data_bytes // self._unit_bytes * self.codec.unit_frames
+
+    def _refresh_if_due(self) -> None:
+        if self.full or self.input_samples - self._refreshed_at >= self._refresh_every:
+            self._refresh()
+            self._refreshed_at = self.input_samples
 
     def _refresh(self) -> None:
         """Rewrite the header so it describes exactly the audio already appended."""

@@ -377,3 +377,17 @@ def test_write_codes_refuses_what_does_not_fit(tmp_path):
     assert w.room == 0
     w.close()
     assert os.path.getsize(path) == 58 + 1000 and sf.info(path).frames == 1000
+
+
+def test_refresh_samples_lets_the_header_lag_but_never_lie(tmp_path):
+    """The pipeline refreshes headers every few seconds: in between, readers see the audio
+    up to the last refresh (never more than is there), and close() makes it exact."""
+    path = str(tmp_path / "lag.wav")
+    w = WavWriter(FileSink(path), "alaw", 8000, refresh_samples=16000)
+    x = speech(3.0)
+    seen = []
+    for i in range(0, 24000, 8000):
+        w.write_codes(np.take(w.byte_table, x[i:i + 8000].view(np.uint16)))
+        seen.append(sf.info(path).frames)
+    assert seen == [0, 16000, 16000]
+    assert w.close() == (58 + 24000, 24000) and sf.info(path).frames == 24000
