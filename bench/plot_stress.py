@@ -32,9 +32,9 @@ def wait_quiet(limit: float = 0.10, window_s: float = 3.0, max_wait_s: float = 9
     """Wait until the machine's CPU is busy less than `limit` over `window_s`; returns the busy share seen."""
     deadline = time.monotonic() + max_wait_s
     while True:
-        b0, t0 = system_cpu()
+        b0, t0, _ = system_cpu()
         time.sleep(window_s)
-        b1, t1 = system_cpu()
+        b1, t1, _ = system_cpu()
         share = (b1 - b0) / max(1e-6, t1 - t0)
         if share < limit or time.monotonic() > deadline:
             return share
