@@ -26,7 +26,7 @@ from worker.pipeline import Pipeline, default_open_sink  # noqa: E402
 
 
 def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool, fmt: str,
-        library: bool = False, block: int = 5) -> dict:
+        library: bool = False, block: int = 5, paced: bool = False) -> dict:
     tick = int(8 * tick_ms)
     cap = 1 << 13
     arena = Arena.create(2 * channels, cap)
@@ -66,7 +66,12 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
 
             prof = cProfile.Profile()
         t_cpu = 0.0
+        t_start = time.monotonic()
         for i in range(ticks):
+            if paced:  # one tick per tick_ms of wall time, as a worker fed in real time runs
+                delay = t_start + i * tick_ms / 1000 - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             # Producers (not timed): every leg advances one tick of audio.
             if library:
                 w = arena.write_pos[slots]
@@ -124,13 +129,15 @@ def main() -> None:
     p.add_argument("--block", type=int, default=5,
                    help="frames per pipeline step (the worker's choice at scale: 5, one 100 ms tick)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--paced", action="store_true",
+                   help="tick at real time (sleep between ticks), as workers fed by real producers do")
     p.add_argument("--library", action="store_true",
                    help="feed the stress run's clip library, each job at its own program, phase and ring offset")
     a = p.parse_args()
     print("| channels | tick ms | block | dtmf | µs CPU per channel-second |")
     print("| ---: | ---: | ---: | --- | ---: |")
     for n in a.channels:
-        r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format, a.library, a.block)
+        r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format, a.library, a.block, a.paced)
         print(f"| {n} | {a.tick_ms:g} | {a.block} | {r['dtmf']} | {r['us_per_channel_second']:.1f} |")
         if a.profile:
             print(r["profile"])
