@@ -453,10 +453,9 @@ class Pipeline:
             sel, y_in, y_out, fill, fslot = sel[mono], y_in[mono], y_out[mono], fill[mono], fslot[mono]
         m = len(sel)
         # Saturating mix of two int16 legs, summed exactly in float32 (what silence needs).
-        mix = y_in.astype(np.float32)
-        mix += y_out
+        mix = np.add(y_in, y_out, dtype=np.float32)
         np.clip(mix, -32768, 32767, out=mix)
-        self.stage_t[fslot[:, None] + ks, sel[:, None]] = mix.astype(np.int16)
+        self.stage_t[fslot[:, None] + ks, sel[:, None]] = mix  # whole numbers in range: the cast is exact
         energy = frame_energy(mix.reshape(m * b, FRAME)).reshape(m, b)
         taken = np.zeros(m, np.int64)
         going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
