@@ -540,8 +540,8 @@ class Pipeline:
                         log.error("job %d: write failed: %s", job.msg.job_id, e)
                         job.cause, job.error = "ERROR", f"write failed: {e}"
                         self._finish(job)
-                        continue
-                    self.room[row] = self._room(job.writer)
+        # One byte per input sample: each file's room shrank by exactly what it took.
+        self.room[rows] -= self.flush_samples
         self.fill[rows] = 0
 
     def _append_delayed(self, job: Job) -> None:
