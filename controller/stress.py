@@ -907,6 +907,7 @@ STAGES = [
     (("pipeline.py", "_gather"), "gather (ring read, positions)"),
     (("pipeline.py", "_alloc"), "job start/stop"),
     (("pipeline.py", "_window"), "gather (ring read, positions)"),
+    (("pipeline.py", "_step"), "gather (ring read, positions)"),
     (("pipeline.py", "_tick"), "tick bookkeeping"),
     (("pipeline.py", "_emit"), "mix + staging"),
     (("pipeline.py", "_flush_codes"), "encode"), (("pipeline.py", "_room"), "flush/finalise"),
