@@ -217,3 +217,37 @@ def test_a_controller_whose_arena_cannot_fit_says_so_and_starts_nothing(tmp_path
         ctl.start()
     assert ctl.supervisor is None and ctl.arena is None
     assert {n for n in os.listdir("/dev/shm") if n.startswith(f"wholecall-{os.getpid()}-")} == before
+
+
+def test_arena_dir_must_be_an_existing_directory(tmp_path):
+    from controller import Controller
+
+    with pytest.raises(ValueError, match="arena_dir must be an existing directory"):
+        Controller(arena_dir=str(tmp_path / "nowhere"), recordings_dir=str(tmp_path / "rec"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_controller_records_through_an_arena_on_huge_pages(make_controller, tmp_path):
+    """Config.arena_dir: the workers attach the arena by path, and the call is recorded."""
+    from controller.arena_mount import private_arena_dir
+
+    with private_arena_dir(64 << 20) as d:
+        if d is None:
+            pytest.skip("this machine does not let us mount a tmpfs")
+        ctl = make_controller(workers=1, max_channels=4, ring_ms=2048, arena_dir=d)
+        assert os.path.dirname(ctl.arena.path) == d
+        ch = ctl.incoming_call()
+        ch.answer()
+        rec = ch.WholeCallRecorder
+        assert rec.start("huge.wav")
+        x = (6000 * np.sin(2 * np.pi * 440 * np.arange(16000) / 8000)).astype(np.int16)
+        for i in range(0, len(x), 800):
+            ch.inbound.write(x[i:i + 800])
+            ch.outbound.write(np.zeros(800, np.int16))
+        time.sleep(0.5)
+        rec.stop()
+        assert rec.wait_until_finished(5) == Cause.ABORTED
+        data, rate = sf.read(rec._path, dtype="int16")
+        assert rate == 8000 and abs(len(data) - len(x)) <= 160
+        ctl.close()
+        assert os.listdir(d) == []
