@@ -345,7 +345,7 @@ def run(arena_name: str, endpoint: str, programs_path: str, block_ms: float, pri
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m controller.loadgen", description="wholecall load generator")
-    p.add_argument("--arena", required=True, help="ring arena name (in /dev/shm)")
+    p.add_argument("--arena", required=True, help="ring arena: its path (or its name in /dev/shm)")
     p.add_argument("--endpoint", required=True, help="ZeroMQ endpoint of the stress command (PAIR)")
     p.add_argument("--programs", required=True, help="clip library file from load_programs()")
     p.add_argument("--block-ms", type=float, default=100.0, help="audio per batch write, in ms")
