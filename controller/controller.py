@@ -63,7 +63,7 @@ class Controller:
         try:
             self.arena = Arena.create(2 * cfg.max_channels, cfg.ring_samples, cfg.arena_dir)
             if self.arena.layout.total >= LARGE_ARENA_BYTES and not huge_pages(cfg.arena_dir):
-                log.warning("the %d MiB arena in %s has 4 KiB pages: workers spend about a sixth more CPU "
+                log.warning("the %d MiB arena in %s has 4 KiB pages: workers spend more CPU (6-20 %% measured) "
                             "than on a tmpfs with huge=within_size (deploy/run-wholecall-arena.mount, "
                             "Config.arena_dir)", self.arena.layout.total >> 20, cfg.arena_dir)
             self._run_dir = tempfile.mkdtemp(prefix="wholecall-run-")  # mode 0700
