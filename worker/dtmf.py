@@ -480,11 +480,12 @@ class DtmfBank:
         energy = np.einsum("ij,ij->i", x, x)
         # Quiet frames (pauses, silence) cannot fire: project only the others.
         audible = np.flatnonzero(energy * _PRE_BOUND > self._pre_min)
-        fired = np.zeros(m * b, np.bool_)
         if len(audible) == m * b:
             fired = self._fires(x, energy)
-        elif len(audible):
-            fired[audible] = self._fires(x[audible], energy[audible])
+        else:
+            fired = np.zeros(m * b, np.bool_)
+            if len(audible):
+                fired[audible] = self._fires(x[audible], energy[audible])
         fired = fired.reshape(m, b)
         was = self._hot[rows]
         run = self._rd[rows] >= 0
