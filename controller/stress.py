@@ -895,6 +895,7 @@ def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out:
 
 #: (file name, function name or "*") -> stage, tried for the innermost frame of ours in a sample.
 STAGES = [
+    (("dtmf.py", "_take_in"), "ring read + DTMF prescreen"),
     (("dtmf.py", "*"), "dtmf"),
     (("silence.py", "*"), "silence"),
     (("resample.py", "*"), "resample"),
@@ -903,11 +904,9 @@ STAGES = [
     (("sink.py", "__init__"), "file create"),
     (("sink.py", "*"), "file write"), (("cryptofile.py", "*"), "file write"), (("crypto.py", "*"), "file write"),
     (("wavfile.py", "*"), "wav writer"),
-    (("pipeline.py", "tick"), "gather (ring read, positions)"),
-    (("pipeline.py", "_gather"), "gather (ring read, positions)"),
+    (("pipeline.py", "tick"), "tick bookkeeping"),
     (("pipeline.py", "_alloc"), "job start/stop"),
-    (("pipeline.py", "_window"), "gather (ring read, positions)"),
-    (("pipeline.py", "_step"), "gather (ring read, positions)"),
+    (("pipeline.py", "_step"), "tick bookkeeping"),
     (("pipeline.py", "_tick"), "tick bookkeeping"),
     (("pipeline.py", "_emit"), "mix + staging"),
     (("pipeline.py", "_flush_codes"), "encode"), (("pipeline.py", "_room"), "flush/finalise"),

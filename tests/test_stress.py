@@ -72,7 +72,8 @@ def test_profile_stacks_are_split_by_the_innermost_worker_frame():
     tick = "tick (/w/worker/pipeline.py:200)"
     assert classify_stack(f"<module> (worker/__main__.py:10);{tick};process (/w/worker/dtmf.py:300);"
                           "einsum (/np/einsumfunc.py:1)") == "dtmf"
-    assert classify_stack(f"run (/w/worker/main.py:90);{tick}") == "gather (ring read, positions)"
+    assert classify_stack(f"run (/w/worker/main.py:90);{tick}") == "tick bookkeeping"
+    assert classify_stack(f"{tick};_take_in (/w/worker/dtmf.py:500)") == "ring read + DTMF prescreen"
     assert classify_stack("run (/w/worker/main.py:90);poll (/zmq/sugar/socket.py:1)") == "control loop (zmq, msgpack)"
 
 

@@ -99,6 +99,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
+
 FS = 8000
 FRAME = 160  # samples per frame (20 ms): the worker's unit of work
 SUB = 40  # sub-block and hop of the fine analysis (5 ms)
@@ -170,6 +172,10 @@ _C_PRE = _projection(np.ones(PRE_N))
 # norm. A frame whose energy times the largest of them is below PRE_MIN cannot fire the
 # prescreen, so its projection is skipped (1 % over, for float32 rounding).
 _PRE_BOUND = np.float32(1.01 * (_C_PRE[:, :8] ** 2 + _C_PRE[:, 8:] ** 2).sum(axis=0).max())
+_C_PRE_T = np.ascontiguousarray(_C_PRE.T)  # what `kernels.frames_in` projects on
+_PRE_TWIST = np.float32(10 ** (PRE_TWIST_DB / 10))
+_PRE_PURITY_PER_SAMPLE = np.float32(PRE_PURITY / PRE_N)
+_NO_WRAP = (1 << 62) - 1  # `kernels.frames_in`'s wrap mask for a block that is not a ring
 # Fine analysis: each DTMF bin is measured at three sub-bins: nominal and 2/3 of the
 # operate limit either side; the largest of the three is within 0.4 dB of a tone
 # anywhere inside +-(1.5 % + 2 Hz), so levels, twist and purity need no guess of the
@@ -387,15 +393,43 @@ class DtmfBank:
         if blk.shape != (len(rows), b, FRAME) or not 1 <= b <= self.max_block:
             raise ValueError(f"frames must be (rows, {FRAME}) or (rows, 1..{self.max_block}, {FRAME}) "
                              f"for {len(rows)} rows, not {frames.shape}")
+        # The block as a ring that never wraps, one row after the other.
+        flat = np.ascontiguousarray(blk).reshape(-1)
+        size = b * FRAME
+        out = self._advance(rows, b, flat, np.arange(m, dtype=np.int64) * size, np.zeros(m, np.int64),
+                            np.full(m, size, np.int64), _NO_WRAP)
+        return out[:, 0] if single else out
+
+    def process_ring(self, rows: np.ndarray, ring: np.ndarray, base: np.ndarray, pos: np.ndarray,
+                     avail: np.ndarray, capacity: int, b: int) -> np.ndarray:
+        """`process` with each row's B frames read straight from a ring buffer: row i's
+        frames are samples pos[i] .. pos[i] + B * FRAME (modulo `capacity`, a power of
+        two) of the ring that starts at `base[i]` in the flat sample array `ring`;
+        samples from pos[i] + avail[i] on are not written yet and read as silence.
+
+        Saves the worker a gather of its legs into a block before the bank copies them
+        into its delay line: the samples go from the ring to the delay line once.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if not 1 <= b <= self.max_block:
+            raise ValueError(f"b must be 1 .. {self.max_block}, not {b}")
+        if capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two, not {capacity}")
+        if ring.dtype != self._type:
+            raise ValueError(f"ring holds {ring.dtype}, the bank {self._type}")
+        return self._advance(rows, b, ring, base, pos, avail, capacity - 1)
+
+    def _advance(self, rows: np.ndarray, b: int, ring: np.ndarray, base: np.ndarray, pos: np.ndarray,
+                 avail: np.ndarray, wrap_mask: int) -> np.ndarray:
+        m = len(rows)
         self._b = b
         d = self._depth
         n0 = self._n[rows]
         n = n0 + (b - 1)  # the newest frame of each row once this call's frames are in
-        base = rows[:, None] * d
+        base_r = rows[:, None] * d
         ib = np.arange(b)
-        hot = self._prescreen(rows, blk)
-        slot_in = (base + (n0[:, None] + ib) % d).reshape(-1)
-        self._frames[slot_in] = np.ascontiguousarray(blk).view(self._item).reshape(-1)
+        slot_in = (base_r + (n0[:, None] + ib) % d).reshape(-1)
+        hot = self._heat(rows, self._take_in(ring, base, pos, avail, wrap_mask, b, slot_in))
 
         # A confirmed digit that is still on mutes each new frame whole (trimmed at its end).
         act = self._active[rows]
@@ -419,7 +453,7 @@ class DtmfBank:
                 self._due[hr] = hn + 2 - ((self._rd[hr] >= 0) & ~self._active[hr])
 
         self._n[rows] = n0 + b
-        slot_out = base + (n0[:, None] - LOOKAHEAD_FRAMES + ib) % d  # received L frames ago
+        slot_out = base_r + (n0[:, None] - LOOKAHEAD_FRAMES + ib) % d  # received L frames ago
         out = self._frames.take(slot_out.reshape(-1)).view(self._type).reshape(m, b, FRAME)
         mk = self._masked[rows]
         if mk.any():
@@ -428,7 +462,7 @@ class DtmfBank:
             self._mflat[so] = False
             mr = rows[mk]
             self._masked[mr] = self._mask[mr].any(axis=(1, 2))
-        return out[:, 0] if single else out
+        return out
 
     def flush(self, rows: np.ndarray) -> np.ndarray:
         """At job end: the L frames still held per row, eliminated; the rows are then free.
@@ -468,25 +502,26 @@ class DtmfBank:
         return held
 
     # ------------------------------------------------------------------ prescreen
-    def _prescreen(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Which rows need the fine analysis this call (bool per row of `rows`).
+    def _take_in(self, ring: np.ndarray, base: np.ndarray, pos: np.ndarray, avail: np.ndarray, wrap_mask: int,
+                 b: int, slot_in: np.ndarray) -> np.ndarray:
+        """The new frames into the delay-line slots `slot_in`, prescreened: where it fired
+        (rows x b). One compiled pass (`kernels.frames_in`); its own method so that a
+        profile tells the ring read from the rest of the bank."""
+        fired = np.empty((len(base), b), np.bool_)
+        kernels.frames_in(ring, np.asarray(base, np.int64), np.asarray(pos, np.int64), np.asarray(avail, np.int64),
+                          wrap_mask, b, self._flat, slot_in, _C_PRE_T, _PRE_BOUND, self._pre_min, _PRE_TWIST,
+                          _PRE_PURITY_PER_SAMPLE, fired)
+        return fired
 
-        `frames` is (rows, B, FRAME). A row needs it when the prescreen fires in one of
-        its frames, when it fired in the last frame before them (the frame after a
-        firing one is analysed too: a tone's end), or while it has a digit run.
+    def _heat(self, rows: np.ndarray, fired: np.ndarray) -> np.ndarray:
+        """Which rows need the fine analysis this call (bool per row of `rows`), from
+        where the prescreen fired (rows x B; `kernels.frames_in` runs it).
+
+        A row needs it when the prescreen fires in one of its frames, when it fired in
+        the last frame before them (the frame after a firing one is analysed too: a
+        tone's end), or while it has a digit run.
         """
-        m, b = frames.shape[:2]
-        x = frames[:, :, :PRE_N].astype(np.float32, copy=False).reshape(m * b, PRE_N)
-        energy = np.einsum("ij,ij->i", x, x)
-        # Quiet frames (pauses, silence) cannot fire: project only the others.
-        audible = np.flatnonzero(energy * _PRE_BOUND > self._pre_min)
-        if len(audible) == m * b:
-            fired = self._fires(x, energy)
-        else:
-            fired = np.zeros(m * b, np.bool_)
-            if len(audible):
-                fired[audible] = self._fires(x[audible], energy[audible])
-        fired = fired.reshape(m, b)
+        b = fired.shape[1]
         was = self._hot[rows]
         run = self._rd[rows] >= 0
         if b == 1:
@@ -502,22 +537,6 @@ class DtmfBank:
             h = np.where(any_fired, np.maximum(HOT_FRAMES - since, 0), np.maximum(was - b, 0)).astype(np.int16)
         self._hot[rows] = h
         return any_fired | (was > 1) | run
-
-    def _fires(self, x: np.ndarray, energy: np.ndarray) -> np.ndarray:
-        """The prescreen's test on frames `x` (float32, frames x PRE_N) of `energy`."""
-        p = x @ _C_PRE
-        np.multiply(p, p, out=p)
-        pw = p[:, :8] + p[:, 8:]  # mean square of a tone at each bin
-        # (small-axis reductions are slow in numpy: pairwise maxima instead)
-        q = np.maximum(pw[:, 0::2], pw[:, 1::2])
-        grp = np.maximum(q[:, 0::2], q[:, 1::2])  # strongest low, strongest high
-        weak = np.minimum(grp[:, 0], grp[:, 1])
-        strong = np.maximum(grp[:, 0], grp[:, 1])
-        return (
-            (weak > self._pre_min)
-            & (strong < weak * np.float32(10 ** (PRE_TWIST_DB / 10)))
-            & ((weak + strong) > energy * np.float32(PRE_PURITY / PRE_N))
-        )
 
     # ------------------------------------------------------------------ fine analysis
     def _fine(self, rows: np.ndarray, n: np.ndarray, frames: int = 4) -> None:

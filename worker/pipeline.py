@@ -34,7 +34,8 @@ import numpy as np
 from protocol import JobEnded, StartJob
 from shm import Arena
 
-from .silence import PREROLL_SAMPLES, SilenceTracker, frame_energy
+from . import kernels
+from .silence import PREROLL_SAMPLES, SilenceTracker
 
 from .crypto import open_sink
 from .dtmf import FRAME, DtmfBank
@@ -95,9 +96,8 @@ class Pipeline:
         flush_samples = -(-flush_samples // FRAME) * FRAME
         self.flush_samples = flush_samples
         self.stage_len = flush_samples + (max_frames_per_tick + 8) * FRAME
-        # Sliding-window views of the arena, one per read size (see `_window`).
-        self._wins: dict[int, np.ndarray] = {}
-        self._window(FRAME)
+        self._ring = arena.data.reshape(-1)  # every ring, one after the other
+        kernels.warm_up()
         self.skew_s = skew_samples / SAMPLE_RATE
         # History of each job's leading-leg position, one row per tick, stamped with the
         # tick's time: enough rows to reach `skew` back at the shortest tick.
@@ -347,11 +347,13 @@ class Pipeline:
         slots[0::2], slots[1::2] = self.slot_in[sel], self.slot_out[sel]
         written = np.empty(2 * m, np.int64)
         written[0::2], written[1::2] = w_in, w_out
-        legs = self._gather(slots, np.repeat(p, 2), written, b * FRAME)
         bank_rows = np.empty(2 * m, np.int64)
         bank_rows[0::2] = 2 * sel
         bank_rows[1::2] = 2 * sel + 1
-        out = self.dtmf.process(bank_rows, legs.reshape(2 * m, b, FRAME))
+        p2 = np.repeat(p, 2)
+        cap = self.arena.capacity
+        # The bank reads both legs straight from the rings into its delay lines.
+        out = self.dtmf.process_ring(bank_rows, self._ring, slots * cap, p2, written - p2, cap, b)
         if self.between is not None:
             # The bank is the largest share of a step (~40 %): serving on both sides of
             # it halves the longest stretch without a serve point.
@@ -370,54 +372,6 @@ class Pipeline:
             keep = ~whole & (fed + f >= self.lookahead)
             if keep.any():
                 self._emit(sel[keep], out[keep, 0, f:f + 1], out[keep, 1, f:f + 1])
-
-    def _window(self, size: int) -> np.ndarray:
-        """Every `size`-sample window of the arena as one item, starting at every sample.
-
-        Overlapping and read-only: samples [p, p + size) of slot s are item s * capacity + p,
-        and fancy indexing moves each with one memcpy. Measured on cold rings, 30-40 %
-        faster than indexing a (slot, start, sample) window view.
-        """
-        win = self._wins.get(size)
-        if win is None:
-            data = self.arena.data
-            win = np.ndarray((data.size - size + 1,), np.dtype((np.void, size * data.itemsize)), data, 0,
-                             (data.itemsize,))
-            win.flags.writeable = False
-            self._wins[size] = win
-        return win
-
-    def _gather(self, slots: np.ndarray, p: np.ndarray, written: np.ndarray, size: int = FRAME) -> np.ndarray:
-        """Samples [p, p + size) of each leg; samples at or past `written` read as silence.
-
-        Rows are copied whole from a sliding-window view of the ring (one contiguous
-        copy per leg); a row that wraps around the ring's end is cut from two windows.
-        """
-        a = self.arena
-        cap = a.capacity
-        col = p & (cap - 1)
-        item = slots * cap + col
-        win = self._window(size)
-        wrap = col > cap - size
-        if not wrap.any():
-            x = win[item].view(np.int16).reshape(len(slots), size)
-        else:
-            # A row that wraps is cut from the ring's last `size` samples followed by its
-            # first `size`: two more whole-window copies, then one shifted window of them.
-            x = np.empty((len(slots), size), np.int16)
-            flat = ~wrap
-            x[flat] = win[item[flat]].view(np.int16).reshape(-1, size)
-            ws = slots[wrap] * cap
-            both = np.empty((len(ws), 2, size), np.int16)
-            both[:, 0] = win[ws + cap - size].view(np.int16).reshape(-1, size)
-            both[:, 1] = win[ws].view(np.int16).reshape(-1, size)
-            shifted = np.lib.stride_tricks.sliding_window_view(both.reshape(len(ws), 2 * size), size, axis=1)
-            x[wrap] = shifted[np.arange(len(ws)), col[wrap] - (cap - size)]
-        short = written - p < size
-        if short.any():
-            lim = (written - p)[short]
-            x[short] = np.where(np.arange(size) < lim[:, None], x[short], 0)
-        return x
 
     def _emit(self, sel: np.ndarray, y_in: np.ndarray, y_out: np.ndarray) -> None:
         """Mix or pair B output frames per job in `sel` (legs shaped (m, B, FRAME)) and
@@ -447,11 +401,10 @@ class Pipeline:
                 return
             sel, y_in, y_out, fill, fslot = sel[mono], y_in[mono], y_out[mono], fill[mono], fslot[mono]
         m = len(sel)
-        # Saturating mix of two int16 legs, summed exactly in float32 (what silence needs).
-        mix = np.add(y_in, y_out, dtype=np.float32)
-        np.clip(mix, -32768, 32767, out=mix)
-        self.stage_t[fslot[:, None] + ks, sel[:, None]] = mix  # whole numbers in range: the cast is exact
-        energy = frame_energy(mix.reshape(m * b, FRAME)).reshape(m, b)
+        # Saturating mix of the two int16 legs straight into staging, with each mixed
+        # frame's energy for the silence detector: one compiled pass.
+        energy = np.empty((m, b), np.float32)
+        kernels.mix_to_stage(y_in, y_out, sel, fslot, self.stage_t, energy)
         taken = np.zeros(m, np.int64)
         going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
         for k in range(b):
@@ -628,8 +581,8 @@ class Pipeline:
         self._rows_dirty = True
 
     def close(self) -> None:
-        """Drop the views of the arena so it can be unmapped."""
-        self._wins.clear()
+        """Drop the view of the arena so it can be unmapped."""
+        self._ring = None
 
     def fail_all(self, error: str) -> None:
         """The worker is going down hard: end every job with ERROR, files finalised if possible."""
