@@ -396,19 +396,24 @@ class DtmfBank:
         # The block as a ring that never wraps, one row after the other.
         flat = np.ascontiguousarray(blk).reshape(-1)
         size = b * FRAME
-        out = self._advance(rows, b, flat, np.arange(m, dtype=np.int64) * size, np.zeros(m, np.int64),
-                            np.full(m, size, np.int64), _NO_WRAP)
+        slots, masked = self._advance(rows, b, flat, np.arange(m, dtype=np.int64) * size, np.zeros(m, np.int64),
+                                      np.full(m, size, np.int64), _NO_WRAP)
+        out = self.read(slots, masked)
         return out[:, 0] if single else out
 
     def process_ring(self, rows: np.ndarray, ring: np.ndarray, base: np.ndarray, pos: np.ndarray,
-                     avail: np.ndarray, capacity: int, b: int) -> np.ndarray:
+                     avail: np.ndarray, capacity: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """`process` with each row's B frames read straight from a ring buffer: row i's
         frames are samples pos[i] .. pos[i] + B * FRAME (modulo `capacity`, a power of
         two) of the ring that starts at `base[i]` in the flat sample array `ring`;
         samples from pos[i] + avail[i] on are not written yet and read as silence.
 
         Saves the worker a gather of its legs into a block before the bank copies them
-        into its delay line: the samples go from the ring to the delay line once.
+        into its delay line: the samples go from the ring to the delay line once. And
+        the outgoing frames are not copied out: returns (slots, masked), each row's
+        outgoing frames as slots of `frames` (rows x B) and whether the row may have
+        muted samples (see `mute`); `read` copies them out. They stay valid until the
+        next call.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if not 1 <= b <= self.max_block:
@@ -419,8 +424,29 @@ class DtmfBank:
             raise ValueError(f"ring holds {ring.dtype}, the bank {self._type}")
         return self._advance(rows, b, ring, base, pos, avail, capacity - 1)
 
+    def read(self, slots: np.ndarray, masked: np.ndarray) -> np.ndarray:
+        """The outgoing frames `process_ring` left in place: (rows, B, FRAME), muted
+        samples zeroed. `masked` says which rows may have muted samples at all."""
+        m, b = slots.shape
+        out = self._frames.take(slots.reshape(-1)).view(self._type).reshape(m, b, FRAME)
+        if masked.any():
+            so = slots[masked]
+            out[masked] = np.where(self._mflat[so], self._type.type(0), out[masked])
+        return out
+
+    @property
+    def frames(self) -> np.ndarray:
+        """The delay line, one frame per slot (slots x FRAME): where `process_ring`'s
+        outgoing slots point. Valid until the next call that may grow the bank."""
+        return self._flat
+
+    @property
+    def mute(self) -> np.ndarray:
+        """The mute mask of `frames`, sample by sample (True: silence)."""
+        return self._mflat
+
     def _advance(self, rows: np.ndarray, b: int, ring: np.ndarray, base: np.ndarray, pos: np.ndarray,
-                 avail: np.ndarray, wrap_mask: int) -> np.ndarray:
+                 avail: np.ndarray, wrap_mask: int) -> tuple[np.ndarray, np.ndarray]:
         m = len(rows)
         self._b = b
         d = self._depth
@@ -430,6 +456,12 @@ class DtmfBank:
         ib = np.arange(b)
         slot_in = (base_r + (n0[:, None] + ib) % d).reshape(-1)
         hot = self._heat(rows, self._take_in(ring, base, pos, avail, wrap_mask, b, slot_in))
+        was = self._masked[rows]
+        if was.any():
+            # The slots just filled may still carry the mute of the frames they held.
+            wr = rows[was]
+            self._mflat[slot_in.reshape(m, b)[was].reshape(-1)] = False
+            self._masked[wr] = self._mask[wr].any(axis=(1, 2))
 
         # A confirmed digit that is still on mutes each new frame whole (trimmed at its end).
         act = self._active[rows]
@@ -454,15 +486,7 @@ class DtmfBank:
 
         self._n[rows] = n0 + b
         slot_out = base_r + (n0[:, None] - LOOKAHEAD_FRAMES + ib) % d  # received L frames ago
-        out = self._frames.take(slot_out.reshape(-1)).view(self._type).reshape(m, b, FRAME)
-        mk = self._masked[rows]
-        if mk.any():
-            so = slot_out[mk]
-            out[mk] = np.where(self._mflat[so], self._type.type(0), out[mk])
-            self._mflat[so] = False
-            mr = rows[mk]
-            self._masked[mr] = self._mask[mr].any(axis=(1, 2))
-        return out
+        return slot_out, self._masked[rows]
 
     def flush(self, rows: np.ndarray) -> np.ndarray:
         """At job end: the L frames still held per row, eliminated; the rows are then free.

@@ -89,26 +89,67 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
 
 
 @_jit
-def mix_to_stage(y_in, y_out, rows, first, stage, energy):
-    """Mix the two legs' `b` frames of each job j (y_in / y_out: jobs x b x FRAME,
-    int16) with saturation into staging planes first[j] .. first[j] + b - 1 of job row
-    rows[j] (`stage`: planes x rows x FRAME, int16), and measure each mixed frame's mean
-    square (`energy`, jobs x b, float32) for the silence detector.
+def mix_frames(src, mute, s_in, s_out, m_in, m_out, rows, first, table_of, tables, stage_t, stage_c, energy):
+    """Mix the two legs' `b` frames of each job j with saturation into staging planes
+    first[j] .. first[j] + b - 1 of job row rows[j], and measure each mixed frame's
+    mean square (`energy`, jobs x b, float32) for the silence detector.
+
+    Leg frames are rows of `src` (frames x FRAME, int16): s_in[j, k] / s_out[j, k]
+    (jobs x b). Where m_in[j] / m_out[j] is set, samples whose `mute` is True count as
+    silence (DTMF removed). A job row whose table_of[row] is t > 0 is staged as codes,
+    tables[t - 1][sample as uint16], into `stage_c` (G.711 encoded here, once); any
+    other as int16 into `stage_t` (both: planes x job rows x FRAME).
     """
-    m = y_in.shape[0]
-    b = y_in.shape[1]
+    m = s_in.shape[0]
+    b = s_in.shape[1]
     for j in range(m):
         row = rows[j]
+        t = table_of[row]
+        muted = m_in[j] or m_out[j]
         for k in range(b):
-            dst = stage[first[j] + k, row]
+            x = src[s_in[j, k]]
+            y = src[s_out[j, k]]
+            if muted:  # rare (a digit was keyed): the general loop
+                mx = mute[s_in[j, k]]
+                my = mute[s_out[j, k]]
+                mix = np.empty(FRAME, np.int32)
+                for i in range(FRAME):
+                    a = 0 if (m_in[j] and mx[i]) else np.int32(x[i])
+                    c = 0 if (m_out[j] and my[i]) else np.int32(y[i])
+                    mix[i] = min(max(a + c, -32768), 32767)
+                energy[j, k] = _stage(mix, t, tables, stage_t[first[j] + k, row], stage_c[first[j] + k, row])
+                continue
             s = np.float32(0.0)
-            for i in range(FRAME):
-                v = np.int32(y_in[j, k, i]) + np.int32(y_out[j, k, i])
-                v = min(max(v, -32768), 32767)
-                dst[i] = v
-                f = np.float32(v)
-                s += f * f
+            if t > 0:
+                code = tables[t - 1]
+                dst_c = stage_c[first[j] + k, row]
+                for i in range(FRAME):
+                    v = min(max(np.int32(x[i]) + np.int32(y[i]), -32768), 32767)
+                    f = np.float32(v)
+                    s += f * f
+                    dst_c[i] = code[v & 0xFFFF]
+            else:
+                dst_t = stage_t[first[j] + k, row]
+                for i in range(FRAME):
+                    v = min(max(np.int32(x[i]) + np.int32(y[i]), -32768), 32767)
+                    f = np.float32(v)
+                    s += f * f
+                    dst_t[i] = v
             energy[j, k] = s / np.float32(FRAME)
+
+
+@_jit
+def _stage(mix, t, tables, dst_t, dst_c):
+    """One mixed frame into staging (codes when t > 0); returns its mean square."""
+    s = np.float32(0.0)
+    for i in range(FRAME):
+        f = np.float32(mix[i])
+        s += f * f
+        if t > 0:
+            dst_c[i] = tables[t - 1, mix[i] & 0xFFFF]
+        else:
+            dst_t[i] = mix[i]
+    return s / np.float32(FRAME)
 
 
 def warm_up() -> None:
@@ -124,8 +165,15 @@ def warm_up() -> None:
     for dtype in (np.int16, np.float32):
         frames_in(ring.astype(dtype), one, one, one, 2 * FRAME - 1, 1, np.zeros((1, FRAME), dtype), one,
                   np.zeros((16, 80), np.float32), np.float32(1), np.float32(1), np.float32(1), np.float32(1), fired)
-    legs = np.zeros((1, 2, 1, FRAME), np.int16)
-    stage = np.zeros((1, 1, FRAME), np.int16)
-    energy = np.zeros((1, 1), np.float32)
-    mix_to_stage(legs[:, 0], legs[:, 1], one, one, stage, energy)  # views of one block (strided)
-    mix_to_stage(legs[:, 0].copy(), legs[:, 1].copy(), one, one, stage, energy)  # a selection (contiguous)
+    src = np.zeros((2, FRAME), np.int16)
+    mute = np.zeros((2, FRAME), np.bool_)
+    s_in = np.zeros((1, 1), np.int64)
+    flag = np.zeros(1, np.bool_)
+    mix_frames(src, mute, s_in, s_in + 1, flag, flag, one, one, np.zeros(1, np.int8), np.zeros((1, 65536), np.uint8),
+               np.zeros((1, 1, FRAME), np.int16), np.zeros((1, 1, FRAME), np.uint8), np.zeros((1, 1), np.float32))
+    # The legs' slots as the pipeline passes them: columns of a (jobs, 2, b) array.
+    so = np.zeros((1, 2, 1), np.int64)
+    mk = np.zeros((1, 2), np.bool_)
+    mix_frames(src, mute, so[:, 0], so[:, 1], mk[:, 0], mk[:, 1], one, one, np.zeros(1, np.int8),
+               np.zeros((1, 65536), np.uint8), np.zeros((1, 1, FRAME), np.int16), np.zeros((1, 1, FRAME), np.uint8),
+               np.zeros((1, 1), np.float32))

@@ -46,9 +46,6 @@ log = logging.getLogger("wholecall.worker")
 SAMPLE_RATE = 8000
 #: Flushes (file writes, ~30 us each on ext4) between two calls of `Pipeline.between`.
 SERVE_EVERY_FLUSHES = 64
-#: Jobs encoded per table lookup in `_flush_codes`: small enough that the lookup's index
-#: copy stays in cache (16: 7.6 us per job-second; 1,024: 20 us; one by one: 9.5 us).
-FLUSH_CHUNK = 16
 #: Audio between two header refreshes of a file (DESIGN: "at least every few seconds").
 #: A refresh is a pwrite as dear as the audio's own, so refreshing once a second cost
 #: 7 us per channel-second at 10,000 channels (133 against 126 without). Nothing is lost
@@ -111,6 +108,8 @@ class Pipeline:
         self.lookahead = self.dtmf.lookahead_frames
         self._free_rows: list[int] = []
         self._tables: list[np.ndarray] = []  # the writers' byte tables (see `_flush_codes`)
+        self._table_rows = np.zeros((1, 65536), np.uint8)  # the same, stacked (`kernels.mix_frames`)
+        self._no_mute = np.zeros((1, FRAME), np.bool_)
         self._cap = 0
         self._alloc(capacity)
         self._hist_i = 0
@@ -158,12 +157,16 @@ class Pipeline:
         # np.zeros is calloc'd: rows never used cost no resident memory.
         # Mono staging is time-major: frame step k of every job lands in one plane, so
         # the per-step scatter writes neighbouring rows instead of one row per 100 KB.
+        # G.711 jobs (one byte per sample, `table` > 0) are staged encoded, in stage_c:
+        # half the bytes to stage and no separate encoding pass.
         stage_t = np.zeros((self.stage_len // FRAME, cap, FRAME), np.int16)
+        stage_c = np.zeros((self.stage_len // FRAME, cap, FRAME), np.uint8)
         stage_s = np.zeros((cap, self.stage_len, 2), np.int16)
         if old:
             stage_t[:, :old] = self.stage_t
+            stage_c[:, :old] = self.stage_c
             stage_s[:old] = self.stage_s
-        self.stage_t, self.stage_s = stage_t, stage_s
+        self.stage_t, self.stage_c, self.stage_s = stage_t, stage_c, stage_s
         self.stage_s3 = stage_s.reshape(cap, -1, FRAME, 2)
         if old:
             self.silence.grow(cap)
@@ -352,26 +355,43 @@ class Pipeline:
         bank_rows[1::2] = 2 * sel + 1
         p2 = np.repeat(p, 2)
         cap = self.arena.capacity
-        # The bank reads both legs straight from the rings into its delay lines.
-        out = self.dtmf.process_ring(bank_rows, self._ring, slots * cap, p2, written - p2, cap, b)
+        # The bank reads both legs straight from the rings into its delay lines, and
+        # leaves the outgoing frames there for the mix to read in place.
+        slots_out, masked = self.dtmf.process_ring(bank_rows, self._ring, slots * cap, p2, written - p2, cap, b)
         if self.between is not None:
             # The bank is the largest share of a step (~40 %): serving on both sides of
             # it halves the longest stretch without a serve point.
             self.between()
         fed = self.fed[sel]
         self.fed[sel] = fed + b
-        out = out.reshape(m, 2, b, FRAME)
+        so = slots_out.reshape(m, 2, b)
+        mk = masked.reshape(m, 2)
         # The bank's first `lookahead` outputs per job are its initial delay line.
         whole = fed >= self.lookahead
-        if whole.all():
-            self._emit(sel, out[:, 0], out[:, 1])
+        direct = whole & ~self.stereo[sel]
+        if direct.all():
+            self._emit_delayed(sel, so, mk)
             return
+        if direct.any():
+            self._emit_delayed(sel[direct], so[direct], mk[direct])
+        rest = np.flatnonzero(~direct)
+        out = self.dtmf.read(so[rest].reshape(-1, b), mk[rest].reshape(-1)).reshape(len(rest), 2, b, FRAME)
+        sel, fed, whole = sel[rest], fed[rest], whole[rest]
         if whole.any():
             self._emit(sel[whole], out[whole, 0], out[whole, 1])
         for f in range(b):  # young jobs: frame by frame, the delay line's part dropped
             keep = ~whole & (fed + f >= self.lookahead)
             if keep.any():
                 self._emit(sel[keep], out[keep, 0, f:f + 1], out[keep, 1, f:f + 1])
+
+    def _emit_delayed(self, sel: np.ndarray, so: np.ndarray, mk: np.ndarray) -> None:
+        """`_emit` for mono jobs whose frames are still in the DTMF bank: slots `so`
+        (jobs x 2 legs x B), `mk` (jobs x 2) where muted samples may be."""
+        live = ~self.done[sel]
+        if not live.all():
+            sel, so, mk = sel[live], so[live], mk[live]
+        if len(sel):
+            self._mix(sel, self.dtmf.frames, self.dtmf.mute, so[:, 0], so[:, 1], mk[:, 0], mk[:, 1])
 
     def _emit(self, sel: np.ndarray, y_in: np.ndarray, y_out: np.ndarray) -> None:
         """Mix or pair B output frames per job in `sel` (legs shaped (m, B, FRAME)) and
@@ -387,24 +407,35 @@ class Pipeline:
         if not len(sel):
             return
         b = y_in.shape[1]
-        ks = np.arange(b)
         stereo = self.stereo[sel]
-        fill = self.fill[sel]
-        fslot = fill // FRAME  # staging rows hold whole frames: fill is a multiple of FRAME here
         if stereo.any():
             s = stereo
+            fill = self.fill[sel[s]]
             pair = np.stack([y_in[s], y_out[s]], axis=-1)  # (ms, B, FRAME, 2)
-            self.stage_s3[sel[s][:, None], fslot[s][:, None] + ks] = pair  # int16 legs: stored as they are
-            self.fill[sel[s]] = fill[s] + b * FRAME
+            self.stage_s3[sel[s][:, None], (fill // FRAME)[:, None] + np.arange(b)] = pair  # legs as they are
+            self.fill[sel[s]] = fill + b * FRAME
             mono = ~stereo
             if not mono.any():
                 return
-            sel, y_in, y_out, fill, fslot = sel[mono], y_in[mono], y_out[mono], fill[mono], fslot[mono]
+            sel, y_in, y_out = sel[mono], y_in[mono], y_out[mono]
         m = len(sel)
-        # Saturating mix of the two int16 legs straight into staging, with each mixed
-        # frame's energy for the silence detector: one compiled pass.
+        src = np.concatenate([y_in.reshape(-1, FRAME), y_out.reshape(-1, FRAME)])
+        s_in = np.arange(m * b, dtype=np.int64).reshape(m, b)
+        none = np.zeros(m, np.bool_)
+        self._mix(sel, src, self._no_mute, s_in, s_in + m * b, none, none)
+
+    def _mix(self, sel: np.ndarray, src: np.ndarray, mute: np.ndarray, s_in: np.ndarray, s_out: np.ndarray,
+             m_in: np.ndarray, m_out: np.ndarray) -> None:
+        """Mix B frames of each mono job in `sel` (leg frames: rows of `src`, see
+        `kernels.mix_frames`) into staging, then let the silence detector take them."""
+        m, b = s_in.shape
+        fill = self.fill[sel]
+        fslot = fill // FRAME  # staging rows hold whole frames: fill is a multiple of FRAME here
+        # Saturating mix of the two int16 legs straight into staging (G.711 jobs: as
+        # codes), with each mixed frame's energy for the silence detector: one pass.
         energy = np.empty((m, b), np.float32)
-        kernels.mix_to_stage(y_in, y_out, sel, fslot, self.stage_t, energy)
+        kernels.mix_frames(src, mute, s_in, s_out, m_in, m_out, sel, fslot, self.table, self._table_rows,
+                           self.stage_t, self.stage_c, energy)
         taken = np.zeros(m, np.int64)
         going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
         for k in range(b):
@@ -428,6 +459,7 @@ class Pipeline:
             if t is table:
                 return i + 1
         self._tables.append(table)
+        self._table_rows = np.stack(self._tables)
         return len(self._tables)
 
     def _flush_and_end(self, rows: np.ndarray) -> None:
@@ -465,29 +497,21 @@ class Pipeline:
                 self._finish(job)
 
     def _flush_codes(self, rows: np.ndarray) -> None:
-        """Write one flush of each job in `rows` (mono, G.711 at 8 kHz, staging exactly
-        `flush_samples`, nothing to skip, not ending): a few jobs of one table encoded in
-        one lookup straight from staging, then one `write_codes` per job."""
+        """Write one flush of each job in `rows` (mono G.711 at 8 kHz, staging exactly
+        `flush_samples`, nothing to skip, not ending): its codes, staged encoded by
+        `kernels.mix_frames`, with one `write_codes` per job."""
         nslot = self.flush_samples // FRAME
-        tables = self.table[rows]
         between = self.between
-        written = 0
-        for t in np.unique(tables).tolist():
-            same = rows[tables == t]
-            for sel in np.array_split(same, -(-len(same) // FLUSH_CHUNK)):
-                # (jobs, frames, FRAME) codes: each job's contiguous, in time order.
-                codes = np.take(self._tables[t - 1], self.stage_t[:nslot, sel].view(np.uint16).transpose(1, 0, 2))
-                for row, job_codes in zip(sel.tolist(), codes.reshape(len(sel), -1)):
-                    written += 1
-                    if between is not None and written % SERVE_EVERY_FLUSHES == 0:
-                        between()
-                    job = self.jobs[row]
-                    try:
-                        job.writer.write_codes(job_codes)
-                    except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
-                        log.error("job %d: write failed: %s", job.msg.job_id, e)
-                        job.cause, job.error = "ERROR", f"write failed: {e}"
-                        self._finish(job)
+        for i, row in enumerate(rows.tolist()):
+            if between is not None and i % SERVE_EVERY_FLUSHES == SERVE_EVERY_FLUSHES - 1:
+                between()
+            job = self.jobs[row]
+            try:
+                job.writer.write_codes(self.stage_c[:nslot, row].reshape(-1))  # one copy: the planes' rows
+            except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
+                log.error("job %d: write failed: %s", job.msg.job_id, e)
+                job.cause, job.error = "ERROR", f"write failed: {e}"
+                self._finish(job)
         # One byte per input sample: each file's room shrank by exactly what it took.
         self.room[rows] -= self.flush_samples
         self.fill[rows] = 0
@@ -509,22 +533,31 @@ class Pipeline:
     def _flush(self, job: Job) -> None:
         row = job.row
         fill, skip = int(self.fill[row]), int(self.skip[row])
+        codes = bool(self.table[row]) and not job.stereo
         if job.stereo:
             data = self.stage_s[row, skip:fill]
         else:
+            stage = self.stage_c if codes else self.stage_t
             # skip is a whole number of frames; fill may end inside the last one.
-            data = self.stage_t[skip // FRAME:-(-fill // FRAME), row].reshape(-1)[:fill - skip]
+            data = stage[skip // FRAME:-(-fill // FRAME), row].reshape(-1)[:fill - skip]
             if self.trim_leading[row] and not self.silence.heard[row]:
                 # Still waiting for the caller: keep only the pre-roll, write nothing.
                 keep = min(fill, PREROLL_SAMPLES) // FRAME
                 last = fill // FRAME
-                self.stage_t[:keep, row] = self.stage_t[last - keep:last, row].copy()
+                stage[:keep, row] = stage[last - keep:last, row].copy()
                 self.fill[row], self.skip[row] = keep * FRAME, 0
                 return
         if job.cause == "SIZE" or job.writer.full:
             data = data[:0]
         try:
-            if len(data):
+            if codes and len(data):
+                # Already encoded (one byte per sample): what fits, and full if not all did.
+                fits = min(len(data), job.writer.room)
+                if fits:
+                    job.writer.write_codes(data[:fits])
+                if fits < len(data):
+                    job.writer.full = True
+            elif len(data):
                 job.writer.write(data)
         except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
             log.error("job %d: write failed: %s", job.msg.job_id, e)

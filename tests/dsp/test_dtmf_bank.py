@@ -291,3 +291,45 @@ def test_back_to_back_digits_end_and_start_in_one_call_and_are_both_muted(monkey
             keep[a - pre:b + len(t2) + post] = False
             assert np.array_equal(y[keep], x[keep].astype(np.float32)), case
     assert sum(collided) >= 10, "no case put an end and a start of one row in one call"
+
+
+def test_reading_straight_from_rings_equals_processing_the_gathered_frames():
+    """`process_ring` (the worker's path) against `process` on the same frames cut out by
+    hand: rings that wrap inside a frame, legs with only part of the block written
+    (the rest silence), random block sizes, tones to mute; outputs and events equal."""
+    from controller.loadgen import load_programs
+
+    progs = load_programs()[0]
+    legs, cap = 24, 2048  # small rings: every leg wraps every 256 ms
+    rng = np.random.default_rng(5)
+    prog, phase = rng.integers(progs.count, size=legs), rng.integers(progs.length, size=legs)
+    ring = np.zeros(legs * cap, np.int16)
+    pos = rng.integers(0, cap, size=legs).astype(np.int64)  # unrelated start positions
+    rows = np.arange(legs)
+    direct, gathered = DtmfBank(capacity=legs, sample_type=np.int16, max_block=5), \
+        DtmfBank(capacity=legs, sample_type=np.int16, max_block=5)
+    for bank in (direct, gathered):
+        bank.reset(rows, np.ones(legs, bool))
+    t = 0
+    wrapped = short = 0
+    for _ in range(300):
+        b = int(rng.integers(1, 6))
+        n = b * FRAME
+        idx = (phase[:, None] + t + np.arange(n)) % progs.length
+        x = progs.audio[prog[:, None], rows[:, None] % 2, idx]
+        avail = np.where(rng.random(legs) < 0.1, rng.integers(0, n, size=legs), n)
+        x[np.arange(n)[None, :] >= avail[:, None]] = 0  # what the ring has not got yet reads as silence
+        cols = (pos[:, None] + np.arange(n)) % cap
+        ring.reshape(legs, cap)[rows[:, None], cols] = np.where(np.arange(n) < avail[:, None], x, 12345)
+        wrapped += int(((pos % cap) + n > cap).sum())
+        short += int((avail < n).sum())
+        slots, masked = direct.process_ring(rows, ring, rows * cap, pos, avail, cap, b)
+        got = direct.read(slots, masked)
+        want = gathered.process(rows, x.reshape(legs, b, FRAME))
+        assert np.array_equal(got, want)
+        pos += n
+        t += n
+    assert wrapped > 50 and short > 50
+    ev = direct.pop_events()
+    assert len(ev) > 3 and ev == gathered.pop_events()
+    assert np.array_equal(direct.flush(rows), gathered.flush(rows))
