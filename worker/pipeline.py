@@ -1,9 +1,10 @@
 """The batched media pipeline of one worker: every owned job advanced per tick as arrays.
 
 Per tick, for all jobs at once: load both legs' write positions (one gather), decide how
-far each job may advance (`allowed`), then for each 20 ms frame step gather that frame
-of every job that has one (one fancy index per leg), run the DTMF bank, mix (or pair
-for separate mode), track silence, and scatter the result into per-job staging rows.
+far each job may advance (`allowed`), then for each step (a block of frames, or one
+frame) let the DTMF bank read every job's legs straight from the rings, mix the bank's
+outgoing frames in place (or pair them for separate mode) into per-job staging rows,
+G.711 jobs already encoded (`kernels.py`), and track silence.
 Python work per job is O(1) and happens only when a job's staging row is flushed to
 its WAV writer (every `flush_samples`, i.e. twice a second by default) or when it ends.
 
@@ -394,12 +395,11 @@ class Pipeline:
             self._mix(sel, self.dtmf.frames, self.dtmf.mute, so[:, 0], so[:, 1], mk[:, 0], mk[:, 1])
 
     def _emit(self, sel: np.ndarray, y_in: np.ndarray, y_out: np.ndarray) -> None:
-        """Mix or pair B output frames per job in `sel` (legs shaped (m, B, FRAME)) and
-        append them to staging.
+        """Mix or pair B output frames per job in `sel` (legs given as arrays shaped
+        (m, B, FRAME): the bank's `read` or `flush`) and append them to staging.
 
-        The mix, its energies and the staging scatter are one operation each for the
-        whole block; only the silence decisions go frame by frame (a job that reaches
-        its silence limit takes no frame after that one).
+        The rare paths (separate mode, a job's first frames, the end of a job); jobs
+        whose frames are still in the bank go through `_emit_delayed` without a copy.
         """
         live = ~self.done[sel]
         if not live.all():
