@@ -147,3 +147,17 @@ def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_
     finally:
         pipe.close()
         arena.close()
+
+
+def test_the_warm_up_covers_every_kernel_signature_the_pipeline_calls(tmp_path):
+    """A signature the warm-up misses is compiled (or loaded) in the middle of a tick: a
+    stall of every leg of the worker of up to seconds. Both step sizes, every path."""
+    from worker import kernels
+
+    kernels.warm_up()
+    jit = [kernels.frames_in, kernels.mix_frames]
+    before = [len(k.signatures) for k in jit]
+    for block in (1, 5):
+        (tmp_path / str(block)).mkdir()
+        record(tmp_path / str(block), block)
+    assert [len(k.signatures) for k in jit] == before

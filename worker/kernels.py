@@ -171,9 +171,11 @@ def warm_up() -> None:
     flag = np.zeros(1, np.bool_)
     mix_frames(src, mute, s_in, s_in + 1, flag, flag, one, one, np.zeros(1, np.int8), np.zeros((1, 65536), np.uint8),
                np.zeros((1, 1, FRAME), np.int16), np.zeros((1, 1, FRAME), np.uint8), np.zeros((1, 1), np.float32))
-    # The legs' slots as the pipeline passes them: columns of a (jobs, 2, b) array.
-    so = np.zeros((1, 2, 1), np.int64)
-    mk = np.zeros((1, 2), np.bool_)
-    mix_frames(src, mute, so[:, 0], so[:, 1], mk[:, 0], mk[:, 1], one, one, np.zeros(1, np.int8),
-               np.zeros((1, 65536), np.uint8), np.zeros((1, 1, FRAME), np.int16), np.zeros((1, 1, FRAME), np.uint8),
-               np.zeros((1, 1), np.float32))
+    # The legs' slots as the pipeline passes them: columns of a (jobs, 2, b) array. Two
+    # jobs and two frames, or numpy flags the columns contiguous and numba types them so.
+    so = np.zeros((2, 2, 2), np.int64)
+    mk = np.zeros((2, 2), np.bool_)
+    two = np.zeros(2, np.int64)
+    mix_frames(src, mute, so[:, 0], so[:, 1], mk[:, 0], mk[:, 1], two, two, np.zeros(1, np.int8),
+               np.zeros((1, 65536), np.uint8), np.zeros((2, 1, FRAME), np.int16), np.zeros((2, 1, FRAME), np.uint8),
+               np.zeros((2, 2), np.float32))
