@@ -135,7 +135,7 @@ def mix_frames(src, mute, s_in, s_out, m_in, m_out, rows, first, table_of, table
     (jobs x b). Where m_in[j] / m_out[j] is set, samples whose `mute` is True count as
     silence (DTMF removed). A job row whose table_of[row] is t > 0 is staged as codes,
     tables[t - 1][sample as uint16], into `stage_c` (G.711 encoded here, once); any
-    other as int16 into `stage_t` (both: planes x job rows x FRAME).
+    other as int16 into `stage_t` (both: job rows x planes x FRAME).
     """
     m = s_in.shape[0]
     b = s_in.shape[1]
@@ -147,7 +147,7 @@ def mix_frames(src, mute, s_in, s_out, m_in, m_out, rows, first, table_of, table
                     _prefetch(src, s_in[ja, k], i, 0)
                     _prefetch(src, s_out[ja, k], i, 0)
                 for i in range(0, FRAME, LINE):
-                    _prefetch(stage_c, first[ja] + k, rows[ja], i)
+                    _prefetch(stage_c, rows[ja], first[ja] + k, i)
         row = rows[j]
         t = table_of[row]
         muted = m_in[j] or m_out[j]
@@ -162,19 +162,19 @@ def mix_frames(src, mute, s_in, s_out, m_in, m_out, rows, first, table_of, table
                     a = 0 if (m_in[j] and mx[i]) else np.int32(x[i])
                     c = 0 if (m_out[j] and my[i]) else np.int32(y[i])
                     mix[i] = min(max(a + c, -32768), 32767)
-                energy[j, k] = _stage(mix, t, tables, stage_t[first[j] + k, row], stage_c[first[j] + k, row])
+                energy[j, k] = _stage(mix, t, tables, stage_t[row, first[j] + k], stage_c[row, first[j] + k])
                 continue
             s = np.float32(0.0)
             if t > 0:
                 code = tables[t - 1]
-                dst_c = stage_c[first[j] + k, row]
+                dst_c = stage_c[row, first[j] + k]
                 for i in range(FRAME):
                     v = min(max(np.int32(x[i]) + np.int32(y[i]), -32768), 32767)
                     f = np.float32(v)
                     s += f * f
                     dst_c[i] = code[v & 0xFFFF]
             else:
-                dst_t = stage_t[first[j] + k, row]
+                dst_t = stage_t[row, first[j] + k]
                 for i in range(FRAME):
                     v = min(max(np.int32(x[i]) + np.int32(y[i]), -32768), 32767)
                     f = np.float32(v)

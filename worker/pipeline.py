@@ -156,16 +156,17 @@ class Pipeline:
             hist[:, :old] = self.hist
         self.hist = hist
         # np.zeros is calloc'd: rows never used cost no resident memory.
-        # Mono staging is time-major: frame step k of every job lands in one plane, so
-        # the per-step scatter writes neighbouring rows instead of one row per 100 KB.
-        # G.711 jobs (one byte per sample, `table` > 0) are staged encoded, in stage_c:
-        # half the bytes to stage and no separate encoding pass.
-        stage_t = np.zeros((self.stage_len // FRAME, cap, FRAME), np.int16)
-        stage_c = np.zeros((self.stage_len // FRAME, cap, FRAME), np.uint8)
+        # Mono staging is job-major (job rows x frame planes x FRAME): the mix kernel
+        # writes each job's block in one place, and a flush hands the file a view of
+        # one contiguous row, no copy. G.711 jobs (one byte per sample, `table` > 0)
+        # are staged encoded, in stage_c: half the bytes to stage and no separate
+        # encoding pass; their rows of stage_t are never touched (never resident).
+        stage_t = np.zeros((cap, self.stage_len // FRAME, FRAME), np.int16)
+        stage_c = np.zeros((cap, self.stage_len // FRAME, FRAME), np.uint8)
         stage_s = np.zeros((cap, self.stage_len, 2), np.int16)
         if old:
-            stage_t[:, :old] = self.stage_t
-            stage_c[:, :old] = self.stage_c
+            stage_t[:old] = self.stage_t
+            stage_c[:old] = self.stage_c
             stage_s[:old] = self.stage_s
         self.stage_t, self.stage_c, self.stage_s = stage_t, stage_c, stage_s
         self.stage_s3 = stage_s.reshape(cap, -1, FRAME, 2)
@@ -507,7 +508,7 @@ class Pipeline:
                 between()
             job = self.jobs[row]
             try:
-                job.writer.write_codes(self.stage_c[:nslot, row].reshape(-1))  # one copy: the planes' rows
+                job.writer.write_codes(self.stage_c[row, :nslot].reshape(-1))  # a view: no copy
             except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
                 log.error("job %d: write failed: %s", job.msg.job_id, e)
                 job.cause, job.error = "ERROR", f"write failed: {e}"
@@ -539,12 +540,12 @@ class Pipeline:
         else:
             stage = self.stage_c if codes else self.stage_t
             # skip is a whole number of frames; fill may end inside the last one.
-            data = stage[skip // FRAME:-(-fill // FRAME), row].reshape(-1)[:fill - skip]
+            data = stage[row, skip // FRAME:-(-fill // FRAME)].reshape(-1)[:fill - skip]
             if self.trim_leading[row] and not self.silence.heard[row]:
                 # Still waiting for the caller: keep only the pre-roll, write nothing.
                 keep = min(fill, PREROLL_SAMPLES) // FRAME
                 last = fill // FRAME
-                stage[:keep, row] = stage[last - keep:last, row].copy()
+                stage[row, :keep] = stage[row, last - keep:last].copy()
                 self.fill[row], self.skip[row] = keep * FRAME, 0
                 return
         if job.cause == "SIZE" or job.writer.full:
