@@ -13,6 +13,10 @@ Every kernel here keeps the numbers exactly what the numpy code computed, except
 float32 sums (energies, prescreen projections), whose rounding depends on the order of
 the additions; they only feed threshold tests with wide margins.
 
+Each row's block is 1,600 bytes somewhere in a multi-gigabyte arena, so the hardware
+prefetcher has nothing to follow from one row to the next: both kernels ask for the
+memory of the row `AHEAD` rows on while they work on this one (`_prefetch`).
+
 `nogil`: the worker's command thread (starts, stops) runs while a kernel works.
 `cache`: compiled once per machine into __pycache__, not at every worker start.
 """
@@ -36,7 +40,8 @@ LINE = 64  # bytes per cache line
 @intrinsic
 def _prefetch(typingctx, arr, i, j, k):
     """Ask the cache for the line holding arr[i], arr[i, j] or arr[i, j, k] (by its number
-    of dimensions): an x86 prefetch, which, unlike a load, never stalls the loop."""
+    of dimensions): a prefetch hint (x86 prefetcht0), which, unlike a load, never stalls
+    the loop and never faults, so an index past the end (a ring's last block) is harmless."""
     sig = types.void(arr, i, j, k)
 
     def codegen(context, builder, signature, args):
