@@ -148,3 +148,52 @@ def test_steal_time_is_read_apart_from_busy_time_and_warned_about():
     assert "hypervisor took 20 %" in text and "other processes" not in text
     report["cpu"] = {"steal_share": 0.0, "steady": {}}
     assert "hypervisor" not in summary(report)
+
+
+def test_sigterm_stops_the_run_and_leaves_no_arena_and_no_worker(tmp_path):
+    """`kill` (or a cancelled CI job) must unwind like Ctrl-C: a stress run's arena is
+    gigabytes of tmpfs, and as root it sits on a private mount that only the run removes."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "stress", "--channels", "20", "--seconds", "60",
+                             "--workers", "1", "--probes", "0", "--out", str(out),
+                             "--report", str(tmp_path / "r.json"), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        arena = None  # the run's arena file: on its private mount (root) or in /dev/shm
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (arena and any(out.glob("**/*.wav"))):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            found = glob.glob(f"/tmp/wholecall-arena-*/wholecall-{proc.pid}-*") + \
+                glob.glob(f"/dev/shm/wholecall-{proc.pid}-*")
+            arena = arena or (found[0] if found else None)
+            time.sleep(0.05)
+        assert arena, "the run never made its arena"
+        time.sleep(1.0)  # calls recording
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not os.path.exists(arena)
+    mount_dir = os.path.dirname(arena)
+    if mount_dir.startswith("/tmp/wholecall-arena-"):
+        with open("/proc/mounts") as f:
+            assert mount_dir not in f.read()
+        assert not os.path.exists(mount_dir)
+    workers = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmd and str(proc.pid).encode() in cmd:
+            workers.append(pid)
+    assert workers == []
