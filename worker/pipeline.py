@@ -552,12 +552,7 @@ class Pipeline:
             data = data[:0]
         try:
             if codes and len(data):
-                # Already encoded (one byte per sample): what fits, and full if not all did.
-                fits = min(len(data), job.writer.room)
-                if fits:
-                    job.writer.write_codes(data[:fits])
-                if fits < len(data):
-                    job.writer.full = True
+                job.writer.write_codes(data, fit=True)  # already encoded, one byte per sample
             elif len(data):
                 job.writer.write(data)
         except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far

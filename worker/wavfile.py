@@ -208,8 +208,12 @@ class WavWriter:
         """
         return self._table
 
-    def write_codes(self, codes: np.ndarray) -> None:
-        """Append input samples already encoded with `byte_table`; all of them must fit."""
+    def write_codes(self, codes: np.ndarray, fit: bool = False) -> int:
+        """Append input samples already encoded with `byte_table`; returns how many.
+
+        All of them must fit, unless `fit`: then, as with `write`, what does not fit is
+        refused and the file is full (the last flush of a recording that hit max_bytes).
+        """
         self._check_open("write_codes")
         if self._table is None:
             raise RuntimeError(f"write_codes: a {self.file_format} file at {self.rate} Hz takes write()")
@@ -217,13 +221,17 @@ class WavWriter:
             raise RuntimeError("write after truncate(): the recording's end has been fixed")
         n = len(codes)
         if n > self.room:
-            raise ValueError(f"write_codes: {n} samples do not fit in the {self.room} left")
+            if not fit:
+                raise ValueError(f"write_codes: {n} samples do not fit in the {self.room} left")
+            codes, n = codes[:self.room], self.room
+            self.full = True
         if not n:
-            return
+            return 0
         self._put(codes)
         self._frames += n
         self.input_samples += n
         self._refresh_if_due()
+        return n
 
     def truncate(self, input_samples: int) -> None:
         """Cut the recording back to about `input_samples` 8 kHz frames (to drop a silent tail).

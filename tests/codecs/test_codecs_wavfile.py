@@ -379,6 +379,18 @@ def test_write_codes_refuses_what_does_not_fit(tmp_path):
     assert os.path.getsize(path) == 58 + 1000 and sf.info(path).frames == 1000
 
 
+def test_write_codes_with_fit_takes_what_fits_and_the_file_is_full(tmp_path):
+    """A recording's last flush at max_bytes: the rest is refused as `write` refuses it."""
+    path = str(tmp_path / "x.wav")
+    w = WavWriter(FileSink(path), "alaw", 8000, max_bytes=58 + 1000)
+    assert w.write_codes(np.full(600, 0xD5, np.uint8), fit=True) == 600 and not w.full
+    assert w.write_codes(np.full(700, 0xD5, np.uint8), fit=True) == 400
+    assert w.full and w.room == 0
+    assert w.write_codes(np.zeros(10, np.uint8), fit=True) == 0
+    w.close()
+    assert os.path.getsize(path) == 58 + 1000 and sf.info(path).frames == 1000
+
+
 def test_refresh_samples_lets_the_header_lag_but_never_lie(tmp_path):
     """The pipeline refreshes headers every few seconds: in between, readers see the audio
     up to the last refresh (never more than is there), and close() makes it exact."""
