@@ -102,7 +102,7 @@ import numpy as np
 from . import kernels
 
 FS = 8000
-FRAME = 160  # samples per frame (20 ms): the worker's unit of work
+FRAME = kernels.FRAME  # samples per frame (20 ms): the worker's unit of work
 SUB = 40  # sub-block and hop of the fine analysis (5 ms)
 SUBS_PER_FRAME = FRAME // SUB
 SEG = 10  # segment used to place a tone's edges (1.25 ms)
