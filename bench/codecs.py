@@ -34,9 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import soundfile as sf
 import soxr
 
-from worker.codecs import CODECS, oki
-from worker.resample import StreamResampler
-from worker.wavfile import FORMATS, RATES, WavWriter
+from wholecall.worker.codecs import make_encoder, oki
+from wholecall.worker.resample import StreamResampler
+from wholecall.formats.codecs import FORMATS, RATES
+from wholecall.worker.wavfile import WavWriter
 
 
 class MemorySink:
@@ -118,7 +119,7 @@ def main() -> None:
     for name in FORMATS:
 
         def run_encoder(name: str = name) -> None:
-            enc = CODECS[name].make_encoder(1)
+            enc = make_encoder(name, 1)
             for p in parts_2d:
                 enc.encode(p)
             enc.flush()

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-from worker.crypto import open_sink  # noqa: E402
+from wholecall.worker.crypto import open_sink  # noqa: E402
 
 FORMATS = {"alaw": 8000, "s16": 16000}  # bytes per channel-second
 

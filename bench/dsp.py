@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from worker.dtmf import FRAME, HIGH_HZ, LOW_HZ, DtmfBank, dbm0_mean_square
+from wholecall.worker.dtmf import FRAME, HIGH_HZ, LOW_HZ, DtmfBank, dbm0_mean_square
 
 RATE = 8000
 _TEXTS = [

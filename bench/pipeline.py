@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from protocol import StartJob  # noqa: E402
-from shm import Arena  # noqa: E402
-from worker.pipeline import Pipeline, default_open_sink  # noqa: E402
+from wholecall.protocol import StartJob  # noqa: E402
+from wholecall.shm import Arena  # noqa: E402
+from wholecall.worker.pipeline import Pipeline, default_open_sink  # noqa: E402
 
 
 def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool, fmt: str,
@@ -32,14 +32,14 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
     arena = Arena.create(2 * channels, cap)
     out = tempfile.mkdtemp(prefix="wholecall-bench-")
     pipe = Pipeline(arena, default_open_sink(), capacity=channels, tick_s=tick_ms / 1000, max_block=max(1, block))
-    from controller.cli import speech_like
+    from wholecall.sim.signals import speech_like
 
     clip = speech_like(8.0, 140, 3)  # voiced, syllabic, with pauses: what the detector sees on calls
     rng = np.random.default_rng(1)
     if library:
         # The stress run's clips (espeak-ng speech, silence, DTMF): each job its own program
         # and phase, and its legs at unrelated ring positions, as real producers leave them.
-        from controller.loadgen import load_programs
+        from wholecall.sim.loadgen import load_programs
 
         progs = load_programs()[0]
         prog = rng.integers(progs.count, size=channels)

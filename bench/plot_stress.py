@@ -23,9 +23,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from controller.stress import system_cpu
+
+from wholecall.sim.stress import system_cpu
 
 
 def wait_quiet(limit: float = 0.10, window_s: float = 3.0, max_wait_s: float = 900.0) -> float:
@@ -43,7 +43,7 @@ def wait_quiet(limit: float = 0.10, window_s: float = 3.0, max_wait_s: float = 9
 
 def run_level(n: int, seconds: float, out: str, extra: list[str]) -> dict:
     report = os.path.join(out, f"report-{n}.json")
-    cmd = [sys.executable, "-m", "controller.cli", "stress", "--channels", str(n), "--seconds", str(seconds),
+    cmd = [sys.executable, "-m", "wholecall.cli", "stress", "--channels", str(n), "--seconds", str(seconds),
            "--out", out, "--report", report, *extra]
     print("$", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=ROOT, check=False)
@@ -184,7 +184,7 @@ def main() -> None:
         if a.find_max:
             wait_quiet()
             rep = os.path.join(a.out, "find-max.json")
-            subprocess.run([sys.executable, "-m", "controller.cli", "stress", "--find-max", "--seconds",
+            subprocess.run([sys.executable, "-m", "wholecall.cli", "stress", "--find-max", "--seconds",
                             str(a.find_seconds), "--out", a.out, "--report", rep, "--quiet"], cwd=ROOT, check=False)
             with open(rep) as f:
                 fm = json.load(f)

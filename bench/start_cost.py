@@ -23,7 +23,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def per_thread(before: dict[str, float], after: dict[str, float], n: int) -> dic
 
 
 def controller_costs(n: int, base: str) -> dict:
-    from controller import Controller
+    from wholecall.controller import Controller
 
     d = tempfile.mkdtemp(prefix="startcost-", dir=base)
     try:
@@ -78,9 +78,9 @@ def controller_costs(n: int, base: str) -> dict:
 
 
 def worker_start_cost(n: int, base: str) -> dict:
-    from protocol import StartJob
-    from shm import Arena
-    from worker.pipeline import Pipeline, default_open_sink
+    from wholecall.protocol import StartJob
+    from wholecall.shm import Arena
+    from wholecall.worker.pipeline import Pipeline, default_open_sink
 
     out = tempfile.mkdtemp(prefix="startcost-", dir=base)
     arena = Arena.create(2 * n, 16384)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.formats import FORMATS, MODES, RATES, SEPARATE_FORMATS
+from wholecall.formats.codecs import FORMATS, MODES, RATES, SEPARATE_FORMATS
 
 from .errors import Error
 
@@ -123,6 +123,6 @@ def check_start(
 
 def _header_bytes(file_format: str) -> int:
     # The header layout is the writer's knowledge; ask it rather than copy its sizes.
-    from worker.wavfile import header_bytes
+    from wholecall.formats.wav import header_bytes
 
     return header_bytes(file_format, 1)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shm import LegWriter
+from wholecall.shm import LegWriter
 
 from .errors import Error, Hangup
 from .recorder import WholeCallRecorder

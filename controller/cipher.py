@@ -14,12 +14,8 @@ Credentials are checked here, in the application's process, so a bad key or IV
 raises `Error` before a job is started. Key material never appears in a repr,
 an exception message or a log line.
 
-The CLI commands (`decrypt_command`, `recover_command`) live in
-`controller/decrypt_cli.py` and are re-exported here.
-
-This module imports `worker.cryptofile` (the on-disk formats, no process state)
-although the controller otherwise imports only shm/ and protocol/: one copy of
-the format code serves both the writer and the reader.
+The on-disk formats are `wholecall.formats.encrypted`'s (shared with the worker that
+writes them); the CLI commands `wholecall decrypt` and `recover` are `wholecall.cli.decrypt`.
 """
 
 from __future__ import annotations
@@ -29,12 +25,12 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-from controller.decrypt_cli import decrypt_command, recover_command
-from controller.errors import Error
-from worker import cryptofile as cf
+from wholecall.controller.errors import Error
+from wholecall.formats import encrypted as cf
+from wholecall.formats import wav
 
 __all__ = ["AESCBCCipher", "EnvelopeCipher", "EnvelopePrivateKey", "new_iv", "new_key",
-           "wire_cipher", "validate", "validation_error", "decrypt_command", "recover_command"]
+           "wire_cipher", "validate", "validation_error"]
 
 
 def new_iv() -> str:
@@ -209,7 +205,7 @@ def validation_error(filename: str, cipher: AESCBCCipher | EnvelopePrivateKey | 
     """Why `filename` is not a valid recording for these credentials, or None if it is.
 
     Decrypts in memory, chunk by chunk (nothing is written), and checks the
-    RIFF/WAVE structure as `worker.cryptofile.WavChecker` describes. `cipher` is
+    RIFF/WAVE structure as `formats.wav.WavChecker` describes. `cipher` is
     the `AESCBCCipher` the file was recorded with, the `EnvelopePrivateKey`
     matching the `EnvelopeCipher` it was recorded with, or None for a plain WAV.
     Raises `Error` if the file cannot be read, or if given an `EnvelopeCipher`
@@ -224,7 +220,7 @@ def validation_error(filename: str, cipher: AESCBCCipher | EnvelopePrivateKey | 
         fd = os.open(filename, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise Error(f"cannot read {filename}: {exc.strerror}") from None
-    checker = cf.WavChecker()
+    checker = wav.WavChecker()
     try:
         for data in _plaintext(fd, cipher):
             checker.feed(data)

@@ -17,10 +17,10 @@ import threading
 import time
 from typing import Any
 
-from protocol import JobEnded, JobStarted, Message
-from shm import Arena
-from shm.arena import huge_pages
-from worker.wavfile import read_info, repair
+from wholecall.protocol import JobEnded, JobStarted, Message
+from wholecall.shm import Arena
+from wholecall.shm.arena import huge_pages
+from wholecall.formats.wav import read_info, repair
 
 from .channel import CallChannel
 from .config import Config

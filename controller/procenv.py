@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 #: glibc malloc tunables for the media processes (an existing GLIBC_TUNABLES is kept).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
 def media_env() -> dict[str, str]:
-    """os.environ plus: the project on PYTHONPATH, single-threaded BLAS, heap-kept temporaries."""
+    """os.environ plus single-threaded BLAS and heap-kept temporaries.
+
+    The children start as `python -P -m wholecall.<...>`: -P keeps the working directory
+    (the application's, where a `worker.py` may lie) off their sys.path, and the
+    installed package is found the way the parent found it.
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     # One pinned core per worker: BLAS threads would only fight it.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)

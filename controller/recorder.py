@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from protocol import JobStarted, StartJob, StopJob
+from wholecall.protocol import JobStarted, StartJob, StopJob
 
 from .args import check_start, check_timeout
 from .errors import Error, Hangup

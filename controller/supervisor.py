@@ -22,8 +22,8 @@ from typing import Callable
 
 import zmq
 
-from protocol import Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, decode, encode
-from protocol import sockets
+from wholecall.protocol import Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, decode, encode
+from wholecall.protocol import sockets
 
 from .procenv import media_env
 
@@ -115,7 +115,7 @@ class Supervisor:
     def _spawn(self, index: int) -> WorkerHandle:
         cpu = self._cpus[index % len(self._cpus)]
         env = media_env()
-        cmd = [sys.executable, "-m", "worker", "--index", str(index), "--cpu", str(cpu),
+        cmd = [sys.executable, "-P", "-m", "wholecall.worker", "--index", str(index), "--cpu", str(cpu),
                "--endpoint", self.endpoint, "--arena", self.arena_name, "--parent", str(os.getpid()),
                *self.worker_args]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)

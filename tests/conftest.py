@@ -51,7 +51,7 @@ def _children() -> list[int]:
 @pytest.fixture
 def make_controller(tmp_path):
     """Factory for started controllers; every one is closed at the end of the test."""
-    from controller import Controller
+    from wholecall.controller import Controller
 
     made = []
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller import Cause
+from wholecall.controller import Cause
 from tests.conftest import tone
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller.media import DTMF_FREQS, dtmf_tone
+from wholecall.controller.media import DTMF_FREQS, dtmf_tone
 from tests.conftest import feed
 from tests.speech import line_noise, say
 

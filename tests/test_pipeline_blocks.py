@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller.loadgen import load_programs
-from protocol import StartJob
-from shm import Arena
-from worker.pipeline import Pipeline, default_open_sink
+from wholecall.sim.loadgen import load_programs
+from wholecall.protocol import StartJob
+from wholecall.shm import Arena
+from wholecall.worker.pipeline import Pipeline, default_open_sink
 
 RATE = 8000
 JOBS = 12
@@ -112,7 +112,7 @@ def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):
 def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_format):
     """The disk fills after 2 s of audio: the job ends ERROR, naming the write, and the
     file holds what was written before, with a header that says so."""
-    from worker.sink import FileSink
+    from wholecall.worker.sink import FileSink
 
     class FillingSink(FileSink):
         def pwrite(self, data, offset):
@@ -152,7 +152,7 @@ def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_
 def test_the_warm_up_covers_every_kernel_signature_the_pipeline_calls(tmp_path):
     """A signature the warm-up misses is compiled (or loaded) in the middle of a tick: a
     stall of every leg of the worker of up to seconds. Both step sizes, every path."""
-    from worker import kernels
+    from wholecall.worker import kernels
 
     kernels.warm_up()
     jit = [kernels.frames_in, kernels.mix_frames]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from protocol import StartJob
-from shm import Arena
-from worker.pipeline import Pipeline, default_open_sink
+from wholecall.protocol import StartJob
+from wholecall.shm import Arena
+from wholecall.worker.pipeline import Pipeline, default_open_sink
 
 RATE = 8000
 SLOTS = 64
@@ -38,9 +38,8 @@ def start_msg(job_id: int, path: str, slot: int, pos: int) -> StartJob:
 @pytest.mark.parametrize("flush_samples,block", [(800, 1), (8000, 1), (8000, 5)])
 def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path, monkeypatch, flush_samples,
                                                                         block):
-    import worker.pipeline
-
-    monkeypatch.setattr(worker.pipeline, "SERVE_EVERY_FLUSHES", 2)  # serve between flushes of this few jobs too
+    import wholecall.worker.pipeline
+    monkeypatch.setattr(wholecall.worker.pipeline, "SERVE_EVERY_FLUSHES", 2)  # serve between flushes of this few jobs too
     arena = Arena.create(SLOTS, 1 << 15)
     pipe = Pipeline(arena, default_open_sink(), capacity=2, flush_samples=flush_samples, max_frames_per_tick=5)
     written = [0] * SLOTS

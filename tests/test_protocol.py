@@ -6,7 +6,7 @@ import msgpack
 import pytest
 from hypothesis import given, strategies as st
 
-from protocol import (
+from wholecall.protocol import (
     Heartbeat, Hello, JobEnded, JobStarted, ProtocolError, Shutdown, StartJob, StopJob, WorkerError, decode, encode,
 )
 

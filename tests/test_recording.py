@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller import Cause, Error, Hangup, RecorderState
-from controller.states import CallState
+from wholecall.controller import Cause, Error, Hangup, RecorderState
+from wholecall.controller.states import CallState
 from tests.conftest import feed, tone
-from worker.codecs.g711 import alaw_decode, alaw_encode
+from wholecall.worker.codecs.g711 import alaw_decode, alaw_encode
 
 
 def read_int16(path):
@@ -177,7 +177,7 @@ def test_controller_leaves_no_shared_memory_or_processes(make_controller):
 
 
 def test_exception_inside_with_block_still_cleans_up(tmp_path):
-    from controller import Controller
+    from wholecall.controller import Controller
 
     with pytest.raises(ZeroDivisionError):
         with Controller(workers=1, recordings_dir=str(tmp_path)) as ctl:
@@ -190,7 +190,7 @@ def test_exception_inside_with_block_still_cleans_up(tmp_path):
 def test_workers_and_the_io_thread_run_at_the_worker_priority_and_the_callers_threads_do_not(make_controller):
     import threading
 
-    from controller.supervisor import zmq_io_threads
+    from wholecall.controller.supervisor import zmq_io_threads
 
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     others = set(zmq_io_threads())  # other tests' contexts in this process
@@ -207,7 +207,7 @@ def test_workers_and_the_io_thread_run_at_the_worker_priority_and_the_callers_th
 
 
 def test_a_controller_whose_arena_cannot_fit_says_so_and_starts_nothing(tmp_path):
-    from controller import Controller
+    from wholecall.controller import Controller
 
     vfs = os.statvfs("/dev/shm")
     channels = vfs.f_bavail * vfs.f_frsize // (4 * 65536) + 100  # 8 s rings: 256 KiB per channel
@@ -220,7 +220,7 @@ def test_a_controller_whose_arena_cannot_fit_says_so_and_starts_nothing(tmp_path
 
 
 def test_arena_dir_must_be_an_existing_directory(tmp_path):
-    from controller import Controller
+    from wholecall.controller import Controller
 
     with pytest.raises(ValueError, match="arena_dir must be an existing directory"):
         Controller(arena_dir=str(tmp_path / "nowhere"), recordings_dir=str(tmp_path / "rec"))
@@ -229,7 +229,7 @@ def test_arena_dir_must_be_an_existing_directory(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_a_controller_records_through_an_arena_on_huge_pages(make_controller, tmp_path):
     """Config.arena_dir: the workers attach the arena by path, and the call is recorded."""
-    from controller.arena_mount import private_arena_dir
+    from wholecall.sim.arena_mount import private_arena_dir
 
     with private_arena_dir(64 << 20) as d:
         if d is None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shm import Arena, LegReader, LegWriter
-from shm.layout import Layout
+from wholecall.shm import Arena, LegReader, LegWriter
+from wholecall.shm.layout import Layout
 
 
 def test_capacity_must_be_power_of_two():
@@ -138,7 +138,7 @@ def test_replacement_reader_resumes_where_the_dead_one_stopped():
         a.job[0] = 1
         LegWriter(a, 0).write(np.arange(600, dtype=np.int16))
         code = textwrap.dedent(f"""
-            from shm import Arena, LegReader
+            from wholecall.shm import Arena, LegReader
             a = Arena.attach({a.name!r}); r = LegReader(a, 0); r.read(250); import os; os._exit(0)
         """)
         subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -147,7 +147,7 @@ def test_replacement_reader_resumes_where_the_dead_one_stopped():
 
 
 def test_an_arena_outside_dev_shm_must_be_on_tmpfs(tmp_path):
-    from shm.arena import mount_of
+    from wholecall.shm.arena import mount_of
 
     if mount_of(str(tmp_path))[0] == "tmpfs":
         pytest.skip("the test directory is itself on tmpfs")
@@ -160,8 +160,8 @@ def test_an_arena_outside_dev_shm_must_be_on_tmpfs(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_an_arena_on_a_huge_page_tmpfs_is_attached_by_path_and_unlinked():
-    from controller.arena_mount import private_arena_dir
-    from shm.arena import huge_pages
+    from wholecall.sim.arena_mount import private_arena_dir
+    from wholecall.shm.arena import huge_pages
 
     assert not huge_pages("/dev/shm") or "huge=" in open("/proc/self/mountinfo").read()
     with private_arena_dir(8 << 20) as d:

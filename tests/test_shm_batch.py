@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shm import Arena, LegBatchWriter, LegReader, LegWriter
+from wholecall.shm import Arena, LegBatchWriter, LegReader, LegWriter
 
 CAP = 1024
 LEGS = 6

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller import Cause
+from wholecall.controller import Cause
 from tests.conftest import feed
 from tests.speech import line_noise, say
-from worker.silence import dbfs_to_mean_square
+from wholecall.worker.silence import dbfs_to_mean_square
 
 FRAME = 160
 LIMIT_MS = 1200

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from controller.loadgen import load_programs
-from controller.stress import classify_stack, main, run_baseline, summary, system_cpu
+from wholecall.sim.loadgen import load_programs
+from wholecall.sim.stress import classify_stack, main, run_baseline, summary, system_cpu
 
 
 def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
@@ -80,8 +80,7 @@ def test_profile_stacks_are_split_by_the_innermost_worker_frame():
 @pytest.mark.parametrize("speech", ["espeak-ng", "synthetic"])
 def test_the_clip_library_builds_for_any_seed_even_when_a_digit_string_runs_past_the_end(monkeypatch, speech):
     """Short calls make a DTMF string's gaps overrun the call's end; the library must still build."""
-    import controller.loadgen as loadgen
-
+    import wholecall.sim.loadgen as loadgen
     if speech == "synthetic":
         monkeypatch.setattr(loadgen.shutil, "which", lambda name: None)
     elif not shutil.which("espeak-ng"):
@@ -109,7 +108,7 @@ def test_a_worker_killed_mid_run_fails_the_run_with_a_report_not_a_crash(tmp_pat
                     cmd = f.read().split(b"\0")
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == os.getpid() and b"worker" in cmd and b"-m" in cmd:
+            if ppid == os.getpid() and b"wholecall.worker" in cmd and b"-m" in cmd:
                 pids.append(int(pid))
         return pids
 
@@ -160,7 +159,7 @@ def test_sigterm_stops_the_run_and_leaves_no_arena_and_no_worker(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "stress", "--channels", "20", "--seconds", "60",
+    proc = subprocess.Popen([sys.executable, "-m", "wholecall.cli", "stress", "--channels", "20", "--seconds", "60",
                              "--workers", "1", "--probes", "0", "--out", str(out),
                              "--report", str(tmp_path / "r.json"), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

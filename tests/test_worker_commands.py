@@ -17,11 +17,11 @@ import pytest
 import soundfile as sf
 import zmq
 
-from protocol import Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
-from shm import Arena
-from worker.commands import Commands
-from worker.crypto import open_sink
-from worker.pipeline import Pipeline
+from wholecall.protocol import Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
+from wholecall.shm import Arena
+from wholecall.worker.commands import Commands
+from wholecall.worker.crypto import open_sink
+from wholecall.worker.pipeline import Pipeline
 
 RATE = 8000
 
@@ -263,7 +263,7 @@ def test_close_ends_a_confirmed_but_unattached_start_with_error_and_removes_its_
 
 def test_heartbeats_keep_coming_from_inside_a_long_tick(rig):
     """A tick longer than the supervisor's heartbeat timeout must not look like a hung worker."""
-    from protocol import Heartbeat
+    from wholecall.protocol import Heartbeat
 
     tmp, arena, disk, pipe, commands, command, pump, events = rig
     commands.heartbeat = lambda: Heartbeat(worker=0, jobs=0, cpu_s=0.0, ticks=0, overruns=0)

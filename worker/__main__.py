@@ -5,6 +5,6 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from worker.main import main  # noqa: E402
+from wholecall.worker.main import main  # noqa: E402
 
 sys.exit(main())

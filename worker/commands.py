@@ -33,7 +33,7 @@ from typing import Callable
 
 import zmq
 
-from protocol import (
+from wholecall.protocol import (
     JobEnded,
     JobStarted,
     Message,
@@ -44,7 +44,7 @@ from protocol import (
     WorkerError,
     decode,
 )
-from protocol import sockets
+from wholecall.protocol import sockets
 
 from .pipeline import Pipeline
 from .wavfile import WavWriter

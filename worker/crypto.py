@@ -30,8 +30,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from worker import cryptofile as cf
-from worker.sink import FILE_MODE, FileSink, Sink
+from wholecall.formats import encrypted as cf
+from wholecall.worker.sink import FILE_MODE, FileSink, Sink
 
 __all__ = ["EncryptedSink", "open_sink", "recover", "find_parts"]
 

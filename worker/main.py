@@ -21,9 +21,9 @@ import time
 
 import zmq
 
-from protocol import Heartbeat, Hello
-from protocol import sockets
-from shm import Arena
+from wholecall.protocol import Heartbeat, Hello
+from wholecall.protocol import sockets
+from wholecall.shm import Arena
 
 from .commands import Commands
 from .dtmf import FRAME
@@ -159,7 +159,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m worker", description="wholecall worker process")
+    p = argparse.ArgumentParser(prog="python -m wholecall.worker", description="wholecall worker process")
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--cpu", type=int, required=True)
     p.add_argument("--endpoint", required=True)

@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from protocol import JobEnded, StartJob
-from shm import Arena
+from wholecall.protocol import JobEnded, StartJob
+from wholecall.shm import Arena
 
 from . import kernels
 from .silence import PREROLL_SAMPLES, SilenceTracker

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-CALL_RATE = 8000
+from wholecall.formats.codecs import CALL_RATE
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:

@@ -1,15 +1,8 @@
-"""The WAV writer of a recording: header, streaming encode, limits, crash safety, repair.
+"""The WAV writer of a recording: streaming encode, limits, crash safety.
 
-File layout (little-endian; data is always the last chunk, so a file cut
-anywhere after the header is the header plus a prefix of the audio):
-
-    offset  bytes
-    0       "RIFF" <u32 file size - 8> "WAVE"
-    12      "fmt " <u32 16|18|20> tag ch rate avg-bytes block-align bits [cbSize [samples/block]]
-    ..      "fact" <u32 4> <u32 sample frames>        (non-PCM formats only)
-    ..      "data" <u32 data bytes> <encoded audio ...> [pad byte if odd]
-
-    header_bytes(): s16bit/u8bit 44, alaw/ulaw/oki 58, ima 60.
+The file layout, the parser and the repair policy are `wholecall.formats.wav`'s
+(the controller and the CLI read and repair what this writes); the codec facts are
+`wholecall.formats.codecs`'; the encoders are `wholecall.worker.codecs`'.
 
 Crash safety: audio is appended first and the header is rewritten after
 (one pwrite of the whole header) at the end of every `write()` and after every
@@ -18,8 +11,8 @@ that describes only audio already on disk: sox, ffmpeg and libsndfile open it
 and play everything up to the last refresh (less, at rates other than 8000 Hz,
 the <= 150 ms still inside the resampler). ADPCM data is appended in whole
 units only (IMA blocks, OKI bytes), so that audio is always decodable.
-`repair(path)` then rewrites the sizes from the file length (dropping a
-partial unit), which is what `wholecall repair FILE` runs.
+`formats.wav.repair(path)` then rewrites the sizes from the file length (dropping
+a partial unit), which is what `wholecall repair FILE` runs.
 
 Limits: with `max_bytes` the whole file, header and RIFF pad byte included,
 never exceeds it; ADPCM counts whole blocks only. Without it the RIFF 4 GiB
@@ -36,60 +29,19 @@ frame count we report is the one every reader sees.
 
 from __future__ import annotations
 
-import os
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import CODECS, Codec, get_codec
-from .resample import CALL_RATE, StreamResampler
+from wholecall.formats.codecs import CALL_RATE, CODECS, FORMATS, RATES
+from wholecall.formats.wav import RIFF_LIMIT, check_channels, header, header_bytes
+
+from .codecs import make_encoder
+from .resample import StreamResampler
 from .sink import Sink
 
-FORMATS: tuple[str, ...] = ("alaw", "ulaw", "s16bit", "u8bit", "ima", "oki")
-RATES: tuple[int, ...] = (6000, 8000, 11000, 11025)
-STEREO_FORMATS: tuple[str, ...] = ("alaw", "ulaw", "u8bit", "s16bit")
-
-#: Largest file the RIFF size field can describe, kept even for the pad byte.
-RIFF_LIMIT = 0xFFFFFFFE
 #: Input (8 kHz) frames between header refreshes inside one long write().
 REFRESH_INPUT_FRAMES = CALL_RATE
-
-
-def header_bytes(file_format: str, channels: int) -> int:
-    """Bytes before the audio in the files we write (a max_bytes below this cannot work)."""
-    codec = get_codec(file_format)
-    _check_channels(codec, channels)
-    return len(_header(codec, channels, RATES[0], 0, 0))
-
-
-def _check_channels(codec: Codec, channels: int) -> None:
-    if type(channels) is not int or channels not in (1, 2):
-        raise ValueError(f"channels: must be 1 or 2, got {channels!r}")
-    if channels == 2 and not codec.stereo:
-        raise ValueError(
-            f"file_format: {codec.name!r} cannot be recorded in 2 channels ('separate' mode allows {', '.join(STEREO_FORMATS)})"
-        )
-
-
-def _header(codec: Codec, channels: int, rate: int, data_bytes: int, frames: int, pad: int = 0) -> bytes:
-    """The complete header for `data_bytes` of audio holding `frames` sample frames."""
-    fmt = struct.pack(
-        "<HHIIHH",
-        codec.format_tag,
-        channels,
-        rate,
-        codec.avg_bytes_per_sec(rate, channels),
-        codec.block_align(channels),
-        codec.bits_per_sample,
-    )
-    if codec.fmt_extra is not None:
-        fmt += codec.fmt_extra
-    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    if codec.fact:
-        chunks += b"fact" + struct.pack("<II", 4, frames)
-    chunks += b"data" + struct.pack("<I", data_bytes)
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks) + data_bytes + pad) + b"WAVE" + chunks
 
 
 class WavWriter:
@@ -119,7 +71,7 @@ class WavWriter:
         if type(rate) is not int or rate not in RATES:  # True and 8000.0 are not rates
             raise ValueError(f"rate: unsupported rate {rate!r}; expected one of {', '.join(map(str, RATES))}")
         codec = CODECS[file_format]
-        _check_channels(codec, channels)
+        check_channels(codec, channels)
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
             raise ValueError(f"max_bytes: must be a non-negative integer, got {max_bytes!r}")
         self._header_len = header_bytes(file_format, channels)
@@ -146,7 +98,7 @@ class WavWriter:
         self._capacity_frames = units * codec.unit_frames
         self._frames = 0  # frames given to the encoder (on disk + pending in it)
         self._data_bytes = 0  # encoded bytes on disk after the header
-        self._encoder = codec.make_encoder(channels)
+        self._encoder = make_encoder(file_format, channels)
         self._resampler = StreamResampler(rate, channels)
         table = getattr(self._encoder, "table", None)
         self._table = table if channels == 1 and self._resampler.passthrough else None
@@ -155,7 +107,7 @@ class WavWriter:
         self._aborted = False
         # The header only changes in its three sizes: refreshes patch a template
         # (0.5 us) instead of rebuilding it (2.9 us, once a second per recording).
-        self._tmpl = bytearray(_header(codec, channels, rate, 0, 0))
+        self._tmpl = bytearray(header(codec, channels, rate, 0, 0))
         # Data is the last chunk and fact (when there is one) the one before it.
         self._fact_at = len(self._tmpl) - 12 if codec.fact else -1
         self._refresh()
@@ -279,7 +231,7 @@ class WavWriter:
         if pad:
             self.sink.pwrite(b"\0", self._header_len + self._data_bytes)
         frames = self._frames_on_disk()
-        self.sink.pwrite(_header(self.codec, self.channels, self.rate, self._data_bytes, frames, pad), 0)
+        self.sink.pwrite(header(self.codec, self.channels, self.rate, self._data_bytes, frames, pad), 0)
         size = self.sink.finish()
         self._result = (size, frames)
         return self._result
@@ -342,174 +294,3 @@ class WavWriter:
         if self._fact_at >= 0:
             struct.pack_into("<I", t, self._fact_at, self._frames_on_disk())
         self.sink.pwrite(bytes(t), 0)  # a copy: a sink may keep what it is given
-
-
-# -- reading our files back: header info, repair, raw .vox --------------------
-
-
-@dataclass(frozen=True)
-class WavInfo:
-    """What a WAV file's header says, and where things are."""
-
-    format_tag: int
-    channels: int
-    rate: int
-    block_align: int
-    bits_per_sample: int
-    samples_per_block: int
-    """Frames per IMA block from the fmt extra (0 when absent)."""
-    riff_size: int
-    data_offset: int
-    """File offset of the first audio byte."""
-    data_size: int
-    """Data bytes the header declares."""
-    fact_offset: int
-    """File offset of the fact chunk's frame count (0 when there is none)."""
-    fact_frames: int
-    file_size: int
-
-    def unit(self) -> tuple[int, int]:
-        """(bytes, frames) of the smallest whole piece of this file's audio."""
-        if self.format_tag == 0x0011:
-            spb = self.samples_per_block or (self.block_align - 4 * self.channels) * 2 // self.channels + 1
-            return self.block_align, spb
-        if self.format_tag in (0x0010, 0x0017):
-            return self.channels, 2
-        if self.format_tag in (0x0001, 0x0003, 0x0006, 0x0007) and self.block_align > 0:
-            return self.block_align, 1
-        raise ValueError(f"unsupported WAV format tag 0x{self.format_tag:04x}")
-
-
-def read_info(path: str) -> WavInfo:
-    """Parse the header of the WAV file at `path` (chunks up to the data chunk).
-
-    ValueError with the reason when it is not a RIFF/WAVE file we can read.
-    """
-    with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        head = f.read(65536)
-    return _parse(head, file_size, path)
-
-
-def _parse(head: bytes, file_size: int, name: str) -> WavInfo:
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        raise ValueError(f"{name}: not a WAV file (no RIFF/WAVE header)")
-    riff_size = struct.unpack_from("<I", head, 4)[0]
-    pos = 12
-    fmt: tuple[int, ...] | None = None
-    spb = 0
-    fact_offset = fact_frames = 0
-    while pos + 8 <= len(head):
-        cid = head[pos : pos + 4]
-        size = struct.unpack_from("<I", head, pos + 4)[0]
-        body = pos + 8
-        if cid == b"fmt ":
-            if size < 16 or body + 16 > len(head):
-                raise ValueError(f"{name}: truncated fmt chunk")
-            fmt = struct.unpack_from("<HHIIHH", head, body)
-            if size >= 20 and body + 20 <= len(head):
-                spb = struct.unpack_from("<H", head, body + 18)[0]
-        elif cid == b"fact" and size >= 4 and body + 4 <= len(head):
-            fact_offset = body
-            fact_frames = struct.unpack_from("<I", head, body)[0]
-        elif cid == b"data":
-            if fmt is None:
-                raise ValueError(f"{name}: data chunk before any fmt chunk")
-            tag, channels, rate, _avg, block_align, bits = fmt
-            return WavInfo(
-                tag, channels, rate, block_align, bits, spb if tag == 0x0011 else 0,
-                riff_size, body, size, fact_offset, fact_frames, file_size,
-            )  # fmt: skip
-        pos = body + size + (size & 1)
-    if fmt is None:
-        raise ValueError(f"{name}: not a WAV file we can read (no fmt chunk)")
-    raise ValueError(f"{name}: no data chunk (file cut inside the header?)")
-
-
-def repair(path: str) -> str:
-    """Make the header of a WAV left by a crash describe its audio exactly; returns a one-line summary.
-
-    The audio is taken to run from the data chunk to the end of the file (our
-    writer's layout); a trailing partial unit (ADPCM block, frame) is cut off,
-    a RIFF pad byte added when the data is odd, and the RIFF, fact and data
-    sizes rewritten. A file whose header already matches is left untouched.
-    ValueError (with the reason) if `path` is not a WAV file we can repair.
-    """
-    info = read_info(path)
-    if info.channels < 1:
-        raise ValueError(f"{path}: fmt chunk says {info.channels} channels")
-    unit_bytes, unit_frames = info.unit()
-    available = info.file_size - info.data_offset
-    if info.data_size & 1 and available == info.data_size + 1:
-        available -= 1  # that last byte is the RIFF pad of a finished file, not audio
-    data = available // unit_bytes * unit_bytes
-    pad = data & 1
-    new_size = info.data_offset + data + pad
-    frames = data // unit_bytes * unit_frames
-    name = os.path.basename(path)
-    seconds = frames / info.rate if info.rate else 0.0
-    what = f"{_tag_name(info.format_tag, info.bits_per_sample)} {info.rate} Hz {info.channels} ch, {frames} frames ({seconds:.2f} s)"
-    consistent = (
-        info.data_size == data
-        and info.riff_size == new_size - 8
-        and info.file_size == new_size
-        and (not info.fact_offset or info.fact_frames == frames)
-    )
-    if consistent:
-        return f"{name}: header already consistent: {what}"
-    with open(path, "r+b") as f:
-        if info.file_size > info.data_offset + data:
-            f.truncate(info.data_offset + data)
-        if pad:
-            f.seek(info.data_offset + data)
-            f.write(b"\0")
-        f.seek(4)
-        f.write(struct.pack("<I", new_size - 8))
-        if info.fact_offset:
-            f.seek(info.fact_offset)
-            f.write(struct.pack("<I", frames))
-        f.seek(info.data_offset - 4)
-        f.write(struct.pack("<I", data))
-        f.flush()
-        os.fsync(f.fileno())
-    changes = [
-        f"{label} {old} -> {new}"
-        for label, old, new in (
-            ("data size", info.data_size, data),
-            ("RIFF size", info.riff_size, new_size - 8),
-            ("fact frames", info.fact_frames if info.fact_offset else frames, frames),
-        )
-        if old != new
-    ]
-    if available > data:
-        changes.append(f"dropped {available - data} bytes of a partial unit")
-    if pad and info.file_size < new_size:
-        changes.append("added the RIFF pad byte")
-    return f"{name}: repaired: {what}; " + ", ".join(changes)
-
-
-def _tag_name(tag: int, bits: int) -> str:
-    for codec in CODECS.values():
-        if codec.format_tag == tag and (tag != 1 or codec.bits_per_sample == bits):
-            return codec.name
-    return {0x0010: "oki", 0x0003: "float"}.get(tag, f"tag 0x{tag:04x}")
-
-
-def to_vox(wav_path: str, vox_path: str) -> int:
-    """Write the raw .vox form of an OKI WAV (for sox and libsndfile, which refuse OKI in WAV).
-
-    The .vox file is the data chunk's bytes, nothing else; readers must be told
-    the rate (`sox -t vox -r RATE`). Returns the number of samples it holds.
-    Refuses to overwrite an existing `vox_path`.
-    """
-    info = read_info(wav_path)
-    if info.format_tag not in (0x0010, 0x0017) or info.channels != 1:
-        raise ValueError(f"{wav_path}: not a mono OKI ADPCM WAV (format tag 0x{info.format_tag:04x})")
-    size = min(info.data_size, info.file_size - info.data_offset)
-    with open(wav_path, "rb") as src:
-        src.seek(info.data_offset)
-        data = src.read(size)
-    fd = os.open(vox_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as dst:
-        dst.write(data)
-    return 2 * len(data)

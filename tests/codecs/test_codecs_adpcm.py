@@ -32,9 +32,9 @@ from codectools import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.codecs import ima, oki
-from worker.sink import FileSink
-from worker.wavfile import WavWriter
+from wholecall.worker.codecs import ima, oki
+from wholecall.worker.sink import FileSink
+from wholecall.worker.wavfile import WavWriter
 
 SNR_FLOOR_DB = {"s16bit": 200.0, "alaw": 35.0, "ulaw": 35.0, "u8bit": 30.0, "ima": 17.0, "oki": 17.0}
 

@@ -20,9 +20,9 @@ from codectools import HAVE_TOOLS, decode_ffmpeg, decode_soundfile, decode_sox
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
-from worker.codecs import g711
-from worker.sink import FileSink
-from worker.wavfile import WavWriter
+from wholecall.worker.codecs import g711
+from wholecall.worker.sink import FileSink
+from wholecall.worker.wavfile import WavWriter
 
 # A-law, 13-bit magnitudes 0..4095: segment s spans [EDGE[s], EDGE[s+1]) in 16 equal steps.
 A_EDGES = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)

@@ -35,8 +35,8 @@ from codectools import (
 )
 from test_codecs_adpcm import SNR_FLOOR_DB
 
-from worker.codecs import g711, pcm
-from worker.wavfile import read_info, repair
+from wholecall.worker.codecs import g711, pcm
+from wholecall.formats.wav import read_info, repair
 
 pytestmark = pytest.mark.skipif(not HAVE_TOOLS, reason="needs sox and ffmpeg")
 
@@ -45,8 +45,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CHILD = r"""
 import sys, time
 import numpy as np
-from worker.sink import FileSink
-from worker.wavfile import WavWriter
+from wholecall.worker.sink import FileSink
+from wholecall.worker.wavfile import WavWriter
 path, fmt, rate, block, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 x = np.load(sys.argv[6])
 w = WavWriter(FileSink(path), fmt, rate, 1 if x.ndim == 1 else x.shape[1])

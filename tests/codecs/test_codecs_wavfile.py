@@ -12,18 +12,11 @@ from codectools import decode_ffmpeg, speech
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.codecs import CODECS, pcm
-from worker.sink import FileSink
-from worker.wavfile import (
-    FORMATS,
-    RATES,
-    STEREO_FORMATS,
-    WavWriter,
-    header_bytes,
-    read_info,
-    repair,
-    to_vox,
-)
+from wholecall.formats.codecs import CODECS, FORMATS, RATES, STEREO_FORMATS
+from wholecall.formats.wav import header_bytes, read_info, repair, to_vox
+from wholecall.worker.codecs import pcm
+from wholecall.worker.sink import FileSink
+from wholecall.worker.wavfile import WavWriter
 
 
 def _frames_seen(path: str, file_format: str) -> int:
@@ -325,7 +318,7 @@ def test_to_vox_refuses_other_formats(tmp_path):
 @pytest.mark.parametrize("rate", RATES)
 def test_every_refreshed_header_is_the_one_built_from_scratch(tmp_path, file_format, rate):
     """Refreshes patch a header template; after each write it must equal a freshly built header."""
-    from worker.wavfile import _header
+    from wholecall.formats.wav import header as _header
 
     channels = 2 if file_format in STEREO_FORMATS and rate == 8000 else 1
     path = str(tmp_path / "h.wav")

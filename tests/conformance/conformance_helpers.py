@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from worker.codecs.g711 import alaw_decode, alaw_encode
+from wholecall.worker.codecs.g711 import alaw_decode, alaw_encode
 
 RATE = 8000
 FRAME = 160  # 20 ms: the worker's unit, and the +-1 frame tolerance of the length checks
@@ -27,7 +27,7 @@ HANGOVER = 1600  # Config.silence_hangover_ms default (200 ms) in samples
 def _delay() -> int:
     # The recorder's only delay: the DTMF eliminator's fixed look-ahead, which the
     # pipeline reads from the bank too. Silence and size are decided on delayed audio.
-    from worker.dtmf import DtmfBank
+    from wholecall.worker.dtmf import DtmfBank
 
     return int(DtmfBank.lookahead_frames) * FRAME
 

@@ -13,11 +13,11 @@ import re
 
 import pytest
 
-from protocol import StartJob
+from wholecall.protocol import StartJob
 
 
 def make_controller(root: str, **kw):
-    from controller import Controller
+    from wholecall.controller import Controller
 
     kw.setdefault("workers", 2)
     kw.setdefault("max_channels", 128)

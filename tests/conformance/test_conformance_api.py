@@ -10,11 +10,11 @@ import threading
 import numpy as np
 import pytest
 
-import controller as api
+import wholecall.controller as api
 from conformance_helpers import DELAY, FRAME, feed_both, in_thread, silence, tone, wait_for
 from conftest import make_controller
-from controller import Cause, RecorderState
-from controller.states import _TRANSITIONS, Phase, RecorderMachine, TransitionError
+from wholecall.controller import Cause, RecorderState
+from wholecall.controller.states import _TRANSITIONS, Phase, RecorderMachine, TransitionError
 
 
 def test_channel_has_a_whole_call_recorder_property(service):

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conformance_helpers import alaw_exact, feed, feed_both, files_under, has_tone, mix, read, tone
-from controller import AESCBCCipher, Cause, Error, RecorderState, WholeCallRecorder, new_iv, new_key, validate
-from worker.codecs import CODECS
-from worker.codecs.g711 import ulaw_decode, ulaw_encode
-from worker.wavfile import read_info
+from wholecall.controller import AESCBCCipher, Cause, Error, RecorderState, WholeCallRecorder, new_iv, new_key, validate
+from wholecall.formats.codecs import CODECS
+from wholecall.worker.codecs.g711 import ulaw_decode, ulaw_encode
+from wholecall.formats.wav import read_info
 
 FORMATS = ("alaw", "ulaw", "oki", "ima", "s16bit", "u8bit")
 RATES = (6000, 8000, 11000, 11025)
@@ -206,7 +206,7 @@ def test_dtmf_elim_reaches_the_worker(call, sent, name):
     Plumbing only (DTMF accuracy is tests/dsp): the flag is in the start command, and
     with dtmf_elim=False a keyed digit stays in the file.
     """
-    from controller.media import dtmf_tone
+    from wholecall.controller.media import dtmf_tone
 
     rec = call.WholeCallRecorder
     for flag in (True, False):
@@ -265,7 +265,7 @@ def test_filename_is_relative_to_the_recordings_dir(call, name, rec_dir):
 
 
 def _private_key():
-    from controller import EnvelopePrivateKey
+    from wholecall.controller import EnvelopePrivateKey
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from conformance_helpers import feed, feed_both, has_tone, in_thread, read, silence, tone, wait_for
-from controller import Cause, Error, Hangup, RecorderState
+from wholecall.controller import Cause, Error, Hangup, RecorderState
 
 
 def test_many_channels_from_many_threads(service, name):

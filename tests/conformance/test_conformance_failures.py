@@ -13,8 +13,8 @@ import pytest
 
 from conformance_helpers import feed_both, files_under, in_thread, read, tone, wait_for
 from conftest import make_controller
-from controller import Cause, RecorderState
-from worker.wavfile import read_info
+from wholecall.controller import Cause, RecorderState
+from wholecall.formats.wav import read_info
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conformance_helpers import feed, feed_both, files_under, has_tone, read, silence, tone, write_wav
-from controller import Cause, Error, Hangup, RecorderState
-from controller.states import CallState
+from wholecall.controller import Cause, Error, Hangup, RecorderState
+from wholecall.controller.states import CallState
 
 FUNCS = ("record", "start", "stop", "wait_until_finished")
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conformance_helpers import alaw_exact, feed, mix, read, silence, tone
-from controller import Cause, RecorderState
-from worker.codecs import CODECS
-from worker.wavfile import read_info
+from wholecall.controller import Cause, RecorderState
+from wholecall.formats.codecs import CODECS
+from wholecall.formats.wav import read_info
 
 
 def _noise(n: int, seed: int, scale: float = 3000) -> np.ndarray:

@@ -20,8 +20,8 @@ from conformance_helpers import (
     noise, read, silence, tone, wait_for,
 )
 from conftest import make_controller
-from controller import Cause, RecorderState
-from worker.wavfile import read_info
+from wholecall.controller import Cause, RecorderState
+from wholecall.formats.wav import read_info
 
 LOOKAHEAD = DELAY + FRAME  # audio to write past a limit so the delayed decision surely sees it
 
@@ -281,7 +281,7 @@ def test_silence_threshold_and_hangover_are_controller_settings(quiet_service, n
     `Config.silence_hangover_ms`, documented settings of the Controller, sent to the
     worker with each job (no constant inside the worker).
     """
-    from controller import Controller
+    from wholecall.controller import Controller
 
     assert Controller().config.silence_dbfs == -45.0  # the documented default
     ch = quiet_service.incoming_call()
@@ -347,7 +347,7 @@ def test_silence_trimming_holds_for_every_format_and_rate(call, name, file_forma
     Pre-roll and tail are decided on the call's 8 kHz audio and carried to the file's
     rate: to one frame (at the file's rate), or half an IMA block.
     """
-    from worker.codecs import CODECS
+    from wholecall.formats.codecs import CODECS
 
     rec = call.WholeCallRecorder
     assert rec.start(name(), file_format=file_format, rate=rate, milliseconds_initial_silence=2000,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conformance_helpers import DELAY, alaw_exact, feed, feed_both, mix, read, silence, tone
-from controller import Cause, RecorderState
-from worker.codecs import CODECS
-from worker.wavfile import header_bytes, read_info
+from wholecall.controller import Cause, RecorderState
+from wholecall.formats.codecs import CODECS
+from wholecall.formats.wav import header_bytes, read_info
 
 FORMATS = ("alaw", "ulaw", "oki", "ima", "s16bit", "u8bit")
 
@@ -151,7 +151,7 @@ def test_encrypted_file_respects_max_bytes(call, name, scheme):
     record(): "if the recorded file is to be encrypted, supply the cipher so it can be encrypted
     when recording is completed."
     """
-    from controller import AESCBCCipher, EnvelopeCipher, new_iv, new_key
+    from wholecall.controller import AESCBCCipher, EnvelopeCipher, new_iv, new_key
 
     if scheme == "aes-cbc":
         cipher = AESCBCCipher(new_key(), new_iv())

@@ -21,10 +21,10 @@ import tempfile
 import pytest
 from crypto_helpers import apply, known_audio, leaks, openssl_decrypt, rsa_pems, writer_ops
 
-import worker.cryptofile as cf
-from controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, validate
-from worker.crypto import find_parts, open_sink, recover
-from worker.sink import FileSink
+import wholecall.formats.encrypted as cf
+from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, validate
+from wholecall.worker.crypto import find_parts, open_sink, recover
+from wholecall.worker.sink import FileSink
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -116,9 +116,9 @@ def test_discard_leaves_nothing(tmp_path) -> None:
 WORKER = r"""
 import json, os, signal, sys, time
 sys.path[:0] = [os.environ["REPO"], os.environ["HERE"]]
-import worker.cryptofile as cf
+import wholecall.formats.encrypted as cf
 from crypto_helpers import apply, known_audio, writer_ops
-from worker.crypto import open_sink
+from wholecall.worker.crypto import open_sink
 cfg = json.loads(sys.stdin.readline())          # the key comes on stdin, not argv
 wire = {k: bytes.fromhex(v) if k in ("key", "iv") else v for k, v in cfg["wire"].items()}
 sink = open_sink(cfg["path"], wire)

@@ -10,10 +10,10 @@ from crypto_helpers import rsa_pems
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, wire_cipher
-from controller.errors import Error
-from worker.crypto import EncryptedSink, open_sink
-from worker.sink import FileSink
+from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, wire_cipher
+from wholecall.controller.errors import Error
+from wholecall.worker.crypto import EncryptedSink, open_sink
+from wholecall.worker.sink import FileSink
 
 KEY256 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 IV = "0f0e0d0c0b0a09080706050403020100"

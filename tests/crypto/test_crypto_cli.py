@@ -7,10 +7,10 @@ import os
 import pytest
 from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 
-from controller.cipher import AESCBCCipher, EnvelopeCipher, new_iv, new_key
-from controller.decrypt_cli import decrypt_command, recover_command
-from worker.crypto import open_sink
-from worker.sink import FileSink
+from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, new_iv, new_key
+from wholecall.cli.decrypt import decrypt_command, recover_command
+from wholecall.worker.crypto import open_sink
+from wholecall.worker.sink import FileSink
 
 OPS = writer_ops(known_audio(20_000), chunk=4000, refresh_every=2)
 

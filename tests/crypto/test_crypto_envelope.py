@@ -8,11 +8,11 @@ import struct
 import pytest
 from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 
-from controller.cipher import EnvelopeCipher, EnvelopePrivateKey, validate, validation_error
-from controller.errors import Error
-from worker import cryptofile as cf
-from worker.crypto import open_sink
-from worker.sink import FileSink
+from wholecall.controller.cipher import EnvelopeCipher, EnvelopePrivateKey, validate, validation_error
+from wholecall.controller.errors import Error
+from wholecall.formats import encrypted as cf
+from wholecall.worker.crypto import open_sink
+from wholecall.worker.sink import FileSink
 
 
 def _record(tmp_path, name: str, ops, pub: bytes) -> str:

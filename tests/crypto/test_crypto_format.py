@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker import cryptofile as cf
+from wholecall.formats import encrypted as cf
+from wholecall.formats import wav
 
 
 @settings(max_examples=200, deadline=None)
@@ -65,7 +66,7 @@ def _sf_wav(subtype: str, n: int = 4001) -> bytes:
 
 
 def _check(data: bytes, piece: int = 7) -> str | None:
-    checker = cf.WavChecker()
+    checker = wav.WavChecker()
     for i in range(0, len(data), piece):
         checker.feed(data[i:i + piece])
     return checker.result()
@@ -122,23 +123,27 @@ def test_missing_data_chunk() -> None:
 
 
 def test_wav_repair_stale_header() -> None:
-    """A writer killed between header refreshes: sizes say 1000, 1803 bytes of audio are there."""
+    """A writer killed between header refreshes: sizes say 1000, 1803 bytes of audio are there.
+
+    The one repair policy (formats.wav) keeps every whole unit and adds the RIFF pad byte
+    to an odd data chunk, the same for a plain file and for an intermediate's plaintext.
+    """
     content = wav_header(1000) + known_audio(1803)
-    patches, size = cf.wav_repair(content[:100], len(content))
-    fixed = b"".join(cf.patch_stream([content[i:i + 5] for i in range(0, len(content), 5)], patches, size))
+    plan = wav.repair_plan(content[:100], len(content))
+    fixed = b"".join(wav.patch_stream([content[i:i + 5] for i in range(0, len(content), 5)], plan.patches, plan.size))
     assert _check(fixed) is None
-    assert size == 44 + 1802 and fixed[44:] == content[44:44 + 1802]  # even size: no pad byte needed
+    assert plan.size == 44 + 1803 + 1 and fixed[44:44 + 1803] == content[44:] and fixed[-1:] == b"\0"  # pad byte
     s16 = wav_header(0, tag=1, bits=16) + known_audio(1001)  # a half sample at the end is dropped
-    patches, size = cf.wav_repair(s16, len(s16))
-    assert size == 44 + 1000
-    assert cf.wav_repair(GOOD, len(GOOD)) == ([], len(GOOD))  # consistent: left alone
-    assert cf.wav_repair(b"garbage" * 10, 70) is None
-    assert cf.wav_repair(b"", 0) is None
+    assert wav.repair_plan(s16, len(s16)).size == 44 + 1000
+    assert wav.repair_plan(GOOD, len(GOOD)).patches == []  # consistent: left alone
+    for garbage in (b"garbage" * 10, b""):
+        with pytest.raises(ValueError, match="not a WAV file"):
+            wav.repair_plan(garbage, len(garbage))
 
 
 def test_patch_stream_across_chunk_boundaries() -> None:
     data = bytes(range(50))
-    out = b"".join(cf.patch_stream([data[i:i + 3] for i in range(0, 50, 3)], [(4, b"ABCD"), (20, b"Z")], 30))
+    out = b"".join(wav.patch_stream([data[i:i + 3] for i in range(0, 50, 3)], [(4, b"ABCD"), (20, b"Z")], 30))
     assert out == bytes(range(4)) + b"ABCD" + bytes(range(8, 20)) + b"Z" + bytes(range(21, 30))
 
 

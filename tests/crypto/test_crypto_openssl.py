@@ -10,10 +10,10 @@ from crypto_helpers import apply, known_audio, openssl_decrypt, writer_ops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.cipher import AESCBCCipher, new_iv, new_key, validate, validation_error
-from worker import cryptofile as cf
-from worker.crypto import open_sink
-from worker.sink import FileSink
+from wholecall.controller.cipher import AESCBCCipher, new_iv, new_key, validate, validation_error
+from wholecall.formats import encrypted as cf
+from wholecall.worker.crypto import open_sink
+from wholecall.worker.sink import FileSink
 
 
 def _both(tmp_path, ops, cipher: AESCBCCipher) -> tuple[bytes, str]:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from crypto_helpers import openssl_decrypt, rsa_pems
 
-from controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, validation_error
-from worker.crypto import open_sink
-from worker.sink import FileSink
-from worker.wavfile import FORMATS, WavWriter
+from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, validation_error
+from wholecall.worker.crypto import open_sink
+from wholecall.worker.sink import FileSink
+from wholecall.formats.codecs import FORMATS
+from wholecall.worker.wavfile import WavWriter
 
 TONE = np.rint(8000 * np.sin(np.arange(8000 * 2) / 5.0)).astype(np.int16)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.dtmf import (
+from wholecall.worker.dtmf import (
     DBM0_PEAK,
     DIGITS,
     FRAME,

@@ -10,7 +10,7 @@ from dtmftools import DIGITS, FRAME, LOOKAHEAD_FRAMES, run_bank, tone, white
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.dtmf import DtmfBank
+from wholecall.worker.dtmf import DtmfBank
 
 L = LOOKAHEAD_FRAMES
 GUARD_MAX = 80  # samples: documented worst case; a quiet background gives <= 20
@@ -231,7 +231,7 @@ def test_property_delay_line_with_random_calls(nrows, nframes, seed, base):
 def test_int16_bank_decides_and_outputs_exactly_what_the_float32_bank_does():
     """The worker's int16 delay line: for telephony samples, the same digits, the same
     onsets and the same output sample for sample as the float32 bank."""
-    from controller.loadgen import load_programs
+    from wholecall.sim.loadgen import load_programs
 
     progs = load_programs()[0]  # espeak-ng speech, silence and DTMF keyed on either leg
     legs = 40
@@ -297,7 +297,7 @@ def test_reading_straight_from_rings_equals_processing_the_gathered_frames():
     """`process_ring` (the worker's path) against `process` on the same frames cut out by
     hand: rings that wrap inside a frame, legs with only part of the block written
     (the rest silence), random block sizes, tones to mute; outputs and events equal."""
-    from controller.loadgen import load_programs
+    from wholecall.sim.loadgen import load_programs
 
     progs = load_programs()[0]
     legs, cap = 24, 2048  # small rings: every leg wraps every 256 ms

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from dtmftools import DIGITS, clip16, operate_deviation, run_bank, tone, white
 
-from worker.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from wholecall.worker.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 GUARD_MAX = 80  # samples (10 ms): the most the muting may exceed a tone on either side
 FLOOR_DBM0 = -70.0  # background noise under every signal (makes muted samples visible)

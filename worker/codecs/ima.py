@@ -36,9 +36,11 @@ with warnings.catch_warnings():  # 3.11/3.12 warn that audioop leaves the stdlib
     except ImportError:  # pragma: no cover
         import audioop_lts as audioop  # type: ignore[import-not-found, no-redef]
 
-BLOCK_BYTES = 256
+from wholecall.formats.codecs import IMA_BLOCK_BYTES as BLOCK_BYTES
+from wholecall.formats.codecs import IMA_SAMPLES_PER_BLOCK as SAMPLES_PER_BLOCK
+
 HEADER_BYTES = 4
-SAMPLES_PER_BLOCK = 1 + 2 * (BLOCK_BYTES - HEADER_BYTES)  # 505
+assert SAMPLES_PER_BLOCK == 1 + 2 * (BLOCK_BYTES - HEADER_BYTES)  # 505
 
 _SWAP_NIBBLES = bytes(((b >> 4) | ((b & 0x0F) << 4)) for b in range(256))
 _HEADER = struct.Struct("<hBB")

@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from worker import cryptofile as cf
+from wholecall.formats import encrypted as cf
+from wholecall.formats import wav
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -181,7 +182,7 @@ def _decrypt(args: argparse.Namespace) -> int:
         plain = cf.iter_decrypt(fd, key=key, iv=iv, private_key=private_key, allow_part=True)
         check_wav = not args.no_wav_check and kind != "part"
         if args.check:
-            checker = cf.WavChecker()
+            checker = wav.WavChecker()
             for data in plain:
                 checker.feed(data)
             problem = checker.result()
@@ -218,7 +219,7 @@ def _write_output(out: str, plain: Iterator[bytes], check_wav: bool, force: bool
     except OSError as exc:
         raise _Fail(f"cannot write in {directory}: {exc.strerror}") from None
     try:
-        checker = cf.WavChecker()
+        checker = wav.WavChecker()
         for data in plain:
             checker.feed(data)
             cf.write_all(fd, data)

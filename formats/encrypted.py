@@ -1,13 +1,11 @@
 """The on-disk formats of encrypted recordings: both the encrypt and the decrypt side.
 
 This module owns every byte layout that encryption puts on disk, so that the
-worker (which writes recordings) and the controller (which validates and
-decrypts them, `wholecall decrypt`) can never disagree about a format. It holds
-no process state: only constants, pure functions and small stream objects.
-`controller/cipher.py` imports it although the controller otherwise imports only
-from shm/ and protocol/; that exception to DESIGN's layering is deliberate (one
-copy of the format code) and this module must therefore stay free of anything
-worker-specific.
+worker (which writes recordings) and the controller and CLI (which validate and
+decrypt them, `wholecall decrypt`) can never disagree about a format. It holds
+no process state: only constants, pure functions and small stream objects. It
+sits in the bottom layer (`wholecall.formats`) with the WAV module it uses for
+repairing the plaintext of an intermediate.
 
 Three formats (all integers big-endian):
 
@@ -81,6 +79,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import wav
+
 #: Wire names of the schemes (the ``"scheme"`` value of a cipher's wire dict).
 SCHEME_CBC = "aes-cbc"
 SCHEME_ENVELOPE = "envelope"
@@ -114,7 +114,6 @@ TMP_SUFFIX = ".wctmp"
 
 CHUNK = 1 << 16  # 64 KiB: OpenSSL is ~5x faster on cache-resident chunks than on 1 MiB ones
 _ZERO_FILL = bytes(CHUNK)
-_WAV_HEAD = 1 << 16  # the data chunk header must lie in the first 64 KiB to be repaired
 
 
 class CryptoFileError(ValueError):
@@ -519,168 +518,6 @@ def _iter_envelope(fd: int, size: int, private_key: rsa.RSAPrivateKey, chunk: in
                               "(discard anything decrypted from it)") from None
 
 
-# --------------------------------------------------------------------------- WAV structure
-
-
-class WavChecker:
-    """Checks RIFF/WAVE structure of a byte stream fed in order, keeping only headers in memory.
-
-    Valid means: "RIFF" size + 8 == stream length, "WAVE", a chain of chunks that
-    ends exactly at the RIFF end (the last chunk's pad byte may be missing), a
-    fmt chunk (>= 16 bytes, channels, rate and block align non-zero) before the
-    data chunk, and for PCM / A-law / mu-law a data size that is a whole number
-    of blocks.
-    """
-
-    def __init__(self) -> None:
-        self.length = 0
-        self.error: str | None = None
-        self.riff_end: int | None = None
-        self.fmt: tuple[int, int, int, int, int, int] | None = None  # tag, channels, rate, bytes/s, align, bits
-        self.data_at: int | None = None  # offset of the data chunk's payload
-        self.data_size: int | None = None
-        self._want_at = 0
-        self._want_len = 12
-        self._got = bytearray()
-        self._stage = "riff"
-        self._chunk_at = 0
-        self._chunk_size = 0
-
-    def feed(self, data: bytes) -> None:
-        start = self.length
-        self.length += len(data)
-        while self.error is None and self._want_len:
-            need_from = self._want_at + len(self._got)
-            if need_from >= self.length:
-                return
-            hi = min(self._want_at + self._want_len, self.length)
-            self._got += data[max(need_from - start, 0):hi - start]
-            if len(self._got) < self._want_len:
-                return
-            got = bytes(self._got)
-            self._got.clear()
-            self._parse(got)
-
-    def _next_chunk(self, at: int) -> None:
-        assert self.riff_end is not None
-        if at >= self.riff_end:  # the end (past it by one when the last chunk's pad byte is missing)
-            self._want_len = 0
-            return
-        if at + 8 > self.riff_end:
-            self.error = f"{self.riff_end - at} stray bytes at {at} before the RIFF end"
-            return
-        self._stage, self._want_at, self._want_len = "chunk", at, 8
-
-    def _parse(self, got: bytes) -> None:
-        if self._stage == "riff":
-            if got[:4] != b"RIFF" or got[8:12] != b"WAVE":
-                self.error = "not a RIFF/WAVE file"
-                return
-            self.riff_end = 8 + int.from_bytes(got[4:8], "little")
-            self._next_chunk(12)
-        elif self._stage == "chunk":
-            cid, size = got[:4], int.from_bytes(got[4:8], "little")
-            at = self._want_at
-            assert self.riff_end is not None
-            if at + 8 + size > self.riff_end:
-                self.error = f"chunk {cid!r} at {at} ({size} bytes) runs past the RIFF end {self.riff_end}"
-                return
-            if cid == b"fmt ":
-                if self.fmt is not None:
-                    self.error = "two fmt chunks"
-                    return
-                if size < 16:
-                    self.error = f"fmt chunk of {size} bytes (needs 16)"
-                    return
-                self._stage, self._want_at, self._want_len = "fmt", at + 8, 16
-                self._chunk_at, self._chunk_size = at, size
-                return
-            if cid == b"data":
-                if self.fmt is None:
-                    self.error = "data chunk before fmt chunk"
-                    return
-                if self.data_at is not None:
-                    self.error = "two data chunks"
-                    return
-                self.data_at, self.data_size = at + 8, size
-            self._next_chunk(at + 8 + size + (size & 1))
-        elif self._stage == "fmt":
-            tag, channels, rate, bps, align, bits = struct.unpack("<HHIIHH", got)
-            if not channels or not rate or not align:
-                self.error = "fmt chunk has zero channels, rate or block align"
-                return
-            self.fmt = (tag, channels, rate, bps, align, bits)
-            self._next_chunk(self._chunk_at + 8 + self._chunk_size + (self._chunk_size & 1))
-
-    def result(self) -> str | None:
-        """None if the stream was a valid WAV, else why not."""
-        if self.error:
-            return self.error
-        if self.riff_end is None:
-            return f"too short for a RIFF header ({self.length} bytes)"
-        if self.length != self.riff_end:
-            return f"RIFF size says {self.riff_end} bytes, the file has {self.length}"
-        if self._want_len:
-            return "truncated inside a chunk header"
-        if self.fmt is None:
-            return "no fmt chunk"
-        if self.data_at is None or self.data_size is None:
-            return "no data chunk"
-        if self.fmt[0] in (1, 6, 7) and self.data_size % self.fmt[4]:
-            return f"data size {self.data_size} is not a multiple of the block align {self.fmt[4]}"
-        return None
-
-
-def wav_repair(head: bytes, size: int) -> tuple[list[tuple[int, bytes]], int] | None:
-    """Patches that make a WAV cut off mid-recording (sizes stale, tail unaccounted) valid.
-
-    `head` is the first bytes of the content (at least up to the data chunk
-    header), `size` its full length. The data chunk is taken to run to the end,
-    rounded down to whole blocks and to an even size (so no pad byte is needed);
-    RIFF and data sizes are rewritten. Returns (patches, new size), or None if the
-    content has no recognisable fmt + data header (it is then left as it is).
-    Stale fact chunks (ADPCM sample counts) are not touched.
-    """
-    checker = WavChecker()
-    checker.feed(head)
-    if checker.fmt is None or checker.data_at is None:
-        return None
-    assert checker.riff_end is not None and checker.data_size is not None
-    if checker.riff_end == size and checker.data_at + checker.data_size <= size:
-        return [], size  # sizes already consistent: a finished file, leave every byte alone
-    align = checker.fmt[4]
-    data_size = max(0, size - checker.data_at)
-    data_size -= data_size % align
-    while data_size % 2:
-        data_size -= align
-    data_size = max(0, min(data_size, 0xFFFFFFFF - checker.data_at))
-    new_size = checker.data_at + data_size
-    patches = [(4, (new_size - 8).to_bytes(4, "little")),
-               (checker.data_at - 4, data_size.to_bytes(4, "little"))]
-    return patches, new_size
-
-
-def patch_stream(chunks: Iterable[bytes], patches: list[tuple[int, bytes]], size: int) -> Iterator[bytes]:
-    """`chunks` with byte patches applied and cut to `size` bytes (all patches lie below `size`)."""
-    pos = 0
-    for data in chunks:
-        if pos >= size:
-            break
-        if pos + len(data) > size:
-            data = data[:size - pos]
-        end = pos + len(data)
-        hits = [(o, b) for o, b in patches if o < end and o + len(b) > pos]
-        if hits:
-            buf = bytearray(data)
-            for o, b in hits:
-                for i, byte in enumerate(b):
-                    if pos <= o + i < end:
-                        buf[o + i - pos] = byte
-            data = bytes(buf)
-        pos = end
-        yield data
-
-
 # --------------------------------------------------------------------------- publishing
 
 
@@ -793,10 +630,13 @@ def recover(part_path: str, *, key: bytes | None = None, private_key: rsa.RSAPri
         size = max(0, os.fstat(fd).st_size - header.body_offset)
         chunks: Iterable[bytes] = iter_part_plaintext(fd, header, body_key, size)
         if repair_wav:
-            head = b"".join(iter_part_plaintext(fd, header, body_key, min(size, _WAV_HEAD)))
-            fix = wav_repair(head, size)
-            if fix is not None:
-                chunks = patch_stream(chunks, fix[0], fix[1])
+            head = b"".join(iter_part_plaintext(fd, header, body_key, min(size, wav.HEAD_BYTES)))
+            try:
+                plan = wav.repair_plan(head, size, part_path)
+            except ValueError:
+                plan = None  # no recognisable WAV header: the content is published as it is
+            if plan is not None and plan.patches:
+                chunks = wav.patch_stream(chunks, plan.patches, plan.size)
         encryptor: StreamEncryptor
         if header.scheme == SCHEME_CBC:
             assert key is not None

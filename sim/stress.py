@@ -55,13 +55,13 @@ from typing import Callable
 
 import numpy as np
 
-from shm.arena import SHM_DIR, huge_pages
-from shm.layout import Layout
+from wholecall.shm.arena import SHM_DIR, huge_pages
+from wholecall.shm.layout import Layout
 
 from .arena_mount import private_arena_dir
-from .config import Config
+from wholecall.controller.config import Config
 from .loadgen import LoadGenerators, Programs, load_programs
-from .recorder import StartTrace
+from wholecall.controller.recorder import StartTrace
 
 log = logging.getLogger("wholecall.stress")
 
@@ -244,7 +244,7 @@ def decode(path: str, file_format: str, rate: int) -> tuple[np.ndarray, int, str
         return data, sr, info.subtype
     import io
 
-    from worker.wavfile import read_info
+    from wholecall.formats.wav import read_info
 
     info = read_info(path)
     with open(path, "rb") as f:
@@ -380,7 +380,7 @@ class Run:
     # -- phases ---------------------------------------------------------------------------
 
     def execute(self) -> dict:
-        from . import Controller
+        from wholecall.controller import Controller
 
         cfg = self.cfg
         rng = np.random.default_rng(12345)

@@ -14,7 +14,7 @@ comfort-noise pauses and DTMF digit strings keyed by the caller. A call plays on
 program from a phase chosen per cohort, so the recorder sees realistic turn-taking,
 silences shorter than the stress run's `milliseconds_max_silence`, and DTMF for the
 eliminator. The library is built once and cached under `cache_dir()`; without
-espeak-ng (or soxr) the speech is `controller.cli.speech_like`.
+espeak-ng (or soxr) the speech is `wholecall.sim.signals.speech_like`.
 
 Control, never audio, travels over one ZeroMQ PAIR socket per load generator
 (msgpack maps; the loadgen connects, `LoadGenerators` binds):
@@ -48,9 +48,9 @@ import msgpack
 import numpy as np
 import zmq
 
-from shm import Arena, LegBatchWriter
+from wholecall.shm import Arena, LegBatchWriter
 
-from .procenv import media_env
+from wholecall.controller.procenv import media_env
 
 log = logging.getLogger("wholecall.loadgen")
 
@@ -123,7 +123,7 @@ def speech_clips() -> tuple[list[np.ndarray], str]:
             log.warning("espeak-ng speech unavailable (%s): using synthetic speech", e)
             clips = []
     if not clips:
-        from .cli import speech_like
+        from .signals import speech_like
 
         source = "synthetic"
         for i in range(len(SENTENCES)):
@@ -172,7 +172,7 @@ class Programs:
 
 def build_programs(count: int = 16, seconds: float = 40.0, seed: int = 7) -> Programs:
     """`count` two-party conversations of `seconds` each: turns of speech, short pauses, DTMF."""
-    from .media import dtmf_tone
+    from wholecall.controller.media import dtmf_tone
 
     rng = np.random.default_rng(seed)
     clips, source = speech_clips()
@@ -344,7 +344,7 @@ def run(arena_name: str, endpoint: str, programs_path: str, block_ms: float, pri
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m controller.loadgen", description="wholecall load generator")
+    p = argparse.ArgumentParser(prog="python -m wholecall.sim.loadgen", description="wholecall load generator")
     p.add_argument("--arena", required=True, help="ring arena: its path (or its name in /dev/shm)")
     p.add_argument("--endpoint", required=True, help="ZeroMQ endpoint of the stress command (PAIR)")
     p.add_argument("--programs", required=True, help="clip library file from load_programs()")
@@ -380,7 +380,7 @@ class LoadGenerators:
                 s.bind(ep)
                 self.socks.append(s)
                 self.poller.register(s, zmq.POLLIN)
-                cmd = [sys.executable, "-m", "controller.loadgen", "--arena", arena_name, "--endpoint", ep,
+                cmd = [sys.executable, "-P", "-m", "wholecall.sim.loadgen", "--arena", arena_name, "--endpoint", ep,
                        "--programs", programs_path, "--block-ms", str(block_ms), "--priority", str(priority)]
                 self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True))
             for i, s in enumerate(self.socks):

@@ -10,22 +10,6 @@ import sys
 import threading
 import time
 
-import numpy as np
-
-
-def speech_like(seconds: float, f0: float, seed: int, rate: int = 8000) -> np.ndarray:
-    """Voiced, syllable-paced audio with pauses: a stand-in for speech that needs no TTS."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * rate)
-    t = np.arange(n) / rate
-    pitch = f0 * (1 + 0.08 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
-    syllables = np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)), 0, None) ** 2
-    phrases = (np.sin(2 * np.pi * 0.25 * t + rng.uniform(0, 6)) > -0.3).astype(float)
-    x = voice * syllables * phrases + 0.01 * rng.standard_normal(n)
-    return np.clip(np.rint(x / np.max(np.abs(x)) * 12000), -32768, 32767).astype(np.int16)
-
 
 def demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wholecall demo", description="Record one simulated call with real workers.")
@@ -34,7 +18,8 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--dir", default="recordings", help="recordings directory")
     p.add_argument("--format", default="alaw", help="file_format of the recording")
     a = p.parse_args(argv)
-    from controller import Controller
+    from wholecall.controller import Controller
+    from wholecall.sim.signals import speech_like
 
     caller = speech_like(a.seconds, 120, 1)
     agent = speech_like(a.seconds, 210, 2)
@@ -69,7 +54,7 @@ def repair(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wholecall repair", description="Fix the header of a WAV left by a crash.")
     p.add_argument("files", nargs="+")
     a = p.parse_args(argv)
-    from worker.wavfile import repair as repair_file
+    from wholecall.formats.wav import repair as repair_file
 
     rc = 0
     for f in a.files:
@@ -82,19 +67,19 @@ def repair(argv: list[str]) -> int:
 
 
 def decrypt(argv: list[str]) -> int:
-    from controller.cipher import decrypt_command
+    from wholecall.cli.decrypt import decrypt_command
 
     return decrypt_command(argv)
 
 
 def recover(argv: list[str]) -> int:
-    from controller.decrypt_cli import recover_command
+    from wholecall.cli.decrypt import recover_command
 
     return recover_command(argv)
 
 
 def stress(argv: list[str]) -> int:
-    from controller.stress import main as stress_main
+    from wholecall.sim.stress import main as stress_main
 
     return stress_main(argv)
 

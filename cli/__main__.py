@@ -1,0 +1,5 @@
+import sys
+
+from wholecall.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""File formats both sides use: WAV facts, header, parser/checker, repair; encrypted files."""
