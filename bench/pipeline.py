@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from wholecall.protocol import StartJob  # noqa: E402
+from wholecall.protocol import Cause, StartJob  # noqa: E402
 from wholecall.shm import Arena  # noqa: E402
 from wholecall.worker.pipeline import Pipeline, default_open_sink  # noqa: E402
 
@@ -50,8 +50,7 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
             start = int(offset[2 * c]) if library else 0
             msg = StartJob(job_id=c + 1, channel=c, slot_in=2 * c, slot_out=2 * c + 1, start_pos=start,
                            path=os.path.join(out, f"c{c}.wav"), file_format=fmt, rate=8000, max_bytes=0,
-                           ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=dtmf, mode="mixed", cipher=None,
-                           silence_dbfs=-45.0, silence_hangover_ms=200, file_mode=0o600)
+                           ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=dtmf, mode="mixed", cipher=None)
             arena.job[2 * c] = arena.job[2 * c + 1] = c + 1
             if library:
                 arena.write_pos[2 * c] = arena.write_pos[2 * c + 1] = start
@@ -92,7 +91,7 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
             if prof:
                 prof.disable()
             t_cpu += time.process_time() - c0
-        pipe.abort_all("ABORTED")
+        pipe.abort_all(Cause.ABORTED)
         c0 = time.process_time()
         while pipe.jobs:
             pipe.tick(block=block)

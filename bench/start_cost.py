@@ -78,7 +78,7 @@ def controller_costs(n: int, base: str) -> dict:
 
 
 def worker_start_cost(n: int, base: str) -> dict:
-    from wholecall.protocol import StartJob
+    from wholecall.protocol import Cause, StartJob
     from wholecall.shm import Arena
     from wholecall.worker.pipeline import Pipeline, default_open_sink
 
@@ -91,8 +91,7 @@ def worker_start_cost(n: int, base: str) -> dict:
         for i in range(n):
             msg = StartJob(job_id=i + 1, channel=i, slot_in=2 * i, slot_out=2 * i + 1, start_pos=0,
                            path=os.path.join(out, f"c{i}.wav"), file_format="alaw", rate=8000, max_bytes=0,
-                           ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=True, mode="mixed", cipher=None,
-                           silence_dbfs=-45.0, silence_hangover_ms=200, file_mode=0o600)
+                           ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=True, mode="mixed", cipher=None)
             t = time.perf_counter()
             err = pipe.start(msg)
             walls.append(time.perf_counter() - t)
@@ -100,7 +99,7 @@ def worker_start_cost(n: int, base: str) -> dict:
         cpu = time.process_time() - c0
         ms = np.array(walls) * 1e3
         slow = np.argsort(ms)[-4:]
-        pipe.abort_all("ABORTED")
+        pipe.abort_all(Cause.ABORTED)
         while pipe.jobs:
             pipe.tick()
         del pipe

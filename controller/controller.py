@@ -73,6 +73,8 @@ class Controller:
                 skew_ms=cfg.skew_ms, flush_ms=cfg.flush_ms, pin=cfg.pin_workers,
                 scale_tick_ms=cfg.scale_tick_ms, scale_jobs=cfg.scale_jobs,
                 capacity=worker_capacity(cfg.max_channels, cfg.workers), priority=cfg.worker_priority,
+                silence_dbfs=float(cfg.silence_dbfs), silence_hangover_ms=cfg.silence_hangover_ms,
+                file_mode=cfg.file_mode,
             )
             self.supervisor.wait_ready(30.0)
         except BaseException:
@@ -165,11 +167,7 @@ class Controller:
                 rec = self._jobs.pop(msg.job_id, None)
             if rec is None:
                 return
-            try:
-                cause = Cause[msg.cause]
-            except KeyError:
-                cause = Cause.ERROR
-            rec._on_ended(msg.job_id, cause, msg.bytes, msg.samples, msg.duration_s, msg.error)
+            rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error)
 
     def _on_worker_lost(self, worker: int, jobs: set[int], why: str) -> None:
         for job_id in jobs:

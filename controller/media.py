@@ -21,8 +21,8 @@ from .errors import Error
 if TYPE_CHECKING:
     from .channel import CallChannel
 
-RATE = 8000
-FRAME = 160
+from wholecall.formats.codecs import CALL_RATE as RATE
+from wholecall.formats.codecs import FRAME
 
 #: ITU-T Q.23 frequency pairs (low, high) in Hz.
 DTMF_FREQS: dict[str, tuple[int, int]] = {

@@ -145,8 +145,6 @@ class WholeCallRecorder:
                 file_format=args.file_format, rate=args.rate, max_bytes=args.max_bytes,
                 ms_max_silence=args.ms_max_silence, ms_initial_silence=args.ms_initial_silence,
                 dtmf_elim=args.dtmf_elim, mode=args.mode, cipher=args.cipher,
-                silence_dbfs=float(cfg.silence_dbfs), silence_hangover_ms=cfg.silence_hangover_ms,
-                file_mode=cfg.file_mode,
             )
             self._ctl.supervisor.assign(worker, job_id)
             sent = time.monotonic()
@@ -254,7 +252,7 @@ class WholeCallRecorder:
         job_id = self._m.job_id
         self._m.fire("stop")
         end_pos = self._channel._position()
-        self._ctl.supervisor.send(self._worker, StopJob(job_id=job_id, cause=cause.value, end_pos=end_pos))
+        self._ctl.supervisor.send(self._worker, StopJob(job_id=job_id, cause=cause, end_pos=end_pos))
 
     def _hangup(self, wait_s: float) -> None:
         """The call hung up: end a running job with HANGUP and wait (bounded) for the file."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import logging
 
+from wholecall.protocol.causes import Cause
+
 log = logging.getLogger("wholecall.controller")
 
 
@@ -31,18 +33,6 @@ class RecorderState(enum.Enum):
     IDLE = "IDLE"  # recording is not in progress
     RECORDING = "RECORDING"  # recording is in progress
     ERROR = "ERROR"  # a record job failed
-
-
-class Cause(enum.Enum):
-    """The spec's recording termination causes."""
-
-    ERROR = "ERROR"  # record has stopped due to an error
-    SILENCE = "SILENCE"  # record has stopped due to a silence timeout
-    SIZE = "SIZE"  # record has stopped due to the maximum file size being reached
-    ABORTED = "ABORTED"  # record has been aborted (stop() was called)
-    HANGUP = "HANGUP"  # record ended due to a call hangup
-    TIMEOUT = "TIMEOUT"  # record stopped because a timer has expired
-    NONE = "NONE"  # record is in progress or record has not occurred
 
 
 class Phase(enum.Enum):

@@ -10,6 +10,7 @@ with ERROR and a replacement is spawned on the same CPU.
 
 from __future__ import annotations
 
+import base64
 import collections
 import logging
 import os
@@ -22,8 +23,11 @@ from typing import Callable
 
 import zmq
 
-from wholecall.protocol import Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, decode, encode
+from wholecall.protocol import (
+    Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, WorkerSettings, decode, encode,
+)
 from wholecall.protocol import sockets
+from wholecall.protocol.wake import WakePipe
 
 from .procenv import media_env
 
@@ -78,16 +82,21 @@ class Supervisor:
         scale_jobs: int = 256,
         capacity: int = 64,
         priority: int = 0,
+        silence_dbfs: float = -45.0,
+        silence_hangover_ms: int = 200,
+        file_mode: int = 0o600,
     ) -> None:
         self.n = workers
         self.run_dir = run_dir
         self.arena_name = arena_name
         self.on_event = on_event
         self.on_worker_lost = on_worker_lost
-        self.worker_args = ["--tick-ms", str(tick_ms), "--heartbeat-ms", str(heartbeat_ms),
-                            "--skew-ms", str(skew_ms), "--flush-ms", str(flush_ms),
-                            "--scale-tick-ms", str(scale_tick_ms), "--scale-jobs", str(scale_jobs),
-                            "--capacity", str(capacity), "--priority", str(priority)]
+        self.worker_settings = dict(
+            tick_ms=float(tick_ms), heartbeat_ms=float(heartbeat_ms), skew_ms=float(skew_ms), flush_ms=float(flush_ms),
+            scale_tick_ms=float(scale_tick_ms), scale_jobs=int(scale_jobs), capacity=int(capacity),
+            priority=int(priority), silence_dbfs=float(silence_dbfs), silence_hangover_ms=int(silence_hangover_ms),
+            file_mode=int(file_mode),
+        )
         self.heartbeat_timeout = heartbeat_timeout_s
         self.pin = pin
         self.priority = priority
@@ -96,8 +105,7 @@ class Supervisor:
         self.sock = sockets.router(self.ctx, self.endpoint)
         self.workers: list[WorkerHandle] = []
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._wake = WakePipe()
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._running = True
@@ -115,9 +123,9 @@ class Supervisor:
     def _spawn(self, index: int) -> WorkerHandle:
         cpu = self._cpus[index % len(self._cpus)]
         env = media_env()
-        cmd = [sys.executable, "-P", "-m", "wholecall.worker", "--index", str(index), "--cpu", str(cpu),
-               "--endpoint", self.endpoint, "--arena", self.arena_name, "--parent", str(os.getpid()),
-               *self.worker_args]
+        settings = WorkerSettings(index=index, cpu=cpu, endpoint=self.endpoint, arena=self.arena_name,
+                                  parent=os.getpid(), **self.worker_settings)
+        cmd = [sys.executable, "-P", "-m", "wholecall.worker", "--settings", base64.b64encode(encode(settings)).decode()]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
         log.info("worker %d spawned pid=%d cpu=%d", index, proc.pid, cpu)
         return WorkerHandle(index, cpu, proc)
@@ -154,7 +162,7 @@ class Supervisor:
     def send(self, worker_index: int, msg: Message) -> None:
         """Queue a message for a worker (any thread); the I/O thread sends it."""
         self._outbox.append((worker_index, encode(msg)))
-        os.write(self._wake_w, b"x")
+        self._wake.wake()
 
     def _flush_outbox(self) -> None:
         while self._outbox:
@@ -181,16 +189,12 @@ class Supervisor:
                     break
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wake.fileno(), zmq.POLLIN)
         next_check = time.monotonic()
         while self._running:
             events = dict(poller.poll(100))
-            if self._wake_r in events:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+            if self._wake.fileno() in events:
+                self._wake.drain()
             self._flush_outbox()
             if self.sock in events:
                 self._drain()
@@ -283,9 +287,8 @@ class Supervisor:
                 w.proc.wait()
         # The I/O thread delivers the last events and reports lost jobs, then stops.
         self._running = False
-        os.write(self._wake_w, b"x")
+        self._wake.wake()
         self._thread.join(5)
         self.sock.close(linger=0)
         self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._wake.close()

@@ -1,5 +1,6 @@
 """Controller <-> worker messages (typed, versioned msgpack) and their ZeroMQ sockets."""
 
+from .causes import Cause
 from .messages import (
     VERSION,
     Heartbeat,
@@ -12,11 +13,12 @@ from .messages import (
     StartJob,
     StopJob,
     WorkerError,
+    WorkerSettings,
     decode,
     encode,
 )
 
 __all__ = [
-    "VERSION", "Heartbeat", "Hello", "JobEnded", "JobStarted", "Message", "ProtocolError",
+    "Cause", "WorkerSettings", "VERSION", "Heartbeat", "Hello", "JobEnded", "JobStarted", "Message", "ProtocolError",
     "Shutdown", "StartJob", "StopJob", "WorkerError", "decode", "encode",
 ]

@@ -10,6 +10,7 @@ logged and dropped without crashing a worker. Audio never travels in these messa
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from typing import Any, ClassVar, Union
 
 import msgpack
 
-VERSION = 1
+from .causes import Cause
+
+VERSION = 2
 
 
 class ProtocolError(ValueError):
@@ -52,9 +55,6 @@ class StartJob(Message):
     mode: str  # "mixed" | "separate"
     # Wire form of the cipher; travels only over owner-only ipc:// sockets, never in a repr or log.
     cipher: dict | None = field(repr=False)
-    silence_dbfs: float  # frame energy below this is silence
-    silence_hangover_ms: int  # speech is held this long after the last loud frame
-    file_mode: int  # permission bits of the recording file
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class StopJob(Message):
 
     TYPE: ClassVar[str] = "stop"
     job_id: int
-    cause: str
+    cause: Cause
     end_pos: int  # leg position at the request: everything before it is recorded
 
 
@@ -72,6 +72,31 @@ class Shutdown(Message):
     """Finish every job (ABORTED) and exit."""
 
     TYPE: ClassVar[str] = "shutdown"
+
+
+@dataclass(frozen=True)
+class WorkerSettings(Message):
+    """Everything a worker is configured with, sent once when it is spawned (on its command
+    line, encoded like every message). Per-job values are `StartJob`'s; nothing here
+    changes while the worker lives."""
+
+    TYPE: ClassVar[str] = "settings"
+    index: int  # the worker's number (its ZeroMQ identity is w<index>)
+    cpu: int  # the CPU it pins itself to
+    endpoint: str  # the controller's ROUTER
+    arena: str  # path of the ring arena
+    parent: int  # pid of the controller: the worker exits with it
+    tick_ms: float  # pipeline tick period with few jobs
+    heartbeat_ms: float  # heartbeat period
+    skew_ms: float  # a leg this far behind the other is recorded as silence
+    flush_ms: float  # audio is written to files in blocks of this much
+    scale_tick_ms: float  # tick period once `scale_jobs` jobs run
+    scale_jobs: int  # from this many jobs the worker steps in blocks of frames
+    capacity: int  # jobs to size the per-job arrays for at start-up
+    priority: int  # run at nice -priority (0: unchanged)
+    silence_dbfs: float  # frame energy below this is silence
+    silence_hangover_ms: int  # speech is held this long after the last loud frame
+    file_mode: int  # permission bits of recording files
 
 
 # -- worker -> controller ------------------------------------------------------------
@@ -108,7 +133,7 @@ class JobEnded(Message):
 
     TYPE: ClassVar[str] = "ended"
     job_id: int
-    cause: str  # a Cause name
+    cause: Cause
     bytes: int  # size of the final file on disk
     samples: int  # sample frames in the file, at the file's rate
     duration_s: float  # audio duration in the file
@@ -138,7 +163,8 @@ class WorkerError(Message):
 
 
 _TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (StartJob, StopJob, Shutdown, Hello, JobStarted, JobEnded, Heartbeat, WorkerError)
+    cls.TYPE: cls
+    for cls in (StartJob, StopJob, Shutdown, WorkerSettings, Hello, JobStarted, JobEnded, Heartbeat, WorkerError)
 }
 
 
@@ -159,6 +185,10 @@ _FIELDS = {name: _field_types(cls) for name, cls in _TYPES.items()}
 
 def _check(value: Any, allowed: tuple[type, ...]) -> bool:
     for t in allowed:
+        if isinstance(t, type) and issubclass(t, enum.Enum):
+            if isinstance(value, str) and value in t.__members__:
+                return True
+            continue
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True
         if t is int and isinstance(value, int) and not isinstance(value, bool):
@@ -174,7 +204,8 @@ def encode(msg: Message) -> bytes:
     # Field by field, not dataclasses.asdict: that deep-copies every value (0.17 ms for
     # a StartJob, half of a start()'s own CPU in the controller); msgpack only reads them.
     for name in _FIELDS[msg.TYPE]:
-        body[name] = getattr(msg, name)
+        value = getattr(msg, name)
+        body[name] = value.name if isinstance(value, enum.Enum) else value
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -206,4 +237,7 @@ def decode(data: bytes) -> Message:
             raise ProtocolError(f"{kind}.{name}: expected {want}, got {type(body[name]).__name__}")
         if float in allowed and isinstance(body[name], int):
             body[name] = float(body[name])
+        for t in allowed:
+            if isinstance(t, type) and issubclass(t, enum.Enum) and isinstance(body[name], str):
+                body[name] = t[body[name]]
     return cls(**body)

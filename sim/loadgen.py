@@ -54,7 +54,7 @@ from wholecall.controller.procenv import media_env
 
 log = logging.getLogger("wholecall.loadgen")
 
-RATE = 8000
+from wholecall.formats.codecs import CALL_RATE as RATE
 #: Bumped whenever the way programs are built changes, so stale caches are not reused.
 LIBRARY_VERSION = 1
 #: Comfort noise in pauses: telephone line noise, well under the -45 dBFS silence threshold.

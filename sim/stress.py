@@ -65,8 +65,8 @@ from wholecall.controller.recorder import StartTrace
 
 log = logging.getLogger("wholecall.stress")
 
-RATE = 8000
-FRAME = 160
+from wholecall.formats.codecs import CALL_RATE as RATE
+from wholecall.formats.codecs import FRAME
 #: A worker busier than this (fraction of its core) is not sustainable: no headroom for bursts.
 CPU_LIMIT = 0.90
 #: Content check floor per format: SNR (dB) of a decoded file against the exact mix

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from wholecall.protocol import Cause
 from wholecall.sim.loadgen import load_programs
 from wholecall.protocol import StartJob
 from wholecall.shm import Arena
@@ -32,8 +33,7 @@ def messages(tmp, progs) -> list[StartJob]:
             job_id=j + 1, channel=j, slot_in=2 * j, slot_out=2 * j + 1, start_pos=0, path=str(tmp / f"j{j}.wav"),
             file_format="alaw" if j % 2 else "s16bit", rate=RATE, max_bytes=40_000 if j == 4 else 0,
             ms_max_silence=1500 if j % 4 == 1 else 0, ms_initial_silence=3000 if j == 7 else 0,
-            dtmf_elim=j != 9, mode=mode, cipher=None, silence_dbfs=-40.0, silence_hangover_ms=200,
-            file_mode=0o600))
+            dtmf_elim=j != 9, mode=mode, cipher=None))
     return msgs
 
 
@@ -63,11 +63,11 @@ def record(tmp, block: int) -> tuple[dict, dict[int, bytes], list]:
                     arena.write_pos[s] = written[j] + n
                 written[j] += n
                 if j in stop_at and written[j] >= stop_at[j] and (j + 1) in pipe.by_id:
-                    pipe.stop(j + 1, "HANGUP", stop_at.pop(j))
+                    pipe.stop(j + 1, Cause.HANGUP, stop_at.pop(j))
             pipe.tick(now, block=block)
             now += 0.1
         for m in msgs:  # as the controller stops a call: at what its legs hold now
-            pipe.stop(m.job_id, "ABORTED", int(written[m.job_id - 1]))
+            pipe.stop(m.job_id, Cause.ABORTED, int(written[m.job_id - 1]))
         for _ in range(50):
             if not pipe.jobs:
                 break
@@ -87,7 +87,7 @@ def test_block_steps_record_the_same_files_as_frame_steps(tmp_path):
     ends1, files1, digits1 = record(tmp_path / "a", 1)
     ends5, files5, digits5 = record(tmp_path / "b", 5)
     assert len(digits1) >= 5 and digits5 == digits1
-    causes = sorted(c for c, _, _ in ends1.values())
+    causes = sorted(c.name for c, _, _ in ends1.values())
     # The scenario must exercise what it claims to: silence and size ends, stops, aborts.
     assert {"SILENCE", "SIZE", "HANGUP", "ABORTED"} <= set(causes), causes
     assert ends5 == ends1
@@ -126,7 +126,7 @@ def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_
     path = tmp_path / "full.wav"
     msg = StartJob(job_id=1, channel=0, slot_in=0, slot_out=1, start_pos=0, path=str(path), file_format=file_format,
                    rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0, dtmf_elim=True, mode="mixed",
-                   cipher=None, silence_dbfs=-40.0, silence_hangover_ms=200, file_mode=0o600)
+                   cipher=None)
     tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(800) / RATE)).astype(np.int16)
     try:
         arena.job[0] = arena.job[1] = 1
@@ -140,7 +140,7 @@ def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_
             pipe.tick(t * 0.1, block=5)
         assert not pipe.jobs
         (end,) = pipe.ended
-        assert end.cause == "ERROR" and "write failed" in end.error and "No space" in end.error
+        assert end.cause is Cause.ERROR and "write failed" in end.error and "No space" in end.error
         info = sf.info(str(path))
         width = 1 if file_format == "alaw" else 2
         assert info.frames == end.samples and 0 < info.frames * width <= 2 * 16000

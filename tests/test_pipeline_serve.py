@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from wholecall.protocol import Cause
 from wholecall.protocol import StartJob
 from wholecall.shm import Arena
 from wholecall.worker.pipeline import Pipeline, default_open_sink
@@ -31,8 +32,7 @@ def leg_signal(slot: int, start: int, n: int) -> np.ndarray:
 def start_msg(job_id: int, path: str, slot: int, pos: int) -> StartJob:
     return StartJob(job_id=job_id, channel=job_id, slot_in=slot, slot_out=slot + 1, start_pos=pos, path=path,
                     file_format="s16bit", rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0,
-                    dtmf_elim=True, mode="mixed", cipher=None, silence_dbfs=-45.0, silence_hangover_ms=200,
-                    file_mode=0o600)
+                    dtmf_elim=True, mode="mixed", cipher=None)
 
 
 @pytest.mark.parametrize("flush_samples,block", [(800, 1), (8000, 1), (8000, 5)])
@@ -69,7 +69,7 @@ def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path
         assert len(jobs) > 20 and pipe._cap >= 16, "the tables never grew mid-tick"
         pipe.between = None
         for job_id, (slot, _, _) in jobs.items():
-            pipe.stop(job_id, "ABORTED", written[slot])
+            pipe.stop(job_id, Cause.ABORTED, written[slot])
         for _ in range(50):
             if not pipe.jobs:
                 break
@@ -77,7 +77,7 @@ def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path
         assert not pipe.jobs
         ends = {e.job_id: e for e in pipe.ended}
         for job_id, (slot, pos, path) in jobs.items():
-            assert ends[job_id].cause == "ABORTED"
+            assert ends[job_id].cause is Cause.ABORTED
             got, rate = sf.read(path, dtype="int16")
             n = written[slot] - pos
             mix = leg_signal(slot, pos, n).astype(np.int32) + leg_signal(slot + 1, pos, n)

@@ -7,22 +7,25 @@ import pytest
 from hypothesis import given, strategies as st
 
 from wholecall.protocol import (
-    Heartbeat, Hello, JobEnded, JobStarted, ProtocolError, Shutdown, StartJob, StopJob, WorkerError, decode, encode,
+    VERSION, Cause, Heartbeat, Hello, JobEnded, JobStarted, ProtocolError, Shutdown, StartJob, StopJob, WorkerError,
+    WorkerSettings, decode, encode,
 )
 
 START = StartJob(
     job_id=7, channel=3, slot_in=6, slot_out=7, start_pos=1234, path="/r/a.wav", file_format="alaw", rate=8000,
     max_bytes=0, ms_max_silence=2000, ms_initial_silence=0, dtmf_elim=True, mode="mixed",
-    cipher={"scheme": "aes-cbc", "key": b"k" * 16, "iv": b"i" * 16}, silence_dbfs=-45.0,
-    silence_hangover_ms=200, file_mode=0o600,
+    cipher={"scheme": "aes-cbc", "key": b"k" * 16, "iv": b"i" * 16},
 )
 ALL = [
     START,
-    StopJob(job_id=7, cause="ABORTED", end_pos=99),
+    StopJob(job_id=7, cause=Cause.ABORTED, end_pos=99),
     Shutdown(),
+    WorkerSettings(index=1, cpu=1, endpoint="ipc:///run/x/control.sock", arena="/dev/shm/a", parent=10, tick_ms=20.0,
+                   heartbeat_ms=250.0, skew_ms=500.0, flush_ms=1000.0, scale_tick_ms=100.0, scale_jobs=256,
+                   capacity=64, priority=10, silence_dbfs=-45.0, silence_hangover_ms=200, file_mode=0o600),
     Hello(worker=1, pid=100, cpu=1),
     JobStarted(job_id=7, t_received=12.5, t_opened=12.6, t_confirmed=12.75),
-    JobEnded(job_id=7, cause="SILENCE", bytes=1000, samples=900, duration_s=0.1125, error=""),
+    JobEnded(job_id=7, cause=Cause.SILENCE, bytes=1000, samples=900, duration_s=0.1125, error=""),
     Heartbeat(worker=0, jobs=3, cpu_s=1.5, ticks=10, overruns=0),
     WorkerError(worker=0, job_id=0, message="bad"),
 ]
@@ -33,14 +36,14 @@ def test_round_trip(msg):
     assert decode(encode(msg)) == msg
 
 
-@given(st.integers(0, 2**62), st.text(), st.integers(0, 2**40))
+@given(st.integers(0, 2**62), st.sampled_from(Cause), st.integers(0, 2**40))
 def test_round_trip_any_values(job_id, cause, end_pos):
     m = StopJob(job_id=job_id, cause=cause, end_pos=end_pos)
     assert decode(encode(m)) == m
 
 
 def _body(msg, **changes):
-    d = {"v": 1, "t": msg.TYPE, **dataclasses.asdict(msg)}
+    d = {"v": VERSION, "t": msg.TYPE, **{k: v.name if isinstance(v, Cause) else v for k, v in dataclasses.asdict(msg).items()}}
     d.update(changes)
     return d
 
@@ -48,7 +51,7 @@ def _body(msg, **changes):
 @pytest.mark.parametrize(
     "body, error",
     [
-        (_body(START, v=2), "protocol version 2"),
+        (_body(START, v=VERSION + 1), f"protocol version {VERSION + 1}"),
         (_body(START, t="explode"), "unknown message type 'explode'"),
         ({k: v for k, v in _body(START).items() if k != "rate"}, "start: missing field\\(s\\) rate"),
         (_body(START, rate="8000"), "start.rate: expected int, got str"),
@@ -67,3 +70,11 @@ def test_rejects_malformed(body, error):
 def test_rejects_garbage_bytes():
     with pytest.raises(ProtocolError, match="not msgpack"):
         decode(b"\xc1\xc1\xc1")
+
+
+def test_a_cause_travels_by_name_and_an_unknown_one_is_refused():
+    """Causes are one enum on both sides (protocol.Cause); on the wire they are names."""
+    wire = encode(StopJob(job_id=1, cause=Cause.HANGUP, end_pos=0))
+    assert b"HANGUP" in wire and decode(wire).cause is Cause.HANGUP
+    with pytest.raises(ProtocolError, match="stop.cause: expected Cause, got str"):
+        decode(msgpack.packb(_body(StopJob(job_id=1, cause=Cause.ABORTED, end_pos=0), cause="BOGUS")))

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import zmq
 
+from wholecall.protocol import Cause
 from wholecall.protocol import Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
 from wholecall.shm import Arena
 from wholecall.worker.commands import Commands
@@ -92,8 +93,7 @@ def rig(tmp_path):
 def start_msg(job_id: int, path: str, slot: int, pos: int = 0) -> StartJob:
     return StartJob(job_id=job_id, channel=job_id, slot_in=slot, slot_out=slot + 1, start_pos=pos, path=path,
                     file_format="s16bit", rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0,
-                    dtmf_elim=False, mode="mixed", cipher=None, silence_dbfs=-45.0, silence_hangover_ms=200,
-                    file_mode=0o600)
+                    dtmf_elim=False, mode="mixed", cipher=None)
 
 
 def feed(arena: Arena, slot: int, pcm: np.ndarray) -> None:
@@ -130,21 +130,21 @@ def test_slow_create_does_not_hold_up_other_jobs_and_a_stop_sent_meanwhile_is_ke
     # stop is held, applied once the file is open, and the audio up to it is recorded.
     feed(arena, 0, tone[:4000])
     feed(arena, 1, tone[:4000])
-    command(StopJob(job_id=1, cause="ABORTED", end_pos=4000))
+    command(StopJob(job_id=1, cause=Cause.ABORTED, end_pos=4000))
     pump(0.3)
     assert ended(events, 1) is None
     gate.set()
     pump(5.0, until=lambda: ended(events, 1) is not None)
     done = ended(events, 1)
-    assert done.cause == "ABORTED" and done.samples == 4000, done
+    assert done.cause is Cause.ABORTED and done.samples == 4000, done
     audio, rate = sf.read(tmp / "slow.wav", dtype="int16")
     assert rate == RATE and len(audio) == 4000
     expect = np.clip(2 * tone[:4000].astype(np.int32), -32768, 32767).astype(np.int16)
     np.testing.assert_array_equal(audio, expect)
 
-    command(StopJob(job_id=2, cause="ABORTED", end_pos=RATE))
+    command(StopJob(job_id=2, cause=Cause.ABORTED, end_pos=RATE))
     pump(5.0, until=lambda: ended(events, 2) is not None)
-    assert ended(events, 2).cause == "ABORTED" and ended(events, 2).samples == RATE
+    assert ended(events, 2).cause is Cause.ABORTED and ended(events, 2).samples == RATE
     assert not pipe.jobs and not commands.busy
 
 
@@ -155,13 +155,13 @@ def test_duplicate_start_while_opening_is_refused_and_creates_nothing_twice(rig)
     command(start_msg(7, str(tmp / "a.wav"), 0))
     pump(1.0, until=lambda: ended(events, 7) is not None)
     err = ended(events, 7)
-    assert err is not None and err.cause == "ERROR" and "already running" in err.error
+    assert err is not None and err.cause is Cause.ERROR and "already running" in err.error
     gate.set()
     pump(3.0, until=lambda: any(isinstance(e, JobStarted) for e in events))
     assert [e.job_id for e in events if isinstance(e, JobStarted)] == [7]
-    command(StopJob(job_id=7, cause="ABORTED", end_pos=0))
+    command(StopJob(job_id=7, cause=Cause.ABORTED, end_pos=0))
     pump(3.0, until=lambda: len([e for e in events if isinstance(e, JobEnded)]) == 2)
-    assert [e.cause for e in events if isinstance(e, JobEnded)] == ["ERROR", "ABORTED"]
+    assert [e.cause for e in events if isinstance(e, JobEnded)] == [Cause.ERROR, Cause.ABORTED]
 
 
 def test_failed_create_is_reported_and_leaves_no_file(rig):
@@ -170,7 +170,7 @@ def test_failed_create_is_reported_and_leaves_no_file(rig):
     command(start_msg(3, str(tmp / "taken.wav"), 0))
     pump(2.0, until=lambda: ended(events, 3) is not None)
     e = ended(events, 3)
-    assert e.cause == "ERROR" and "cannot create" in e.error
+    assert e.cause is Cause.ERROR and "cannot create" in e.error
     assert (tmp / "taken.wav").read_bytes() == b"not ours"
     assert not pipe.jobs and not commands.busy
 
@@ -185,12 +185,12 @@ def test_a_start_that_crosses_shutdown_is_refused_and_the_one_before_it_ends_abo
         time.sleep(0.005)
     assert commands.shutdown
     commands.wait_openers()  # as the worker loop does on Shutdown...
-    pipe.abort_all("ABORTED")  # ...then it stops what runs (job 4 may have been attached already)
+    pipe.abort_all(Cause.ABORTED)  # ...then it stops what runs (job 4 may have been attached already)
     command(start_msg(5, str(tmp / "after.wav"), 2))  # raced the Shutdown
     pump(2.0, until=lambda: ended(events, 4) is not None and ended(events, 5) is not None)
-    assert ended(events, 4).cause == "ABORTED"
+    assert ended(events, 4).cause is Cause.ABORTED
     late = ended(events, 5)
-    assert late is not None and late.cause == "ERROR" and "shutting down" in late.error
+    assert late is not None and late.cause is Cause.ERROR and "shutting down" in late.error
     assert (tmp / "before.wav").exists() and not (tmp / "after.wav").exists()
     assert not pipe.jobs and not commands.busy
 
@@ -205,7 +205,7 @@ def test_a_start_read_right_after_shutdown_is_refused_before_the_loop_applies_th
     assert not commands.shutdown and not commands.busy  # refused by the I/O thread alone
     pump(2.0, until=lambda: ended(events, 6) is not None and commands.shutdown)
     late = ended(events, 6)
-    assert late is not None and late.cause == "ERROR" and "shutting down" in late.error
+    assert late is not None and late.cause is Cause.ERROR and "shutting down" in late.error
     assert not (tmp / "same-batch.wav").exists() and not pipe.jobs
 
 
@@ -222,7 +222,7 @@ def test_a_start_is_confirmed_as_soon_as_its_file_is_open_without_waiting_for_th
     assert not pipe.jobs, "confirmed before the loop ran"
     feed(arena, 4, tone[2000:])
     feed(arena, 5, tone[2000:])
-    command(StopJob(job_id=8, cause="ABORTED", end_pos=RATE))
+    command(StopJob(job_id=8, cause=Cause.ABORTED, end_pos=RATE))
     pump(5.0, until=lambda: ended(events, 8) is not None)
     kinds = [type(e).__name__ for e in events if getattr(e, "job_id", None) == 8]
     assert kinds == ["JobStarted", "JobEnded"]
@@ -257,7 +257,7 @@ def test_close_ends_a_confirmed_but_unattached_start_with_error_and_removes_its_
     assert commands.close()  # a crash of the loop before it attached the file
     pump(2.0, until=lambda: ended(events, 12) is not None, loop=False)
     e = ended(events, 12)
-    assert e is not None and e.cause == "ERROR" and "before the job was attached" in e.error
+    assert e is not None and e.cause is Cause.ERROR and "before the job was attached" in e.error
     assert not (tmp / "cut.wav").exists()
 
 

@@ -34,6 +34,7 @@ from typing import Callable
 import zmq
 
 from wholecall.protocol import (
+    Cause,
     JobEnded,
     JobStarted,
     Message,
@@ -45,6 +46,7 @@ from wholecall.protocol import (
     decode,
 )
 from wholecall.protocol import sockets
+from wholecall.protocol.wake import WakePipe
 
 from .pipeline import Pipeline
 from .wavfile import WavWriter
@@ -73,10 +75,10 @@ class Commands:
         self._inbox: list[Message] = []  # commands for the loop, in arrival order
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening (loop only)
         self._outbox: collections.deque[Message] = collections.deque()
-        # The loop waits on `wake_r` (commands or opened files for it); the I/O thread on
-        # the socket and `_io_wake_r` (something to send, or time to stop).
-        self.wake_r, self._wake_w = _pipe()
-        self._io_wake_r, self._io_wake_w = _pipe()
+        # The loop waits on `wake` (commands or opened files for it); the I/O thread on
+        # the socket and `_io_wake` (something to send, or time to stop).
+        self.wake = WakePipe()
+        self._io_wake = WakePipe()
         self._io_running = True
         self._io_failed = False
         self._closed = False
@@ -104,17 +106,17 @@ class Commands:
     def send(self, msg: Message) -> None:
         """Queue an event for the controller (any thread); the I/O thread sends it."""
         self._outbox.append(msg)
-        _poke(self._io_wake_w)
+        self._io_wake.wake()
 
     def send_all(self, msgs: list[Message]) -> None:
         """Queue several events with one wake-up of the I/O thread (a tick's endings)."""
         if msgs:
             self._outbox.extend(msgs)
-            _poke(self._io_wake_w)
+            self._io_wake.wake()
 
     def receive_all(self) -> None:
         """Between ticks: apply the commands read so far and attach every opened file."""
-        _drain(self.wake_r)
+        self.wake.drain()
         with self._lock:
             inbox, self._inbox = self._inbox, []
         for msg in inbox:
@@ -163,10 +165,10 @@ class Commands:
             if writer is not None:
                 writer.abort()  # leave no half-made file
         for job_id in cut:
-            self.send(JobEnded(job_id=job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0,
+            self.send(JobEnded(job_id=job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0,
                                error=f"worker {self.index} stopped before the job was attached"))
         self._io_running = False
-        _poke(self._io_wake_w)
+        self._io_wake.wake()
         self._io.join(5)
         if self._io.is_alive():
             log.error("worker %d: the command I/O thread did not stop (blocked in a send?)", self.index)
@@ -176,8 +178,8 @@ class Commands:
                 self._flush_outbox()  # the thread is gone: its last messages are ours to try
             except Exception:  # noqa: BLE001 - what failed the thread fails here too
                 log.exception("worker %d: %d messages could not be sent", self.index, len(self._outbox))
-        for fd in (self.wake_r, self._wake_w, self._io_wake_r, self._io_wake_w):
-            os.close(fd)
+        self.wake.close()
+        self._io_wake.close()
         self._closed = True
         return True
 
@@ -186,12 +188,12 @@ class Commands:
     def _io_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        poller.register(self._io_wake_r, zmq.POLLIN)
+        poller.register(self._io_wake.fileno(), zmq.POLLIN)
         try:
             while True:
                 ready = dict(poller.poll())
-                if self._io_wake_r in ready:
-                    _drain(self._io_wake_r)
+                if self._io_wake.fileno() in ready:
+                    self._io_wake.drain()
                 self._flush_outbox()
                 if self.sock in ready:
                     self._read_commands()
@@ -201,7 +203,7 @@ class Commands:
         except BaseException:  # noqa: BLE001 - the loop sees io_alive turn False and fails the worker
             log.exception("worker %d: command I/O thread failed", self.index)
             self._io_failed = True
-            _poke(self._wake_w)
+            self.wake.wake()
 
     def _flush_outbox(self) -> None:
         while self._outbox:
@@ -223,7 +225,7 @@ class Commands:
                 self._inbox.append(msg)
             for_loop = True
         if for_loop:
-            _poke(self._wake_w)
+            self.wake.wake()
 
     def _decode(self, data: bytes) -> Message | None:
         """The command, or None after answering a malformed one with WorkerError."""
@@ -264,7 +266,7 @@ class Commands:
                                  t_confirmed=time.monotonic()))
         with self._lock:
             self._opened.append((msg, writer, err))
-        _poke(self._wake_w)
+        self.wake.wake()
 
     # -- the loop's internals -------------------------------------------------------------
 
@@ -282,7 +284,7 @@ class Commands:
             self.send(WorkerError(worker=self.index, job_id=0, message=f"unexpected command {msg.TYPE}"))
 
     def _refuse(self, msg: StartJob, why: str) -> None:
-        self.send(JobEnded(job_id=msg.job_id, cause="ERROR", bytes=0, samples=0, duration_s=0.0, error=why))
+        self.send(JobEnded(job_id=msg.job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0, error=why))
 
     def _attach_opened(self) -> None:
         if not self._opened:
@@ -310,29 +312,6 @@ class Commands:
             if stop is not None:
                 self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
             elif self.shutdown:
-                self.pipe.stop(msg.job_id, "ABORTED", msg.start_pos)
+                self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)
         with self._lock:
             del self._opening[msg.job_id]  # only now: until here a duplicate start is refused
-
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    os.set_blocking(w, False)
-    return r, w
-
-
-def _poke(fd: int) -> None:
-    try:
-        os.write(fd, b"x")
-    except (BlockingIOError, OSError):
-        pass  # the pipe is full (a wake-up is already due) or closing
-
-
-def _drain(fd: int) -> None:
-    # Always empty it: a byte left behind would keep the reader's poll spinning.
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

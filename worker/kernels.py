@@ -30,7 +30,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-FRAME = 160  # samples per frame (20 ms); dtmf.FRAME, the worker's unit, is this one
+from wholecall.formats.codecs import FRAME  # samples per frame (20 ms): the worker's unit of work
 
 _jit = nb.njit(cache=True, nogil=True, fastmath={"reassoc"})
 AHEAD = 4  # rows (jobs) ahead whose memory the kernels ask the cache for

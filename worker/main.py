@@ -12,6 +12,7 @@ SIGTERM, finalising every file first.
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import logging
 import os
@@ -21,7 +22,7 @@ import time
 
 import zmq
 
-from wholecall.protocol import Heartbeat, Hello
+from wholecall.protocol import Cause, Heartbeat, Hello, ProtocolError, WorkerSettings, decode
 from wholecall.protocol import sockets
 from wholecall.shm import Arena
 
@@ -47,9 +48,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, heartbeat_ms: float,
-        skew_ms: float, flush_ms: float, parent: int, scale_tick_ms: float = 100.0, scale_jobs: int = 256,
-        capacity: int = 64, priority: int = 0) -> int:
+def run(settings: WorkerSettings) -> int:
+    """The worker's life: attach, pin, serve jobs until told to stop or the controller is gone."""
+    index, cpu, priority, parent = settings.index, settings.cpu, settings.priority, settings.parent
     _die_with_parent()
     try:
         os.sched_setaffinity(0, {cpu})
@@ -75,24 +76,26 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
     # a busy tick waited ~50 ms to open its file (5,000 channels, p50). 0.5 ms cut that
     # in all three A/B pairs, at no measurable CPU cost (BENCHMARKS.md).
     sys.setswitchinterval(GIL_SWITCH_S)
-    arena = Arena.attach(arena_name)
+    arena = Arena.attach(settings.arena)
     ctx = zmq.Context()
-    sock = sockets.dealer(ctx, endpoint, index)
-    tick_s = tick_ms / 1000
-    scale_tick_s = scale_tick_ms / 1000
+    sock = sockets.dealer(ctx, settings.endpoint, index)
+    tick_s = settings.tick_ms / 1000
+    scale_tick_s = settings.scale_tick_ms / 1000
+    scale_jobs = settings.scale_jobs
     # At scale, frames per pipeline step: what one scale tick brings (100 ms: 5 frames),
     # and never more than a tick may take or a quarter of a ring holds (a running job only
     # advances by whole blocks, so a block the ring cannot hold would never come).
     scale_block = max(1, min(round(max(tick_s, scale_tick_s) / FRAME_S), MAX_FRAMES_PER_TICK,
                              arena.capacity // (4 * FRAME)))
     pipe = Pipeline(
-        arena, default_open_sink(), skew_samples=int(skew_ms * 8), tick_s=tick_s,
-        flush_samples=max(160, int(flush_ms * 8)), capacity=capacity, max_block=scale_block,
-        max_frames_per_tick=MAX_FRAMES_PER_TICK,
+        arena, default_open_sink(), skew_samples=int(settings.skew_ms * SAMPLE_RATE / 1000), tick_s=tick_s,
+        flush_samples=max(FRAME, int(settings.flush_ms * SAMPLE_RATE / 1000)), capacity=settings.capacity,
+        max_block=scale_block, max_frames_per_tick=MAX_FRAMES_PER_TICK, silence_dbfs=settings.silence_dbfs,
+        silence_hangover_ms=settings.silence_hangover_ms, file_mode=settings.file_mode,
     )
     commands = Commands(sock, pipe, index)  # from here on only its I/O thread uses the socket
     poller = zmq.Poller()
-    poller.register(commands.wake_r, zmq.POLLIN)
+    poller.register(commands.wake.fileno(), zmq.POLLIN)
     commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
 
     def heartbeat() -> Heartbeat:
@@ -102,7 +105,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
         return Heartbeat(worker=index, jobs=len(pipe.jobs), cpu_s=cpu_seconds(), ticks=ticks, overruns=overruns)
 
     commands.heartbeat = heartbeat
-    commands.heartbeat_s = heartbeat_ms / 1000
+    commands.heartbeat_s = settings.heartbeat_ms / 1000
     ticks = 0
     draining = False
     next_tick = time.monotonic()
@@ -121,7 +124,7 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
                     # end ABORTED with final files, and later ones are refused.
                     commands.wait_openers()
                     draining = True
-                pipe.abort_all("ABORTED")
+                pipe.abort_all(Cause.ABORTED)
                 stopping = True
             now = time.monotonic()
             if now >= next_tick or stopping:
@@ -160,21 +163,15 @@ def run(index: int, cpu: int, endpoint: str, arena_name: str, tick_ms: float, he
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wholecall.worker", description="wholecall worker process")
-    p.add_argument("--index", type=int, required=True)
-    p.add_argument("--cpu", type=int, required=True)
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--arena", required=True)
-    p.add_argument("--tick-ms", type=float, default=20.0)
-    p.add_argument("--heartbeat-ms", type=float, default=250.0)
-    p.add_argument("--skew-ms", type=float, default=500.0)
-    p.add_argument("--flush-ms", type=float, default=1000.0)
-    p.add_argument("--parent", type=int, default=os.getppid())
-    p.add_argument("--scale-tick-ms", type=float, default=100.0)
-    p.add_argument("--scale-jobs", type=int, default=256)
-    p.add_argument("--capacity", type=int, default=64, help="jobs to size the arrays for at start-up")
-    p.add_argument("--priority", type=int, default=0, help="run at nice -PRIORITY (0: unchanged)")
+    p.add_argument("--settings", required=True,
+                   help="base64 of an encoded protocol.WorkerSettings (the supervisor writes it)")
     a = p.parse_args(argv)
+    try:
+        msg = decode(base64.b64decode(a.settings, validate=True))
+    except (ValueError, ProtocolError) as e:
+        p.error(f"--settings: {e}")
+    if not isinstance(msg, WorkerSettings):
+        p.error(f"--settings: a {msg.TYPE!r} message, not WorkerSettings")
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,
-                        format="%(asctime)s worker[" + str(a.index) + "] %(levelname)s %(message)s")
-    return run(a.index, a.cpu, a.endpoint, a.arena, a.tick_ms, a.heartbeat_ms, a.skew_ms, a.flush_ms, a.parent,
-               a.scale_tick_ms, a.scale_jobs, a.capacity, a.priority)
+                        format="%(asctime)s worker[" + str(msg.index) + "] %(levelname)s %(message)s")
+    return run(msg)

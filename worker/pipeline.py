@@ -32,7 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from wholecall.protocol import JobEnded, StartJob
+from wholecall.formats.codecs import CALL_RATE
+from wholecall.protocol import Cause, JobEnded, StartJob
 from wholecall.shm import Arena
 
 from . import kernels
@@ -44,7 +45,7 @@ from .wavfile import WavWriter
 
 log = logging.getLogger("wholecall.worker")
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = CALL_RATE  # the name the pipeline's arithmetic reads best with
 #: Flushes (file writes, ~30 us each on ext4) between two calls of `Pipeline.between`.
 SERVE_EVERY_FLUSHES = 64
 #: Audio between two header refreshes of a file (DESIGN: "at least every few seconds").
@@ -64,7 +65,7 @@ class Job:
     writer: WavWriter
     stereo: bool
     started_at: float
-    cause: str | None = None  # decided end cause, once known
+    cause: Cause | None = None  # decided end cause, once known
     error: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -82,13 +83,21 @@ class Pipeline:
         skew_samples: int = 4000,
         tick_s: float = 0.02,
         max_block: int = 5,
+        silence_dbfs: float = -45.0,
+        silence_hangover_ms: int = 200,
+        file_mode: int = 0o600,
     ) -> None:
         """`max_block` is the largest `block` a tick may be asked for (it sizes the DTMF
-        delay line: each leg holds `max_block - 1` frames more)."""
+        delay line: each leg holds `max_block - 1` frames more). `silence_dbfs`,
+        `silence_hangover_ms` and `file_mode` are the worker's settings
+        (`protocol.WorkerSettings`), the same for every job."""
         if not 1 <= max_block <= max_frames_per_tick:
             raise ValueError(f"max_block must be 1 .. max_frames_per_tick ({max_frames_per_tick}), not {max_block}")
         self.arena = arena
         self.open_sink = open_sink
+        self.silence_dbfs = float(silence_dbfs)
+        self.hangover_samples = int(silence_hangover_ms) * SAMPLE_RATE // 1000
+        self.file_mode = file_mode
         self.flush_samples = flush_samples
         self.max_frames = max_frames_per_tick
         flush_samples = -(-flush_samples // FRAME) * FRAME
@@ -199,7 +208,7 @@ class Pipeline:
         """
         stereo = msg.mode == "separate"
         try:
-            sink = self.open_sink(msg.path, msg.cipher, msg.file_mode)
+            sink = self.open_sink(msg.path, msg.cipher, self.file_mode)
         except (OSError, ValueError) as e:
             return None, f"cannot create {msg.path}: {e}"
         try:
@@ -239,12 +248,12 @@ class Pipeline:
         to_samples = lambda v: v * SAMPLE_RATE // 1000  # noqa: E731
         self.trim_leading[row] = bool(ms and msg.ms_initial_silence > 0)
         self.silence.reset(
-            row, msg.silence_dbfs, ms * to_samples(msg.ms_initial_silence), ms * to_samples(msg.ms_max_silence)
+            row, self.silence_dbfs, ms * to_samples(msg.ms_initial_silence), ms * to_samples(msg.ms_max_silence)
         )
         self.dtmf.reset(np.array([2 * row, 2 * row + 1]), np.array([msg.dtmf_elim, msg.dtmf_elim]))
         self._rows_dirty = True
 
-    def stop(self, job_id: int, cause: str, end_pos: int) -> bool:
+    def stop(self, job_id: int, cause: Cause, end_pos: int) -> bool:
         """Ask a job to end once its legs are drained up to `end_pos`."""
         job = self.by_id.get(job_id)
         if job is None:
@@ -255,7 +264,7 @@ class Pipeline:
         self.end[row] = max(int(self.pos[row]), end_pos)
         return True
 
-    def abort_all(self, cause: str) -> None:
+    def abort_all(self, cause: Cause) -> None:
         for job in list(self.jobs.values()):
             self.stop(job.msg.job_id, cause, int(self.pos[job.row]))
 
@@ -484,17 +493,17 @@ class Pipeline:
                 between()
             job = self.jobs[row]
             if self.done[row] and job.cause is None:
-                job.cause = "SILENCE"
+                job.cause = Cause.SILENCE
             ending = bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row]))
-            if ending and job.cause != "SILENCE":
+            if ending and job.cause != Cause.SILENCE:
                 self._append_delayed(job)
                 self.fill[row] -= min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
             self._flush(job)
             self.room[row] = self._room(job.writer)
             if job.writer.room == 0 and job.cause is None and not ending:
-                job.cause = "SIZE"
+                job.cause = Cause.SIZE
                 ending = True
-            if ending or job.cause in ("SIZE", "ERROR"):
+            if ending or job.cause in (Cause.SIZE, Cause.ERROR):
                 self._finish(job)
 
     def _flush_codes(self, rows: np.ndarray) -> None:
@@ -511,7 +520,7 @@ class Pipeline:
                 job.writer.write_codes(self.stage_c[row, :nslot].reshape(-1))  # a view: no copy
             except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
                 log.error("job %d: write failed: %s", job.msg.job_id, e)
-                job.cause, job.error = "ERROR", f"write failed: {e}"
+                job.cause, job.error = Cause.ERROR, f"write failed: {e}"
                 self._finish(job)
         # One byte per input sample: each file's room shrank by exactly what it took.
         self.room[rows] -= self.flush_samples
@@ -548,7 +557,7 @@ class Pipeline:
                 stage[row, :keep] = stage[row, last - keep:last].copy()
                 self.fill[row], self.skip[row] = keep * FRAME, 0
                 return
-        if job.cause == "SIZE" or job.writer.full:
+        if job.cause == Cause.SIZE or job.writer.full:
             data = data[:0]
         try:
             if codes and len(data):
@@ -557,24 +566,24 @@ class Pipeline:
                 job.writer.write(data)
         except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
             log.error("job %d: write failed: %s", job.msg.job_id, e)
-            job.cause, job.error = "ERROR", f"write failed: {e}"
+            job.cause, job.error = Cause.ERROR, f"write failed: {e}"
         self.fill[row] = 0
         self.skip[row] = 0
 
     def _finish(self, job: Job) -> None:
         row = job.row
-        cause = job.cause or "ERROR"
+        cause = job.cause or Cause.ERROR
         writer = job.writer
         nbytes = samples = 0
         try:
-            if cause == "SILENCE" and not job.stereo:
+            if cause == Cause.SILENCE and not job.stereo:
                 heard = bool(self.silence.heard[row])
                 keep = int(self.silence.last_loud_end[row]) + self._tail(job) if heard else 0
                 writer.truncate(min(keep, writer.input_samples))
             nbytes, samples = writer.close()
         except Exception as e:
             log.error("job %d: finalising failed: %s", job.msg.job_id, e)
-            cause, job.error = "ERROR", job.error or f"finalising failed: {e}"
+            cause, job.error = Cause.ERROR, job.error or f"finalising failed: {e}"
             try:
                 writer.abort()
             except Exception:
@@ -591,7 +600,7 @@ class Pipeline:
         return -(-writer.room * SAMPLE_RATE // writer.rate)
 
     def _tail(self, job: Job) -> int:
-        return int(job.msg.silence_hangover_ms) * SAMPLE_RATE // 1000
+        return self.hangover_samples
 
     def _release(self, job: Job) -> None:
         row = job.row
@@ -616,7 +625,7 @@ class Pipeline:
     def fail_all(self, error: str) -> None:
         """The worker is going down hard: end every job with ERROR, files finalised if possible."""
         for job in list(self.jobs.values()):
-            job.cause, job.error = "ERROR", error
+            job.cause, job.error = Cause.ERROR, error
             self._flush(job)
             self._finish(job)
 
