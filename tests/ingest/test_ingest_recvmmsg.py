@@ -107,6 +107,7 @@ def test_ipv6_source_address() -> None:
     try:
         try:
             rx.bind(("::1", 0))
+            tx.bind(("::1", 0))
         except OSError:
             pytest.skip("no ::1")
         rx.setblocking(False)
