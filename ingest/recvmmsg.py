@@ -113,28 +113,38 @@ class BatchReceiver(_Batch):
 
     After ``n = recv()``, rows ``buffer[:n]`` hold the datagrams, ``lengths[:n]`` their sizes
     (larger than `size` for a datagram that did not fit, whose row holds its first `size`
-    bytes), ``source_ip4[:n]``/``source_port[:n]`` their IPv4 sources (0 for IPv6: use
-    `address`). Everything is overwritten by the next `recv`.
+    bytes), `source_ip4`/`source_port` their IPv4 sources (0 for IPv6: use `address`).
+    Everything is overwritten by the next `recv`.
     """
 
     def __init__(self, sock: socket.socket, capacity: int = 64, size: int = 2048) -> None:
         super().__init__(sock, capacity, size)
         self.lengths: np.ndarray = self._msg_len
         """uint32 view of the kernel's msg_len fields."""
-        self.source_ip4 = np.zeros(capacity, dtype=np.uint32)
-        """IPv4 source address as a host-order integer (127.0.0.1 == 0x7F000001)."""
-        self.source_port = np.zeros(capacity, dtype=np.uint16)
+        self.count = 0
+        """Datagrams the last `recv` returned."""
 
     def recv(self) -> int:
         """Receive what is waiting, up to `capacity` datagrams; 0 when nothing is."""
-        self._namelen[:] = SOCKADDR_SIZE  # the kernel overwrote them with the real lengths
-        n = _check(_recvmmsg(self.fd, self._hdr_ptr, self.capacity, MSG_DONTWAIT | MSG_TRUNC, None))
-        if n:
-            names = self.names[:n]
-            ipv4 = names[:, 0] == socket.AF_INET  # family is host order: low byte first on x86
-            self.source_port[:n] = names[:, 2:4].copy().view(">u2")[:, 0]
-            self.source_ip4[:n] = np.where(ipv4, names[:, 4:8].copy().view(">u4")[:, 0], 0)
+        if self.count:  # the kernel overwrote these with the real address lengths
+            self._namelen[: self.count] = SOCKADDR_SIZE
+        n = self.count = _check(_recvmmsg(self.fd, self._hdr_ptr, self.capacity, MSG_DONTWAIT | MSG_TRUNC, None))
         return n
+
+    @property
+    def source_ip4(self) -> np.ndarray:
+        """IPv4 sources of the last batch as host-order integers (127.0.0.1 == 0x7F000001), 0 for IPv6.
+
+        Computed on demand: a receiver that trusts its sources pays nothing for them.
+        """
+        names = self.names[: self.count]
+        ipv4 = names[:, 0] == socket.AF_INET  # the family is host order: low byte first on x86
+        return np.where(ipv4, names[:, 4:8].view(">u4")[:, 0], 0).astype(np.uint32)
+
+    @property
+    def source_port(self) -> np.ndarray:
+        """Source ports of the last batch."""
+        return self.names[: self.count, 2:4].view(">u2")[:, 0].astype(np.uint16)
 
 
 class BatchSender(_Batch):

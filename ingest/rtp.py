@@ -169,6 +169,11 @@ def build_packet(
     return b"".join(parts)
 
 
+SMALL_BATCH = 4
+"""Up to this many datagrams, `parse_batch` parses one by one: each numpy operation costs
+about 0.5 us however short its array, and the vectorised path is some 30 of them."""
+
+
 @dataclass(slots=True)
 class RtpBatch:
     """Headers of the first `count` datagrams of a receive buffer, one array element per datagram.
@@ -207,36 +212,38 @@ def parse_batch(buffer: np.ndarray, lengths: np.ndarray, count: int | None = Non
     if stride < HEADER_SIZE:
         raise ValueError(f"buffer rows of {stride} bytes cannot hold an RTP header ({HEADER_SIZE})")
     n = len(lengths) if count is None else count
-    size = np.asarray(lengths[:n], dtype=np.int64)
-    head = np.ascontiguousarray(buffer[:n, :HEADER_SIZE])
-    words = head.view(">u4")  # (n, 3): flags|seq, timestamp, ssrc
-    first = head[:, 0]
-    second = head[:, 1]
+    if n <= SMALL_BATCH:
+        return _parse_few(buffer, lengths, n)
+    size = lengths[:n].astype(np.int64)
+    words = buffer[:n, :HEADER_SIZE].view(">u4")  # (n, 3) strided view: flags|pt|seq, timestamp, ssrc
+    w0 = words[:, 0].astype(np.uint32)
+    first = w0 >> 24
     fits = (size >= HEADER_SIZE) & (size <= stride)
-    valid = fits & ((first >> 6) == RTP_VERSION)
+    v2 = fits & ((first & 0xC0) == RTP_VERSION << 6)
     simple = (first & 0x1F) == 0  # no extension, no CSRC: the header is 12 bytes
-    fast = valid & simple
-    padded = fast & ((first & 0x20) != 0)
-    offset = np.full(n, HEADER_SIZE, dtype=np.int64)
-    pad = np.zeros(n, dtype=np.int64)
+    valid = v2 & simple
+    length = size - HEADER_SIZE
+    padded = valid & ((first & 0x20) != 0)
     if padded.any():
         rows = np.flatnonzero(padded)
-        pad[rows] = buffer[rows, size[rows] - 1]
-        bad = padded & ((pad == 0) | (pad > size - HEADER_SIZE))
-        valid &= ~bad
-        pad[bad] = 0
-    length = np.where(valid, size - offset - pad, 0)
+        pad = buffer[rows, size[rows] - 1].astype(np.int64)
+        bad = (pad == 0) | (pad > length[rows])
+        valid[rows[bad]] = False
+        length[rows] -= pad
+    length[~valid] = 0
     batch = RtpBatch(
         valid=valid,
-        payload_type=second & 0x7F,
-        sequence=head[:, 2:4].copy().view(">u2")[:, 0].astype(np.uint16),
+        payload_type=((w0 >> 16) & 0x7F).astype(np.uint8),
+        sequence=(w0 & 0xFFFF).astype(np.uint16),
         timestamp=words[:, 1].astype(np.uint32),
         ssrc=words[:, 2].astype(np.uint32),
-        marker=(second & 0x80) != 0,
-        payload_offset=offset,
+        marker=(w0 & 0x800000) != 0,
+        payload_offset=np.full(n, HEADER_SIZE, dtype=np.int64),
         payload_length=length,
     )
-    slow = np.flatnonzero(fits & ~simple & ((first >> 6) == RTP_VERSION))
+    if simple.all():
+        return batch
+    slow = np.flatnonzero(v2 & ~simple)
     for i in slow.tolist():
         try:
             header = parse_header(buffer[i, : size[i]].data)
@@ -248,3 +255,29 @@ def parse_batch(buffer: np.ndarray, lengths: np.ndarray, count: int | None = Non
         batch.payload_offset[i] = header.payload_offset
         batch.payload_length[i] = header.payload_length
     return batch
+
+
+def _parse_few(buffer: np.ndarray, lengths: np.ndarray, n: int) -> RtpBatch:
+    stride = buffer.shape[1]
+    fields: list[tuple[bool, int, int, int, int, bool, int, int]] = []
+    for i in range(n):
+        size = int(lengths[i])
+        try:
+            if size > stride:
+                raise RtpError("datagram longer than its buffer row")
+            h = parse_header(buffer[i, :size].data)
+        except RtpError:
+            fields.append((False, 0, 0, 0, 0, False, HEADER_SIZE, 0))
+            continue
+        fields.append((True, h.payload_type, h.sequence, h.timestamp, h.ssrc, h.marker, h.payload_offset, h.payload_length))
+    columns = list(zip(*fields)) if fields else [()] * 8
+    return RtpBatch(
+        valid=np.array(columns[0], dtype=bool),
+        payload_type=np.array(columns[1], dtype=np.uint8),
+        sequence=np.array(columns[2], dtype=np.uint16),
+        timestamp=np.array(columns[3], dtype=np.uint32),
+        ssrc=np.array(columns[4], dtype=np.uint32),
+        marker=np.array(columns[5], dtype=bool),
+        payload_offset=np.array(columns[6], dtype=np.int64),
+        payload_length=np.array(columns[7], dtype=np.int64),
+    )

@@ -91,7 +91,7 @@ def damaged(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(valid_packets | damaged(), min_size=1, max_size=20), st.integers(0, 8))
+@given(st.lists(valid_packets | damaged(), min_size=1, max_size=20), st.integers(0, 8))  # both paths: <= 4 and more
 def test_batch_parse_equals_per_packet_parse(datagrams: list[bytes], overlong: int) -> None:
     stride = 80
     buffer = np.zeros((len(datagrams), stride), np.uint8)
