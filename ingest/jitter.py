@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .payload import RATE, Kind, PayloadError, PayloadTypes
-from .telephone_event import parse_event
+from .telephone_event import TelephoneEvent, parse_event
 
 DEFAULT_WINDOW = 0.2
 """Re-order window in seconds."""
@@ -323,7 +323,7 @@ class JitterBuffer:
         heapq.heappush(self._pending, (position, self._order, samples))
         self._order += 1
 
-    def _event(self, stream: _Stream, ext_ts: int, position: int, event, marker: bool) -> None:  # noqa: ANN001
+    def _event(self, stream: _Stream, ext_ts: int, position: int, event: TelephoneEvent, marker: bool) -> None:
         if ext_ts == stream.event_ts:  # the same event again: update, repeat, or end retransmission
             stream.event_end = stream.event_end or event.end
             stream.event_duration = max(stream.event_duration, event.duration)
