@@ -1,0 +1,375 @@
+"""Per-leg playout core: RTP packets in, a gap-free run of samples on the call's clock out.
+
+No I/O and no clock of its own (aioquic style): the caller passes `now` (seconds, any
+monotonic clock that `call_t0` also came from) to `push` and `pull`, so tests are exact and
+deterministic.
+
+Why it works this way (issue 22): the worker reads both legs of a call at the same ring
+position, so each leg must produce exactly one sample per tick of the call's 8 kHz clock,
+whatever the network did. Therefore
+
+* positions, not arrival order, decide where audio goes. A stream's first packet anchors
+  it: it lands at the call clock of its arrival, ``(now - call_t0) * 8000``; every later
+  packet of the stream lands at ``anchor + (timestamp - first timestamp)``, with 32-bit
+  timestamp and 16-bit sequence wrap unrolled into extended counters;
+* output is held back by the re-order window (default 200 ms): `pull(now)` releases every
+  position below ``clock(now) - window``, audio where packets landed and silence of the
+  exact length elsewhere, so a late packet within the window still lands at its place, a
+  lost one is silence at its place, and a leg that never sends still advances. Both legs of
+  a call released by the same `now` end at the same position;
+* a packet whose place was already released is "late" and dropped; a repeated sequence
+  number is a duplicate and dropped;
+* a new SSRC (re-INVITE, transfer, hold) continues right after the previous stream's last
+  sample if it arrives within the window of it, else at its arrival time;
+* a stream that has drifted or stalled out of the window (its newest packet would land
+  before what has been released, or more than `max_ahead` past the clock) is re-anchored
+  at its arrival time ("resync"), so sender clock drift costs one short silence now and
+  then instead of dropping every packet from then on;
+* RFC 4733 telephone events become digits (reported once per key press, with the position
+  where the press starts) and CN (RFC 3389) only moves the stream along: neither is ever
+  written as audio; their spans are silence unless audio packets cover them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .payload import RATE, Kind, PayloadError, PayloadTypes
+from .telephone_event import TelephoneEvent, parse_event
+
+DEFAULT_WINDOW = 0.2
+"""Re-order window in seconds."""
+DEFAULT_MAX_AHEAD = 1.0
+"""How far past the call clock (seconds) a stream's newest packet may land before a resync."""
+MAX_STREAMS = 8
+"""Streams (SSRCs) remembered per leg; the oldest is forgotten past this (garbage SSRCs)."""
+
+_SEQ_SEEN = 2048  # sequence numbers remembered for duplicate detection (about 40 s at 50/s)
+_EVENT_STARTS = 32  # telephone-event start timestamps remembered per stream
+
+Chunk = tuple[int, "np.ndarray | int"]
+"""(position, int16 samples) or (position, silence length in samples)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """A key press (RFC 4733 event 0..15) on this leg."""
+
+    position: int
+    """Leg sample position where the press starts."""
+    digit: str
+    """``0``-``9``, ``*``, ``#``, ``A``-``D``."""
+    volume: int
+    """Power level in -dBm0 as the sender reported it."""
+    ssrc: int
+
+
+@dataclass(frozen=True, slots=True)
+class LegCounters:
+    """What happened to a leg's packets so far (a snapshot)."""
+
+    received: int
+    """Packets of a known payload type that decoded (duplicates and late ones included)."""
+    lost: int
+    """Sequence numbers never received, summed over the leg's streams (RFC 3550 A.3 style)."""
+    reordered: int
+    """Packets that arrived after a packet with a higher sequence number of the same stream."""
+    duplicates: int
+    """Packets whose sequence number had already been received; dropped."""
+    late: int
+    """Audio packets whose place had already been released; dropped."""
+    ssrc_changes: int
+    """Times the leg switched to a new (or returning) SSRC."""
+    resyncs: int
+    """Times a stream that had left the window was re-anchored at its arrival."""
+    bad: int
+    """Packets dropped for an unknown payload type or an undecodable payload."""
+
+
+class _Stream:
+    """One SSRC's state: how its timestamps map to positions and what it has sent."""
+
+    __slots__ = (
+        "ssrc", "anchor", "base_ts", "max_ts", "max_seq", "min_seq", "unique", "seen",
+        "last_arrival", "end", "event_ts", "event_code", "event_end", "event_duration", "event_starts",
+    )
+
+    def __init__(self, ssrc: int, ts: int, seq: int, anchor: int, now: float) -> None:
+        self.ssrc = ssrc
+        self.anchor = anchor  # position of extended timestamp base_ts
+        self.base_ts = ts
+        self.max_ts = ts  # highest extended timestamp so far
+        self.max_seq = seq  # highest extended sequence number so far
+        self.min_seq = seq
+        self.unique = 0
+        self.seen: set[int] = set()
+        self.last_arrival = now
+        self.end = anchor  # one past the last position this stream covered
+        self.event_ts: int | None = None
+        self.event_code = -1
+        self.event_end = False
+        self.event_duration = 0
+        self.event_starts: deque[int] = deque(maxlen=_EVENT_STARTS)
+
+    def lost(self) -> int:
+        return max(0, self.max_seq - self.min_seq + 1 - self.unique)
+
+
+def _unwrap(value: int, reference: int, bits: int) -> int:
+    """Extend a `bits`-wide counter to the value nearest to the extended `reference`."""
+    mask = (1 << bits) - 1
+    delta = (value - reference) & mask
+    if delta >= 1 << (bits - 1):
+        delta -= 1 << bits
+    return reference + delta
+
+
+class JitterBuffer:
+    """The playout core of one leg; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        call_t0: float,
+        payload_types: PayloadTypes | None = None,
+        *,
+        window: float = DEFAULT_WINDOW,
+        max_ahead: float = DEFAULT_MAX_AHEAD,
+        rate: int = RATE,
+    ) -> None:
+        """`call_t0`: the instant (same clock as `now`) of the call's sample position 0."""
+        if not window >= 0:
+            raise ValueError(f"re-order window {window} s must be >= 0")
+        if not max_ahead >= window:
+            raise ValueError(f"max_ahead {max_ahead} s must be >= the window {window} s")
+        self.call_t0 = call_t0
+        self.rate = rate
+        self.payload_types = payload_types if payload_types is not None else PayloadTypes()
+        self.window = round(window * rate)
+        """Re-order window in samples."""
+        self.max_ahead = round(max_ahead * rate)
+        self.released = 0
+        """Every position below this has been returned by `pull`."""
+        self._pending: list[tuple[int, int, np.ndarray]] = []  # heap of (position, arrival no., samples)
+        self._order = 0
+        self._streams: dict[int, _Stream] = {}
+        self._current: _Stream | None = None
+        self._digits: list[Digit] = []
+        self._retired_lost = 0
+        self.received = 0
+        self.reordered = 0
+        self.duplicates = 0
+        self.late = 0
+        self.ssrc_changes = 0
+        self.resyncs = 0
+        self.bad = 0
+
+    def clock(self, now: float) -> int:
+        """The call's sample position at `now` (never negative)."""
+        return max(0, math.floor((now - self.call_t0) * self.rate))
+
+    def push(
+        self,
+        ssrc: int,
+        sequence: int,
+        timestamp: int,
+        payload_type: int,
+        payload: bytes | bytearray | memoryview | np.ndarray,
+        now: float,
+        marker: bool = False,
+    ) -> None:
+        """Take one received packet: its header fields and its payload bytes (padding removed).
+
+        Audio is decoded here, through the call's payload-type map, so that one place
+        decides what a payload type means.
+        """
+        fmt = self.payload_types.get(payload_type)
+        if fmt is None:
+            self.bad += 1
+            return
+        try:
+            if fmt.kind is Kind.AUDIO:
+                samples = fmt.decode(payload)  # type: ignore[misc]
+                event = None
+            elif fmt.kind is Kind.EVENT:
+                event = parse_event(payload if not isinstance(payload, np.ndarray) else payload.tobytes())
+                samples = None
+            else:
+                samples = event = None
+        except PayloadError:
+            self.bad += 1
+            return
+        self.received += 1
+        clock = self.clock(now)
+        stream = self._streams.get(ssrc)
+        if stream is None:
+            stream = self._start_stream(ssrc, timestamp, sequence, clock, now)
+            ext_ts = stream.base_ts
+        else:
+            ext_ts = _unwrap(timestamp, stream.max_ts, 32)
+            if (
+                stream is not self._current
+                and ext_ts > stream.max_ts
+                and now - stream.last_arrival > self.window / self.rate
+            ):
+                self._switch_to(stream, ext_ts, clock)  # a stream that comes back (unhold)
+
+        ext_seq = _unwrap(sequence, stream.max_seq, 16)
+        if ext_seq in stream.seen:
+            self.duplicates += 1
+            return
+        stream.seen.add(ext_seq)
+        if len(stream.seen) > _SEQ_SEEN:
+            floor = stream.max_seq - _SEQ_SEEN // 2
+            stream.seen = {s for s in stream.seen if s > floor}
+        stream.unique += 1
+        if ext_seq < stream.max_seq:
+            self.reordered += 1
+            stream.min_seq = min(stream.min_seq, ext_seq)
+        else:
+            stream.max_seq = ext_seq
+        stream.last_arrival = now
+
+        position = stream.anchor + ext_ts - stream.base_ts
+        if ext_ts > stream.max_ts:
+            if position < self.released or position > clock + self.max_ahead:
+                stream.anchor = clock
+                stream.base_ts = ext_ts
+                position = clock
+                self.resyncs += 1
+            stream.max_ts = ext_ts
+
+        if samples is not None:
+            self._land(position, samples)
+            stream.end = max(stream.end, position + len(samples))
+        elif event is not None:
+            self._event(stream, ext_ts, position, event, marker)
+            stream.end = max(stream.end, position + event.duration)
+        else:
+            stream.end = max(stream.end, position)
+
+    def pull(self, now: float) -> list[Chunk]:
+        """Release everything below ``clock(now) - window``, in position order, gaps as silence."""
+        return self._release(self.clock(now) - self.window)
+
+    def flush(self, now: float) -> list[Chunk]:
+        """At the end of the call: release everything below ``clock(now)``, not holding the window."""
+        return self._release(self.clock(now))
+
+    def pop_digits(self) -> list[Digit]:
+        """Digits reported since the last call, in the order their first packets arrived."""
+        digits, self._digits = self._digits, []
+        return digits
+
+    def counters(self) -> LegCounters:
+        return LegCounters(
+            received=self.received,
+            lost=self._retired_lost + sum(s.lost() for s in self._streams.values()),
+            reordered=self.reordered,
+            duplicates=self.duplicates,
+            late=self.late,
+            ssrc_changes=self.ssrc_changes,
+            resyncs=self.resyncs,
+            bad=self.bad,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Packets (or pieces of them) landed but not yet released."""
+        return len(self._pending)
+
+    # -- inside ---------------------------------------------------------------------
+
+    def _start_stream(self, ssrc: int, ts: int, seq: int, clock: int, now: float) -> _Stream:
+        if len(self._streams) >= MAX_STREAMS:
+            oldest = min(
+                (s for s in self._streams.values() if s is not self._current), key=lambda s: s.last_arrival
+            )
+            self._retired_lost += oldest.lost()
+            del self._streams[oldest.ssrc]
+        stream = _Stream(ssrc, ts, seq, clock, now)
+        self._streams[ssrc] = stream
+        if self._current is not None:
+            self._switch_to(stream, ts, clock)
+        self._current = stream
+        return stream
+
+    def _switch_to(self, stream: _Stream, ext_ts: int, clock: int) -> None:
+        """Anchor `stream` (new or returning) so that `ext_ts` lands where the leg continues."""
+        previous = self._current
+        anchor = clock
+        if previous is not None and previous is not stream:
+            self.ssrc_changes += 1
+            if clock <= previous.end + self.window:
+                anchor = previous.end
+        stream.anchor = anchor
+        stream.base_ts = ext_ts
+        stream.max_ts = ext_ts
+        stream.end = max(stream.end, anchor)
+        self._current = stream
+
+    def _land(self, position: int, samples: np.ndarray) -> None:
+        end = position + len(samples)
+        if end <= self.released:
+            self.late += 1
+            return
+        if position < self.released:
+            samples = samples[self.released - position:]
+            position = self.released
+        heapq.heappush(self._pending, (position, self._order, samples))
+        self._order += 1
+
+    def _event(self, stream: _Stream, ext_ts: int, position: int, event: TelephoneEvent, marker: bool) -> None:
+        if ext_ts == stream.event_ts:  # the same event again: update, repeat, or end retransmission
+            stream.event_end = stream.event_end or event.end
+            stream.event_duration = max(stream.event_duration, event.duration)
+            return
+        if ext_ts in stream.event_starts:  # a late packet of an event we already reported
+            return
+        stream.event_starts.append(ext_ts)
+        continues = (
+            stream.event_ts is not None
+            and not marker
+            and event.event == stream.event_code
+            and not stream.event_end
+            and 0 < ext_ts - stream.event_ts <= stream.event_duration
+        )
+        stream.event_ts = ext_ts
+        stream.event_code = event.event
+        stream.event_end = event.end
+        stream.event_duration = event.duration
+        if continues:  # RFC 4733 2.5.1.3: the next segment of a long press
+            return
+        digit = event.digit
+        if digit is not None:
+            self._digits.append(Digit(position=position, digit=digit, volume=event.volume, ssrc=stream.ssrc))
+
+    def _release(self, horizon: int) -> list[Chunk]:
+        cursor = self.released
+        if horizon <= cursor:
+            return []
+        out: list[Chunk] = []
+        pending = self._pending
+        while pending and pending[0][0] < horizon:
+            position, order, samples = heapq.heappop(pending)
+            end = position + len(samples)
+            if end <= cursor:  # wholly covered by audio placed earlier (overlapping timestamps)
+                continue
+            if position < cursor:
+                samples = samples[cursor - position:]
+                position = cursor
+            if position > cursor:
+                out.append((cursor, position - cursor))
+            if end > horizon:
+                heapq.heappush(pending, (horizon, order, samples[horizon - position:]))
+                samples = samples[: horizon - position]
+            out.append((position, samples))
+            cursor = position + len(samples)
+        if cursor < horizon:
+            out.append((cursor, horizon - cursor))
+        self.released = horizon
+        return out
