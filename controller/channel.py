@@ -16,7 +16,9 @@ import numpy as np
 
 from wholecall.shm import LegWriter
 
+from .activities import Activities
 from .errors import Error, Hangup
+from .media import DTMFPlayer, FilePlayer, bridge, unbridge
 from .recorder import WholeCallRecorder
 from .states import CallState, call_transition
 
@@ -56,6 +58,10 @@ class Leg:
             leg._w.write(pcm, block=False)
         return done
 
+    def relay_to(self, legs: list["Leg"]) -> None:
+        """Also send this leg's audio to `legs` from now on (bridges and conferences set it)."""
+        self._relay = list(legs)
+
     def skip(self, samples: int) -> None:
         """Advance the leg's clock over a gap (lost packets): recorded as silence."""
         self._w.skip(samples)
@@ -70,23 +76,18 @@ class CallChannel:
     State = CallState
 
     def __init__(self, controller: "Controller", channel_id: int, slots: list[int], state: CallState) -> None:
-        self._controller = controller
+        self.controller = controller
         self.id = channel_id
-        self._slots = slots
+        self.slots = slots
         self._lock = threading.RLock()
         self._state = state
         arena = controller.arena
         self.inbound = Leg(LegWriter(arena, slots[0]), "inbound")
         self.outbound = Leg(LegWriter(arena, slots[1]), "outbound")
+        #: Activities the spec says a recorder cannot be started under (media.py keeps them).
+        self.activities = Activities(channel_id)
         self.WholeCallRecorder = WholeCallRecorder(self)
-        # Activities the spec says a recorder cannot be started under (see media.py).
-        self._transmitters: set[str] = set()  # "play()", "play_dtmf()" while they run
-        self._connected: CallChannel | None = None
-        self._conference = None
-        self._moh = None
         self._closed = False
-        from .media import DTMFPlayer, FilePlayer
-
         self.FilePlayer = FilePlayer(self)
         self.DTMFPlayer = DTMFPlayer(self)
 
@@ -151,22 +152,12 @@ class CallChannel:
                 return
             self._fire("hang_up")
         self._stop_activities()
-        self.WholeCallRecorder._hangup(self._controller.config.stop_timeout_s if wait else 0.0)
+        self.WholeCallRecorder._hangup(self.controller.config.stop_timeout_s if wait else 0.0)
 
     # -- activities that block starting a recorder (media.py implements them) --------------------
 
-    def _activities(self) -> list[str]:
-        with self._lock:
-            busy = [f"is using {t}" for t in sorted(self._transmitters)]
-            if self._connected is not None:
-                busy.append(f"is connected to Channel({self._connected.id})")
-            if self._conference is not None:
-                busy.append(f"is in conference {self._conference.name!r}")
-            if self._moh is not None:
-                busy.append(f"is on music on hold {self._moh.name!r}")
-            return busy
-
-    def _require_answered(self, what: str) -> None:
+    def require_answered(self, what: str) -> None:
+        """Hangup if the call is IDLE, Error unless ANSWERED: the guard every activity shares."""
         state = self.state()
         if state is CallState.IDLE:
             raise Hangup(f"Channel({self.id}): cannot {what}: the call is IDLE")
@@ -176,12 +167,14 @@ class CallChannel:
     def _stop_activities(self) -> None:
         self.FilePlayer.stop()
         self.DTMFPlayer.stop()
-        if self._connected is not None:
+        act = self.activities
+        if act.peer is not None:
             self.disconnect()
-        if self._conference is not None:
-            self._conference.remove(self)
-        if self._moh is not None:
-            self._moh.remove(self)
+        conference, moh = act.conference, act.moh
+        if conference is not None:
+            conference.remove(self)  # type: ignore[attr-defined]
+        if moh is not None:
+            moh.remove(self)  # type: ignore[attr-defined]
 
     def play(self, filename: str, realtime: bool = True) -> None:
         """The spec's transmitter `play()`: send a WAV file to the far end; returns when sent.
@@ -196,41 +189,29 @@ class CallChannel:
 
     def connect(self, other: "CallChannel") -> None:
         """Bridge two answered channels: each one's inbound audio becomes the other's outbound."""
-        from .media import bridge
-
         bridge(self, other)
 
     def disconnect(self) -> None:
-        from .media import unbridge
-
         unbridge(self)
 
     # -- recorder plumbing --------------------------------------------------------------------
 
-    def _position(self) -> int:
+    def position(self) -> int:
         """Where the call is now: the furthest leg's clock."""
         return max(self.inbound.position, self.outbound.position)
 
-    def _arm(self, job_id: int) -> int:
+    def arm(self, job_id: int) -> int:
         """Mark both legs as recorded by `job_id`; returns the position the recording starts at.
 
-        Holding both producers' locks makes the switch atomic for in-process producers:
-        every sample written after this returns is kept for the worker.
+        Holding both in-process producers' locks makes the switch atomic for them: every
+        sample written after this returns is kept for the worker (`shm.Arena.arm`).
         """
-        a = self._controller.arena
         w_in, w_out = self.inbound._w, self.outbound._w
         with w_in._lock, w_out._lock:
-            start = max(int(a.write_pos[w_in.slot]), int(a.write_pos[w_out.slot]))
-            for s in (w_in.slot, w_out.slot):
-                a.read_pos[s] = start
-                a.job[s] = job_id
-        return start
+            return self.controller.arena.arm([w_in.slot, w_out.slot], job_id)
 
-    def _disarm(self, job_id: int) -> None:
-        a = self._controller.arena
-        for s in self._slots:
-            if a.job[s] == job_id:
-                a.job[s] = 0
+    def disarm(self, job_id: int) -> None:
+        self.controller.arena.disarm(self.slots, job_id)
 
     def close(self) -> None:
         """Hang up and give the channel's ring slots back to the arena."""
@@ -239,7 +220,7 @@ class CallChannel:
             if self._closed:
                 return
             self._closed = True
-        self._controller._release_channel(self)
+        self.controller.release_channel(self)
 
     def __repr__(self) -> str:
         return f"<CallChannel {self.id} {self.state().value}>"

@@ -136,11 +136,12 @@ class Controller:
             self._channels[cid] = ch
         return ch
 
-    def _release_channel(self, ch: CallChannel) -> None:
+    def release_channel(self, ch: CallChannel) -> None:
+        """Give a closed channel's ring slots back (CallChannel.close calls it)."""
         with self._lock:
             self._channels.pop(ch.id, None)
         if self.arena is not None:
-            self.arena.release(ch._slots)
+            self.arena.release(ch.slots)
 
     def conference(self, name: str) -> Conference:
         return Conference(name)
@@ -150,7 +151,8 @@ class Controller:
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _new_job(self, recorder: WholeCallRecorder) -> int:
+    def new_job(self, recorder: WholeCallRecorder) -> int:
+        """A fresh job id, routed to `recorder` until the job ends."""
         with self._lock:
             job_id = next(self._job_ids)
             self._jobs[job_id] = recorder

@@ -72,11 +72,8 @@ class _Player:
 
     def _begin(self, audio: np.ndarray, realtime: bool) -> None:
         ch = self._channel
-        ch._require_answered(self.activity)
-        with ch._lock:
-            if self.activity in ch._transmitters:
-                raise Error(f"Channel({ch.id}): {self.activity} is already running")
-            ch._transmitters.add(self.activity)
+        ch.require_answered(self.activity)
+        ch.activities.begin_transmit(self.activity)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(audio, realtime), daemon=True,
                                         name=f"{self.activity}-{ch.id}")
@@ -95,8 +92,7 @@ class _Player:
                     if delay > 0:
                         self._stop.wait(delay)
         finally:
-            with ch._lock:
-                ch._transmitters.discard(self.activity)
+            ch.activities.end_transmit(self.activity)
 
     def stop(self) -> None:
         """Stop playing now (no-op if nothing plays)."""
@@ -157,30 +153,32 @@ class DTMFPlayer(_Player):
 def _set_relay(channel: "CallChannel") -> None:
     """Recompute where the channel's inbound audio is relayed to."""
     targets = []
-    if channel._connected is not None:
-        targets.append(channel._connected.outbound)
-    if channel._conference is not None:
-        targets += [m.outbound for m in channel._conference.members if m is not channel]
-    channel.inbound._relay = targets
+    act = channel.activities
+    if act.peer is not None:
+        targets.append(act.peer.outbound)
+    if isinstance(act.conference, Conference):
+        targets += [m.outbound for m in act.conference.members if m is not channel]
+    channel.inbound.relay_to(targets)
 
 
 def bridge(a: "CallChannel", b: "CallChannel") -> None:
     if a is b:
         raise Error(f"Channel({a.id}) cannot be connected to itself")
     for ch in (a, b):
-        ch._require_answered("connect")
-        if ch._connected is not None:
-            raise Error(f"Channel({ch.id}) is already connected to Channel({ch._connected.id})")
-    a._connected, b._connected = b, a
+        ch.require_answered("connect")
+        peer = ch.activities.peer
+        if peer is not None:
+            raise Error(f"Channel({ch.id}) is already connected to Channel({peer.id})")
+    a.activities.peer, b.activities.peer = b, a
     _set_relay(a)
     _set_relay(b)
 
 
 def unbridge(a: "CallChannel") -> None:
-    b = a._connected
+    b = a.activities.peer
     if b is None:
         return
-    a._connected = b._connected = None
+    a.activities.peer = b.activities.peer = None
     _set_relay(a)
     _set_relay(b)
 
@@ -194,11 +192,9 @@ class Conference:
         self._lock = threading.Lock()
 
     def add(self, channel: "CallChannel") -> None:
-        channel._require_answered("join a conference")
+        channel.require_answered("join a conference")
         with self._lock:
-            if channel._conference is not None:
-                raise Error(f"Channel({channel.id}) is already in conference {channel._conference.name!r}")
-            channel._conference = self
+            channel.activities.join("conference", self)
             self.members.append(channel)
             for m in self.members:
                 _set_relay(m)
@@ -207,7 +203,7 @@ class Conference:
         with self._lock:
             if channel in self.members:
                 self.members.remove(channel)
-                channel._conference = None
+                channel.activities.leave("conference", self)
                 _set_relay(channel)
                 for m in self.members:
                     _set_relay(m)
@@ -229,11 +225,9 @@ class MusicOnHold:
         self._lock = threading.Lock()
 
     def add(self, channel: "CallChannel") -> None:
-        channel._require_answered("go on music on hold")
+        channel.require_answered("go on music on hold")
         with self._lock:
-            if channel._moh is not None:
-                raise Error(f"Channel({channel.id}) is already on music on hold {channel._moh.name!r}")
-            channel._moh = self
+            channel.activities.join("moh", self)
             stop = threading.Event()
             t = threading.Thread(target=self._play, args=(channel, stop), daemon=True, name=f"moh-{channel.id}")
             self._listeners[channel.id] = (channel, stop, t)
@@ -254,8 +248,7 @@ class MusicOnHold:
     def remove(self, channel: "CallChannel") -> None:
         with self._lock:
             entry = self._listeners.pop(channel.id, None)
-            if channel._moh is self:
-                channel._moh = None
+            channel.activities.leave("moh", self)
         if entry is not None:
             entry[1].set()
             if entry[2] is not threading.current_thread():

@@ -1,8 +1,9 @@
-"""`channel.WholeCallRecorder`: the spec's API over the controller's job plumbing.
+"""`channel.WholeCallRecorder`: the spec's API, a thin waiting shell over `RecorderCore`.
 
 Every public method may be called from any thread. Each recorder has one condition
-variable; worker events (delivered by the supervisor's I/O thread) change the
-`RecorderMachine` under it and wake whoever waits.
+variable; API calls and worker events (delivered by the supervisor's I/O thread) feed
+the I/O-free core under it, perform the actions it returns (send a StartJob or a
+StopJob) and wake whoever waits. The decisions are the core's (`recorder_core.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from wholecall.protocol import JobStarted, StartJob, StopJob
 
 from .args import check_start, check_timeout
 from .errors import Error, Hangup
-from .states import CallState, Cause, Phase, RecorderMachine, RecorderState
+from .recorder_core import JobReport, RecorderCore
+from .states import CallState, Cause, Phase, RecorderState
 
 if TYPE_CHECKING:
     from .channel import CallChannel
@@ -71,9 +73,9 @@ class WholeCallRecorder:
 
     def __init__(self, channel: "CallChannel") -> None:
         self._channel = channel
-        self._ctl = channel._controller
+        self._ctl = channel.controller
         self._cond = threading.Condition()
-        self._m = RecorderMachine(f"Channel({channel.id})")
+        self._core = RecorderCore(f"Channel({channel.id})")
         self._worker = -1
         self._path = ""
         self._encrypted = False
@@ -87,12 +89,12 @@ class WholeCallRecorder:
     def state(self) -> RecorderState:
         """IDLE, RECORDING or ERROR (the last job failed)."""
         with self._cond:
-            return self._m.phase.public
+            return self._core.state()
 
     def cause(self) -> Cause:
         """Why the last job ended; NONE while a job runs or before any job."""
         with self._cond:
-            return Cause.NONE if self._m.busy else self._m.cause
+            return self._core.cause()
 
     # -- the spec's commands ----------------------------------------------------------------
 
@@ -112,9 +114,9 @@ class WholeCallRecorder:
         called = time.monotonic()
         self._check_call()
         with self._cond:
-            if self._m.busy:
+            if self._core.busy:
                 raise Error(f"Channel({self._channel.id}): whole call recorder is already RECORDING")
-            busy = self._channel._activities()
+            busy = self._channel.activities.busy()
             if busy:
                 raise Error(
                     f"Channel({self._channel.id}): cannot start the whole call recorder while the channel "
@@ -132,13 +134,13 @@ class WholeCallRecorder:
                 _make_dirs(parent, self._ctl.config.dir_mode)
             except OSError as e:
                 return self._failed_to_start(args.path, f"cannot create directory {parent}: {e.strerror or e}")
-            job_id = self._ctl._new_job(self)
-            self._m.fire("start", job_id)
+            job_id = self._ctl.new_job(self)
+            cfg = self._ctl.config
+            self._core.begin(job_id, called, cfg.start_timeout_s)
             self._worker = worker.index
             self._path = args.path
             self._encrypted = args.cipher is not None
-            start_pos = self._channel._arm(job_id)
-            cfg = self._ctl.config
+            start_pos = self._channel.arm(job_id)
             msg = StartJob(
                 job_id=job_id, channel=self._channel.id, slot_in=self._channel.inbound.slot,
                 slot_out=self._channel.outbound.slot, start_pos=start_pos, path=args.path,
@@ -149,16 +151,17 @@ class WholeCallRecorder:
             self._ctl.supervisor.assign(worker, job_id)
             sent = time.monotonic()
             self._ctl.supervisor.send(worker.index, msg)
-            deadline = time.monotonic() + cfg.start_timeout_s
-            while self._m.phase is Phase.STARTING:
-                left = deadline - time.monotonic()
-                if left <= 0:
+            while self._core.phase is Phase.STARTING:
+                now = time.monotonic()
+                give_up = self._core.poll(now)
+                if give_up is not None:
                     log.error("Channel(%d): job %d not confirmed in %.1f s; ending it", self._channel.id, job_id,
                               cfg.start_timeout_s)
-                    self._request_stop(Cause.ERROR)
+                    self._send_stop(give_up.job_id, give_up.cause)
                     return False
-                self._cond.wait(left)
-            if self._m.phase is not Phase.RECORDING:
+                if self._core.start_deadline is not None:
+                    self._cond.wait(max(0.0, self._core.start_deadline - now))
+            if self._core.phase is not Phase.RECORDING:
                 return False
             if self._started is not None:
                 delivered, ev = self._started
@@ -188,7 +191,7 @@ class WholeCallRecorder:
             return self._wait_end(self._ctl.config.stop_timeout_s) or Cause.ERROR
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._m.busy:
+            while self._core.busy:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     self._request_stop(Cause.TIMEOUT)
@@ -200,7 +203,7 @@ class WholeCallRecorder:
         """End the job with ABORTED; True once the file is finalised."""
         self._check_call()
         with self._cond:
-            if not self._m.busy:
+            if not self._core.busy:
                 return True
             self._request_stop(Cause.ABORTED)
         return self._wait_end(self._ctl.config.stop_timeout_s) is not None
@@ -228,8 +231,7 @@ class WholeCallRecorder:
         `start()` returns False, state ERROR, cause ERROR; no file was created.
         """
         log.error("Channel(%d): cannot start recording %s: %s", self._channel.id, path, error)
-        self._m.fire("start", 0)
-        self._m.fire("ended", cause=Cause.ERROR)
+        self._core.refuse(JobReport(0, Cause.ERROR, 0, 0, 0.0, error))
         self.last_result = JobResult(path, Cause.ERROR, 0, 0, 0.0, error)
         self._cond.notify_all()
         return False
@@ -238,26 +240,27 @@ class WholeCallRecorder:
         """Wait until no job runs; its cause, or None on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._m.busy:
+            while self._core.busy:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return None
                 self._cond.wait(left)
-            return self._m.cause
+            return self._core.cause()
 
     def _request_stop(self, cause: Cause) -> None:
         """Ask the worker to end the job (caller holds the condition)."""
-        if not self._m.busy or self._m.phase is Phase.STOPPING:
-            return
-        job_id = self._m.job_id
-        self._m.fire("stop")
-        end_pos = self._channel._position()
+        action = self._core.request_stop(cause)
+        if action is not None:
+            self._send_stop(action.job_id, action.cause)
+
+    def _send_stop(self, job_id: int, cause: Cause) -> None:
+        end_pos = self._channel.position()
         self._ctl.supervisor.send(self._worker, StopJob(job_id=job_id, cause=cause, end_pos=end_pos))
 
     def _hangup(self, wait_s: float) -> None:
         """The call hung up: end a running job with HANGUP and wait (bounded) for the file."""
         with self._cond:
-            if not self._m.busy:
+            if not self._core.busy:
                 return
             self._request_stop(Cause.HANGUP)
         if wait_s > 0:
@@ -267,20 +270,19 @@ class WholeCallRecorder:
 
     def _on_started(self, ev: JobStarted) -> None:
         with self._cond:
-            if self._m.job_id == ev.job_id:
-                self._started = (time.monotonic(), ev)
-                self._m.fire("started")
+            delivered = time.monotonic()
+            if self._core.started(ev.job_id):
+                self._started = (delivered, ev)
                 self._cond.notify_all()
 
     def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> None:
         with self._cond:
-            if self._m.job_id != job_id:
+            if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
                 return
-            self._channel._disarm(job_id)
+            self._channel.disarm(job_id)
             self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error)
             if error:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
-            self._m.fire("ended", cause=cause)
             self._cond.notify_all()
 
 

@@ -268,6 +268,36 @@ class Arena:
     def free_slots(self) -> int:
         return len(self._free)
 
+    def arm(self, slots: list[int], job_id: int) -> int:
+        """Hand `slots` to the consumer that will run `job_id`; returns the position it starts at.
+
+        The one place (besides the consumer itself) that stores `read_pos`, and only while
+        the slots have no consumer (`job == 0`): the start is the furthest producer position
+        of the slots, `read_pos` is set there first and `job` last, so a producer that sees
+        the job also sees where its consumer reads (the producer respects `read_pos` only
+        for armed slots). The caller holds the in-process producers' locks, if any, so
+        that every sample written after this returns is kept for the consumer.
+        """
+        if not self.owner:
+            raise RuntimeError("only the arena owner arms slots")
+        if job_id <= 0:
+            raise ValueError(f"job_id must be positive, got {job_id}")
+        busy = [s for s in slots if self.job[s]]
+        if busy:
+            raise RuntimeError(f"slots {busy} are already armed (jobs {[int(self.job[s]) for s in busy]})")
+        start = max(int(self.write_pos[s]) for s in slots)
+        for s in slots:
+            self.read_pos[s] = start
+        for s in slots:
+            self.job[s] = job_id
+        return start
+
+    def disarm(self, slots: list[int], job_id: int) -> None:
+        """Take `slots` back from `job_id` (a no-op for slots armed for another job since)."""
+        for s in slots:
+            if self.job[s] == job_id:
+                self.job[s] = 0
+
 
 def _unlink_quietly(path: str) -> None:
     try:

@@ -200,7 +200,7 @@ def _talk_then_silence(channel, seconds_silence: float = 2.0 + (DELAY + FRAME) /
 
     def caller():
         wait_for(lambda: channel.WholeCallRecorder.state() == channel.WholeCallRecorder.State.RECORDING)
-        wait_for(lambda: channel.WholeCallRecorder._m.phase is Phase.RECORDING)
+        wait_for(lambda: channel.WholeCallRecorder._core.phase is Phase.RECORDING)
         feed_both(channel, np.concatenate([tone(440, 0.5), silence(seconds_silence)]))
 
     t, _ = in_thread(caller)

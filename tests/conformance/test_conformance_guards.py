@@ -280,8 +280,8 @@ def test_hang_up_ends_activities_and_recording(call, other_call, prompt, name):
     call.connect(other_call)
     call.hang_up()
     assert rec.cause() is Cause.HANGUP
-    assert not call.FilePlayer.playing and call._activities() == []
-    assert other_call._activities() == []
+    assert not call.FilePlayer.playing and call.activities.busy() == []
+    assert other_call.activities.busy() == []
 
 
 @pytest.mark.parametrize("func", ["record", "start"])
