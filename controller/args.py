@@ -1,6 +1,8 @@
 """Validation of the recorder's arguments: every bad value becomes an `Error` naming it.
 
-Nothing here creates anything; `start()` acts only on what `check_start` returns.
+Nothing here creates anything; `start()` acts only on the `RecordOptions` that
+`check_start` returns: the one value object for a recording's arguments, from which the
+worker's `StartJob` is built (`RecordOptions.start_job`).
 """
 
 from __future__ import annotations
@@ -8,25 +10,46 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wholecall.formats.codecs import FORMATS, MODES, RATES, SEPARATE_FORMATS
+from wholecall.formats.wav import header_bytes
+from wholecall.protocol import StartJob
 
+from .cipher import wire_cipher
 from .errors import Error
 
 
 @dataclass(frozen=True)
-class StartArgs:
-    path: str  # absolute, inside the recordings root, not existing yet
+class RecordOptions:
+    """A recording's arguments, validated: what `start()` / `record()` were asked for."""
+
+    path: str
+    """Absolute, inside the recordings root, not existing yet."""
     file_format: str
     rate: int
+    """Hz."""
     max_bytes: int
+    """Whole file, header included; 0 = no limit."""
     ms_max_silence: int
+    """0 = no limit."""
     ms_initial_silence: int
+    """0 = no limit."""
     dtmf_elim: bool
     mode: str
-    cipher: dict | None
+    """'mixed' or 'separate'."""
+    cipher: dict | None = field(repr=False)
+    """Wire form of the cipher (never in a repr or log)."""
+
+    def start_job(self, job_id: int, channel: int, slot_in: int, slot_out: int, start_pos: int) -> StartJob:
+        """The worker's command for these options on one channel's two legs."""
+        return StartJob(
+            job_id=job_id, channel=channel, slot_in=slot_in, slot_out=slot_out, start_pos=start_pos, path=self.path,
+            file_format=self.file_format, rate=self.rate, max_bytes=self.max_bytes,
+            ms_max_silence=self.ms_max_silence, ms_initial_silence=self.ms_initial_silence,
+            dtmf_elim=self.dtmf_elim, mode=self.mode, cipher=self.cipher,
+        )
 
 
 def _int(name: str, value: Any) -> int:
@@ -89,7 +112,7 @@ def check_start(
     dtmf_elim: Any = True,
     recording_mode: Any = "mixed",
     cipher: Any = None,
-) -> StartArgs:
+) -> RecordOptions:
     if not isinstance(file_format, str) or file_format not in FORMATS:
         raise Error(f"file_format must be one of {', '.join(FORMATS)}; got {file_format!r}")
     if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate not in RATES:
@@ -110,19 +133,9 @@ def check_start(
         # The spec: in separate mode these limits are ignored.
         max_bytes = ms_max = ms_init = 0
     if max_bytes:
-        minimum = _header_bytes(file_format)
+        minimum = header_bytes(file_format, 1)
         if max_bytes <= minimum:
             raise Error(f"max_bytes {max_bytes} cannot hold even the {minimum}-byte WAV header of {file_format}")
-    # The cipher module knows its types (and says what to do with a private key by mistake).
-    from .cipher import wire_cipher
-
-    wire = wire_cipher(cipher)
+    wire = wire_cipher(cipher)  # the cipher module knows its types (and what a private key by mistake means)
     path = resolve_filename(root, filename)
-    return StartArgs(path, file_format, rate, max_bytes, ms_max, ms_init, dtmf_elim, recording_mode, wire)
-
-
-def _header_bytes(file_format: str) -> int:
-    # The header layout is the writer's knowledge; ask it rather than copy its sizes.
-    from wholecall.formats.wav import header_bytes
-
-    return header_bytes(file_format, 1)
+    return RecordOptions(path, file_format, rate, max_bytes, ms_max, ms_init, dtmf_elim, recording_mode, wire)

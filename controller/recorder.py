@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wholecall.protocol import JobStarted, StartJob, StopJob
+from wholecall.protocol import JobStarted, StopJob
 
 from .args import check_start, check_timeout
 from .errors import Error, Hangup
@@ -141,13 +141,8 @@ class WholeCallRecorder:
             self._path = args.path
             self._encrypted = args.cipher is not None
             start_pos = self._channel.arm(job_id)
-            msg = StartJob(
-                job_id=job_id, channel=self._channel.id, slot_in=self._channel.inbound.slot,
-                slot_out=self._channel.outbound.slot, start_pos=start_pos, path=args.path,
-                file_format=args.file_format, rate=args.rate, max_bytes=args.max_bytes,
-                ms_max_silence=args.ms_max_silence, ms_initial_silence=args.ms_initial_silence,
-                dtmf_elim=args.dtmf_elim, mode=args.mode, cipher=args.cipher,
-            )
+            msg = args.start_job(job_id, self._channel.id, self._channel.inbound.slot, self._channel.outbound.slot,
+                                 start_pos)
             self._ctl.supervisor.assign(worker, job_id)
             sent = time.monotonic()
             self._ctl.supervisor.send(worker.index, msg)
