@@ -34,6 +34,7 @@ import numpy as np
 
 from wholecall.formats.codecs import CALL_RATE
 from wholecall.protocol import Cause, JobEnded, StartJob
+from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import Arena
 
 from . import kernels
@@ -189,10 +190,20 @@ class Pipeline:
 
     # -- job control ---------------------------------------------------------------------
 
+    def refusal(self, msg: StartJob) -> str:
+        """Why this worker cannot run `msg` (a number it cannot represent, a slot outside
+        its arena), or "". A job refused here ends alone with ERROR; taken, the same
+        values would raise inside the tick and fail every job of the worker."""
+        problem = start_job_problem(msg, self.arena.slots)
+        return f"job {msg.job_id} refused: {problem}" if problem else ""
+
     def start(self, msg: StartJob) -> str:
         """Open the job's file and begin reading its rings; returns "" or an error text."""
         if msg.job_id in self.by_id:
             return f"job {msg.job_id} already running"
+        why = self.refusal(msg)
+        if why:
+            return why
         writer, err = self.open_writer(msg)
         if writer is None:
             return err
@@ -223,7 +234,12 @@ class Pipeline:
             return None, f"cannot write {msg.path}: {e}"
 
     def attach(self, msg: StartJob, writer: WavWriter) -> None:
-        """Begin reading the job's rings into `writer` (the pipeline side of a start: cheap)."""
+        """Begin reading the job's rings into `writer` (the pipeline side of a start: cheap).
+
+        Raises ValueError, before touching any job state, for a job `refusal` refuses."""
+        why = self.refusal(msg)
+        if why:
+            raise ValueError(why)
         stereo = msg.mode == "separate"
         if not self._free_rows:
             self._alloc(self._cap * 2)
