@@ -8,6 +8,7 @@ placed on the least-loaded worker when it starts.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -25,6 +26,7 @@ from wholecall.formats.wav import read_info, repair
 from .channel import CallChannel
 from .config import Config
 from .errors import Error
+from .resources import FreeSpace, nofile_shortfall, raise_nofile
 from .media import Conference, MusicOnHold
 from .recorder import WholeCallRecorder
 from .states import CallState, Cause
@@ -51,6 +53,8 @@ class Controller:
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._free_space = FreeSpace(self.config.recordings_dir, self.config.min_free_bytes)
+        self._dropped: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -60,6 +64,10 @@ class Controller:
             return self
         cfg = self.config
         os.makedirs(cfg.recordings_dir, mode=cfg.dir_mode, exist_ok=True)
+        soft, _ = raise_nofile()
+        shortfall = nofile_shortfall(cfg.max_channels, soft)
+        if shortfall:
+            log.warning("%s", shortfall)
         try:
             self.arena = Arena.create(2 * cfg.max_channels, cfg.ring_samples, cfg.arena_dir)
             if self.arena.layout.total >= LARGE_ARENA_BYTES and not huge_pages(cfg.arena_dir):

@@ -128,6 +128,7 @@ class WholeCallRecorder:
                 self._ctl.config.recordings_dir, filename, file_format, rate, max_bytes,
                 milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
             )
+            self._ctl._free_space.check()
             cfg = self._ctl.config
             # The whole request is built, checked and encoded before anything changes: one
             # the encoder or a worker could not take must leave the recorder as it was,
