@@ -277,22 +277,27 @@ class WholeCallRecorder:
 
     # -- events (I/O thread) -------------------------------------------------------------------
 
-    def _on_started(self, ev: JobStarted) -> None:
+    def _on_started(self, ev: JobStarted) -> bool:
+        """Apply a worker's confirmation; False (nothing changed) for one that is not due:
+        another job's, or a second one for this job (the machine would refuse it)."""
         with self._cond:
             delivered = time.monotonic()
-            if self._core.started(ev.job_id):
-                self._started = (delivered, ev)
-                self._cond.notify_all()
+            if not self._core.started(ev.job_id):
+                return False
+            self._started = (delivered, ev)
+            self._cond.notify_all()
+            return True
 
-    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> None:
+    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> bool:
         with self._cond:
             if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
-                return
+                return False
             self._channel.disarm(job_id)
             self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error)
             if error:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
             self._cond.notify_all()
+            return True
 
 
 def _check_encodes(channel: int, msg: StartJob) -> None:
