@@ -24,6 +24,7 @@ that much plus the DTMF look-ahead.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -536,7 +537,7 @@ class Pipeline:
                 job.writer.write_codes(self.stage_c[row, :nslot].reshape(-1))  # a view: no copy
             except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
                 log.error("job %d: write failed: %s", job.msg.job_id, e)
-                job.cause, job.error = Cause.ERROR, f"write failed: {e}"
+                job.cause, job.error = Cause.ERROR, f"write failed: {_os_error_text(e)}"
                 self._finish(job)
         # One byte per input sample: each file's room shrank by exactly what it took.
         self.room[rows] -= self.flush_samples
@@ -582,7 +583,7 @@ class Pipeline:
                 job.writer.write(data)
         except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
             log.error("job %d: write failed: %s", job.msg.job_id, e)
-            job.cause, job.error = Cause.ERROR, f"write failed: {e}"
+            job.cause, job.error = Cause.ERROR, f"write failed: {_os_error_text(e)}"
         self.fill[row] = 0
         self.skip[row] = 0
 
@@ -598,12 +599,15 @@ class Pipeline:
                 writer.truncate(min(keep, writer.input_samples))
             nbytes, samples = writer.close()
         except Exception as e:
-            log.error("job %d: finalising failed: %s", job.msg.job_id, e)
-            cause, job.error = Cause.ERROR, job.error or f"finalising failed: {e}"
+            # What was recorded is kept: a plain file as a valid partial WAV, an encrypted
+            # one as its intermediate (`wholecall recover`). Deleting it would lose the call.
             try:
-                writer.abort()
-            except Exception:
-                pass
+                left = writer.keep()
+            except Exception as k:  # noqa: BLE001 - the job must still end
+                left = f"nothing (keeping failed too: {k})"
+            cause, job.error = Cause.ERROR, (f"{job.error}; " if job.error else "") + \
+                f"finalising {job.msg.path} failed: {_os_error_text(e)}; kept {left}"
+            log.error("job %d: %s", job.msg.job_id, job.error)
         self._release(job)
         self.ended.append(
             JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
@@ -644,6 +648,14 @@ class Pipeline:
             job.cause, job.error = Cause.ERROR, error
             self._flush(job)
             self._finish(job)
+
+
+def _os_error_text(e: BaseException) -> str:
+    """"ENOSPC (No space left on device)" for an OSError: the errno's name, which an
+    operator can search for, and its text; other exceptions as they print."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"{errno.errorcode.get(e.errno, e.errno)} ({e.strerror})"
+    return str(e)
 
 
 def default_open_sink():
