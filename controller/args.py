@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from wholecall.formats.codecs import FORMATS, MODES, RATES, SEPARATE_FORMATS
 from wholecall.formats.wav import header_bytes
 from wholecall.protocol import StartJob
+from wholecall.protocol.limits import MAX_BYTES, MAX_SILENCE_MS
 
 from .cipher import wire_cipher
 from .errors import Error
@@ -52,13 +54,26 @@ class RecordOptions:
         )
 
 
-def _int(name: str, value: Any) -> int:
+#: Longest finite timeout in seconds: a lock or condition cannot wait longer
+#: (`threading.TIMEOUT_MAX`, ~292 years on Linux); longer ones raise OverflowError there.
+MAX_TIMEOUT_S = float(threading.TIMEOUT_MAX)
+
+
+def _int(name: str, value: Any, maximum: int, why: str) -> int:
+    """A non-negative integer up to `maximum`; `why` says where the bound comes from.
+
+    Bounded here because a value the worker cannot represent would otherwise pass, be
+    sent, and fail inside the worker (taking its other calls with it) or in the encoder
+    after the recorder had changed state.
+    """
     # numbers.Integral so numpy integers from an application's arithmetic are accepted;
     # bool is an int to Python but never meant as a size or a duration.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise Error(f"{name} must be a non-negative integer, got {value!r}")
     if value < 0:
         raise Error(f"{name} must be a non-negative integer, got {value}")
+    if value > maximum:
+        raise Error(f"{name} must be at most {maximum} ({why}), got {value}")
     return int(value)
 
 
@@ -70,8 +85,11 @@ def check_timeout(name: str, value: Any, allow_zero: bool) -> float | None:
         raise Error(f"{name} must be a number of seconds or None, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise Error(f"{name} must be {'non-negative' if allow_zero else 'positive'} or None, got {value}")
-    if math.isinf(value):
+    if not isinstance(value, numbers.Integral) and math.isinf(value):
         return None  # an endless wait; a deadline at infinity would overflow the lock's timeout
+    if value > MAX_TIMEOUT_S:  # compared before float(): a huge int does not convert
+        raise Error(f"{name} must be at most {MAX_TIMEOUT_S:.0f} seconds (the longest wait a lock "
+                    f"can do), None or inf for no limit; got {value}")
     return float(value)
 
 
@@ -89,6 +107,10 @@ def resolve_filename(root: str, filename: Any) -> str:
         raise Error("filename must not be empty")
     if "\0" in filename:
         raise Error("filename must not contain NUL characters")
+    try:
+        filename.encode("utf-8")  # the worker gets it over msgpack, which carries only UTF-8
+    except UnicodeEncodeError:
+        raise Error(f"filename {filename!r} is not valid UTF-8") from None
     if filename.endswith(("/", os.sep)):
         raise Error(f"filename {filename!r} names a directory")
     root_real = os.path.realpath(root)
@@ -118,9 +140,11 @@ def check_start(
     if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate not in RATES:
         raise Error(f"rate must be one of {', '.join(map(str, RATES))} Hz; got {rate!r}")
     rate = int(rate)
-    max_bytes = _int("max_bytes", max_bytes)
-    ms_max = _int("milliseconds_max_silence", milliseconds_max_silence)
-    ms_init = _int("milliseconds_initial_silence", milliseconds_initial_silence)
+    max_bytes = _int("max_bytes", max_bytes, MAX_BYTES, "the RIFF limit: no WAV file is larger")
+    ms_max = _int("milliseconds_max_silence", milliseconds_max_silence, MAX_SILENCE_MS,
+                  "its sample count must fit in 64 bits")
+    ms_init = _int("milliseconds_initial_silence", milliseconds_initial_silence, MAX_SILENCE_MS,
+                   "its sample count must fit in 64 bits")
     if not isinstance(dtmf_elim, bool):
         raise Error(f"dtmf_elim must be True or False, got {dtmf_elim!r}")
     if not isinstance(recording_mode, str) or recording_mode not in MODES:

@@ -58,6 +58,11 @@ class Config:
     """`start()` returns False if the worker has not confirmed the job by then."""
     stop_timeout_s: float = 30.0
     """`stop()` returns False if the job has not ended by then."""
+    min_free_bytes: int = 64 << 20
+    """`start()` raises `Error` while the recordings filesystem has fewer bytes than this
+    free (f_bavail, read at most once a second): 64 MiB is about 2 hours of one A-law
+    call, or a few seconds of 1,000 calls, enough for the recordings already running to
+    finish cleanly instead of all failing with ENOSPC. 0 turns the check off."""
     file_mode: int = 0o600
     """Permission bits of recording files (owner-only by default)."""
     dir_mode: int = 0o700

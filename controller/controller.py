@@ -25,6 +25,7 @@ from wholecall.formats.wav import read_info, repair
 from .channel import CallChannel
 from .config import Config
 from .errors import Error
+from .resources import FreeSpace, nofile_shortfall, raise_nofile
 from .media import Conference, MusicOnHold
 from .recorder import WholeCallRecorder
 from .states import CallState, Cause
@@ -51,6 +52,7 @@ class Controller:
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._free_space = FreeSpace(self.config.recordings_dir, self.config.min_free_bytes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -60,6 +62,10 @@ class Controller:
             return self
         cfg = self.config
         os.makedirs(cfg.recordings_dir, mode=cfg.dir_mode, exist_ok=True)
+        soft, _ = raise_nofile()
+        shortfall = nofile_shortfall(cfg.max_channels, soft)
+        if shortfall:
+            log.warning("%s", shortfall)
         try:
             self.arena = Arena.create(2 * cfg.max_channels, cfg.ring_samples, cfg.arena_dir)
             if self.arena.layout.total >= LARGE_ARENA_BYTES and not huge_pages(cfg.arena_dir):
@@ -158,18 +164,20 @@ class Controller:
             self._jobs[job_id] = recorder
         return job_id
 
-    def _on_event(self, worker: int, msg: Message) -> None:
-        """Worker events, on the supervisor's I/O thread."""
+    def _on_event(self, worker: int, msg: Message) -> bool:
+        """Worker events, on the supervisor's I/O thread; False for one that applied to
+        nothing (the supervisor counts it as dropped). The supervisor has already checked
+        that `worker` owns the job."""
         if isinstance(msg, JobStarted):
             rec = self._jobs.get(msg.job_id)
-            if rec is not None:
-                rec._on_started(msg)
-        elif isinstance(msg, JobEnded):
+            return rec is not None and rec._on_started(msg)
+        if isinstance(msg, JobEnded):
             with self._lock:
                 rec = self._jobs.pop(msg.job_id, None)
             if rec is None:
-                return
-            rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error)
+                return False
+            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error)
+        return True
 
     def _on_worker_lost(self, worker: int, jobs: set[int], why: str) -> None:
         for job_id in jobs:
@@ -185,6 +193,10 @@ class Controller:
             return {"workers": []}
         return {
             "restarts": sup.restarts,
+            # Messages the I/O thread received and did not apply, by reason (a peer that is
+            # not one of our workers, a malformed frame, a report on another worker's job, ...).
+            "dropped_messages": sum(sup.dropped.values()),
+            "dropped_by_reason": dict(sup.dropped),
             "workers": [
                 {"index": w.index, "pid": w.proc.pid, "cpu": w.cpu, "alive": w.alive, "jobs": w.load,
                  "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0}

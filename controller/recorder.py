@@ -8,6 +8,7 @@ StopJob) and wake whoever waits. The decisions are the core's (`recorder_core.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -15,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wholecall.protocol import JobStarted, StopJob
+from wholecall.protocol import JobStarted, StartJob, StopJob, encode  # noqa: F401 (StartJob: type of the built command)
+from wholecall.protocol.limits import start_job_problem
 
 from .args import check_start, check_timeout
 from .errors import Error, Hangup
@@ -126,6 +128,15 @@ class WholeCallRecorder:
                 self._ctl.config.recordings_dir, filename, file_format, rate, max_bytes,
                 milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
             )
+            self._ctl._free_space.check()
+            cfg = self._ctl.config
+            # The whole request is built, checked and encoded before anything changes: one
+            # the encoder or a worker could not take must leave the recorder as it was,
+            # not RECORDING for ever with its legs armed. The job id and start position,
+            # known only once the state changes, are bounded ints that always encode.
+            # Built and encoded before anything changes: job_id and start_pos are filled in below.
+            msg = args.start_job(1, self._channel.id, self._channel.inbound.slot, self._channel.outbound.slot, 0)
+            _check_encodes(self._channel.id, msg)
             worker = self._ctl.supervisor.pick()
             if worker is None:
                 return self._failed_to_start(args.path, "no worker is available to record")
@@ -135,14 +146,12 @@ class WholeCallRecorder:
             except OSError as e:
                 return self._failed_to_start(args.path, f"cannot create directory {parent}: {e.strerror or e}")
             job_id = self._ctl.new_job(self)
-            cfg = self._ctl.config
             self._core.begin(job_id, called, cfg.start_timeout_s)
             self._worker = worker.index
             self._path = args.path
             self._encrypted = args.cipher is not None
             start_pos = self._channel.arm(job_id)
-            msg = args.start_job(job_id, self._channel.id, self._channel.inbound.slot, self._channel.outbound.slot,
-                                 start_pos)
+            msg = dataclasses.replace(msg, job_id=job_id, start_pos=start_pos)
             self._ctl.supervisor.assign(worker, job_id)
             sent = time.monotonic()
             self._ctl.supervisor.send(worker.index, msg)
@@ -263,22 +272,39 @@ class WholeCallRecorder:
 
     # -- events (I/O thread) -------------------------------------------------------------------
 
-    def _on_started(self, ev: JobStarted) -> None:
+    def _on_started(self, ev: JobStarted) -> bool:
+        """Apply a worker's confirmation; False (nothing changed) for one that is not due:
+        another job's, or a second one for this job (the machine would refuse it)."""
         with self._cond:
             delivered = time.monotonic()
-            if self._core.started(ev.job_id):
-                self._started = (delivered, ev)
-                self._cond.notify_all()
+            if not self._core.started(ev.job_id):
+                return False
+            self._started = (delivered, ev)
+            self._cond.notify_all()
+            return True
 
-    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> None:
+    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> bool:
         with self._cond:
             if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
-                return
+                return False
             self._channel.disarm(job_id)
             self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error)
             if error:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
             self._cond.notify_all()
+            return True
+
+
+def _check_encodes(channel: int, msg: StartJob) -> None:
+    """Raise `Error` if the worker could not run `msg` or it cannot be encoded (nothing changed yet)."""
+    problem = start_job_problem(msg)
+    if problem:
+        raise Error(f"Channel({channel}): cannot start the whole call recorder: {problem}")
+    try:
+        encode(msg)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise Error(f"Channel({channel}): cannot start the whole call recorder: the request "
+                    f"cannot be encoded: {e}") from None
 
 
 def _make_dirs(path: str, mode: int) -> None:

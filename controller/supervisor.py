@@ -24,7 +24,8 @@ from typing import Callable
 import zmq
 
 from wholecall.protocol import (
-    Heartbeat, Hello, JobEnded, Message, ProtocolError, Shutdown, WorkerError, WorkerSettings, decode, encode,
+    Heartbeat, Hello, JobEnded, JobStarted, Message, ProtocolError, Shutdown, WorkerError, WorkerSettings, decode,
+    encode,
 )
 from wholecall.protocol import sockets
 from wholecall.protocol.wake import WakePipe
@@ -70,7 +71,7 @@ class Supervisor:
         workers: int,
         run_dir: str,
         arena_name: str,
-        on_event: Callable[[int, Message], None],
+        on_event: Callable[[int, Message], bool | None],
         on_worker_lost: Callable[[int, set[int], str], None],
         tick_ms: float,
         heartbeat_ms: float,
@@ -102,7 +103,17 @@ class Supervisor:
         self.priority = priority
         self.ctx = zmq.Context()
         self.endpoint = sockets.control_endpoint(run_dir)
-        self.sock = sockets.router(self.ctx, self.endpoint)
+        # Only processes this supervisor spawned may connect: the ZAP handler (served on the
+        # I/O thread) checks each connection's pid (SO_PEERCRED). The 0700 run directory
+        # already keeps other users out; this keeps out other processes of the same user
+        # (and root), which could otherwise claim a worker's identity before it connects.
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind("inproc://zeromq.zap.01")
+        self.sock = sockets.router(self.ctx, self.endpoint, zap=True)
+        self._identities = {sockets.worker_identity(i): i for i in range(workers)}
+        #: Messages received and not applied, by reason (`Controller.stats()` shows them).
+        self.dropped: collections.Counter[str] = collections.Counter()
         self.workers: list[WorkerHandle] = []
         self._outbox: collections.deque[tuple[int, bytes]] = collections.deque()
         self._wake = WakePipe()
@@ -189,21 +200,45 @@ class Supervisor:
                     break
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.zap, zmq.POLLIN)
         poller.register(self._wake.fileno(), zmq.POLLIN)
         next_check = time.monotonic()
         while self._running:
-            events = dict(poller.poll(100))
-            if self._wake.fileno() in events:
-                self._wake.drain()
-            self._flush_outbox()
-            if self.sock in events:
-                self._drain()
-            now = time.monotonic()
-            if now >= next_check:
-                self._check(now)
-                next_check = now + 0.1
+            # This thread is the only one that hears workers: an exception escaping it would
+            # leave every start() and stop() to time out and dead workers unnoticed. Whatever
+            # one round raises is logged and counted, and the next round goes on.
+            try:
+                events = dict(poller.poll(100))
+                if self._wake.fileno() in events:
+                    self._wake.drain()
+                if self.zap in events:
+                    self._authenticate()
+                self._flush_outbox()
+                if self.sock in events:
+                    self._drain()
+                now = time.monotonic()
+                if now >= next_check:
+                    self._check(now)
+                    next_check = now + 0.1
+            except Exception:
+                log.exception("controller I/O thread: a round failed; going on")
+                self.dropped["I/O round failed"] += 1
+                time.sleep(0.01)  # a fault that repeats must not spin a core
         self._drain()
         self._check(time.monotonic())
+
+    def _authenticate(self) -> None:
+        """Answer the ZAP requests queued: a connection is accepted only from a live worker process we spawned."""
+        while self.zap.poll(0, zmq.POLLIN):
+            request = self.zap.recv_multipart()
+            pid = sockets.zap_peer_pid(request)
+            with self._lock:
+                ours = pid is not None and any(w.alive and w.proc.pid == pid for w in self.workers)
+            if not ours:
+                log.error("refused a connection to the control socket from pid %s: not a worker of this controller",
+                          pid)
+                self.dropped["connection refused"] += 1
+            self.zap.send_multipart(sockets.zap_reply(request, ours))
 
     def _drain(self, limit: int = 10_000) -> None:
         for _ in range(limit):
@@ -213,29 +248,53 @@ class Supervisor:
                 return
             self._receive(frames)
 
+    def _drop(self, reason: str, ident: bytes, detail: object = "") -> None:
+        log.error("dropping a message from %r: %s%s", ident, reason, f" ({detail})" if detail else "")
+        self.dropped[reason] += 1
+
     def _receive(self, frames: list[bytes]) -> None:
+        """One message from a peer: applied only if it comes, well-formed, from the worker
+        it concerns. Everything else is logged, counted and dropped."""
         ident = frames[0]
+        index = self._identities.get(ident)  # exact: b"w01" or b"w-1" is nobody
+        if index is None or len(frames) != 2:
+            return self._drop("unknown peer", ident)
+        w = self.workers[index]
         try:
-            index = int(ident[1:])
-            w = self.workers[index]
-            msg = decode(frames[-1])
-        except (ValueError, IndexError, ProtocolError) as e:
-            log.error("dropping a malformed message from %r: %s", ident, e)
-            return
-        w.last_beat = time.monotonic()
+            msg = decode(frames[1])
+        except ProtocolError as e:
+            return self._drop("malformed", ident, e)
         if isinstance(msg, Hello):
+            if w.ready or msg.worker != index or msg.pid != w.proc.pid:
+                return self._drop("unexpected hello", ident, f"worker {msg.worker} pid {msg.pid}")
+            w.last_beat = time.monotonic()
             with self._ready:
                 w.ready = True
                 self._ready.notify_all()
             return
+        if not (w.alive and w.ready):
+            return self._drop("before hello", ident, msg.TYPE)
+        w.last_beat = time.monotonic()
         if isinstance(msg, Heartbeat):
             w.beat = msg
             return
         if isinstance(msg, WorkerError):
             log.warning("worker %d: %s", index, msg.message)
+        if isinstance(msg, (JobStarted, JobEnded)):
+            with self._lock:
+                owned = msg.job_id in w.jobs
+            if not owned:
+                return self._drop("not its job", ident, f"{msg.TYPE} for job {msg.job_id}")
         if isinstance(msg, JobEnded):
             self.unassign(index, msg.job_id)
-        self.on_event(index, msg)
+        try:
+            applied = self.on_event(index, msg)
+        except Exception:
+            log.exception("worker %d: %s for job %s could not be applied", index, msg.TYPE,
+                          getattr(msg, "job_id", "-"))
+            applied = False
+        if applied is False:
+            self._drop("not applicable", ident, f"{msg.TYPE} for job {getattr(msg, 'job_id', '-')}")
 
     def _check(self, now: float) -> None:
         for w in list(self.workers):
@@ -290,5 +349,6 @@ class Supervisor:
         self._wake.wake()
         self._thread.join(5)
         self.sock.close(linger=0)
+        self.zap.close(linger=0)
         self.ctx.term()
         self._wake.close()

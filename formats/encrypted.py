@@ -542,12 +542,18 @@ def publish(final_path: str, encryptor: StreamEncryptor, chunks: Iterable[bytes]
     """Encrypt `chunks` into `<final>.wctmp`, fsync it, and give it the final name without overwriting.
 
     The temp name is fixed (not random) so a crash here leaves a file that the
-    next `publish` for the same recording overwrites; it only ever holds
+    next `publish` for the same recording replaces (unlinks, then creates anew with
+    O_EXCL | O_NOFOLLOW: never writes through whatever is there); it only ever holds
     ciphertext. Whoever holds the `.wcpart` of a recording owns its `.wctmp`.
     Returns the final file's size in bytes.
     """
     tmp = tmp_path or final_path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # A stale temp file of this recording is ours to replace, but never by opening it: a
+    # symlink planted under that name would have us write through it (as root, over any
+    # file). Unlinking removes the link itself; O_EXCL | O_NOFOLLOW then fails on
+    # anything that reappears in between instead of following it.
+    _unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # a stale temp file may have been created with another mode
         write_all(fd, encryptor.header)
@@ -623,7 +629,7 @@ def recover(part_path: str, *, key: bytes | None = None, private_key: rsa.RSAPri
     if os.path.lexists(final_path):
         raise FileExistsError(errno.EEXIST, "final recording already exists; the intermediate is redundant "
                               "if it decrypts (finish had completed), else move it aside", final_path)
-    fd = os.open(part_path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(part_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         header = PartHeader.read(fd)
         body_key = header.unwrap(key=key, private_key=private_key)

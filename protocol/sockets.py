@@ -34,8 +34,37 @@ def worker_identity(index: int) -> bytes:
     return b"w%d" % index
 
 
-def router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+#: The ZAP domain of the controller's ROUTER: with it set, libzmq asks the context's ZAP
+#: handler (inproc://zeromq.zap.01) before accepting a connection.
+ZAP_DOMAIN = b"wholecall"
+
+
+def zap_peer_pid(request: list[bytes]) -> int | None:
+    """The connecting process's pid from a ZAP request, or None.
+
+    For ipc:// libzmq reads the peer's credentials (SO_PEERCRED) and gives them in the
+    request's address frame as ``<host>:<uid>:<gid>:<pid>``.
+    """
+    try:
+        return int(request[3].rsplit(b":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def zap_reply(request: list[bytes], ok: bool) -> list[bytes]:
+    """The ZAP reply (RFC 27) accepting or refusing `request`."""
+    version = request[0] if request else b"1.0"
+    request_id = request[1] if len(request) > 1 else b""
+    return [version, request_id, b"200" if ok else b"400", b"OK" if ok else b"not a worker of this controller",
+            b"", b""]
+
+
+def router(ctx: zmq.Context, endpoint: str, zap: bool = False) -> zmq.Socket:
+    """The controller's socket. With `zap`, every connection is first put to the
+    context's ZAP handler, which the caller must run (see `zap_peer_pid`)."""
     sock = ctx.socket(zmq.ROUTER)
+    if zap:
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)

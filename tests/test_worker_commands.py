@@ -274,3 +274,53 @@ def test_heartbeats_keep_coming_from_inside_a_long_tick(rig):
         time.sleep(0.005)
     pump(1.0, until=lambda: sum(isinstance(e, Heartbeat) for e in events) >= 8, loop=False)
     assert sum(isinstance(e, Heartbeat) for e in events) >= 8
+
+
+ABSURD = [  # field, value, the name the refusal must carry
+    ("ms_max_silence", 2**62, "milliseconds_max_silence"),
+    ("ms_initial_silence", 2**63, "milliseconds_initial_silence"),
+    ("max_bytes", 2**64 - 1, "max_bytes"),
+    ("start_pos", -5, "start_pos"),
+    ("slot_in", 10**6, "slot_in"),
+    ("slot_out", -1, "slot_out"),
+]
+
+
+def test_a_job_with_absurd_numbers_is_refused_alone_and_the_others_keep_recording(rig):
+    """Issue 21 item 4: crafted StartJobs straight to the command path. Before, the first of
+    them raised OverflowError in the worker loop (silence limits), killing every job."""
+    import dataclasses
+
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    tone = (3000 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.int16)
+    arena.job[0] = arena.job[1] = 1
+    command(start_msg(1, str(tmp / "good.wav"), 0))
+    pump(2.0, until=lambda: any(isinstance(e, JobStarted) and e.job_id == 1 for e in events))
+    feed(arena, 0, tone[:4000])
+    feed(arena, 1, tone[:4000])
+    for i, (field, value, _) in enumerate(ABSURD):
+        command(dataclasses.replace(start_msg(10 + i, str(tmp / f"bad{i}.wav"), 2), **{field: value}))
+    pump(5.0, until=lambda: all(ended(events, 10 + i) for i in range(len(ABSURD))))
+    for i, (_, value, name) in enumerate(ABSURD):
+        e = ended(events, 10 + i)
+        assert e is not None and e.cause is Cause.ERROR, (name, e)
+        assert name in e.error and str(value) in e.error, e.error
+        assert not (tmp / f"bad{i}.wav").exists()
+    feed(arena, 0, tone[4000:])
+    feed(arena, 1, tone[4000:])
+    command(StopJob(job_id=1, cause=Cause.ABORTED, end_pos=RATE))
+    pump(5.0, until=lambda: ended(events, 1) is not None)
+    assert ended(events, 1).cause is Cause.ABORTED and ended(events, 1).samples == RATE
+    assert not pipe.jobs and not commands.busy
+
+
+def test_attach_refuses_what_it_cannot_represent_without_taking_a_row(rig):
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    import dataclasses
+
+    msg = dataclasses.replace(start_msg(5, str(tmp / "x.wav"), 0), ms_max_silence=2**61)
+    free = list(pipe._free_rows)
+    with pytest.raises(ValueError, match="milliseconds_max_silence"):
+        pipe.attach(msg, None)
+    assert pipe._free_rows == free and not pipe.jobs and not pipe.by_id
+    assert pipe.start(msg).startswith("job 5 refused: milliseconds_max_silence")

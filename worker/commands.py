@@ -237,9 +237,12 @@ class Commands:
 
     def _begin(self, msg: StartJob) -> None:
         """I/O thread: hand a start to the openers, or refuse it."""
+        refusal = self.pipe.refusal(msg)  # reads only the message and the arena's size
         with self._lock:
             if msg.job_id in self.pipe.by_id or msg.job_id in self._opening:
                 why = f"job {msg.job_id} already running"
+            elif refusal:
+                why = refusal  # numbers it cannot represent: this job fails, the worker goes on
             elif not self._accepting:
                 # A start that crossed our Shutdown: the openers are gone (or going), so no
                 # file is made and the controller hears why at once.
@@ -308,10 +311,15 @@ class Commands:
         if writer is None:
             self._refuse(msg, err)
         else:
-            self.pipe.attach(msg, writer)
-            if stop is not None:
-                self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
-            elif self.shutdown:
-                self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)
+            try:
+                self.pipe.attach(msg, writer)
+            except ValueError as e:  # a job this worker cannot run: refuse it alone
+                writer.abort()
+                self._refuse(msg, str(e))
+            else:
+                if stop is not None:
+                    self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
+                elif self.shutdown:
+                    self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)
         with self._lock:
             del self._opening[msg.job_id]  # only now: until here a duplicate start is refused

@@ -60,7 +60,10 @@ class EncryptedSink:
         self._header = header
         self._ctr = cf.CtrBody(self._body_key, header.ctr)
         self._base = header.body_offset
-        self._fd: int | None = os.open(self._part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        # O_EXCL | O_NOFOLLOW: a file or symlink already under the intermediate's name is
+        # never opened (a planted link must not make a root worker write through it).
+        self._fd: int | None = os.open(self._part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       mode)
         try:
             self._pwrite_raw(bytes(header), 0)
         except BaseException:
@@ -143,6 +146,21 @@ class EncryptedSink:
         cf._unlink(self._part)
         cf.fsync_dir(self._part)
         return written
+
+    def keep(self) -> str:
+        """Finishing failed (ENOSPC, EMFILE...): keep the intermediate, which holds every
+        byte written, for `wholecall recover`; drop only the temp file (ciphertext that
+        `publish` removes itself, unless it was killed). Returns the intermediate's path."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._finished:
+            return self.path
+        try:
+            cf._unlink(self.path + cf.TMP_SUFFIX)
+        except OSError:
+            pass
+        return self._part
 
     def discard(self) -> None:
         """Remove the intermediate, any temp file, and the final file if `finish` made it."""

@@ -16,6 +16,7 @@ import base64
 import ctypes
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -48,10 +49,22 @@ def _die_with_parent() -> None:
         pass
 
 
+def _raise_nofile(index: int) -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: a worker holds one descriptor per recording,
+    and the default soft limit (often 1,024) is below what thousands of calls need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("worker %d: cannot raise the descriptor limit from %d to %d: %s", index, soft, hard, e)
+
+
 def run(settings: WorkerSettings) -> int:
     """The worker's life: attach, pin, serve jobs until told to stop or the controller is gone."""
     index, cpu, priority, parent = settings.index, settings.cpu, settings.priority, settings.parent
     _die_with_parent()
+    _raise_nofile(index)
     try:
         os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError) as e:

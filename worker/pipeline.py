@@ -24,6 +24,7 @@ that much plus the DTMF look-ahead.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ import numpy as np
 
 from wholecall.formats.codecs import CALL_RATE
 from wholecall.protocol import Cause, JobEnded, StartJob
+from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import Arena
 
 from . import kernels
@@ -189,10 +191,20 @@ class Pipeline:
 
     # -- job control ---------------------------------------------------------------------
 
+    def refusal(self, msg: StartJob) -> str:
+        """Why this worker cannot run `msg` (a number it cannot represent, a slot outside
+        its arena), or "". A job refused here ends alone with ERROR; taken, the same
+        values would raise inside the tick and fail every job of the worker."""
+        problem = start_job_problem(msg, self.arena.slots)
+        return f"job {msg.job_id} refused: {problem}" if problem else ""
+
     def start(self, msg: StartJob) -> str:
         """Open the job's file and begin reading its rings; returns "" or an error text."""
         if msg.job_id in self.by_id:
             return f"job {msg.job_id} already running"
+        why = self.refusal(msg)
+        if why:
+            return why
         writer, err = self.open_writer(msg)
         if writer is None:
             return err
@@ -223,7 +235,12 @@ class Pipeline:
             return None, f"cannot write {msg.path}: {e}"
 
     def attach(self, msg: StartJob, writer: WavWriter) -> None:
-        """Begin reading the job's rings into `writer` (the pipeline side of a start: cheap)."""
+        """Begin reading the job's rings into `writer` (the pipeline side of a start: cheap).
+
+        Raises ValueError, before touching any job state, for a job `refusal` refuses."""
+        why = self.refusal(msg)
+        if why:
+            raise ValueError(why)
         stereo = msg.mode == "separate"
         if not self._free_rows:
             self._alloc(self._cap * 2)
@@ -520,7 +537,7 @@ class Pipeline:
                 job.writer.write_codes(self.stage_c[row, :nslot].reshape(-1))  # a view: no copy
             except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
                 log.error("job %d: write failed: %s", job.msg.job_id, e)
-                job.cause, job.error = Cause.ERROR, f"write failed: {e}"
+                job.cause, job.error = Cause.ERROR, f"write failed: {_os_error_text(e)}"
                 self._finish(job)
         # One byte per input sample: each file's room shrank by exactly what it took.
         self.room[rows] -= self.flush_samples
@@ -566,7 +583,7 @@ class Pipeline:
                 job.writer.write(data)
         except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
             log.error("job %d: write failed: %s", job.msg.job_id, e)
-            job.cause, job.error = Cause.ERROR, f"write failed: {e}"
+            job.cause, job.error = Cause.ERROR, f"write failed: {_os_error_text(e)}"
         self.fill[row] = 0
         self.skip[row] = 0
 
@@ -582,12 +599,15 @@ class Pipeline:
                 writer.truncate(min(keep, writer.input_samples))
             nbytes, samples = writer.close()
         except Exception as e:
-            log.error("job %d: finalising failed: %s", job.msg.job_id, e)
-            cause, job.error = Cause.ERROR, job.error or f"finalising failed: {e}"
+            # What was recorded is kept: a plain file as a valid partial WAV, an encrypted
+            # one as its intermediate (`wholecall recover`). Deleting it would lose the call.
             try:
-                writer.abort()
-            except Exception:
-                pass
+                left = writer.keep()
+            except Exception as k:  # noqa: BLE001 - the job must still end
+                left = f"nothing (keeping failed too: {k})"
+            cause, job.error = Cause.ERROR, (f"{job.error}; " if job.error else "") + \
+                f"finalising {job.msg.path} failed: {_os_error_text(e)}; kept {left}"
+            log.error("job %d: %s", job.msg.job_id, job.error)
         self._release(job)
         self.ended.append(
             JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
@@ -628,6 +648,14 @@ class Pipeline:
             job.cause, job.error = Cause.ERROR, error
             self._flush(job)
             self._finish(job)
+
+
+def _os_error_text(e: BaseException) -> str:
+    """"ENOSPC (No space left on device)" for an OSError: the errno's name, which an
+    operator can search for, and its text; other exceptions as they print."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"{errno.errorcode.get(e.errno, e.errno)} ({e.strerror})"
+    return str(e)
 
 
 def default_open_sink():

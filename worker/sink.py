@@ -37,14 +37,21 @@ class Sink(Protocol):
     def discard(self) -> None:
         """Remove everything this sink created (error path: no orphan files)."""
 
+    def keep(self) -> str:
+        """Let go without finishing, leaving what was written where it can be recovered
+        (finalising failed: the audio is the call's, not ours to delete); returns the
+        path of what is left."""
+
 
 class FileSink:
     """A plain file written in place: a crash leaves whatever the header says."""
 
     def __init__(self, path: str, mode: int = FILE_MODE) -> None:
         self.path = path
-        # O_EXCL: an existing file is never overwritten behind the caller's back.
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        # O_EXCL: an existing file is never overwritten behind the caller's back;
+        # O_NOFOLLOW: nor is a file a symlink planted under this name points to.
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       mode)
         self._size = 0
 
     def pwrite(self, data: bytes, offset: int) -> None:
@@ -80,3 +87,9 @@ class FileSink:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def keep(self) -> str:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        return self.path

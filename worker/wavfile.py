@@ -236,6 +236,18 @@ class WavWriter:
         self._result = (size, frames)
         return self._result
 
+    def keep(self) -> str:
+        """Closing failed: leave the file as recovery wants it, not removed. The header is
+        rewritten (best effort) to describe the audio on disk, so a plain file is a valid
+        partial WAV; an encrypted one keeps its intermediate. Returns what is left."""
+        if not self._aborted and self._result is None:
+            self._aborted = True
+            try:
+                self._refresh()
+            except OSError:
+                pass  # the header still describes an earlier, valid length
+        return self.sink.keep()
+
     def abort(self) -> None:
         """Error path: remove everything written (sink.discard())."""
         if self._aborted:
