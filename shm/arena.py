@@ -132,6 +132,12 @@ class Arena:
         self.overruns = np.frombuffer(buf, np.int64, n, layout.overruns)
         self.read_pos = np.frombuffer(buf, np.int64, n, layout.read_pos)
         self.job = np.frombuffer(buf, np.int64, n, layout.job)
+        #: Worker liveness records (`layout.W_*` columns), one row per worker index.
+        self.workers = np.frombuffer(buf, np.int64, L.MAX_WORKERS * L.WORKER_RECORD_WORDS,
+                                     L.OFF_WORKERS).reshape(L.MAX_WORKERS, L.WORKER_RECORD_WORDS)
+        #: Per-job durable records by inbound slot: (slots, copies, `layout.D_*` words).
+        self.durable = np.frombuffer(buf, np.int64, n * L.DURABLE_COPIES * L.DURABLE_WORDS,
+                                     layout.durable).reshape(n, L.DURABLE_COPIES, L.DURABLE_WORDS)
         self.data = np.frombuffer(buf, np.int16, n * cap, layout.data).reshape(n, cap)
         self._free: list[int] = list(range(n - 1, -1, -1)) if owner else []
         self._lock = threading.Lock()
@@ -217,7 +223,7 @@ class Arena:
             return
         self._closed = True
         # numpy views pin the buffer: drop them before closing the mmap.
-        del self.write_pos, self.overruns, self.read_pos, self.job, self.data
+        del self.write_pos, self.overruns, self.read_pos, self.job, self.data, self.workers, self.durable
         self._buf.release()
         assert self._mm is not None
         self._mm.close()
@@ -254,6 +260,7 @@ class Arena:
             self.write_pos[s] = 0
             self.read_pos[s] = 0
             self.overruns[s] = 0
+            self.durable[s] = 0
         return got
 
     def release(self, slots: list[int]) -> None:
@@ -360,6 +367,10 @@ class LegWriter:
                 if a.job[s]:
                     r = int(a.read_pos[s])
                     if w < r:
+                        # The worker recorded the gap as silence; zero it in the ring too, so
+                        # a replacement worker that re-reads this span (failover) reads the
+                        # same silence, not a lap-old sample.
+                        self._zero(w, min(r, w + cap))
                         w = r
                     room = cap - (w - r)
                     if room <= 0:
@@ -381,6 +392,14 @@ class LegWriter:
                 a.write_pos[s] = w + chunk
                 done += chunk
         return done
+
+    def _zero(self, start: int, end: int) -> None:
+        a, s, cap = self.arena, self.slot, self.arena.capacity
+        lo, n = start & (cap - 1), end - start
+        first = min(n, cap - lo)
+        a.data[s, lo:lo + first] = 0
+        if first < n:
+            a.data[s, :n - first] = 0
 
     def skip(self, samples: int) -> None:
         """Advance the clock over a gap (e.g. lost packets): the worker records silence there."""
