@@ -45,8 +45,9 @@ class Config:
     scale_jobs: int = 256
     """Jobs per worker from which `scale_tick_ms` applies."""
     flush_ms: float = 1000.0
-    """Audio a worker stages per job before writing it to the file; also the most a
-    killed worker can lose (the controller repairs its files' headers)."""
+    """Audio a worker stages per job before writing it to the file. A killed worker loses
+    nothing of it: its durable records trail by at most this much (plus the DTMF
+    look-ahead), and the job's new owner reads that span again from the rings."""
     skew_ms: float = 500.0
     """How long a recording waits for a leg that has fallen behind the other before
     recording the missing part as silence (a leg with nothing to say)."""

@@ -202,3 +202,45 @@ def test_controller_started_in_a_thread_that_exits_keeps_recording(tmp_path):
         assert ctl.supervisor.workers[0].proc.pid == pid and ctl.stats()["restarts"] == 0
     finally:
         ctl.close()
+
+
+CONTROLLER = r"""
+import sys, time, numpy as np
+from wholecall.controller import Controller
+ctl = Controller(workers=1, recordings_dir=sys.argv[1], max_channels=8, ring_ms=4096).start()
+ch = ctl.incoming_call(); ch.answer()
+assert ch.WholeCallRecorder.start("orphan.wav", file_format="s16bit")
+x = (8000 * np.sin(np.arange(12000) * 0.2)).astype(np.int16)
+ch.inbound.write(x); ch.outbound.write(np.zeros(12000, np.int16))
+time.sleep(0.5)
+print(ctl.supervisor.workers[0].proc.pid, ctl._run_dir, ch.WholeCallRecorder._path, flush=True)
+time.sleep(60)
+"""
+
+
+def test_controller_death_finalises_files_and_its_run_dir_is_swept(tmp_path, make_controller):
+    import subprocess
+    import sys
+
+    from wholecall.formats.wav import read_info
+
+    proc = subprocess.Popen([sys.executable, "-c", CONTROLLER, str(tmp_path / "rec")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        worker, run_dir, path = proc.stdout.readline().split()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5 and os.path.exists(f"/proc/{worker}") and \
+                "Z" not in open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0]:
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert took < 1.5, f"the worker outlived its controller by {took:.2f} s"
+    info = read_info(path)
+    assert info.data_offset + info.data_size == os.path.getsize(path)  # final header
+    assert info.data_size // 2 == 12000
+    assert os.path.isdir(run_dir)
+    make_controller(workers=1)  # the next controller sweeps the dead one's run directory
+    assert not os.path.exists(run_dir)
