@@ -92,7 +92,7 @@ def _check_exact(calls, key=None, iv=None):
 
 
 def _victim(ctl, ch) -> int:
-    return ctl.supervisor.routes[ch.WholeCallRecorder._m.job_id].owner
+    return ch.WholeCallRecorder._worker  # before any takeover: the worker the job was placed on
 
 
 def test_kill9_mid_recording_loses_no_sample_and_keeps_causes(make_controller):
