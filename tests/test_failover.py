@@ -244,3 +244,47 @@ def test_controller_death_finalises_files_and_its_run_dir_is_swept(tmp_path, mak
     assert os.path.isdir(run_dir)
     make_controller(workers=1)  # the next controller sweeps the dead one's run directory
     assert not os.path.exists(run_dir)
+
+
+def test_silence_causes_survive_a_takeover(make_controller):
+    """The silence detector's state travels with the job: the same audio recorded on the
+    killed worker and on the survivor ends the same way (SILENCE) with the same file,
+    for a max-silence job and for an initial-silence job that hears audio after the kill."""
+    ctl = make_controller(workers=2)
+    rng = np.random.default_rng(3)
+    loud = lambda s: rng.integers(-9000, 9000, int(s * RATE), dtype=np.int16)  # noqa: E731
+    quiet = lambda s: np.zeros(int(s * RATE), np.int16)  # noqa: E731
+    a = np.concatenate([loud(2.5), quiet(1.0), loud(0.6), quiet(2.5)])  # max silence 2 s: ends in the last gap
+    b = np.concatenate([quiet(3.2), loud(1.0), quiet(2.3)])  # initial silence 5 s: heard after the kill
+    pairs = []
+    for name, audio, kw in (("max", a, {"milliseconds_max_silence": 2000}),
+                            ("initial", b, {"milliseconds_initial_silence": 5000, "milliseconds_max_silence": 2000})):
+        chans = []
+        for side in range(2):
+            ch = ctl.incoming_call()
+            ch.answer()
+            assert ch.WholeCallRecorder.start(f"{name}{side}.wav", file_format="s16bit", dtmf_elim=False, **kw)
+            chans.append(ch)
+        pairs.append((chans, audio))
+    on = {ch.WholeCallRecorder._worker for chans, _ in pairs for ch in chans}
+    assert on == {0, 1}
+    pid = ctl.supervisor.workers[0].proc.pid
+    n = max(len(a), len(b))
+    t0 = time.monotonic()
+    for i in range(0, n, FRAME):
+        for chans, audio in pairs:
+            for ch in chans:
+                ch.inbound.write(audio[i:i + FRAME] if i < len(audio) else quiet(FRAME / RATE))
+                ch.outbound.write(quiet(FRAME / RATE))
+        if i == int(2.8 * RATE) // FRAME * FRAME:
+            os.kill(pid, signal.SIGKILL)
+        delay = t0 + (i + FRAME) / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    for chans, _ in pairs:
+        results = []
+        for ch in chans:
+            assert ch.WholeCallRecorder._wait_end(10) is Cause.SILENCE
+            results.append(sf.read(ch.WholeCallRecorder.last_result.path, dtype="int16")[0])
+        assert len(results[0]) > 0 and np.array_equal(results[0], results[1])
+    assert ctl.stats()["restarts"] == 1
