@@ -447,8 +447,7 @@ class Supervisor:
             return
         d = read_durable(a, st.slot_in, job_id, st.start_pos)
         # Rewind first: from here producers keep everything from d.pos on for the new owner.
-        a.read_pos[st.slot_in] = d.pos
-        a.read_pos[st.slot_out] = d.pos
+        a.rewind([st.slot_in, st.slot_out], job_id, d.pos)
         newest = max(int(a.write_pos[st.slot_in]), int(a.write_pos[st.slot_out]))
         lost = max(0, newest - a.capacity - d.pos)
         with self._lock:

@@ -278,8 +278,8 @@ class Arena:
     def arm(self, slots: list[int], job_id: int) -> int:
         """Hand `slots` to the consumer that will run `job_id`; returns the position it starts at.
 
-        The one place (besides the consumer itself) that stores `read_pos`, and only while
-        the slots have no consumer (`job == 0`): the start is the furthest producer position
+        With `rewind`, the only places (besides the consumer itself) that store `read_pos`;
+        this one only while the slots have no consumer (`job == 0`): the start is the furthest producer position
         of the slots, `read_pos` is set there first and `job` last, so a producer that sees
         the job also sees where its consumer reads (the producer respects `read_pos` only
         for armed slots). The caller holds the in-process producers' locks, if any, so
@@ -298,6 +298,16 @@ class Arena:
         for s in slots:
             self.job[s] = job_id
         return start
+
+    def rewind(self, slots: list[int], job_id: int, position: int) -> bool:
+        """Failover: the consumer of `job_id` died; keep everything from `position` on (its
+        last durable point, behind where it had read) for the consumer that takes over.
+        False (nothing changed) if the slots are no longer armed for `job_id`."""
+        if any(self.job[s] != job_id for s in slots):
+            return False
+        for s in slots:
+            self.read_pos[s] = position
+        return True
 
     def disarm(self, slots: list[int], job_id: int) -> None:
         """Take `slots` back from `job_id` (a no-op for slots armed for another job since)."""

@@ -288,3 +288,29 @@ def test_silence_causes_survive_a_takeover(make_controller):
             results.append(sf.read(ch.WholeCallRecorder.last_result.path, dtype="int16")[0])
         assert len(results[0]) > 0 and np.array_equal(results[0], results[1])
     assert ctl.stats()["restarts"] == 1
+
+
+def test_envelope_recording_cannot_move_and_keeps_its_part_file(make_controller):
+    """Documented limit: an envelope recording's body key is wrapped under the recipient's
+    public key, which only the private key (never held by wholecall) unwraps, so another
+    worker cannot continue it: the job ends ERROR and its .wcpart stays for `wholecall recover`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from wholecall.controller import EnvelopeCipher
+
+    ctl = make_controller(workers=1)
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = priv.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("env.wav", file_format="s16bit", cipher=EnvelopeCipher(pem))
+    x = (8000 * np.sin(np.arange(12000) * 0.2)).astype(np.int16)
+    ch.inbound.write(x)
+    ch.outbound.write(x)
+    time.sleep(1.5)
+    os.kill(ctl.supervisor.workers[0].proc.pid, signal.SIGKILL)
+    assert rec.wait_until_finished(20) is Cause.ERROR
+    assert "cannot be resumed" in rec.last_result.error
+    assert os.path.exists(rec.last_result.path + ".wcpart") and not os.path.exists(rec.last_result.path)
