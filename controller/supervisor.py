@@ -20,6 +20,13 @@ its current owner; a message for a worker that is not connected (yet) waits for 
 and a failed send never condemns a worker. The calls never see any of this: their
 recordings end later with the cause they would have had.
 
+No warm spare: the survivors are already warm, so a takeover costs only the time to
+notice the death (<= 100 ms) and to build the ResumeJobs (measured: 1,020 jobs in 19-26 ms
+of this thread; the files are reopened and cut on the new owner's opener threads). Only
+with a single worker do the jobs wait for the replacement's start-up (~1 s of numba),
+well inside the rings' span. Files are never repaired here (a job the dead worker had
+already finished but not reported is answered by the controller from what it knows).
+
 Worker life is tied to the controller *process*: every worker gets the read end of the
 lifeline pipe, whose write end only this process holds.
 """

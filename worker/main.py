@@ -111,6 +111,7 @@ def run(settings: WorkerSettings) -> int:
         serve()
 
     pipe.between = serve_and_progress
+    pipe.progress = progress
     poller = zmq.Poller()
     poller.register(commands.wake.fileno(), zmq.POLLIN)
     orphaned = False

@@ -152,6 +152,9 @@ class Pipeline:
         #: It may call `attach()` or `start()` (new rows join at the next tick), never
         #: `stop()` (a stop mid-tick would see positions the tick has not stored yet).
         self.between: Callable[[], None] | None = None
+        #: Called after each job is finalised: finishing an encrypted file re-encrypts all
+        #: of it, and a worker ending many at once must not look stalled (`shm.layout`).
+        self.progress: Callable[[], None] | None = None
         self._released: list[int] = []  # rows freed this tick, reusable from the next
         self._in_tick = False
 
@@ -726,6 +729,8 @@ class Pipeline:
             except Exception:
                 pass
         self._release(job)
+        if self.progress is not None:
+            self.progress()
         self.ended.append(
             JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
                      duration_s=samples / job.msg.rate, error=job.error)
