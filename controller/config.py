@@ -45,15 +45,19 @@ class Config:
     scale_jobs: int = 256
     """Jobs per worker from which `scale_tick_ms` applies."""
     flush_ms: float = 1000.0
-    """Audio a worker stages per job before writing it to the file; also the most a
-    killed worker can lose (the controller repairs its files' headers)."""
+    """Audio a worker stages per job before writing it to the file. A killed worker loses
+    nothing of it: its durable records trail by at most this much (plus the DTMF
+    look-ahead), and the job's new owner reads that span again from the rings."""
     skew_ms: float = 500.0
     """How long a recording waits for a leg that has fallen behind the other before
     recording the missing part as silence (a leg with nothing to say)."""
     heartbeat_ms: float = 250.0
-    """Worker heartbeat interval."""
-    heartbeat_timeout_s: float = 5.0
-    """A worker silent for this long is killed and replaced; its jobs end with ERROR."""
+    """Worker heartbeat interval (load figures for `Controller.stats()`; not used for liveness)."""
+    stall_timeout_s: float = 2.0
+    """A worker whose progress stamp in shared memory has not moved for this long (stopped,
+    wedged; a merely slow worker still stamps at every serve point of its tick) is killed
+    and its jobs are taken over. Keep it well inside `ring_ms` minus `flush_ms`: the
+    takeover re-reads from the rings what the worker had not yet written. 0 disables it."""
     start_timeout_s: float = 10.0
     """`start()` returns False if the worker has not confirmed the job by then."""
     stop_timeout_s: float = 30.0

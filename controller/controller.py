@@ -8,6 +8,7 @@ placed on the least-loaded worker when it starts.
 
 from __future__ import annotations
 
+import glob
 import itertools
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from wholecall.protocol import JobEnded, JobStarted, Message
 from wholecall.shm import Arena
-from wholecall.shm.arena import huge_pages
+from wholecall.shm.arena import _pid_alive, huge_pages
 from wholecall.formats.wav import read_info, repair
 
 from .channel import CallChannel
@@ -29,7 +30,7 @@ from .resources import FreeSpace, nofile_shortfall, raise_nofile
 from .media import Conference, MusicOnHold
 from .recorder import WholeCallRecorder
 from .states import CallState, Cause
-from .supervisor import Supervisor
+from .supervisor import DEGRADED_S, Supervisor
 
 log = logging.getLogger("wholecall.controller")
 #: From this size the arena's page size shows in the workers' CPU (a warning says so).
@@ -72,10 +73,12 @@ class Controller:
                 log.warning("the %d MiB arena in %s has 4 KiB pages: workers spend more CPU (6-20 %% measured) "
                             "than on a tmpfs with huge=within_size (deploy/run-wholecall-arena.mount, "
                             "Config.arena_dir)", self.arena.layout.total >> 20, cfg.arena_dir)
-            self._run_dir = tempfile.mkdtemp(prefix="wholecall-run-")  # mode 0700
+            sweep_run_dirs()
+            # mode 0700; the pid in the name lets the next controller sweep it if this one is killed
+            self._run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
             self.supervisor = Supervisor(
                 cfg.workers, self._run_dir, self.arena.path, self._on_event, self._on_worker_lost,
-                tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+                tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, stall_timeout_s=cfg.stall_timeout_s,
                 skew_ms=cfg.skew_ms, flush_ms=cfg.flush_ms, pin=cfg.pin_workers,
                 scale_tick_ms=cfg.scale_tick_ms, scale_jobs=cfg.scale_jobs,
                 capacity=worker_capacity(cfg.max_channels, cfg.workers), priority=cfg.worker_priority,
@@ -176,10 +179,13 @@ class Controller:
                 rec = self._jobs.pop(msg.job_id, None)
             if rec is None:
                 return False
-            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error)
+            lost = self.supervisor.lost.pop(msg.job_id, 0) if self.supervisor is not None else 0
+            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost)
         return True
 
     def _on_worker_lost(self, worker: int, jobs: set[int], why: str) -> None:
+        """Jobs of a worker lost while the controller closes (no takeover then); runs on
+        the supervisor's clean-up thread, never on its I/O thread."""
         for job_id in jobs:
             with self._lock:
                 rec = self._jobs.pop(job_id, None)
@@ -187,22 +193,49 @@ class Controller:
                 rec._on_ended(job_id, Cause.ERROR, *salvage(rec._path, rec._encrypted), why)
 
     def stats(self) -> dict:
-        """Workers, their load and the last heartbeat figures."""
+        """Workers, their load, progress lag (from shared memory) and the last heartbeat figures.
+
+        `lag_s` is the time since the worker last published progress; a worker lagging more
+        than `supervisor.DEGRADED_S` is `degraded` (overloaded or paused). Slowness is never
+        a reason to kill: only `Config.stall_timeout_s` without any progress is."""
         sup = self.supervisor
         if sup is None:
             return {"workers": []}
-        return {
-            "restarts": sup.restarts,
-            # Messages the I/O thread received and did not apply, by reason (a peer that is
-            # not one of our workers, a malformed frame, a report on another worker's job, ...).
-            "dropped_messages": sum(sup.dropped.values()),
-            "dropped_by_reason": dict(sup.dropped),
-            "workers": [
-                {"index": w.index, "pid": w.proc.pid, "cpu": w.cpu, "alive": w.alive, "jobs": w.load,
-                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0}
-                for w in sup.workers
-            ],
-        }
+        now_ns = time.monotonic_ns()
+        workers = []
+        for w in sup.workers:
+            lag = sup.lag(w.index, now_ns) if w.ready else 0.0
+            workers.append(
+                {"index": w.index, "pid": w.proc.pid, "cpu": w.cpu, "alive": w.alive, "ready": w.ready,
+                 "jobs": w.load, "ticks": sup.ticks(w.index), "lag_s": round(lag, 3),
+                 "degraded": lag > DEGRADED_S,
+                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0})
+        return {"restarts": sup.restarts, "takeovers": sup.takeovers,
+                "degraded": any(w["degraded"] for w in workers),
+                # Messages the I/O thread received and did not apply, by reason (a peer that is
+                # not one of our workers, a malformed frame, a report on another worker's job, ...).
+                "dropped_messages": sum(sup.dropped.values()), "dropped_by_reason": dict(sup.dropped),
+                "workers": workers}
+
+
+RUN_DIR_PREFIX = "wholecall-run-"
+
+
+def sweep_run_dirs(directory: str | None = None) -> list[str]:
+    """Remove run directories (control socket) of controllers that were killed: ours by
+    owner, named wholecall-run-<pid>-*, whose pid is gone. Like the arena's sweep."""
+    removed = []
+    directory = directory or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(glob.escape(directory), RUN_DIR_PREFIX + "*")):
+        try:
+            pid = int(os.path.basename(path)[len(RUN_DIR_PREFIX):].split("-", 1)[0])
+            st = os.lstat(path)
+        except (ValueError, OSError):
+            continue
+        if st.st_uid == os.geteuid() and os.path.isdir(path) and not os.path.islink(path) and not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def worker_capacity(max_channels: int, workers: int) -> int:

@@ -40,6 +40,9 @@ class JobResult:
     samples: int
     duration_s: float
     error: str
+    #: Samples of this recording that were overwritten in the rings before a worker
+    #: takeover could read them (recorded as silence of exactly that length); 0 normally.
+    lost_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,12 +286,16 @@ class WholeCallRecorder:
             self._cond.notify_all()
             return True
 
-    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str) -> bool:
+    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str,
+                  lost_samples: int = 0) -> bool:
         with self._cond:
             if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
                 return False
             self._channel.disarm(job_id)
-            self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error)
+            self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error, lost_samples)
+            if lost_samples:
+                log.error("Channel(%d): job %d lost %d samples to ring overruns before a worker takeover",
+                          self._channel.id, job_id, lost_samples)
             if error:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
             self._cond.notify_all()

@@ -9,6 +9,7 @@ from .messages import (
     JobStarted,
     Message,
     ProtocolError,
+    ResumeJob,
     Shutdown,
     StartJob,
     StopJob,
@@ -19,6 +20,6 @@ from .messages import (
 )
 
 __all__ = [
-    "Cause", "WorkerSettings", "VERSION", "Heartbeat", "Hello", "JobEnded", "JobStarted", "Message", "ProtocolError",
+    "Cause", "WorkerSettings", "VERSION", "Heartbeat", "Hello", "JobEnded", "JobStarted", "Message", "ProtocolError", "ResumeJob",
     "Shutdown", "StartJob", "StopJob", "WorkerError", "decode", "encode",
 ]

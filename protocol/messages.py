@@ -68,6 +68,27 @@ class StopJob(Message):
 
 
 @dataclass(frozen=True)
+class ResumeJob(Message):
+    """Take over a job whose worker died: reopen its file, cut it back to what the dead
+    worker published as durable, and go on reading the rings from there.
+
+    The resume fields are the dead worker's last durable record (`shm.layout`, "durable");
+    `lost` samples at `pos` were overwritten in the rings before the takeover and become
+    silence of exactly that length."""
+
+    TYPE: ClassVar[str] = "resume"
+    start: bytes = field(repr=False)  # the job's StartJob, encoded (it carries the cipher)
+    pos: int  # leg position of the first sample not in the file (both legs)
+    samples: int  # input (8 kHz) samples the file holds up to `pos`
+    audio: int  # the silence detector's sample count at `pos`
+    run: int  # silent samples since the last loud frame, at `pos`
+    loud_end: int  # file position just after the last loud frame
+    heard: bool  # audio had been heard (initial silence is over)
+    lost: int  # samples overwritten in the rings before the takeover, recorded as silence
+    confirmed: bool  # JobStarted was already delivered: do not send another
+
+
+@dataclass(frozen=True)
 class Shutdown(Message):
     """Finish every job (ABORTED) and exit."""
 
@@ -97,6 +118,9 @@ class WorkerSettings(Message):
     silence_dbfs: float  # frame energy below this is silence
     silence_hangover_ms: int  # speech is held this long after the last loud frame
     file_mode: int  # permission bits of recording files
+    # Read end of the controller's lifeline pipe (inherited): EOF once the controller
+    # process is gone, whichever of its threads spawned the worker. -1: none.
+    lifeline: int = -1
 
 
 # -- worker -> controller ------------------------------------------------------------
@@ -164,7 +188,7 @@ class WorkerError(Message):
 
 _TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (StartJob, StopJob, Shutdown, WorkerSettings, Hello, JobStarted, JobEnded, Heartbeat, WorkerError)
+    for cls in (StartJob, StopJob, ResumeJob, Shutdown, WorkerSettings, Hello, JobStarted, JobEnded, Heartbeat, WorkerError)
 }
 
 

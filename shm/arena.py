@@ -132,6 +132,12 @@ class Arena:
         self.overruns = np.frombuffer(buf, np.int64, n, layout.overruns)
         self.read_pos = np.frombuffer(buf, np.int64, n, layout.read_pos)
         self.job = np.frombuffer(buf, np.int64, n, layout.job)
+        #: Worker liveness records (`layout.W_*` columns), one row per worker index.
+        self.workers = np.frombuffer(buf, np.int64, L.MAX_WORKERS * L.WORKER_RECORD_WORDS,
+                                     L.OFF_WORKERS).reshape(L.MAX_WORKERS, L.WORKER_RECORD_WORDS)
+        #: Per-job durable records by inbound slot: (slots, copies, `layout.D_*` words).
+        self.durable = np.frombuffer(buf, np.int64, n * L.DURABLE_COPIES * L.DURABLE_WORDS,
+                                     layout.durable).reshape(n, L.DURABLE_COPIES, L.DURABLE_WORDS)
         self.data = np.frombuffer(buf, np.int16, n * cap, layout.data).reshape(n, cap)
         self._free: list[int] = list(range(n - 1, -1, -1)) if owner else []
         self._lock = threading.Lock()
@@ -217,7 +223,7 @@ class Arena:
             return
         self._closed = True
         # numpy views pin the buffer: drop them before closing the mmap.
-        del self.write_pos, self.overruns, self.read_pos, self.job, self.data
+        del self.write_pos, self.overruns, self.read_pos, self.job, self.data, self.workers, self.durable
         self._buf.release()
         assert self._mm is not None
         self._mm.close()
@@ -254,6 +260,7 @@ class Arena:
             self.write_pos[s] = 0
             self.read_pos[s] = 0
             self.overruns[s] = 0
+            self.durable[s] = 0
         return got
 
     def release(self, slots: list[int]) -> None:
@@ -271,8 +278,8 @@ class Arena:
     def arm(self, slots: list[int], job_id: int) -> int:
         """Hand `slots` to the consumer that will run `job_id`; returns the position it starts at.
 
-        The one place (besides the consumer itself) that stores `read_pos`, and only while
-        the slots have no consumer (`job == 0`): the start is the furthest producer position
+        With `rewind`, the only places (besides the consumer itself) that store `read_pos`;
+        this one only while the slots have no consumer (`job == 0`): the start is the furthest producer position
         of the slots, `read_pos` is set there first and `job` last, so a producer that sees
         the job also sees where its consumer reads (the producer respects `read_pos` only
         for armed slots). The caller holds the in-process producers' locks, if any, so
@@ -291,6 +298,16 @@ class Arena:
         for s in slots:
             self.job[s] = job_id
         return start
+
+    def rewind(self, slots: list[int], job_id: int, position: int) -> bool:
+        """Failover: the consumer of `job_id` died; keep everything from `position` on (its
+        last durable point, behind where it had read) for the consumer that takes over.
+        False (nothing changed) if the slots are no longer armed for `job_id`."""
+        if any(self.job[s] != job_id for s in slots):
+            return False
+        for s in slots:
+            self.read_pos[s] = position
+        return True
 
     def disarm(self, slots: list[int], job_id: int) -> None:
         """Take `slots` back from `job_id` (a no-op for slots armed for another job since)."""
@@ -360,6 +377,10 @@ class LegWriter:
                 if a.job[s]:
                     r = int(a.read_pos[s])
                     if w < r:
+                        # The worker recorded the gap as silence; zero it in the ring too, so
+                        # a replacement worker that re-reads this span (failover) reads the
+                        # same silence, not a lap-old sample.
+                        self._zero(w, min(r, w + cap))
                         w = r
                     room = cap - (w - r)
                     if room <= 0:
@@ -381,6 +402,14 @@ class LegWriter:
                 a.write_pos[s] = w + chunk
                 done += chunk
         return done
+
+    def _zero(self, start: int, end: int) -> None:
+        a, s, cap = self.arena, self.slot, self.arena.capacity
+        lo, n = start & (cap - 1), end - start
+        first = min(n, cap - lo)
+        a.data[s, lo:lo + first] = 0
+        if first < n:
+            a.data[s, :n - first] = 0
 
     def skip(self, samples: int) -> None:
         """Advance the clock over a gap (e.g. lost packets): the worker records silence there."""

@@ -14,6 +14,10 @@ leg's position with one vector load and gathers audio with one fancy index::
            |  24 capacity u64 samples per ring, a power of two            |
            |  32 owner_pid u64 controller pid (stale-arena sweep)         |
            |  40 created_ns u64 CLOCK_REALTIME at creation                |
+           | 1024 workers  [MAX_WORKERS] x 64-byte record, one cache line |
+           |      each, WORKER-owned (worker i writes record i only):     |
+           |        +0 pid  +8 ticks (grows)  +16 progress_ns            |
+           |        (CLOCK_MONOTONIC of the last progress)  +24 jobs      |
     P      +--------------------------------------------------------------+
            | write_pos  i64[slots]   PRODUCER-owned, monotonically grows  |
            +-- page aligned ----------------------------------------------+
@@ -24,6 +28,10 @@ leg's position with one vector load and gathers audio with one fancy index::
            | job        i64[slots]   CONTROLLER-owned: id of the job that |
            |                         records this leg, 0 = not recording  |
            +-- page aligned ----------------------------------------------+
+           | durable    i64[slots][2][8]  WORKER-owned, indexed by the    |
+           |            job's INBOUND slot: where the job's file ends,    |
+           |            two copies written alternately (see below)        |
+           +-- page aligned ----------------------------------------------+
            | data       i16[slots][capacity]  ring samples                |
            +--------------------------------------------------------------+
 
@@ -31,6 +39,27 @@ Positions are sample-clock counters of the leg (8 kHz samples since the slot was
 allocated); sample ``p`` lives at ``data[slot, p & (capacity - 1)]``. Producer and
 consumer counters sit on separate pages so a producer storing its position never
 invalidates the cache line the worker is reading positions from.
+
+Liveness and failover. A worker stores its tick counter and a CLOCK_MONOTONIC stamp in
+its ``workers`` record whenever it makes progress (every loop turn and every serve
+point inside a long tick); the controller judges liveness from that alone. After every
+flush a worker publishes, per job, a *durable record*: the leg position up to which the
+job's audio is in its file (``D_RESUME``), how many 8 kHz input samples that file holds
+(``D_SAMPLES``) and the silence detector's state at that point. One record of a job
+(128 bytes, two cache lines)::
+
+    copy k (k = 0, 1) at i64 index 8k:
+      +0 seq       0 while being written; else increasing (the newer copy wins)
+      +1 job       job id the copy describes (a copy of another job is ignored)
+      +2 resume    leg position of the first sample NOT in the file
+      +3 samples   input (8 kHz) samples in the file up to ``resume``
+      +4 audio     samples the silence detector had counted up to ``resume``
+      +5 run       silent samples since the last loud frame, at ``resume``
+      +6 loud_end  file position just after the last loud frame
+      +7 flags     bit 0: audio has been heard
+
+A copy is written seq := 0, fields, seq := previous max + 1 (x86 stores stay in program
+order), alternating copies, so a worker killed mid-write leaves the older copy valid.
 
 Memory ordering. A producer copies samples into ``data`` and then stores its new
 ``write_pos[slot]`` with one aligned 8-byte store; the consumer loads ``write_pos``
@@ -50,7 +79,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAGIC = b"WHCLRING"
-VERSION = 1
+VERSION = 2  # 2: worker records and per-job durable records
 PAGE = 4096
 HEADER_BYTES = PAGE
 
@@ -60,6 +89,18 @@ OFF_SLOTS = 16
 OFF_CAPACITY = 24
 OFF_OWNER_PID = 32
 OFF_CREATED_NS = 40
+
+OFF_WORKERS = 1024
+WORKER_RECORD_WORDS = 8  # 64 bytes: one cache line per worker
+MAX_WORKERS = (HEADER_BYTES - OFF_WORKERS) // (WORKER_RECORD_WORDS * 8)
+# Word indices of a worker record.
+W_PID, W_TICKS, W_PROGRESS_NS, W_JOBS = 0, 1, 2, 3
+
+# Word indices of one copy of a durable record (module docstring).
+D_SEQ, D_JOB, D_RESUME, D_SAMPLES, D_AUDIO, D_RUN, D_LOUD_END, D_FLAGS = range(8)
+DURABLE_COPIES = 2
+DURABLE_WORDS = 8
+D_HEARD = 1
 
 SAMPLE_BYTES = 2  # int16
 COUNTER_BYTES = 8  # int64
@@ -103,8 +144,16 @@ class Layout:
         return self.read_pos + self.counters_bytes
 
     @property
-    def data(self) -> int:
+    def durable(self) -> int:
         return self.job + self.counters_bytes
+
+    @property
+    def durable_bytes(self) -> int:
+        return _page_align(self.slots * DURABLE_COPIES * DURABLE_WORDS * COUNTER_BYTES)
+
+    @property
+    def data(self) -> int:
+        return self.durable + self.durable_bytes
 
     @property
     def total(self) -> int:

@@ -45,6 +45,7 @@ import platform
 import queue
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ class StressConfig:
     arena_dir: str = ""  # "": a private tmpfs with 2 MiB pages when root (as deploy/ mounts one), else /dev/shm
     probes: int = -1  # extra calls started once all `channels` record (-1: channels // 50, 10..200)
     probe_rate: float = 20.0  # their start() rate, per second
+    kill_worker_at: float = 0.0  # > 0: SIGKILL worker 0 this many seconds into the run (failover test)
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Call:
     stop_ms: float = math.nan
     path: str = ""
     cause: str = ""
+    lost: int = 0  # samples the rings overwrote before a worker takeover (JobResult.lost_samples)
     error: str = ""
     fed: bool = False
     stopped: bool = False
@@ -445,6 +448,7 @@ class Run:
             t_start = self.t_start = time.monotonic()
             deadline = t_start + cfg.channels / cfg.start_rate * 3 + probes / cfg.probe_rate + cfg.seconds + 120
             probe_t0 = None  # when the first probe is due
+            killed = None  # (pid, when) of the worker killed by --kill-worker-at
             # The ramp: start() calls handed out at the target rate, run by many threads.
             next_progress = t_start
             i = 0
@@ -468,6 +472,13 @@ class Run:
                     while i < total and probe_t0 + (i - cfg.channels) / cfg.probe_rate <= now:
                         starters.submit(self._start, self.calls[i])
                         i += 1
+                if cfg.kill_worker_at > 0 and killed is None and now - t_start >= cfg.kill_worker_at:
+                    victim = ctl.supervisor.workers[0]
+                    killed = (victim.proc.pid, now - t_start, victim.load)
+                    os.kill(victim.proc.pid, signal.SIGKILL)
+                    if not cfg.quiet:
+                        print(f"[{now - t_start:6.1f}s] killed worker 0 (pid {victim.proc.pid}) holding {victim.load} calls",
+                              flush=True)
                 if now >= next_progress:
                     last = self._progress(ctl, last, now - t_start)
                     next_progress = now + 1.0
@@ -488,6 +499,7 @@ class Run:
             end = self.sampler.take(self.recording, ctl.arena)
             self._progress(ctl, last, time.monotonic() - t_start, final=True)
             restarts = ctl.supervisor.restarts
+            takeovers = ctl.supervisor.takeovers
             anon_workers = max(sum(s["worker_anon"]) for s in self.sampler.samples)
             anon_ctl = proc_anon(os.getpid())
             lg_pids = list(lg.pids)
@@ -544,7 +556,11 @@ class Run:
             failures.append(f"{report['files']['invalid']} invalid files")
         if report["files"]["spot_failed"]:
             failures.append(f"{report['files']['spot_failed']} files failed the content check")
-        if restarts:
+        report["failover"] = {"kill_worker_at_s": cfg.kill_worker_at or None,
+                              "killed": None if killed is None else {"pid": killed[0], "at_s": round(killed[1], 1),
+                                                                     "calls": killed[2]},
+                              "takeovers": takeovers, "lost_samples": sum(c.lost for c in self.calls)}
+        if restarts > (1 if killed is not None else 0):
             failures.append(f"{restarts} worker restarts")
         failures.extend(self.errors)
         report["failures"] = failures
@@ -598,6 +614,7 @@ class Run:
         res = rec.last_result
         if res is not None:
             call.path, call.cause, call.error = res.path, res.cause.name, call.error or res.error
+            call.lost = res.lost_samples
         if not ok:
             call.error = call.error or "stop() timed out"
         self._close(call)
@@ -1003,6 +1020,10 @@ def summary(report: dict) -> str:
         (f"  worker CPU {cpu.get('worker_us_per_channel_second')} us per channel-second overall, "
          f"{st.get('worker_us_per_channel_second')} steady (cores {st.get('worker_core_utilisation')}); "
          f"loadgen {cpu.get('loadgen_us_per_channel_second')}, controller+harness {cpu.get('controller_us_per_channel_second')}"),
+        (f"  failover: worker killed at {report['failover']['killed']['at_s']} s holding "
+         f"{report['failover']['killed']['calls']} calls, {report['failover']['takeovers']} taken over, "
+         f"{report['failover']['lost_samples']} samples lost to ring overruns before takeover\n"
+         if report.get("failover", {}).get("killed") else "") +
         (f"  overruns {report.get('overruns')}, lost samples {report.get('lost_samples')}, files verified "
          f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}"),
         (f"  start ms during the ramp p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
@@ -1113,6 +1134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", type=int, default=d.probes,
                    help="calls started after the ramp, with all --channels recording (default: channels/50, 10..200)")
     p.add_argument("--probe-rate", type=float, default=d.probe_rate, help="their start() rate (default %(default)s/s)")
+    p.add_argument("--kill-worker-at", type=float, default=0.0, metavar="SECONDS",
+                   help="SIGKILL worker 0 SECONDS into the run: its calls must be taken over without loss")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after --find-max's first failure")
     p.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
     p.add_argument("--report", default=None, help="JSON report path (default OUT/stress-report.json)")
@@ -1138,7 +1161,8 @@ def main(argv: list[str] | None = None) -> int:
                        file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
                        start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
                        profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms,
-                       scale_jobs=a.scale_jobs, arena_dir=a.arena_dir, probes=a.probes, probe_rate=a.probe_rate)
+                       scale_jobs=a.scale_jobs, arena_dir=a.arena_dir, probes=a.probes, probe_rate=a.probe_rate,
+                       kill_worker_at=a.kill_worker_at)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
     if a.find_max:

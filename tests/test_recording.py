@@ -123,14 +123,16 @@ def test_audio_written_before_start_is_not_recorded(answered):
     assert abs(rec.last_result.samples - 4000) <= 160
 
 
-def test_killed_worker_ends_job_with_error_and_is_replaced(ctl, answered):
+def test_killed_worker_is_replaced_and_its_job_goes_on(ctl, answered):
     rec = answered.WholeCallRecorder
     assert rec.start("killed.wav")
     feed(answered, tone(400, 0.5), None)
     victim = ctl.supervisor.workers[rec._worker]
     os.kill(victim.proc.pid, signal.SIGKILL)
-    assert rec.wait_until_finished(10) is Cause.ERROR
-    assert rec.state() is RecorderState.ERROR
+    assert rec.wait_until_finished(1) is Cause.TIMEOUT  # taken over: still recording
+    assert rec.state() is RecorderState.RECORDING
+    assert rec.stop() and rec.cause() is Cause.ABORTED
+    assert rec.last_result.samples == 4000
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and not all(w.alive and w.ready for w in ctl.supervisor.workers):
         time.sleep(0.05)

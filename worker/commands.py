@@ -39,6 +39,7 @@ from wholecall.protocol import (
     JobStarted,
     Message,
     ProtocolError,
+    ResumeJob,
     Shutdown,
     StartJob,
     StopJob,
@@ -48,7 +49,7 @@ from wholecall.protocol import (
 from wholecall.protocol import sockets
 from wholecall.protocol.wake import WakePipe
 
-from .pipeline import Pipeline
+from .pipeline import Pipeline, close_kept
 from .wavfile import WavWriter
 
 #: Files created at once. More than one so that one slow create does not hold up the
@@ -70,7 +71,8 @@ class Commands:
         self._pool = cf.ThreadPoolExecutor(OPENER_THREADS, thread_name_prefix="opener")
         self._lock = threading.Lock()  # guards the four fields below, shared by all threads
         self._opening: dict[int, float] = {}  # job_id -> when its start was read; file being created
-        self._opened: list[tuple[StartJob, WavWriter | None, str]] = []  # filled by the openers
+        # Filled by the openers: (start, writer, error, (resume, leg position) for a takeover).
+        self._opened: list[tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]] = []
         self._accepting = True  # False once a Shutdown was read or the openers are shut down
         self._inbox: list[Message] = []  # commands for the loop, in arrival order
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening (loop only)
@@ -161,9 +163,11 @@ class Commands:
             opened, self._opened = self._opened, []
             cut = list(self._opening)  # opened but not attached, or never opened (cancelled)
             self._opening.clear()
-        for _, writer, _ in opened:
-            if writer is not None:
+        for _, writer, _, resumed in opened:
+            if writer is not None and resumed is None:
                 writer.abort()  # leave no half-made file
+            elif writer is not None:
+                close_kept(writer.sink)  # a taken-over recording stays as the dead worker left it
         for job_id in cut:
             self.send(JobEnded(job_id=job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0,
                                error=f"worker {self.index} stopped before the job was attached"))
@@ -216,6 +220,16 @@ class Commands:
             msg = self._decode(self.sock.recv_multipart()[-1])
             if msg is None:
                 continue
+            if isinstance(msg, ResumeJob):
+                try:
+                    start = decode(msg.start)
+                    if not isinstance(start, StartJob):
+                        raise ProtocolError(f"resume carries a {start.TYPE}, not a start")
+                except ProtocolError as e:
+                    self.send(WorkerError(worker=self.index, job_id=0, message=f"bad resume: {e}"))
+                    continue
+                self._begin(start, msg)
+                continue
             if isinstance(msg, StartJob):
                 self._begin(msg)
                 continue
@@ -235,8 +249,8 @@ class Commands:
             self.send(WorkerError(worker=self.index, job_id=0, message=f"bad command: {e}"))
             return None
 
-    def _begin(self, msg: StartJob) -> None:
-        """I/O thread: hand a start to the openers, or refuse it."""
+    def _begin(self, msg: StartJob, resume: ResumeJob | None = None) -> None:
+        """I/O thread: hand a start (or a takeover, with `resume`) to the openers, or refuse it."""
         refusal = self.pipe.refusal(msg)  # reads only the message and the arena's size
         with self._lock:
             if msg.job_id in self.pipe.by_id or msg.job_id in self._opening:
@@ -249,26 +263,33 @@ class Commands:
                 why = f"worker {self.index} is shutting down"
             else:
                 self._opening[msg.job_id] = time.monotonic()
-                self._pool.submit(self._open, msg)
+                self._pool.submit(self._open, msg, resume)
                 return
         self._refuse(msg, why)
 
     # -- openers ------------------------------------------------------------------------
 
-    def _open(self, msg: StartJob) -> None:
-        """Opener thread: create the file (may block on the disk), confirm, wake the loop."""
+    def _open(self, msg: StartJob, resume: ResumeJob | None = None) -> None:
+        """Opener thread: create the file (may block on the disk), confirm, wake the loop.
+        A takeover reopens the dead worker's file instead, and confirms only a job whose
+        start the controller has not seen confirmed."""
+        resumed = None
         try:
-            writer, err = self.pipe.open_writer(msg)
+            if resume is None:
+                writer, err = self.pipe.open_writer(msg)
+            else:
+                writer, err, pos = self.pipe.open_resumed(msg, resume)
+                resumed = (resume, pos)
         except BaseException as e:  # noqa: BLE001 - the loop must hear about every start
             writer, err = None, f"cannot create {msg.path}: {e}"
-        if writer is not None:
+        if writer is not None and not (resume is not None and resume.confirmed):
             t_opened = time.monotonic()
             with self._lock:
                 t_received = self._opening[msg.job_id]
             self.send(JobStarted(job_id=msg.job_id, t_received=t_received, t_opened=t_opened,
                                  t_confirmed=time.monotonic()))
         with self._lock:
-            self._opened.append((msg, writer, err))
+            self._opened.append((msg, writer, err, resumed))
         self.wake.wake()
 
     # -- the loop's internals -------------------------------------------------------------
@@ -294,25 +315,29 @@ class Commands:
             return
         with self._lock:
             opened, self._opened = self._opened, []
-        for i, (msg, writer, err) in enumerate(opened):
+        for i, (msg, writer, err, resumed) in enumerate(opened):
             try:
-                self._attach_one(msg, writer, err)
+                self._attach_one(msg, writer, err, resumed)
             except BaseException:
                 # Whatever was not attached stays where close() will find it.
                 with self._lock:
                     self._opened[:0] = opened[i + 1:]
                     self._opening.pop(msg.job_id, None)
-                if writer is not None and msg.job_id not in self.pipe.by_id:
+                if writer is not None and msg.job_id not in self.pipe.by_id and resumed is None:
                     writer.abort()
                 raise
 
-    def _attach_one(self, msg: StartJob, writer: WavWriter | None, err: str) -> None:
+    def _attach_one(self, msg: StartJob, writer: WavWriter | None, err: str,
+                    resumed: tuple[ResumeJob, int] | None = None) -> None:
         stop = self._held_stops.pop(msg.job_id, None)
         if writer is None:
             self._refuse(msg, err)
         else:
             try:
-                self.pipe.attach(msg, writer)
+                if resumed is not None:
+                    self.pipe.attach(msg, writer, resumed[0], resumed[1])
+                else:
+                    self.pipe.attach(msg, writer)
             except ValueError as e:  # a job this worker cannot run: refuse it alone
                 writer.abort()
                 self._refuse(msg, str(e))

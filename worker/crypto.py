@@ -72,6 +72,52 @@ class EncryptedSink:
         self._size = 0
         self._finished = False
 
+    @classmethod
+    def reopen(cls, path: str, cipher: dict[str, Any], mode: int = FILE_MODE) -> "EncryptedSink":
+        """The sink of an encrypted recording a dead worker was writing (failover).
+
+        The intermediate's body key is unwrapped with the credential of the job's cipher
+        (the controller kept its wire dict). Only aes-cbc can be resumed: an envelope's
+        body key is wrapped under the recipient's public key, and only the private key,
+        which wholecall never holds, unwraps it (ValueError; the .wcpart stays for
+        `wholecall recover`).
+        """
+        scheme = cipher.get("scheme")
+        if scheme != cf.SCHEME_CBC:
+            raise ValueError(f"a {scheme} recording cannot be resumed by another worker "
+                             "(its body key needs the private key); its .wcpart is kept for `wholecall recover`")
+        self = cls.__new__(cls)
+        self.path = path
+        self._part = path + cf.PART_SUFFIX
+        self._mode = mode
+        self._scheme = scheme
+        self._key, self._iv = cf.parse_aes_key(cipher["key"]), cf.parse_iv(cipher["iv"])
+        self._public_key = None
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "recording already finished by the worker that died", path)
+        fd = os.open(self._part, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            header = cf.PartHeader.read(fd)
+            if header.scheme != scheme:
+                raise ValueError(f"{self._part} is a {header.scheme} intermediate, the job's cipher is {scheme}")
+            self._body_key = header.unwrap(key=self._key)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._header = header
+        self._ctr = cf.CtrBody(self._body_key, header.ctr)
+        self._base = header.body_offset
+        self._size = max(0, os.fstat(fd).st_size - self._base)
+        self._finished = False
+        return self
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Plaintext of logical bytes `offset` .. `offset + n` (short at the end)."""
+        assert self._fd is not None, "sink already closed"
+        data = os.pread(self._fd, max(0, min(n, self._size - offset)), self._base + offset)
+        return self._ctr.apply(offset, data) if data else b""
+
     def __repr__(self) -> str:
         return f"EncryptedSink({self.path!r}, scheme={self._scheme!r}, size={self.size()})"
 

@@ -5,15 +5,22 @@ tick, queue what it produced (ended events), heartbeat. `worker.commands` owns t
 socket on its own I/O thread, creates files on opener threads and confirms starts from
 there; the loop attaches opened files (also mid-tick) and applies stops between ticks.
 A malformed command is reported as a `WorkerError` and dropped; it never stops the loop. The worker exits when the
-controller says so, when its parent dies (PR_SET_PDEATHSIG plus a ppid check), or on
-SIGTERM, finalising every file first.
+controller says so, when the controller *process* dies, or on SIGTERM, finalising every
+file first. The controller's death is seen on the lifeline: a pipe whose write end only
+the controller process holds (never inherited, never written), so its read end turns
+readable (EOF) the moment that process is gone, whichever of its threads spawned us
+(PR_SET_PDEATHSIG fires when the spawning *thread* exits, and is not used). A ppid
+check backs it up.
+
+Liveness: every loop turn and every serve point inside a tick store the tick counter
+and a CLOCK_MONOTONIC stamp in this worker's record in the arena header
+(`shm.layout`); the supervisor judges progress from that, never from messages.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import logging
 import os
 import resource
@@ -26,6 +33,7 @@ import zmq
 from wholecall.protocol import Cause, Heartbeat, Hello, ProtocolError, WorkerSettings, decode
 from wholecall.protocol import sockets
 from wholecall.shm import Arena
+from wholecall.shm import layout as L
 
 from .commands import Commands
 from .dtmf import FRAME
@@ -38,15 +46,6 @@ GIL_SWITCH_S = 0.0005
 FRAME_S = FRAME / SAMPLE_RATE
 #: Frames one tick may advance a job by (a backlog drains over several ticks).
 MAX_FRAMES_PER_TICK = 25
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _raise_nofile(index: int) -> None:
@@ -63,7 +62,7 @@ def _raise_nofile(index: int) -> None:
 def run(settings: WorkerSettings) -> int:
     """The worker's life: attach, pin, serve jobs until told to stop or the controller is gone."""
     index, cpu, priority, parent = settings.index, settings.cpu, settings.priority, settings.parent
-    _die_with_parent()
+    lifeline = settings.lifeline
     _raise_nofile(index)
     try:
         os.sched_setaffinity(0, {cpu})
@@ -90,6 +89,17 @@ def run(settings: WorkerSettings) -> int:
     # in all three A/B pairs, at no measurable CPU cost (BENCHMARKS.md).
     sys.setswitchinterval(GIL_SWITCH_S)
     arena = Arena.attach(settings.arena)
+    if not 0 <= index < L.MAX_WORKERS:
+        raise ValueError(f"worker index {index} outside the arena's {L.MAX_WORKERS} worker records")
+    record = arena.workers[index]
+    record[L.W_PID] = os.getpid()
+    ticks = 0
+
+    def progress() -> None:
+        record[L.W_TICKS] = ticks
+        record[L.W_PROGRESS_NS] = time.monotonic_ns()
+
+    progress()
     ctx = zmq.Context()
     sock = sockets.dealer(ctx, settings.endpoint, index)
     tick_s = settings.tick_ms / 1000
@@ -107,8 +117,19 @@ def run(settings: WorkerSettings) -> int:
         silence_hangover_ms=settings.silence_hangover_ms, file_mode=settings.file_mode,
     )
     commands = Commands(sock, pipe, index)  # from here on only its I/O thread uses the socket
+    serve = pipe.between
+
+    def serve_and_progress() -> None:
+        progress()
+        serve()
+
+    pipe.between = serve_and_progress
+    pipe.progress = progress
     poller = zmq.Poller()
     poller.register(commands.wake.fileno(), zmq.POLLIN)
+    orphaned = False
+    if lifeline >= 0:
+        poller.register(lifeline, zmq.POLLIN)
     commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
 
     def heartbeat() -> Heartbeat:
@@ -119,19 +140,24 @@ def run(settings: WorkerSettings) -> int:
 
     commands.heartbeat = heartbeat
     commands.heartbeat_s = settings.heartbeat_ms / 1000
-    ticks = 0
     draining = False
     next_tick = time.monotonic()
     try:
         while True:
             now = time.monotonic()
             wait_ms = max(0, int((next_tick - now) * 1000))
-            if poller.poll(wait_ms):
+            events = dict(poller.poll(wait_ms))
+            if events:
                 # Apply everything queued before ticking: stops and attaches are cheap.
                 commands.receive_all()
+                if lifeline in events:
+                    log.warning("worker %d: the controller process is gone: finishing every file", index)
+                    poller.unregister(lifeline)
+                    orphaned = True
+            progress()
             if not commands.io_alive:
                 raise RuntimeError("the command I/O thread died")
-            if commands.shutdown or stopping or os.getppid() != parent:
+            if commands.shutdown or stopping or orphaned or os.getppid() != parent:
                 if not draining:
                     # Also after SIGTERM (and so parent death, PDEATHSIG): starts in flight
                     # end ABORTED with final files, and later ones are refused.
@@ -145,6 +171,7 @@ def run(settings: WorkerSettings) -> int:
                 work = pipe.tick(now, block=scale_block if scale else 1)
                 commands.receive_all()
                 ticks += 1
+                progress()
                 commands.send_all(pipe.ended)
                 pipe.ended.clear()
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
@@ -170,6 +197,7 @@ def run(settings: WorkerSettings) -> int:
         ctx.term()
         pipe.close()
         del pipe
+        record = None  # the last view of the arena (progress() holds it)
         arena.close()
     return 0
 

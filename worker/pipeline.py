@@ -16,10 +16,25 @@ back: the job advances to where the leading leg was `skew` ago and the missing p
 the lagging leg is recorded as silence (its producer then jumps to the present, see
 `shm.LegWriter.write`). A stop request fixes the end position and drains to it at once.
 
-Crash loss: a job's audio sits in staging for at most `flush_samples` before it reaches
-the file (its header lags by up to `HEADER_REFRESH_SAMPLES`; the controller repairs the
-files of a killed worker), so a killed worker loses at most
-that much plus the DTMF look-ahead.
+Failover. After every flush the pipeline publishes each job's *durable record* in the
+arena (`shm.layout`, "durable"): the leg position up to which its audio is in the file,
+how many input samples the file holds, and the silence detector's state at that point
+(staging is empty right after a flush, so all three describe the same instant; an
+initial-silence job still waiting for audio keeps its pre-roll staged, and its record
+points at the pre-roll's start). A job's output frame j is its input frame j (the DTMF
+bank's first outputs are its delay line and are dropped), so that position is
+`base + (fed - lookahead) * FRAME - fill`. A replacement worker (`open_resumed`,
+`attach(resume=...)`) cuts the file back to exactly that many samples and reads the
+rings again from that position: what the dead worker had read but not yet written
+(staging, the look-ahead, a half-done write) is read a second time, nothing twice in
+the file and nothing missing, as long as the rings still hold it (they hold 8 s; the
+record is at most one flush old).
+
+Bounded approximations on resume: the DTMF detector starts with no history, so a
+digit straddling the resume point may be muted from up to one look-ahead later (or a
+tone shorter than the detector's minimum left in); rates other than 8000 Hz restart
+the resampler (a discontinuity inside its ~2 ms filter) and ADPCM restarts its
+predictor at a unit boundary; silence counts resume exactly.
 """
 
 from __future__ import annotations
@@ -34,14 +49,17 @@ from typing import Callable
 import numpy as np
 
 from wholecall.formats.codecs import CALL_RATE
-from wholecall.protocol import Cause, JobEnded, StartJob
+from wholecall.formats.wav import repair_plan
+from wholecall.protocol import Cause, JobEnded, ResumeJob, StartJob
 from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import Arena
+from wholecall.shm import layout as L
 
 from . import kernels
 from .silence import PREROLL_SAMPLES, SilenceTracker
 
-from .crypto import open_sink
+from .crypto import EncryptedSink, open_sink
+from .sink import FileSink
 from .dtmf import FRAME, DtmfBank
 from .wavfile import WavWriter
 
@@ -136,6 +154,9 @@ class Pipeline:
         #: It may call `attach()` or `start()` (new rows join at the next tick), never
         #: `stop()` (a stop mid-tick would see positions the tick has not stored yet).
         self.between: Callable[[], None] | None = None
+        #: Called after each job is finalised: finishing an encrypted file re-encrypts all
+        #: of it, and a worker ending many at once must not look stalled (`shm.layout`).
+        self.progress: Callable[[], None] | None = None
         self._released: list[int] = []  # rows freed this tick, reusable from the next
         self._in_tick = False
 
@@ -162,6 +183,9 @@ class Pipeline:
         self.done = g("done", dtype=bool)  # worker decided to end (SILENCE)
         self.room = g("room")  # input samples that still fit in the file (max_bytes)
         self.table = g("table", dtype=np.int8)  # 1 + index in self._tables of the writer's byte table; 0: none
+        self.base = g("base")  # leg position of the job's first frame fed to the DTMF bank
+        self.written = g("written")  # input samples in the file (the durable record's `samples`)
+        self.jid = g("jid")  # job id per row (the durable record's `job`)
         hist = np.zeros((self.skew_ticks, cap), np.int64)
         if old:
             hist[:, :old] = self.hist
@@ -234,10 +258,55 @@ class Pipeline:
             sink.discard()
             return None, f"cannot write {msg.path}: {e}"
 
-    def attach(self, msg: StartJob, writer: WavWriter) -> None:
+    def open_resumed(self, msg: StartJob, r: ResumeJob) -> tuple[WavWriter | None, str, int]:
+        """Failover: reopen the file of a job a dead worker was recording, cut back to the
+        `r.samples` input samples its durable record says it holds (fewer if a write was
+        cut short): (writer, "", leg position to read from) or (None, error, 0).
+
+        A job whose file was never created (the worker died opening it) starts afresh.
+        Runs on an opener thread, like `open_writer`: reopening and cutting a file is disk work.
+        """
+        stereo = msg.mode == "separate"
+        part = msg.path + ".wcpart"
+        exists = os.path.lexists(part) if msg.cipher is not None else os.path.lexists(msg.path)
+        if not exists and not (msg.cipher is not None and os.path.lexists(msg.path)):
+            writer, err = self.open_writer(msg)
+            return writer, err, msg.start_pos
+        try:
+            sink = EncryptedSink.reopen(msg.path, msg.cipher, self.file_mode) if msg.cipher is not None \
+                else FileSink.reopen(msg.path)
+        except (OSError, ValueError) as e:
+            return None, f"cannot resume {msg.path}: {e}", 0
+        try:
+            max_bytes = 0 if stereo else msg.max_bytes
+            limit = getattr(sink, "plaintext_limit", None)
+            if limit is not None:
+                max_bytes = limit(max_bytes)
+            size = sink.size()
+            plan = repair_plan(sink.pread(4096, 0), size, msg.path)  # also: is it a WAV we can continue?
+            hlen = plan.info.data_offset
+            unit_bytes, unit_frames = plan.info.unit()
+            on_disk = max(0, size - hlen) // unit_bytes * unit_frames
+            wanted = r.samples if msg.rate == SAMPLE_RATE else r.samples * msg.rate // SAMPLE_RATE
+            frames = min(on_disk, wanted) // unit_frames * unit_frames
+            data_bytes = frames // unit_frames * unit_bytes
+            taken = frames if msg.rate == SAMPLE_RATE else frames * SAMPLE_RATE // msg.rate
+            sink.truncate(hlen + data_bytes)
+            writer = WavWriter(sink, msg.file_format, msg.rate, 2 if stereo else 1, max_bytes,
+                               refresh_samples=HEADER_REFRESH_SAMPLES)
+            if writer.header_len != hlen:
+                raise ValueError(f"header of {hlen} bytes, this writer makes {writer.header_len}")
+            writer.continue_from(data_bytes, taken)
+            return writer, "", r.pos - (r.samples - taken)
+        except Exception as e:  # the file stays as it is (a .wcpart stays recoverable)
+            close_kept(sink)
+            return None, f"cannot resume {msg.path}: {e}", 0
+
+    def attach(self, msg: StartJob, writer: WavWriter, resume: ResumeJob | None = None, pos: int = -1) -> None:
         """Begin reading the job's rings into `writer` (the pipeline side of a start: cheap).
 
-        Raises ValueError, before touching any job state, for a job `refusal` refuses."""
+        With `resume` (failover, after `open_resumed`): read from leg position `pos`,
+        with the silence state of the dead worker's durable record."""
         why = self.refusal(msg)
         if why:
             raise ValueError(why)
@@ -268,7 +337,70 @@ class Pipeline:
             row, self.silence_dbfs, ms * to_samples(msg.ms_initial_silence), ms * to_samples(msg.ms_max_silence)
         )
         self.dtmf.reset(np.array([2 * row, 2 * row + 1]), np.array([msg.dtmf_elim, msg.dtmf_elim]))
+        self.jid[row] = msg.job_id
+        self.written[row] = writer.input_samples
+        self.base[row] = msg.start_pos
+        if resume is not None:
+            self._resume(job, resume, pos)
         self._rows_dirty = True
+        self._publish(np.array([row]))
+
+    def _resume(self, job: Job, r: ResumeJob, pos: int) -> None:
+        """Carry a dead worker's state into a freshly attached row (see the module docstring)."""
+        row = job.row
+        sil = self.silence
+        back = int(r.samples - self.written[row])  # audio the file lost (a cut-short write): read again
+        heard = bool(r.heard)
+        sil.heard[row] = heard
+        sil.audio[row] = max(0, r.audio - back)
+        sil.run[row] = max(0, r.run - back)
+        sil.emitted[row] = self.written[row]
+        sil.last_loud_end[row] = min(r.loud_end, int(self.written[row]))
+        a = self.arena
+        # Audio the producers overwrote before the takeover: silence of exactly that length.
+        newest = max(int(a.write_pos[job.msg.slot_in]), int(a.write_pos[job.msg.slot_out]))
+        lost = max(int(r.lost), newest - a.capacity - pos)
+        if lost > 0:
+            log.error("job %d: %d samples (%.3f s) overwritten in the rings before the takeover: recorded as silence",
+                      job.msg.job_id, lost, lost / SAMPLE_RATE)
+            job.extra["lost"] = lost
+            if heard or not self.trim_leading[row]:
+                zeros = np.zeros((lost, 2) if job.stereo else lost, np.int16)
+                job.writer.write(zeros)
+                self.written[row] = job.writer.input_samples
+                sil.emitted[row] = self.written[row]
+            sil.audio[row] += lost
+            if heard:
+                sil.run[row] += lost
+            pos += lost
+        self.pos[row] = pos
+        self.base[row] = pos
+        self.hist[:, row] = pos
+        for s in (job.msg.slot_in, job.msg.slot_out):
+            a.read_pos[s] = pos
+        self.room[row] = self._room(job.writer)
+
+    def _publish(self, rows: np.ndarray) -> None:
+        """Store the durable record of each job in `rows` (just flushed or attached):
+        the other copy of two, seq cleared first and set last (`shm.layout`)."""
+        if not len(rows):
+            return
+        rec = self.arena.durable
+        slots = self.slot_in[rows]
+        fill = self.fill[rows]
+        emitted = self.base[rows] + np.maximum(0, self.fed[rows] - self.lookahead) * FRAME
+        seq = rec[slots, :, L.D_SEQ].max(axis=1) + 1
+        c = seq & 1
+        rec[slots, c, L.D_SEQ] = 0
+        sil = self.silence
+        rec[slots, c, L.D_JOB] = self.jid[rows]
+        rec[slots, c, L.D_RESUME] = emitted - fill
+        rec[slots, c, L.D_SAMPLES] = self.written[rows]
+        rec[slots, c, L.D_AUDIO] = sil.audio[rows] - fill
+        rec[slots, c, L.D_RUN] = sil.run[rows]
+        rec[slots, c, L.D_LOUD_END] = sil.last_loud_end[rows]
+        rec[slots, c, L.D_FLAGS] = sil.heard[rows].astype(np.int64) * L.D_HEARD
+        rec[slots, c, L.D_SEQ] = seq
 
     def stop(self, job_id: int, cause: Cause, end_pos: int) -> bool:
         """Ask a job to end once its legs are drained up to `end_pos`."""
@@ -501,6 +633,7 @@ class Pipeline:
         # on, all of it to be written (see `_flush_codes`).
         plain = regular & (fill == self.flush_samples) & ~finished & ~self.done[rows] & ~full \
             & (self.table[rows] > 0) & (self.skip[rows] == 0) & (~self.trim_leading[rows] | self.silence.heard[rows])
+        flushed = rows[plain | due]
         if plain.any():
             self._flush_codes(rows[plain])
             due &= ~plain
@@ -522,6 +655,9 @@ class Pipeline:
                 ending = True
             if ending or job.cause in (Cause.SIZE, Cause.ERROR):
                 self._finish(job)
+        if len(flushed):
+            going = flushed[np.fromiter((r in self.jobs for r in flushed.tolist()), bool, len(flushed))]
+            self._publish(going)
 
     def _flush_codes(self, rows: np.ndarray) -> None:
         """Write one flush of each job in `rows` (mono G.711 at 8 kHz, staging exactly
@@ -541,6 +677,7 @@ class Pipeline:
                 self._finish(job)
         # One byte per input sample: each file's room shrank by exactly what it took.
         self.room[rows] -= self.flush_samples
+        self.written[rows] += self.flush_samples
         self.fill[rows] = 0
 
     def _append_delayed(self, job: Job) -> None:
@@ -584,6 +721,7 @@ class Pipeline:
         except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
             log.error("job %d: write failed: %s", job.msg.job_id, e)
             job.cause, job.error = Cause.ERROR, f"write failed: {_os_error_text(e)}"
+        self.written[row] = job.writer.input_samples
         self.fill[row] = 0
         self.skip[row] = 0
 
@@ -609,6 +747,8 @@ class Pipeline:
                 f"finalising {job.msg.path} failed: {_os_error_text(e)}; kept {left}"
             log.error("job %d: %s", job.msg.job_id, job.error)
         self._release(job)
+        if self.progress is not None:
+            self.progress()
         self.ended.append(
             JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
                      duration_s=samples / job.msg.rate, error=job.error)
@@ -656,6 +796,15 @@ def _os_error_text(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno is not None:
         return f"{errno.errorcode.get(e.errno, e.errno)} ({e.strerror})"
     return str(e)
+def close_kept(sink) -> None:
+    """Let go of a resumed file without finishing or removing it (it stays as it is)."""
+    fd = getattr(sink, "_fd", None)
+    if fd is not None:
+        sink._fd = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def default_open_sink():

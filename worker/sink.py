@@ -54,6 +54,19 @@ class FileSink:
                                        mode)
         self._size = 0
 
+    @classmethod
+    def reopen(cls, path: str) -> "FileSink":
+        """The sink of a recording a dead worker was writing (failover): the file as it is."""
+        self = cls.__new__(cls)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        self._size = os.fstat(self._fd).st_size
+        return self
+
+    def pread(self, n: int, offset: int) -> bytes:
+        assert self._fd is not None, "sink already closed"
+        return os.pread(self._fd, n, offset)
+
     def pwrite(self, data: bytes, offset: int) -> None:
         assert self._fd is not None, "sink already closed"
         view = memoryview(data)

@@ -255,6 +255,28 @@ class WavWriter:
         self._aborted = True
         self.sink.discard()
 
+    def continue_from(self, data_bytes: int, input_samples: int) -> None:
+        """Failover: adopt a file whose audio (`data_bytes` after the header, whole units,
+        standing for `input_samples` 8 kHz input frames) a dead worker wrote; the next
+        write appends right after it. The sink must already be cut to that length. The
+        encoder and resampler start afresh (exact for PCM and G.711 at 8 kHz)."""
+        self._check_open("continue_from")
+        self._data_bytes = data_bytes
+        self._frames = self._frames_on_disk()
+        self.input_samples = input_samples
+        self._refreshed_at = input_samples
+        self.full = self._frames >= self._capacity_frames
+        self._refresh()
+
+    @property
+    def header_len(self) -> int:
+        return self._header_len
+
+    @property
+    def unit(self) -> tuple[int, int]:
+        """(bytes, frames) of one whole unit of this file's audio."""
+        return self._unit_bytes, self.codec.unit_frames
+
     # -- internals ------------------------------------------------------------
 
     def _as_frames(self, pcm: np.ndarray) -> np.ndarray:
