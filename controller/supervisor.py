@@ -420,7 +420,8 @@ class Supervisor:
                     return self._drop("not its job", ident, f"{msg.TYPE} for job {msg.job_id} (worker {route.owner}'s)")
                 if isinstance(msg, JobStarted):
                     if route is not None and route.confirmed:
-                        return None  # a takeover that had to create the file confirms again
+                        # a second confirmation (forged, or a takeover that had to create the file): not applied
+                        return self._drop("not applicable", ident, f"duplicate started for job {msg.job_id}")
                     if route is not None:
                         route.confirmed = True
                 else:
