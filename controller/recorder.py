@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wholecall.protocol import JobStarted, StartJob, StopJob, encode  # noqa: F401 (StartJob: type of the built command)
+from wholecall.protocol import JobStarted, StartJob, StopJob, encode
 from wholecall.protocol.limits import start_job_problem
 
 from .args import check_start, check_timeout

@@ -12,7 +12,7 @@ import os
 
 import zmq
 
-from .messages import Message, decode, encode
+from .messages import Message, encode
 
 #: Control messages only (audio never crosses ZeroMQ), so a deep queue is cheap.
 HWM = 100_000

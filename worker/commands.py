@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import logging
-import os
 import threading
 import time
 from typing import Callable
