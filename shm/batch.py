@@ -99,8 +99,15 @@ class LegBatchWriter:
         w = a.write_pos[s]
         recorded = a.job[s] != 0
         r = a.read_pos[s]
-        # A recorded leg the worker has moved past lands at the worker's position.
-        w = np.where(recorded & (w < r), r, w)
+        # A recorded leg the worker has moved past lands at the worker's position, and the
+        # gap it recorded as silence is zeroed in the ring too (as `LegWriter` does), so a
+        # replacement worker that re-reads that span after a failover reads the same silence.
+        behind = recorded & (w < r)
+        if behind.any():
+            for i in np.flatnonzero(behind).tolist():
+                gap = int(min(r[i] - w[i], cap))
+                self._write_row(int(s[i]), int(w[i]), np.zeros(gap, np.int16))
+            w = np.where(behind, r, w)
         room = np.where(recorded, cap - (w - r), n)
         stored = np.clip(np.minimum(room, n), 0, None)
         # Samples of the block that reach the ring: [lo, stored). An unrecorded leg
