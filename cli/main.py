@@ -79,6 +79,18 @@ def recover(argv: list[str]) -> int:
 
 
 def stress(argv: list[str]) -> int:
+    if "--media" in argv:
+        i = argv.index("--media")
+        media = argv[i + 1] if i + 1 < len(argv) else ""
+        rest = argv[:i] + argv[i + 2:]
+        if media == "rtp":
+            from wholecall.sim.rtp_stress import main as rtp_main
+
+            return rtp_main(rest)
+        if media != "legs":
+            print(f"wholecall stress: --media must be legs or rtp, got {media!r}", file=sys.stderr)
+            return 2
+        argv = rest
     from wholecall.sim.stress import main as stress_main
 
     return stress_main(argv)
