@@ -63,7 +63,8 @@ ROW_BYTES = 2048
 """Largest datagram kept whole; longer ones are counted as malformed."""
 RCVBUF_BYTES = 1 << 20
 """SO_RCVBUF asked per leg socket: ~6 s of 20 ms G.711 at the kernel's per-packet overhead."""
-_ZEROS = np.zeros(8000, np.int16)
+_ZEROS = np.zeros(8 * 8000, np.int16)
+_ZEROS.flags.writeable = False
 
 
 @dataclass(eq=False)
@@ -93,22 +94,33 @@ class Leg:
     def port(self) -> int:
         return self.sock.getsockname()[1]
 
-    def put(self, chunks: Iterable[tuple[int, np.ndarray | int]]) -> None:
-        """Write released chunks at their positions: audio as samples, gaps as silence, never blocking."""
+    def put(self, chunks: list[tuple[int, np.ndarray | int]]) -> None:
+        """Write released chunks at their positions (audio, gaps as silence) in one non-blocking write.
+
+        The chunks of one release are contiguous; the ring's clock normally equals their
+        start. If the worker moved the leg on (it skips a leg that fell behind), what lies
+        before its clock is dropped; if an overrun left the ring behind, silence fills up.
+        One write per leg per tick: the writer's cost is per call, not per sample.
+        """
+        if not chunks:
+            return
         w = self.writer
+        at = w.position
+        parts: list[np.ndarray] = []
+        start = chunks[0][0]
+        if start > at:
+            parts.append(_zeros(start - at))
         for pos, data in chunks:
             n = data if isinstance(data, int) else len(data)
-            at = w.position
-            end = pos + n
-            if end <= at:  # the ring's clock already passed this (the worker moved the leg on)
+            if pos + n <= at:
                 continue
-            if pos > at:  # our clock is ahead of the ring (an earlier overrun): fill up to it
-                _silence(w, pos - at)
-                at = pos
-            if isinstance(data, int):
-                _silence(w, end - at)
-            else:
-                w.write(data[at - pos:], block=False)
+            cut = max(0, at - pos)
+            parts.append(_zeros(n - cut) if isinstance(data, int) else data[cut:])
+        if not parts:
+            return
+        pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(pcm):
+            w.write(pcm, block=False)
 
     def counters(self) -> dict:
         c = self.jitter.counters()
@@ -130,11 +142,8 @@ class Leg:
         }
 
 
-def _silence(w: LegWriter, n: int) -> None:
-    while n > 0:
-        k = min(n, len(_ZEROS))
-        w.write(_ZEROS[:k], block=False)
-        n -= k
+def _zeros(n: int) -> np.ndarray:
+    return _ZEROS[:n] if n <= len(_ZEROS) else np.zeros(n, np.int16)
 
 
 @dataclass(eq=False)
@@ -164,8 +173,7 @@ class Ingest:
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.SNDHWM, 10000)
         self.ctl.connect(endpoint)
-        self.epoll = select.epoll()
-        self.epoll.register(self.ctl.getsockopt(zmq.FD), select.EPOLLIN)
+        self.epoll = select.epoll()  # the leg sockets
         self._ctl_fd = self.ctl.getsockopt(zmq.FD)
         self.calls: dict[str, Call] = {}
         self.by_fd: dict[int, Leg] = {}
@@ -289,7 +297,7 @@ class Ingest:
         call = self.calls.pop(cid, None)
         if call is None:
             return {}
-        self.receive()  # what already arrived still counts
+        self.receive([leg.sock.fileno() for leg in call.legs])  # what already arrived still counts
         now = time.monotonic()
         for leg in call.legs:
             leg.put(leg.jitter.flush(now) if flush else leg.jitter.pull(now))
@@ -416,22 +424,33 @@ class Ingest:
                 self.send({"op": "media_timeout", "call": call.id, "idle_s": now - call.last_media()})
 
     def run(self) -> None:
+        """Between ticks wait for control messages only; at each tick drain every ready socket.
+
+        Sweeping once per tick instead of on every readiness gives each receive call
+        about tick/20 ms packets instead of one (bench/RESULTS-ingest.md: the per-call
+        cost dominates); the re-order window is far longer than a tick, so nothing is late.
+        """
         self.send({"op": "hello", "pid": os.getpid()})
         next_tick = time.monotonic() + self.tick_s
-        while self.running:
-            timeout = max(0.0, next_tick - time.monotonic())
-            events = self.epoll.poll(timeout)
-            self.stats["rounds"] += 1
-            ready = [fd for fd, _ in events if fd != self._ctl_fd]
-            if ready:
-                self.receive(ready)
-            self.control()
-            now = time.monotonic()
-            if now >= next_tick:
-                self.tick(now)
+        ctl_wait = select.epoll()
+        ctl_wait.register(self._ctl_fd, select.EPOLLIN)
+        try:
+            while self.running:
+                ctl_wait.poll(max(0.0, next_tick - time.monotonic()))
+                self.control()
+                now = time.monotonic()
+                if now < next_tick:
+                    continue
+                events = self.epoll.poll(0, max(1, len(self.by_fd)))
+                self.stats["rounds"] += 1
+                if events:
+                    self.receive([fd for fd, _ in events])
+                self.tick(time.monotonic())
                 next_tick += self.tick_s
                 if next_tick < now:  # we fell behind (a long batch): no burst of catch-up ticks
                     next_tick = now + self.tick_s
+        finally:
+            ctl_wait.close()
 
     def close(self) -> None:
         for call in list(self.calls.values()):
@@ -451,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", required=True, help="ZeroMQ endpoint of the service (PAIR)")
     p.add_argument("--reorder-ms", type=float, default=200.0)
     p.add_argument("--media-timeout", type=float, default=30.0)
-    p.add_argument("--tick-ms", type=float, default=20.0)
+    p.add_argument("--tick-ms", type=float, default=40.0, help="how often the sockets are swept and the legs released")
     p.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
     a = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"),
@@ -465,8 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     ingest = Ingest(a.arena, a.control, a.reorder_ms / 1000.0, a.media_timeout, a.tick_ms / 1000.0)
     if a.parent:
         _die_with_parent(a.parent)
+    profile = os.environ.get("WHOLECALL_INGEST_PROFILE")  # a path: where cProfile's stats go at exit
     try:
-        ingest.run()
+        if profile:
+            import cProfile
+
+            cProfile.runctx("ingest.run()", globals(), {"ingest": ingest}, profile)
+        else:
+            ingest.run()
     finally:
         ingest.close()
     return 0
