@@ -47,6 +47,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from wholecall.ingest.g711 import ALAW_TO_INT16, ULAW_TO_INT16
 from wholecall.ingest.jitter import JitterBuffer
 from wholecall.ingest.payload import PayloadTypes
 from wholecall.ingest.recvmmsg import BatchReceiver, set_receive_buffer, socket_drops, udp_counters
@@ -61,6 +62,8 @@ BATCH_ROWS = 1024
 """Datagrams one drain can hold (all ready sockets together)."""
 ROW_BYTES = 2048
 """Largest datagram kept whole; longer ones are counted as malformed."""
+FRAME_BYTES = 160
+"""A 20 ms G.711 payload: the size decoded batch-wise."""
 RCVBUF_BYTES = 1 << 20
 """SO_RCVBUF asked per leg socket: ~6 s of 20 ms G.711 at the kernel's per-packet overhead."""
 _ZEROS = np.zeros(8 * 8000, np.int16)
@@ -375,6 +378,16 @@ class Ingest:
         marks = batch.marker.tolist()
         offs = batch.payload_offset.tolist()
         lens = batch.payload_length.tolist()
+        # The common case, 20 ms of G.711 with a plain header, decoded for the whole batch
+        # in one table lookup per law instead of one per packet.
+        decoded: list[np.ndarray | None] = [None] * n
+        plain = batch.valid & (batch.payload_offset == HEADER_SIZE) & (batch.payload_length == FRAME_BYTES)
+        for pt, table in ((8, ALAW_TO_INT16), (0, ULAW_TO_INT16)):
+            rows = np.flatnonzero(plain & (batch.payload_type == pt))
+            if len(rows):
+                samples = table[buf[rows, HEADER_SIZE:HEADER_SIZE + FRAME_BYTES]]
+                for r, row in zip(rows.tolist(), samples):
+                    decoded[r] = row
         now = time.monotonic()
         self.stats["batches"] += 1
         self.stats["packets"] += n
@@ -404,7 +417,7 @@ class Ingest:
                 continue
             leg.last_media = now
             off = offs[i]
-            leg.jitter.push(ssrcs[i], seqs[i], tss[i], pts[i], buf[i, off:off + lens[i]], now, marks[i])
+            leg.jitter.push(ssrcs[i], seqs[i], tss[i], pts[i], buf[i, off:off + lens[i]], now, marks[i], decoded[i])
 
     def _digits(self, call: Call) -> None:
         for leg in call.legs:
