@@ -34,10 +34,9 @@ from typing import Any
 import msgpack
 import zmq
 import zmq.asyncio
-from aiohttp import ClientSession, ClientTimeout, web
-
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 from wholecall.controller import AESCBCCipher, CallChannel, Controller, Error, Hangup
-from wholecall.controller.states import CallState, RecorderState
+from wholecall.controller.states import RecorderState
 from wholecall.ingest.payload import PayloadError, PayloadTypes
 from wholecall.ingest.srtp import SrtpError, parse_sdes
 
@@ -125,7 +124,8 @@ class Service:
             cmd = [sys.executable, "-P", "-m", "wholecall.service.ingest_proc", "--arena", self.ctl.arena.path,
                    "--control", endpoint, "--reorder-ms", str(self.cfg.reorder_ms),
                    "--media-timeout", str(self.cfg.media_timeout), "--parent", str(os.getpid())]
-            self.ingest_proc = subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL, close_fds=True)
+            self.ingest_proc = await loop.run_in_executor(
+                self.pool, lambda: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
             await asyncio.wait_for(self._ingest_hello, 30)
             self.http = ClientSession(timeout=ClientTimeout(total=5))
             self._spawn(self._watch_ingest())
@@ -190,7 +190,7 @@ class Service:
         await self.ingest_sock.send(msgpack.packb(msg))
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._waiting.pop(req, None)
             raise ApiError(503, "Unavailable", f"the media ingest did not answer {msg['op']} in {timeout:.0f} s") from None
 
@@ -281,7 +281,7 @@ class Service:
                         self.webhooks_sent += 1
                         return
                     why = f"HTTP {r.status}"
-            except Exception as e:  # connection refused, timeout, DNS: all mean "try again later"
+            except (TimeoutError, ClientError, OSError) as e:  # refused, timeout, DNS: "try again later"
                 why = f"{type(e).__name__}: {e}"
             log.warning("webhook %s for call %s, attempt %d: %s", url, entry.id, attempt + 1, why)
         self.webhooks_failed += 1

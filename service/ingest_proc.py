@@ -74,7 +74,7 @@ _ZEROS.flags.writeable = False
 class Leg:
     """One leg's endpoint: its socket, its playout core, its ring and what was dropped."""
 
-    call: "Call"
+    call: Call
     name: str
     index: int
     sock: socket.socket

@@ -13,7 +13,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 
 def free_tcp_port() -> int:
@@ -58,7 +57,7 @@ class Server:
                 f.write(token + "\n")
             args += ["--token-file", path]
         self.log_path = os.path.join(tmp, "serve.log")
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115  (the server's output for its lifetime)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp,
                                      env=dict(os.environ, WHOLECALL_LOG="INFO"))
         deadline = time.monotonic() + timeout

@@ -12,14 +12,13 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 import soundfile as sf
-
+from serve_helpers import Server, free_tcp_port
 from wholecall.controller import Error
 from wholecall.controller.args import check_start
-
-from serve_helpers import Server, free_tcp_port
 
 
 def python_error(**kw: object) -> str:
@@ -104,20 +103,20 @@ def test_stop_and_wait(server) -> None:
 
 def test_non_loopback_without_token_is_refused(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "wholecall.cli", "serve", "--listen", "0.0.0.0:0",
-                        "--recordings-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+                        "--recordings-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "without --token-file" in r.stderr
     config = tmp_path / "serve.toml"
     config.write_text('listen = "0.0.0.0:0"\nrtp-ports = "30000-30010"\n')
     r = subprocess.run([sys.executable, "-m", "wholecall.cli", "serve", "--config", str(config)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "not a loopback address" in r.stderr
 
 
 class _Hooks(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
     fail_first = 1
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if _Hooks.fail_first > 0:  # the first attempt fails: the service must retry
             _Hooks.fail_first -= 1
@@ -144,7 +143,7 @@ def test_token_media_timeout_webhook_and_sigterm_drain(tmp_path) -> None:
         assert srv.api("POST", "/v1/calls", {"media": "rtp"}, token="wrong-token-000000000")[0] == 401
 
         # No media on either leg: hung up after --media-timeout with HANGUP, the file is valid (silence).
-        quiet, _, _ = srv.create_call(id="quiet")
+        srv.create_call(id="quiet")
         assert srv.api("POST", "/v1/calls/quiet/recording", {"filename": "quiet.wav", "webhook": url})[0] == 201
         status, body = srv.api("GET", "/v1/calls/quiet/recording?wait=10")
         assert status == 409 or body["cause"] == "HANGUP"  # Hangup once the call is IDLE, as wait_until_finished
