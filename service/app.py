@@ -50,6 +50,8 @@ START_ARGS = ("filename", "file_format", "rate", "max_bytes", "milliseconds_max_
 CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
 """Seconds between webhook attempts (after the first); then the event is given up and logged."""
+HUNG_UP_KEEP_S = 600.0
+"""A hung-up call stays readable (GET) this long, then it is forgotten."""
 POLL_S = 0.05
 """How often a waiting request looks at its recorder."""
 
@@ -247,6 +249,10 @@ class Service:
 
     # -- webhooks -----------------------------------------------------------------------------
 
+    def _forget(self, e: CallEntry) -> None:
+        if self.calls.get(e.id) is e and not e.watched:
+            del self.calls[e.id]
+
     def _watch_recording(self, entry: CallEntry) -> None:
         if entry.webhook and not entry.watched:
             entry.watched = True
@@ -335,6 +341,7 @@ class Service:
                     e.media = reply.get("media", {})
                 finally:
                     await self.call_blocking(e.channel.close)
+                    asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
         return self.recording_view(e)
 
 
