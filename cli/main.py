@@ -79,19 +79,46 @@ def recover(argv: list[str]) -> int:
 
 
 def stress(argv: list[str]) -> int:
+    if "--media" in argv:
+        i = argv.index("--media")
+        media = argv[i + 1] if i + 1 < len(argv) else ""
+        rest = argv[:i] + argv[i + 2:]
+        if media == "rtp":
+            from wholecall.sim.rtp_stress import main as rtp_main
+
+            return rtp_main(rest)
+        if media != "legs":
+            print(f"wholecall stress: --media must be legs or rtp, got {media!r}", file=sys.stderr)
+            return 2
+        argv = rest
     from wholecall.sim.stress import main as stress_main
 
     return stress_main(argv)
 
 
-COMMANDS = {"demo": demo, "repair": repair, "decrypt": decrypt, "recover": recover, "stress": stress}
+def serve(argv: list[str]) -> int:
+    import asyncio
+
+    from wholecall.service.app import serve as run
+    from wholecall.service.config import ConfigError, load
+
+    try:
+        cfg = load(argv)
+    except ConfigError as e:
+        print(f"wholecall serve: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(cfg))
+
+
+COMMANDS = {"demo": demo, "serve": serve, "repair": repair, "decrypt": decrypt, "recover": recover, "stress": stress}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: wholecall {demo,repair,decrypt,recover,stress} [options]\n"
+        print("usage: wholecall {demo,serve,repair,decrypt,recover,stress} [options]\n"
               "  demo     record one simulated call with real workers (the quick start)\n"
+              "  serve    run the recorder as a service: HTTP/JSON API, workers, RTP ingest\n"
               "  repair   fix the header of a WAV left by a crashed worker\n"
               "  decrypt  decrypt an encrypted recording (keys from files or environment)\n"
               "  recover  turn the encrypted .wcpart left by a killed worker into a recording\n"
@@ -100,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and argv[0] != "serve":  # serve drains itself
         # SIGTERM (kill, timeout, a CI job cancelled) would end Python without running a
         # single `finally`: the workers would then go with their parent, but a stress run's
         # private tmpfs arena stayed mounted with gigabytes in it. As an exception it

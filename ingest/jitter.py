@@ -181,11 +181,14 @@ class JitterBuffer:
         payload: bytes | bytearray | memoryview | np.ndarray,
         now: float,
         marker: bool = False,
+        decoded: np.ndarray | None = None,
     ) -> None:
         """Take one received packet: its header fields and its payload bytes (padding removed).
 
         Audio is decoded here, through the call's payload-type map, so that one place
-        decides what a payload type means.
+        decides what a payload type means. A receiver that decoded a whole batch of G.711
+        at once (one table lookup for every row) passes a packet's samples as `decoded`;
+        they are used only if the map says the payload type is audio.
         """
         fmt = self.payload_types.get(payload_type)
         if fmt is None:
@@ -193,7 +196,7 @@ class JitterBuffer:
             return
         try:
             if fmt.kind is Kind.AUDIO:
-                samples = fmt.decode(payload)  # type: ignore[misc]
+                samples = fmt.decode(payload) if decoded is None else decoded  # type: ignore[misc]
                 event = None
             elif fmt.kind is Kind.EVENT:
                 event = parse_event(payload if not isinstance(payload, np.ndarray) else payload.tobytes())

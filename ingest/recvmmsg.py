@@ -131,6 +131,26 @@ class BatchReceiver(_Batch):
         n = self.count = _check(_recvmmsg(self.fd, self._hdr_ptr, self.capacity, MSG_DONTWAIT | MSG_TRUNC, None))
         return n
 
+    def recv_from(self, fd: int, start: int) -> int:
+        """Receive what `fd` has waiting into rows ``start..capacity-1``; return how many came.
+
+        For a receiver that drains many sockets (one per leg) into this one buffer before
+        parsing the whole batch once: call `begin` first, then `recv_from` per ready socket
+        with `start` the rows already filled; `count` then covers every row filled.
+        """
+        room = self.capacity - start
+        if room <= 0:
+            return 0
+        n = _check(_recvmmsg(fd, self._hdr_ptr + start * _MMSGHDR.itemsize, room, MSG_DONTWAIT | MSG_TRUNC, None))
+        self.count = start + n
+        return n
+
+    def begin(self) -> None:
+        """Start a multi-socket drain: rows filled by the previous one get their address slots back."""
+        if self.count:
+            self._namelen[: self.count] = SOCKADDR_SIZE
+        self.count = 0
+
     @property
     def source_ip4(self) -> np.ndarray:
         """IPv4 sources of the last batch as host-order integers (127.0.0.1 == 0x7F000001), 0 for IPv6.

@@ -1,0 +1,637 @@
+"""The service process: the Controller, the ingest process, and the HTTP/JSON API over them.
+
+Issue 22's contract, verbatim: routes, field names and status codes are what acceptance
+tests use. The API maps onto the Python API one to one (`CallChannel`,
+`WholeCallRecorder.start/stop/wait_until_finished`), and the Python exceptions become
+``{"error": <class name>, "detail": <its message>}``: `Hangup` -> 409, `Error` -> 409 when
+already recording, else 422; an unknown call -> 404.
+
+Threads: the aiohttp event loop never blocks. Every Controller call that can wait
+(start, stop, hang-up, close) runs on `self.pool`; waits on a recording's end are polled
+from the loop, so a thousand `?wait=` requests hold no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import itertools
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from wholecall.controller import AESCBCCipher, CallChannel, Controller, Error, Hangup
+from wholecall.controller.states import RecorderState
+from wholecall.ingest.payload import PayloadError, PayloadTypes
+from wholecall.ingest.srtp import SrtpError, parse_sdes
+
+from .config import ServeConfig
+from .openapi import document
+
+log = logging.getLogger("wholecall.service")
+
+START_ARGS = ("filename", "file_format", "rate", "max_bytes", "milliseconds_max_silence",
+              "milliseconds_initial_silence", "dtmf_elim", "recording_mode", "cipher")
+CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
+"""Seconds between webhook attempts (after the first); then the event is given up and logged."""
+HUNG_UP_KEEP_S = 600.0
+"""A hung-up call stays readable (GET) this long, then it is forgotten."""
+POLL_S = 0.05
+"""How often a waiting request looks at its recorder."""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def _error(status: int, error: str, detail: str) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+@dataclass(eq=False)
+class CallEntry:
+    id: str
+    channel: CallChannel
+    ports: dict[str, int]
+    srtp: bool
+    digits: list[dict] = field(default_factory=list)
+    filename: str | None = None
+    webhook: str | None = None
+    watched: bool = False
+    hung_up: bool = False
+    hangup_reason: str = ""
+    media: dict = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Service:
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.ctl: Controller | None = None
+        self.calls: dict[str, CallEntry] = {}
+        self.ready = False
+        self.draining = False
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="wholecall-api")
+        self.run_dir = tempfile.mkdtemp(prefix="wholecall-serve-")
+        self.zctx = zmq.asyncio.Context()
+        self.ingest_sock: zmq.asyncio.Socket | None = None
+        self.ingest_proc: subprocess.Popen | None = None
+        self._reqs = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._ingest_hello: asyncio.Future | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.webhooks_sent = 0
+        self.webhooks_failed = 0
+        self.http: ClientSession | None = None
+        self.stopped = asyncio.Event()
+        self.startup_error: BaseException | None = None
+
+    # -- process tree -----------------------------------------------------------------------
+
+    async def start_backend(self) -> None:
+        """Workers, arena, ingest: /healthz says 503 until every one has said hello."""
+        loop = asyncio.get_running_loop()
+        try:
+            self.ctl = Controller(workers=self.cfg.workers, recordings_dir=self.cfg.recordings_dir,
+                                  max_channels=self.cfg.max_calls)
+            await loop.run_in_executor(self.pool, self.ctl.start)
+            endpoint = f"ipc://{os.path.join(self.run_dir, 'ingest')}"
+            sock = self.zctx.socket(zmq.PAIR)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(endpoint)
+            self.ingest_sock = sock
+            self._ingest_hello = loop.create_future()
+            self._spawn(self._read_ingest())
+            assert self.ctl.arena is not None
+            cmd = [sys.executable, "-P", "-m", "wholecall.service.ingest_proc", "--arena", self.ctl.arena.path,
+                   "--control", endpoint, "--reorder-ms", str(self.cfg.reorder_ms),
+                   "--media-timeout", str(self.cfg.media_timeout), "--parent", str(os.getpid())]
+            self.ingest_proc = await loop.run_in_executor(
+                self.pool, lambda: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
+            await asyncio.wait_for(self._ingest_hello, 30)
+            self.http = ClientSession(timeout=ClientTimeout(total=5))
+            self._spawn(self._watch_ingest())
+            self.ready = True
+            log.info("service ready: %d workers, ingest pid %d", self.ctl.config.workers, self.ingest_proc.pid)
+        except BaseException as e:
+            log.exception("start-up failed")
+            self.startup_error = e
+            self.stopped.set()
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _watch_ingest(self) -> None:
+        while not self.draining:
+            await asyncio.sleep(0.5)
+            if self.ingest_proc is not None and self.ingest_proc.poll() is not None and not self.draining:
+                log.error("the ingest process exited with %s; shutting down", self.ingest_proc.returncode)
+                self.ready = False
+                self.stopped.set()
+                return
+
+    async def _read_ingest(self) -> None:
+        assert self.ingest_sock is not None
+        while True:
+            try:
+                raw = await self.ingest_sock.recv()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            msg = msgpack.unpackb(raw)
+            req = msg.pop("req", None)
+            if req is not None:
+                fut = self._waiting.pop(req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+                continue
+            op = msg.get("op")
+            if op == "hello":
+                if self._ingest_hello is not None and not self._ingest_hello.done():
+                    self._ingest_hello.set_result(msg)
+            elif op == "digit":
+                entry = self.calls.get(msg["call"])
+                if entry is not None:
+                    entry.digits.append({"digit": msg["digit"], "leg": msg["leg"], "position": msg["position"],
+                                         "volume": msg["volume"]})
+            elif op == "media_timeout":
+                entry = self.calls.get(msg["call"])
+                if entry is not None and not entry.hung_up:
+                    log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"])
+                    self._spawn(self._hang_up(entry, "media_timeout"))
+
+    async def ingest(self, msg: dict, timeout: float = 10.0) -> dict:
+        if self.ingest_sock is None:
+            raise ApiError(503, "Unavailable", "the media ingest is not running")
+        req = next(self._reqs)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[req] = fut
+        msg["req"] = req
+        await self.ingest_sock.send(msgpack.packb(msg))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._waiting.pop(req, None)
+            raise ApiError(503, "Unavailable", f"the media ingest did not answer {msg['op']} in {timeout:.0f} s") from None
+
+    async def call_blocking(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
+
+    async def drain(self) -> None:
+        """SIGTERM/SIGINT: no new calls, every running recording stopped (ABORTED), then everything down."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: %d calls", len(self.calls))
+        running = [e for e in self.calls.values()
+                   if not e.hung_up and e.channel.WholeCallRecorder.state() is RecorderState.RECORDING]
+        await asyncio.gather(*(self._stop_quietly(e) for e in running))
+        for e in list(self.calls.values()):
+            if not e.hung_up:
+                try:
+                    e.media = (await self.ingest({"op": "remove", "call": e.id, "flush": False}, 2.0)).get("media", {})
+                except ApiError:
+                    pass
+        await self._fire_pending_webhooks(deadline=time.monotonic() + 2.0)
+        self.stopped.set()
+
+    async def _stop_quietly(self, e: CallEntry) -> None:
+        try:
+            await self.call_blocking(e.channel.WholeCallRecorder.stop)
+        except (Error, Hangup) as exc:
+            log.warning("call %s: stop during drain: %s", e.id, exc)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.ingest_sock is not None and self.ingest_proc is not None and self.ingest_proc.poll() is None:
+            try:
+                await self.ingest_sock.send(msgpack.packb({"op": "stop", "req": 0}))
+            except zmq.ZMQError:
+                pass
+        if self.ingest_proc is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.ingest_proc.wait, 3)
+            except subprocess.TimeoutExpired:
+                self.ingest_proc.kill()
+                self.ingest_proc.wait()
+        if self.ctl is not None:
+            await self.call_blocking(self.ctl.close)
+        if self.ingest_sock is not None:
+            self.ingest_sock.close(0)
+        self.zctx.term()
+        if self.http is not None:
+            await self.http.close()
+        self.pool.shutdown(wait=False)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def _forget(self, e: CallEntry) -> None:
+        if self.calls.get(e.id) is e and not e.watched:
+            del self.calls[e.id]
+
+    def _watch_recording(self, entry: CallEntry) -> None:
+        if entry.webhook and not entry.watched:
+            entry.watched = True
+            self._spawn(self._await_end_and_notify(entry, entry.webhook)).set_name(f"webhook-{entry.id}")
+
+    async def _await_end_and_notify(self, entry: CallEntry, url: str) -> None:
+        rec = entry.channel.WholeCallRecorder
+        while rec.state() is RecorderState.RECORDING:
+            await asyncio.sleep(0.1)
+        entry.watched = False
+        await self._notify(entry, url)
+
+    async def _fire_pending_webhooks(self, deadline: float) -> None:
+        pending = [t for t in self._tasks if t.get_name().startswith("webhook")]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+
+    async def _notify(self, entry: CallEntry, url: str) -> None:
+        res = entry.channel.WholeCallRecorder.last_result
+        digest = ""
+        if res is not None and res.path and os.path.exists(res.path):
+            digest = await self.call_blocking(_sha256, res.path)
+        body = {"call": entry.id, "cause": res.cause.value if res else "NONE", "filename": entry.filename,
+                "seconds": res.duration_s if res else 0.0, "bytes": res.bytes if res else 0, "sha256": digest}
+        assert self.http is not None
+        for attempt, delay in enumerate((0.0,) + WEBHOOK_DELAYS):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                async with self.http.post(url, json=body) as r:
+                    if r.status < 300:
+                        self.webhooks_sent += 1
+                        return
+                    why = f"HTTP {r.status}"
+            except (TimeoutError, ClientError, OSError) as e:  # refused, timeout, DNS: "try again later"
+                why = f"{type(e).__name__}: {e}"
+            log.warning("webhook %s for call %s, attempt %d: %s", url, entry.id, attempt + 1, why)
+        self.webhooks_failed += 1
+        log.error("webhook %s for call %s given up after %d attempts", url, entry.id, len(WEBHOOK_DELAYS) + 1)
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def entry(self, request: web.Request) -> CallEntry:
+        cid = request.match_info["id"]
+        e = self.calls.get(cid)
+        if e is None:
+            raise ApiError(404, "NotFound", f"no call {cid!r}")
+        return e
+
+    def recording_view(self, e: CallEntry, cause: str | None = None) -> dict:
+        rec = e.channel.WholeCallRecorder
+        state = rec.state()
+        res = rec.last_result
+        done = state is not RecorderState.RECORDING and res is not None
+        return {
+            "state": state.value,
+            "cause": cause or rec.cause().value,
+            "filename": e.filename,
+            "seconds": res.duration_s if done else 0.0,
+            "bytes": res.bytes if done else 0,
+            **({"error": res.error} if done and res.error else {}),
+        }
+
+    def call_view(self, e: CallEntry) -> dict:
+        host = self.cfg.rtp_host
+        return {
+            "id": e.id,
+            "state": e.channel.state().value,
+            "legs": {name: {"rtp": {"host": host, "port": port}} for name, port in e.ports.items()},
+            "recording": self.recording_view(e),
+            "digits": "".join(d["digit"] for d in e.digits),
+            "digit_events": e.digits,
+            **({"hangup_reason": e.hangup_reason} if e.hung_up else {}),
+        }
+
+    async def _hang_up(self, e: CallEntry, reason: str) -> dict:
+        async with e.lock:
+            if not e.hung_up:
+                e.hung_up = True
+                e.hangup_reason = reason
+                try:
+                    # The last window of audio into the rings first, then the hang-up places the
+                    # end after it; the ingest writes nothing to these slots afterwards, so the
+                    # channel may give them back.
+                    reply = await self.ingest({"op": "remove", "call": e.id, "flush": True})
+                    e.media = reply.get("media", {})
+                finally:
+                    await self.call_blocking(e.channel.close)
+                    asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
+        return self.recording_view(e)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def _body(request: web.Request) -> dict:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError as e:
+        raise ApiError(422, "Error", f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "Error", f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _exception(exc: BaseException) -> ApiError:
+    """The Python API's exceptions as the HTTP contract wants them."""
+    if isinstance(exc, Hangup):
+        return ApiError(409, "Hangup", str(exc))
+    if isinstance(exc, Error):
+        text = str(exc)
+        return ApiError(409 if "already RECORDING" in text else 422, "Error", text)
+    raise exc
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+routes = web.RouteTableDef()
+
+
+def svc(request: web.Request) -> Service:
+    return request.app["service"]
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    s = svc(request)
+    stats = s.ctl.stats() if s.ctl is not None and s.ctl.supervisor is not None else {"workers": []}
+    body = {"status": "ok" if s.ready and not s.draining else ("draining" if s.draining else "starting"),
+            "workers": stats["workers"], "calls": len([e for e in s.calls.values() if not e.hung_up]),
+            "ingest_pid": s.ingest_proc.pid if s.ingest_proc else None}
+    return web.json_response(body, status=200 if s.ready and not s.draining else 503)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+@routes.post("/v1/calls")
+async def create_call(request: web.Request) -> web.Response:
+    s = svc(request)
+    if s.draining or not s.ready:
+        raise ApiError(503, "Unavailable", "the service is " + ("shutting down" if s.draining else "starting"))
+    body = await _body(request)
+    unknown = set(body) - {"media", "id", "rtp"}
+    if unknown:
+        raise ApiError(422, "Error", f"unknown field(s): {', '.join(sorted(unknown))}")
+    if body.get("media") != "rtp":
+        raise ApiError(422, "Error", f"media must be \"rtp\", got {body.get('media')!r}")
+    cid = body.get("id")
+    if cid is None:
+        cid = uuid.uuid4().hex
+    if not isinstance(cid, str) or not CALL_ID.match(cid):
+        raise ApiError(422, "Error", f"id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -, got {cid!r}")
+    if cid in s.calls:
+        raise ApiError(409, "Conflict", f"call {cid!r} already exists")
+    rtp = body.get("rtp") or {}
+    if not isinstance(rtp, dict) or set(rtp) - {"payload_types", "srtp"}:
+        raise ApiError(422, "Error", "rtp must be an object with payload_types and srtp only")
+    pts = rtp.get("payload_types") or {}
+    if not isinstance(pts, dict):
+        raise ApiError(422, "Error", "rtp.payload_types must be an object of \"PT\": \"NAME/RATE\"")
+    try:
+        PayloadTypes(pts)
+    except PayloadError as e:
+        raise ApiError(422, "PayloadError", str(e)) from None
+    srtp = rtp.get("srtp") or {}
+    if not isinstance(srtp, dict) or set(srtp) - {"inbound", "outbound"}:
+        raise ApiError(422, "Error", "rtp.srtp must be an object with inbound and/or outbound")
+    for leg, params in srtp.items():
+        if not isinstance(params, dict):
+            raise ApiError(422, "SrtpError", f"rtp.srtp.{leg} must be an object with suite and key")
+        try:
+            parse_sdes(params)
+        except SrtpError as e:
+            raise ApiError(422, "SrtpError", f"rtp.srtp.{leg}: {e}") from None
+    assert s.ctl is not None
+
+    def new_channel() -> CallChannel:
+        ch = s.ctl.incoming_call()
+        ch.ring()
+        ch.answer()
+        return ch
+
+    try:
+        ch = await s.call_blocking(new_channel)
+    except Error as e:
+        raise ApiError(503, "Error", str(e)) from None
+    if cid in s.calls:  # raced with a twin request while the channel was made
+        await s.call_blocking(ch.close)
+        raise ApiError(409, "Conflict", f"call {cid!r} already exists")
+    placeholder = CallEntry(cid, ch, {}, bool(srtp))
+    s.calls[cid] = placeholder
+    try:
+        reply = await s.ingest({
+            "op": "add", "call": cid, "payload_types": {str(k): v for k, v in pts.items()},
+            "host": s.cfg.rtp_host, "ports": [s.cfg.rtp_low, s.cfg.rtp_high],
+            "legs": {"inbound": {"slot": ch.inbound.slot, "srtp": srtp.get("inbound")},
+                     "outbound": {"slot": ch.outbound.slot, "srtp": srtp.get("outbound")}},
+        })
+    except BaseException:
+        s.calls.pop(cid, None)
+        await s.call_blocking(ch.close)
+        raise
+    if not reply.get("ok"):
+        s.calls.pop(cid, None)
+        await s.call_blocking(ch.close)
+        raise ApiError(503, reply.get("error", "Error"), reply.get("detail", "the ingest refused the call"))
+    placeholder.ports = dict(reply["ports"])
+    log.info("call %s created as Channel(%d), RTP %s", cid, ch.id, placeholder.ports)
+    view = s.call_view(placeholder)
+    return web.json_response({k: view[k] for k in ("id", "state", "legs")}, status=201)
+
+
+@routes.get("/v1/calls/{id}")
+async def get_call(request: web.Request) -> web.Response:
+    s = svc(request)
+    e = s.entry(request)
+    view = s.call_view(e)
+    if e.hung_up:
+        view["media"] = e.media
+    else:
+        reply = await s.ingest({"op": "stats", "call": e.id})
+        view["media"] = reply.get("media", {})
+        view["kernel"] = {k: v for k, v in reply.get("kernel", {}).items() if k in ("InErrors", "RcvbufErrors", "InDatagrams")}
+    return web.json_response(view)
+
+
+@routes.delete("/v1/calls/{id}")
+async def delete_call(request: web.Request) -> web.Response:
+    s = svc(request)
+    e = s.entry(request)
+    result = await s._hang_up(e, "api")
+    return web.json_response({"id": e.id, "state": e.channel.state().value, "recording": result})
+
+
+@routes.post("/v1/calls/{id}/recording")
+async def start_recording(request: web.Request) -> web.Response:
+    s = svc(request)
+    e = s.entry(request)
+    if s.draining:
+        raise ApiError(503, "Unavailable", "the service is shutting down")
+    body = await _body(request)
+    unknown = set(body) - set(START_ARGS) - {"webhook"}
+    if unknown:
+        raise ApiError(422, "Error", f"unknown argument(s): {', '.join(sorted(unknown))}")
+    webhook = body.pop("webhook", None)
+    if webhook is not None and (not isinstance(webhook, str) or not re.match(r"^https?://", webhook)):
+        raise ApiError(422, "Error", f"webhook must be an http:// or https:// URL, got {webhook!r}")
+    if "filename" not in body:
+        raise ApiError(422, "Error", "filename is required")
+    rec = e.channel.WholeCallRecorder
+
+    def start() -> bool:
+        rec.wait_until_finished(0)  # the spec's Hangup / Error on the call come before argument errors
+        args = dict(body)
+        c = args.get("cipher")
+        if c is not None:
+            if not isinstance(c, dict) or set(c) != {"key", "iv"}:
+                raise Error("cipher must be {\"key\": hex, \"iv\": hex} or null")
+            args["cipher"] = AESCBCCipher(c["key"], c["iv"])
+        return rec.start(**args)
+
+    try:
+        ok = await s.call_blocking(start)
+    except (Error, Hangup) as exc:
+        raise _exception(exc) from None
+    if not ok:
+        res = rec.last_result
+        raise ApiError(500, "Error", res.error if res and res.error else "the recording did not start")
+    e.filename = body["filename"]
+    e.webhook = webhook
+    s._watch_recording(e)
+    return web.json_response({"state": rec.state().value, "filename": e.filename}, status=201)
+
+
+@routes.get("/v1/calls/{id}/recording")
+async def get_recording(request: web.Request) -> web.Response:
+    s = svc(request)
+    e = s.entry(request)
+    rec = e.channel.WholeCallRecorder
+    wait = request.query.get("wait")
+    if wait is None:
+        return web.json_response(s.recording_view(e))
+    try:
+        seconds = float(wait)
+    except ValueError:
+        raise ApiError(422, "Error", f"wait must be a number of seconds, got {wait!r}") from None
+    if not seconds >= 0:
+        raise ApiError(422, "Error", f"wait must be non-negative, got {wait!r}")
+    try:
+        await s.call_blocking(rec.wait_until_finished, 0)  # Hangup / Error exactly as the Python API
+    except (Error, Hangup) as exc:
+        raise _exception(exc) from None
+    deadline = time.monotonic() + seconds
+    while rec.state() is RecorderState.RECORDING:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return web.json_response(s.recording_view(e, cause="TIMEOUT"))
+        await asyncio.sleep(min(POLL_S, left))
+    return web.json_response(s.recording_view(e))
+
+
+@routes.delete("/v1/calls/{id}/recording")
+async def stop_recording(request: web.Request) -> web.Response:
+    s = svc(request)
+    e = s.entry(request)
+    rec = e.channel.WholeCallRecorder
+    try:
+        ok = await s.call_blocking(rec.stop)
+    except (Error, Hangup) as exc:
+        raise _exception(exc) from None
+    if not ok:
+        raise ApiError(504, "Error", "the recording did not end within the stop timeout; it ends later (ABORTED)")
+    return web.json_response(s.recording_view(e))
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    s = svc(request)
+    if s.cfg.token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {s.cfg.token}".encode()):
+            return web.json_response({"error": "Unauthorized", "detail": "missing or wrong bearer token"},
+                                     status=401, headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return _error(e.status, e.error, e.detail)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return _error(e.status, e.reason.replace(" ", ""), e.text or e.reason)
+        raise
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=1 << 20)
+    app["service"] = service
+    app.add_routes(routes)
+    return app
+
+
+async def serve(cfg: ServeConfig) -> int:
+    service = Service(cfg)
+    app = make_app(service)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else (cfg.host, cfg.port)
+    print(f"wholecall serve: http://{bound[0]}:{bound[1]}  recordings in {cfg.recordings_dir}  "
+          f"RTP on {cfg.rtp_host}:{cfg.rtp_low}-{cfg.rtp_high}", flush=True)
+    loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signalled.set)
+    backend = loop.create_task(service.start_backend())
+    waiter = loop.create_task(signalled.wait())
+    stopped = loop.create_task(service.stopped.wait())
+    await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    rc = 0
+    if signalled.is_set():
+        await backend
+        await service.drain()
+    elif service.startup_error is not None:
+        print(f"wholecall serve: start-up failed: {service.startup_error}", file=sys.stderr)
+        rc = 1
+    else:
+        rc = 1  # the ingest died
+    await site.stop()
+    await service.close()
+    await runner.cleanup()
+    print("wholecall serve: stopped", flush=True)
+    return rc

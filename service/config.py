@@ -1,0 +1,152 @@
+"""`wholecall serve` settings: flags, the optional TOML file (same keys), and their checks.
+
+Flags win over the file; the file wins over the defaults. A key may be written as the flag
+is (``rtp-ports``) or with underscores (``rtp_ports``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """HTTP listen address."""
+    port: int = 8080
+    """HTTP listen port (0: any free port, printed at start-up)."""
+    recordings_dir: str = "recordings"
+    workers: int = 0
+    """Worker processes; 0 means one per CPU."""
+    rtp_address: str = ""
+    """Address the RTP sockets bind to and the API hands out; empty means the listen host."""
+    rtp_low: int = 20000
+    rtp_high: int = 39999
+    token: str = ""
+    """Bearer token every request must carry; empty means none (loopback only)."""
+    media_timeout: float = 30.0
+    """Seconds without media on both legs after which a call is hung up (0: never)."""
+    reorder_ms: float = 200.0
+    """RTP re-order window in ms."""
+    max_calls: int = 1024
+    """Calls that can exist at once (each holds two 8 s rings in /dev/shm)."""
+
+    @property
+    def rtp_host(self) -> str:
+        return self.rtp_address or self.host
+
+
+DEFAULTS = {
+    "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
+    "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wholecall serve",
+                                description="Run the recorder as a service: HTTP/JSON API, workers, RTP ingest.")
+    p.add_argument("--config", help="TOML file with the same keys as the flags (flags win)")
+    p.add_argument("--listen", help="HTTP HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--recordings-dir", help="root of every recording (default ./recordings)")
+    p.add_argument("--workers", type=int, help="worker processes (default one per CPU)")
+    p.add_argument("--rtp-address", help="address of the RTP endpoints (default the listen host)")
+    p.add_argument("--rtp-ports", help="UDP port range LOW-HIGH for RTP (default 20000-39999)")
+    p.add_argument("--token-file", help="file holding the bearer token the API requires")
+    p.add_argument("--media-timeout", type=float, help="hang up after this many seconds without media (default 30)")
+    p.add_argument("--reorder-ms", type=float, help="RTP re-order window in ms (default 200)")
+    p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
+    return p
+
+
+def load(argv: list[str]) -> ServeConfig:
+    a = parser().parse_args(argv)
+    values: dict[str, Any] = dict(DEFAULTS)
+    if a.config:
+        try:
+            with open(a.config, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config file {a.config}: {e}") from None
+        for key, value in data.items():
+            k = key.replace("-", "_")
+            if k not in DEFAULTS:
+                raise ConfigError(f"config file {a.config}: unknown key {key!r} (known: {', '.join(sorted(DEFAULTS))})")
+            values[k] = value
+    for k in DEFAULTS:
+        v = getattr(a, k, None)
+        if v is not None:
+            values[k] = v
+    return build(values)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"listen {text!r} is not HOST:PORT")
+    host = host.strip("[]")
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"listen {text!r}: port {port!r} is not a number") from None
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"listen {text!r}: port {p} is outside 0-65535")
+    return host, p
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, sep, high = str(text).partition("-")
+    try:
+        lo, hi = int(low), int(high)
+    except ValueError:
+        raise ConfigError(f"rtp_ports {text!r} is not LOW-HIGH") from None
+    if not sep or not 1024 <= lo < hi <= 65535:
+        raise ConfigError(f"rtp_ports {text!r} must be LOW-HIGH with 1024 <= LOW < HIGH <= 65535")
+    return lo, hi
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build(values: dict[str, Any]) -> ServeConfig:
+    host, port = _host_port(values["listen"])
+    low, high = _range(values["rtp_ports"])
+    token = ""
+    if values["token_file"]:
+        try:
+            with open(values["token_file"]) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"token_file {values['token_file']}: {e.strerror or e}") from None
+        if len(token) < 16:
+            raise ConfigError(f"token_file {values['token_file']}: the token must be at least 16 characters")
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"refusing to listen on {host}, which is not a loopback address, without --token-file")
+    for name in ("workers", "max_calls"):
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "max_calls" and v < 1):
+            raise ConfigError(f"{name} must be a {'positive' if name == 'max_calls' else 'non-negative'} integer, got {v!r}")
+    for name in ("media_timeout", "reorder_ms"):
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+    return ServeConfig(
+        host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
+        workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
+        media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
+        max_calls=values["max_calls"],
+    )

@@ -1,0 +1,528 @@
+"""The media ingest process: RTP/SRTP over UDP in, the legs' shm rings out.
+
+One process, started by `wholecall serve` as ``python -P -m wholecall.service.ingest_proc``.
+It attaches the controller's arena by path and is the only writer of the rings of the legs
+it serves (the SPSC rule): the service's own `CallChannel` writers of those slots are never
+used. It never waits on the controller or a worker: ring writes are non-blocking (a full
+ring counts overruns), control messages are sent with NOBLOCK and dropped if the service
+does not read them.
+
+Why one loop over all sockets: a leg's socket holds about one packet per 20 ms, so a
+receive call per socket costs its Python overhead per packet (bench/RESULTS-ingest.md).
+Here every ready socket of an epoll round is drained into one shared buffer
+(`BatchReceiver.recv_from`), the whole batch's headers are parsed by numpy once, and only
+the playout push runs per packet. Every `tick_s` each leg's jitter core releases what its
+re-order window let go, and that lands in the ring at the position the core says, so
+both legs of a call (released by the same `now`) stay at the same ring position.
+
+Control channel (ZeroMQ PAIR, msgpack maps; every request carries ``req`` and gets one
+reply with the same ``req``):
+
+- ``{"op": "add", "call", "legs": {"inbound": {"slot", "srtp"}, "outbound": {...}},
+  "payload_types", "host", "ports": [low, high]}`` -> ``{"ok": true, "ports": {leg: port}}``
+- ``{"op": "remove", "call", "flush": bool}`` -> ``{"ok": true, "media": {...}}`` (the
+  legs are released up to now, window included, when `flush`; the sockets are closed and
+  nothing is written to the slots afterwards)
+- ``{"op": "stats", "call"}`` -> ``{"ok": true, "media": {...}}``
+- ``{"op": "stop"}`` -> the process exits.
+
+Events (no ``req``): ``{"op": "hello", "pid"}``, ``{"op": "digit", "call", "leg", "digit",
+"position", "volume"}``, ``{"op": "media_timeout", "call", "idle_s"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+import zmq
+
+from wholecall.ingest.g711 import ALAW_TO_INT16, ULAW_TO_INT16
+from wholecall.ingest.jitter import JitterBuffer
+from wholecall.ingest.payload import PayloadTypes
+from wholecall.ingest.recvmmsg import BatchReceiver, set_receive_buffer, socket_drops, udp_counters
+from wholecall.ingest.rtp import HEADER_SIZE, RTP_VERSION, parse_batch
+from wholecall.ingest.srtp import SrtpError, SrtpReceiver, SrtpReplay
+from wholecall.shm import Arena, LegWriter
+
+log = logging.getLogger("wholecall.ingest")
+
+LEGS = ("inbound", "outbound")
+BATCH_ROWS = 1024
+"""Datagrams one drain can hold (all ready sockets together)."""
+ROW_BYTES = 2048
+"""Largest datagram kept whole; longer ones are counted as malformed."""
+FRAME_BYTES = 160
+"""A 20 ms G.711 payload: the size decoded batch-wise."""
+RCVBUF_BYTES = 1 << 20
+"""SO_RCVBUF asked per leg socket: ~6 s of 20 ms G.711 at the kernel's per-packet overhead."""
+_ZEROS = np.zeros(8 * 8000, np.int16)
+_ZEROS.flags.writeable = False
+
+
+@dataclass(eq=False)
+class Leg:
+    """One leg's endpoint: its socket, its playout core, its ring and what was dropped."""
+
+    call: Call
+    name: str
+    index: int
+    sock: socket.socket
+    writer: LegWriter
+    jitter: JitterBuffer
+    srtp: SrtpReceiver | None
+    rcvbuf: int
+    source: tuple[int, int] | None = None
+    last_media: float = 0.0
+    packets: int = 0
+    foreign: int = 0
+    bad_version: int = 0
+    too_short: int = 0
+    malformed: int = 0
+    unknown_pt: int = 0
+    srtp_replay: int = 0
+    srtp_failed: int = 0
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def put(self, chunks: list[tuple[int, np.ndarray | int]]) -> None:
+        """Write released chunks at their positions (audio, gaps as silence) in one non-blocking write.
+
+        The chunks of one release are contiguous; the ring's clock normally equals their
+        start. If the worker moved the leg on (it skips a leg that fell behind), what lies
+        before its clock is dropped; if an overrun left the ring behind, silence fills up.
+        One write per leg per tick: the writer's cost is per call, not per sample.
+        """
+        if not chunks:
+            return
+        w = self.writer
+        at = w.position
+        parts: list[np.ndarray] = []
+        start = chunks[0][0]
+        if start > at:
+            parts.append(_zeros(start - at))
+        for pos, data in chunks:
+            n = data if isinstance(data, int) else len(data)
+            if pos + n <= at:
+                continue
+            cut = max(0, at - pos)
+            parts.append(_zeros(n - cut) if isinstance(data, int) else data[cut:])
+        if not parts:
+            return
+        pcm = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(pcm):
+            w.write(pcm, block=False)
+
+    def counters(self) -> dict:
+        c = self.jitter.counters()
+        try:
+            kernel = socket_drops(self.sock).drops
+        except (LookupError, OSError):
+            kernel = -1
+        return {
+            "port": self.port,
+            "source": None if self.source is None else f"{socket.inet_ntoa(self.source[0].to_bytes(4, 'big'))}:{self.source[1]}",
+            "packets": self.packets,
+            "received": c.received, "lost": c.lost, "reordered": c.reordered, "duplicates": c.duplicates,
+            "late": c.late, "ssrc_changes": c.ssrc_changes, "resyncs": c.resyncs, "undecodable": c.bad,
+            "foreign_source": self.foreign, "bad_version": self.bad_version, "too_short": self.too_short,
+            "malformed": self.malformed, "unknown_payload_type": self.unknown_pt,
+            "srtp_replayed": self.srtp_replay, "srtp_rejected": self.srtp_failed,
+            "position": self.writer.position, "ring_overruns": self.writer.overruns,
+            "kernel_drops": kernel, "rcvbuf_bytes": self.rcvbuf,
+        }
+
+
+def _zeros(n: int) -> np.ndarray:
+    return _ZEROS[:n] if n <= len(_ZEROS) else np.zeros(n, np.int16)
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    created: float
+    legs: list[Leg] = field(default_factory=list)
+    timed_out: bool = False
+
+    def last_media(self) -> float:
+        return max([self.created] + [leg.last_media for leg in self.legs])
+
+    def media(self) -> dict:
+        return {leg.name: leg.counters() for leg in self.legs}
+
+
+class Ingest:
+    """The loop: epoll over the leg sockets, a tick for the playout cores, a control socket."""
+
+    def __init__(self, arena_path: str, endpoint: str, window: float, media_timeout: float, tick_s: float) -> None:
+        self.arena = Arena.attach(arena_path)
+        self.window = window
+        self.media_timeout = media_timeout
+        self.tick_s = tick_s
+        self.ctx = zmq.Context()
+        self.ctl = self.ctx.socket(zmq.PAIR)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.setsockopt(zmq.SNDHWM, 10000)
+        self.ctl.connect(endpoint)
+        self.epoll = select.epoll()  # the leg sockets
+        self._ctl_fd = self.ctl.getsockopt(zmq.FD)
+        self.calls: dict[str, Call] = {}
+        self.by_fd: dict[int, Leg] = {}
+        self.legs: list[Leg | None] = []  # by Leg.index, for the batch's row -> leg map
+        self._free_index: list[int] = []
+        self._next_port: dict[tuple[int, int], int] = {}
+        dummy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx = BatchReceiver(dummy, BATCH_ROWS, ROW_BYTES)
+        self._dummy = dummy
+        self.row_leg = np.zeros(BATCH_ROWS, np.int64)
+        self.running = True
+        self.stats = {"batches": 0, "packets": 0, "rounds": 0}
+
+    # -- control --------------------------------------------------------------------------
+
+    def send(self, msg: dict) -> None:
+        try:
+            self.ctl.send(msgpack.packb(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("service not reading; dropped %s", msg.get("op"))
+
+    def control(self) -> None:
+        while True:
+            try:
+                raw = self.ctl.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = msgpack.unpackb(raw)
+            op = msg.get("op")
+            req = msg.get("req")
+            try:
+                if op == "add":
+                    reply = {"ok": True, "ports": self.add(msg)}
+                elif op == "remove":
+                    reply = {"ok": True, "media": self.remove(msg["call"], bool(msg.get("flush", True)))}
+                elif op == "stats":
+                    call = self.calls.get(msg["call"])
+                    reply = {"ok": True, "media": call.media() if call else {}, "kernel": udp_counters(),
+                             "ingest": dict(self.stats, cpu_s=time.process_time())}
+                elif op == "stop":
+                    self.running = False
+                    reply = {"ok": True}
+                else:
+                    reply = {"ok": False, "error": "Error", "detail": f"unknown op {op!r}"}
+            except Exception as e:  # one bad command must not take the media of every call down
+                log.exception("control %s failed", op)
+                reply = {"ok": False, "error": type(e).__name__, "detail": str(e)}
+            if req is not None:
+                reply["req"] = req
+                self.send(reply)
+
+    def add(self, msg: dict) -> dict[str, int]:
+        cid = msg["call"]
+        if cid in self.calls:
+            raise ValueError(f"call {cid!r} already has media")
+        now = time.monotonic()
+        call = Call(cid, now)
+        pts = PayloadTypes(msg.get("payload_types") or {})
+        host = msg["host"]
+        low, high = msg["ports"]
+        ports: dict[str, int] = {}
+        try:
+            for name in LEGS:
+                spec = msg["legs"][name]
+                srtp = SrtpReceiver(spec["srtp"]) if spec.get("srtp") else None
+                sock = self._bind(host, low, high)
+                granted = set_receive_buffer(sock, RCVBUF_BYTES)
+                index = self._free_index.pop() if self._free_index else len(self.legs)
+                leg = Leg(call, name, index, sock, LegWriter(self.arena, int(spec["slot"])),
+                          JitterBuffer(now, pts, window=self.window), srtp, granted)
+                if index == len(self.legs):
+                    self.legs.append(leg)
+                else:
+                    self.legs[index] = leg
+                call.legs.append(leg)
+                self.by_fd[sock.fileno()] = leg
+                self.epoll.register(sock.fileno(), select.EPOLLIN)
+                ports[name] = leg.port
+        except BaseException:
+            self._drop_legs(call)
+            raise
+        self.calls[cid] = call
+        log.info("call %s: inbound :%d outbound :%d", cid, ports["inbound"], ports["outbound"])
+        return ports
+
+    def _bind(self, host: str, low: int, high: int) -> socket.socket:
+        """A UDP socket on the next free even port of [low, high] (odd ones are left for RTCP)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        first = low + (low & 1)
+        span = (high - first) // 2 + 1
+        if span <= 0:
+            raise ValueError(f"RTP port range {low}-{high} has no even port")
+        key = (low, high)
+        start = self._next_port.get(key, 0)
+        for k in range(span):
+            port = first + 2 * ((start + k) % span)
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self._next_port[key] = (start + k + 1) % span
+            return sock
+        raise OSError(f"no free UDP port in {low}-{high} on {host}")
+
+    def _drop_legs(self, call: Call) -> None:
+        for leg in call.legs:
+            fd = leg.sock.fileno()
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+            self.by_fd.pop(fd, None)
+            leg.sock.close()
+            self.legs[leg.index] = None
+            self._free_index.append(leg.index)
+
+    def remove(self, cid: str, flush: bool) -> dict:
+        call = self.calls.pop(cid, None)
+        if call is None:
+            return {}
+        self.receive([leg.sock.fileno() for leg in call.legs])  # what already arrived still counts
+        now = time.monotonic()
+        for leg in call.legs:
+            leg.put(leg.jitter.flush(now) if flush else leg.jitter.pull(now))
+        self._digits(call)
+        media = call.media()
+        self._drop_legs(call)
+        return media
+
+    # -- media ----------------------------------------------------------------------------
+
+    def receive(self, fds: Iterable[int] | None = None) -> int:
+        """Drain the ready sockets (all when `fds` is None) into the shared buffer, batch by batch."""
+        total = 0
+        pending = collections.deque(self.by_fd if fds is None else fds)
+        rx = self.rx
+        while pending:
+            rx.begin()
+            filled = 0
+            while pending and filled < BATCH_ROWS:
+                fd = pending.popleft()
+                leg = self.by_fd.get(fd)
+                if leg is None:
+                    continue
+                room = BATCH_ROWS - filled
+                try:
+                    n = rx.recv_from(fd, filled)
+                except OSError as e:  # e.g. an ICMP error queued on the socket: nothing to read
+                    log.debug("recv on :%d: %s", leg.port, e)
+                    continue
+                if n:
+                    self.row_leg[filled:filled + n] = leg.index
+                    filled += n
+                if n == room:  # the buffer filled up before the socket was empty
+                    pending.appendleft(fd)
+            if not filled:
+                break
+            self._process(filled)
+            total += filled
+        return total
+
+    def _process(self, n: int) -> None:
+        rx = self.rx
+        buf = rx.buffer
+        lengths = rx.lengths
+        legs = self.legs
+        rows_leg = self.row_leg[:n].tolist()
+        # SRTP rows are unprotected in place first (libsrtp, one packet at a time), so that
+        # the parse below sees plain RTP for every row.
+        srtp_bad: set[int] = set()
+        for i in range(n):
+            leg = legs[rows_leg[i]]
+            if leg is not None and leg.srtp is not None:
+                size = int(lengths[i])
+                if HEADER_SIZE <= size <= ROW_BYTES and buf[i, 0] >> 6 == RTP_VERSION:
+                    try:
+                        plain = leg.srtp.unprotect(buf[i, :size].tobytes())
+                    except SrtpReplay:
+                        leg.srtp_replay += 1
+                        srtp_bad.add(i)
+                        continue
+                    except SrtpError:
+                        leg.srtp_failed += 1
+                        srtp_bad.add(i)
+                        continue
+                    buf[i, :len(plain)] = np.frombuffer(plain, np.uint8)
+                    lengths[i] = len(plain)
+        batch = parse_batch(buf, lengths, n)
+        ips = rx.source_ip4.tolist()
+        ports = rx.source_port.tolist()
+        valid = batch.valid.tolist()
+        pts = batch.payload_type.tolist()
+        seqs = batch.sequence.tolist()
+        tss = batch.timestamp.tolist()
+        ssrcs = batch.ssrc.tolist()
+        marks = batch.marker.tolist()
+        offs = batch.payload_offset.tolist()
+        lens = batch.payload_length.tolist()
+        # The common case, 20 ms of G.711 with a plain header, decoded for the whole batch
+        # in one table lookup per law instead of one per packet.
+        decoded: list[np.ndarray | None] = [None] * n
+        plain = batch.valid & (batch.payload_offset == HEADER_SIZE) & (batch.payload_length == FRAME_BYTES)
+        for pt, table in ((8, ALAW_TO_INT16), (0, ULAW_TO_INT16)):
+            rows = np.flatnonzero(plain & (batch.payload_type == pt))
+            if len(rows):
+                samples = table[buf[rows, HEADER_SIZE:HEADER_SIZE + FRAME_BYTES]]
+                for r, row in zip(rows.tolist(), samples):
+                    decoded[r] = row
+        now = time.monotonic()
+        self.stats["batches"] += 1
+        self.stats["packets"] += n
+        for i in range(n):
+            leg = legs[rows_leg[i]]
+            if leg is None or i in srtp_bad:
+                continue
+            leg.packets += 1
+            if not valid[i]:
+                size = int(lengths[i])
+                if size < HEADER_SIZE:
+                    leg.too_short += 1
+                elif buf[i, 0] >> 6 != RTP_VERSION:
+                    leg.bad_version += 1
+                else:
+                    leg.malformed += 1
+                continue
+            fmt = leg.jitter.payload_types.get(pts[i])
+            if fmt is None:
+                leg.unknown_pt += 1
+                continue
+            src = (ips[i], ports[i])
+            if leg.source is None:
+                leg.source = src
+            elif src != leg.source:
+                leg.foreign += 1
+                continue
+            leg.last_media = now
+            off = offs[i]
+            leg.jitter.push(ssrcs[i], seqs[i], tss[i], pts[i], buf[i, off:off + lens[i]], now, marks[i], decoded[i])
+
+    def _digits(self, call: Call) -> None:
+        for leg in call.legs:
+            for d in leg.jitter.pop_digits():
+                self.send({"op": "digit", "call": call.id, "leg": leg.name, "digit": d.digit,
+                           "position": d.position, "volume": d.volume})
+
+    def tick(self, now: float) -> None:
+        for call in self.calls.values():
+            for leg in call.legs:
+                chunks = leg.jitter.pull(now)
+                if chunks:
+                    leg.put(chunks)
+            self._digits(call)
+            if not call.timed_out and self.media_timeout > 0 and now - call.last_media() >= self.media_timeout:
+                call.timed_out = True
+                self.send({"op": "media_timeout", "call": call.id, "idle_s": now - call.last_media()})
+
+    def run(self) -> None:
+        """Between ticks wait for control messages only; at each tick drain every ready socket.
+
+        Sweeping once per tick instead of on every readiness gives each receive call
+        about tick/20 ms packets instead of one (bench/RESULTS-ingest.md: the per-call
+        cost dominates); the re-order window is far longer than a tick, so nothing is late.
+        """
+        self.send({"op": "hello", "pid": os.getpid()})
+        next_tick = time.monotonic() + self.tick_s
+        ctl_wait = select.epoll()
+        ctl_wait.register(self._ctl_fd, select.EPOLLIN)
+        try:
+            while self.running:
+                ctl_wait.poll(max(0.0, next_tick - time.monotonic()))
+                self.control()
+                now = time.monotonic()
+                if now < next_tick:
+                    continue
+                events = self.epoll.poll(0, max(1, len(self.by_fd)))
+                self.stats["rounds"] += 1
+                if events:
+                    self.receive([fd for fd, _ in events])
+                self.tick(time.monotonic())
+                next_tick += self.tick_s
+                if next_tick < now:  # we fell behind (a long batch): no burst of catch-up ticks
+                    next_tick = now + self.tick_s
+        finally:
+            ctl_wait.close()
+
+    def close(self) -> None:
+        for call in list(self.calls.values()):
+            self._drop_legs(call)
+        self.calls.clear()
+        self.epoll.close()
+        self.ctl.close(0)
+        self.ctx.term()
+        self.rx = None  # type: ignore[assignment]
+        self._dummy.close()
+        self.arena.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wholecall.service.ingest_proc")
+    p.add_argument("--arena", required=True, help="path of the controller's arena")
+    p.add_argument("--control", required=True, help="ZeroMQ endpoint of the service (PAIR)")
+    p.add_argument("--reorder-ms", type=float, default=200.0)
+    p.add_argument("--media-timeout", type=float, default=30.0)
+    p.add_argument("--tick-ms", type=float, default=40.0, help="how often the sockets are swept and the legs released")
+    p.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import signal
+
+    # The service drains and then stops us over the control channel; a Ctrl-C on the
+    # terminal (sent to the whole process group) must not kill the media first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(ingest, "running", False))
+    ingest = Ingest(a.arena, a.control, a.reorder_ms / 1000.0, a.media_timeout, a.tick_ms / 1000.0)
+    if a.parent:
+        _die_with_parent(a.parent)
+    profile = os.environ.get("WHOLECALL_INGEST_PROFILE")  # a path: where cProfile's stats go at exit
+    try:
+        if profile:
+            import cProfile
+
+            cProfile.runctx("ingest.run()", globals(), {"ingest": ingest}, profile)
+        else:
+            ingest.run()
+    finally:
+        ingest.close()
+    return 0
+
+
+def _die_with_parent(pid: int) -> None:
+    """PR_SET_PDEATHSIG: a service killed with SIGKILL takes its ingest process with it."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The OpenAPI 3 document of the HTTP API (served at /openapi.json), written by hand from issue 22."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "401": _json(_ref("Problem"), "missing or wrong bearer token"),
+    "404": _json(_ref("Problem"), "unknown call"),
+    "409": _json(_ref("Problem"), "Hangup (the call is hung up) or Error (already recording)"),
+    "422": _json(_ref("Problem"), "bad arguments: the detail is the Python API's Error text"),
+}
+CALL_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "wholecall", "version": "1",
+                 "description": "Whole-call recording service: calls with RTP endpoints and their recordings."},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": {"summary": "200 once every worker and the ingest said hello, 503 before",
+                                 "responses": {"200": _json(_ref("Health"), "ready"),
+                                               "503": _json(_ref("Health"), "starting or draining")}}},
+            "/v1/calls": {"post": {
+                "summary": "Create an answered call with one RTP endpoint per leg",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CallRequest")}}},
+                "responses": {"201": _json(_ref("Call"), "created"), **ERRORS,
+                              "503": _json(_ref("Problem"), "starting, draining or out of ports/channels")}}},
+            "/v1/calls/{id}": {
+                "parameters": CALL_ID,
+                "get": {"summary": "The call, its recording, digits and media counters",
+                        "responses": {"200": _json(_ref("Call"), "the call"), **ERRORS}},
+                "delete": {"summary": "Hang up: a running recording ends with HANGUP and a final file",
+                           "responses": {"200": _json(_ref("HungUp"), "hung up"), **ERRORS}}},
+            "/v1/calls/{id}/recording": {
+                "parameters": CALL_ID,
+                "post": {"summary": "WholeCallRecorder.start() with the spec's arguments",
+                         "requestBody": {"required": True,
+                                         "content": {"application/json": {"schema": _ref("StartRequest")}}},
+                         "responses": {"201": _json(_ref("Started"), "recording"), **ERRORS,
+                                       "500": _json(_ref("Problem"), "the job failed to start (state ERROR)")}},
+                "get": {"summary": "state/cause; ?wait=S blocks like wait_until_finished(S) (cause TIMEOUT on expiry)",
+                        "parameters": [{"name": "wait", "in": "query", "required": False,
+                                        "schema": {"type": "number", "minimum": 0}}],
+                        "responses": {"200": _json(_ref("Recording"), "the recording"), **ERRORS}},
+                "delete": {"summary": "stop(): the recording ends with cause ABORTED",
+                           "responses": {"200": _json(_ref("Recording"), "stopped"), **ERRORS}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": {"type": "object", "required": ["error", "detail"],
+                            "properties": {"error": {"type": "string", "example": "Hangup"},
+                                           "detail": {"type": "string"}}},
+                "Health": {"type": "object", "properties": {"status": {"type": "string"},
+                                                            "workers": {"type": "array", "items": {"type": "object"}}}},
+                "Sdes": {"type": "object", "required": ["suite", "key"],
+                         "properties": {"suite": {"type": "string", "example": "AES_CM_128_HMAC_SHA1_80"},
+                                        "key": {"type": "string", "description": "base64(master key || salt)"}}},
+                "CallRequest": {"type": "object", "required": ["media"], "properties": {
+                    "media": {"type": "string", "enum": ["rtp"]},
+                    "id": {"type": "string"},
+                    "rtp": {"type": "object", "properties": {
+                        "payload_types": {"type": "object", "additionalProperties": {"type": "string"},
+                                          "example": {"96": "L16/8000", "101": "telephone-event/8000"}},
+                        "srtp": {"type": "object", "properties": {"inbound": _ref("Sdes"), "outbound": _ref("Sdes")}}}}}},
+                "Endpoint": {"type": "object", "properties": {"rtp": {"type": "object", "properties": {
+                    "host": {"type": "string"}, "port": {"type": "integer"}}}}},
+                "Call": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "state": {"type": "string", "example": "ANSWERED"},
+                    "legs": {"type": "object", "properties": {"inbound": _ref("Endpoint"), "outbound": _ref("Endpoint")}},
+                    "recording": _ref("Recording"), "digits": {"type": "string"},
+                    "media": {"type": "object", "description": "per-leg packet counters and kernel drops"}}},
+                "HungUp": {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"},
+                                                            "recording": _ref("Recording")}},
+                "StartRequest": {"type": "object", "required": ["filename"], "properties": {
+                    "filename": {"type": "string", "description": "relative to the recordings directory"},
+                    "file_format": {"type": "string", "enum": ["alaw", "ulaw", "ima", "oki", "s16bit", "u8bit"]},
+                    "rate": {"type": "integer", "enum": [6000, 8000, 11000, 11025]},
+                    "max_bytes": {"type": "integer", "minimum": 0},
+                    "milliseconds_max_silence": {"type": "integer", "minimum": 0},
+                    "milliseconds_initial_silence": {"type": "integer", "minimum": 0},
+                    "dtmf_elim": {"type": "boolean"},
+                    "recording_mode": {"type": "string", "enum": ["mixed", "separate"]},
+                    "cipher": {"type": "object", "nullable": True, "properties": {
+                        "key": {"type": "string", "description": "hex AES key"},
+                        "iv": {"type": "string", "description": "hex 128-bit IV"}}},
+                    "webhook": {"type": "string", "description": "POSTed {call, cause, filename, seconds, bytes, sha256} "
+                                                                 "at the end, retried with back-off"}}},
+                "Started": {"type": "object", "properties": {"state": {"type": "string"}, "filename": {"type": "string"}}},
+                "Recording": {"type": "object", "properties": {
+                    "state": {"type": "string", "enum": ["IDLE", "RECORDING", "ERROR"]},
+                    "cause": {"type": "string",
+                              "enum": ["NONE", "SILENCE", "SIZE", "ABORTED", "HANGUP", "TIMEOUT", "ERROR"]},
+                    "filename": {"type": "string", "nullable": True},
+                    "seconds": {"type": "number"}, "bytes": {"type": "integer"}}},
+            },
+        },
+    }

@@ -1,0 +1,177 @@
+"""The HTTP contract of issue 22: status codes and error bodies, token auth, the config's
+refusals, the media timeout, SIGTERM draining, webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+import soundfile as sf
+from serve_helpers import Server, free_tcp_port
+from wholecall.controller import Error
+from wholecall.controller.args import check_start
+
+
+def python_error(**kw: object) -> str:
+    """The text the Python API raises for these start() arguments."""
+    with pytest.raises(Error) as info:
+        check_start("/tmp", **kw)
+    return str(info.value)
+
+
+def test_health_and_openapi(server) -> None:
+    status, body = server.api("GET", "/healthz")
+    assert status == 200 and body["status"] == "ok" and len(body["workers"]) == 1
+    status, doc = server.api("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert {"/healthz", "/v1/calls", "/v1/calls/{id}", "/v1/calls/{id}/recording"} <= set(doc["paths"])
+
+
+def test_error_contract(server) -> None:
+    for method in ("GET", "DELETE"):
+        assert server.api(method, "/v1/calls/nope") == (404, {"error": "NotFound", "detail": "no call 'nope'"})
+        assert server.api(method, "/v1/calls/nope/recording")[0] == 404
+    assert server.api("POST", "/v1/calls/nope/recording", {"filename": "x.wav"})[0] == 404
+
+    assert server.api("POST", "/v1/calls", {"media": "webrtc"})[0] == 422
+    status, body = server.api("POST", "/v1/calls", raw=b"{not json")
+    assert status == 422 and body["error"] == "Error"
+    status, body = server.api("POST", "/v1/calls", {"media": "rtp", "rtp": {"payload_types": {"96": "opus/48000/2"}}})
+    assert status == 422 and body["error"] == "PayloadError" and "opus" in body["detail"]
+    status, body = server.api("POST", "/v1/calls", {"media": "rtp", "rtp": {"srtp": {"inbound": {"suite": "X", "key": ""}}}})
+    assert status == 422 and body["error"] == "SrtpError"
+
+    cid, _, _ = server.create_call(id="contract-1")
+    assert server.api("POST", "/v1/calls", {"media": "rtp", "id": "contract-1"})[0] == 409
+    status, body = server.api("GET", f"/v1/calls/{cid}")
+    assert status == 200 and body["state"] == "ANSWERED" and body["recording"]["state"] == "IDLE"
+    assert body["recording"]["cause"] == "NONE"
+
+    # Bad arguments: 422, the detail is the Python exception's text.
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "a.wav", "file_format": "mp3"})
+    assert (status, body) == (422, {"error": "Error", "detail": python_error(filename="a.wav", file_format="mp3")})
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "a.wav", "max_bytes": -1})
+    assert (status, body) == (422, {"error": "Error", "detail": python_error(filename="a.wav", max_bytes=-1)})
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "../escape.wav"})
+    assert status == 422 and "outside the recordings directory" in body["detail"]
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "a.wav", "colour": "red"})
+    assert status == 422 and "colour" in body["detail"]
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "a.wav", "cipher": {"key": "zz", "iv": "00"}})
+    assert status == 422 and body["detail"].startswith("cipher:")
+
+    # Already recording: 409 Error; wait=0.1 on a running job: TIMEOUT, the job goes on.
+    assert server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "a.wav"})[0] == 201
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "b.wav"})
+    assert status == 409 and body["error"] == "Error" and "already RECORDING" in body["detail"]
+    status, body = server.api("GET", f"/v1/calls/{cid}/recording?wait=0.1")
+    assert status == 200 and body["cause"] == "TIMEOUT" and body["state"] == "RECORDING"
+    assert server.api("GET", f"/v1/calls/{cid}/recording?wait=soon")[0] == 422
+
+    # Hang up: HANGUP and a final file; afterwards the call is IDLE and the recorder raises Hangup (409).
+    status, body = server.api("DELETE", f"/v1/calls/{cid}")
+    assert status == 200 and body["recording"]["cause"] == "HANGUP" and body["recording"]["filename"] == "a.wav"
+    assert body["recording"]["bytes"] == os.path.getsize(os.path.join(server.recordings, "a.wav"))
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "c.wav"})
+    assert status == 409 and body["error"] == "Hangup" and body["detail"].endswith("the call is IDLE (hung up)")
+    assert server.api("DELETE", f"/v1/calls/{cid}/recording")[0] == 409
+    assert server.api("GET", f"/v1/calls/{cid}")[1]["state"] == "IDLE"
+
+
+def test_stop_and_wait(server) -> None:
+    cid, _, _ = server.create_call()
+    assert server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "w.wav", "file_format": "ulaw"})[0] == 201
+    waiter: dict = {}
+    t = threading.Thread(target=lambda: waiter.update(r=server.api("GET", f"/v1/calls/{cid}/recording?wait=20")))
+    t.start()
+    time.sleep(0.5)
+    status, body = server.api("DELETE", f"/v1/calls/{cid}/recording")
+    assert status == 200 and body["cause"] == "ABORTED" and body["seconds"] > 0.05  # ends one window (400 ms) before the stop
+    t.join(10)
+    assert waiter["r"][0] == 200 and waiter["r"][1]["cause"] == "ABORTED"
+    assert server.api("DELETE", f"/v1/calls/{cid}/recording")[0] == 200  # stop() when idle: True
+    server.api("DELETE", f"/v1/calls/{cid}")
+
+
+def test_non_loopback_without_token_is_refused(tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "wholecall.cli", "serve", "--listen", "0.0.0.0:0",
+                        "--recordings-dir", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "without --token-file" in r.stderr
+    config = tmp_path / "serve.toml"
+    config.write_text('listen = "0.0.0.0:0"\nrtp-ports = "30000-30010"\n')
+    r = subprocess.run([sys.executable, "-m", "wholecall.cli", "serve", "--config", str(config)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "not a loopback address" in r.stderr
+
+
+class _Hooks(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+    fail_first = 1
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if _Hooks.fail_first > 0:  # the first attempt fails: the service must retry
+            _Hooks.fail_first -= 1
+            self.send_response(500)
+        else:
+            _Hooks.received.append(body)
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_token_media_timeout_webhook_and_sigterm_drain(tmp_path) -> None:
+    """One server: bearer token, a 1.5 s media timeout, webhooks, and SIGTERM at the end."""
+    hooks = HTTPServer(("127.0.0.1", free_tcp_port()), _Hooks)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hooks.server_address[1]}/hook"
+    token = "s3cret-token-0123456789"
+    srv = Server(str(tmp_path), "--media-timeout", "1.5", token=token)
+    try:
+        assert srv.api("GET", "/healthz", token="") == (401, {"error": "Unauthorized",
+                                                              "detail": "missing or wrong bearer token"})
+        assert srv.api("POST", "/v1/calls", {"media": "rtp"}, token="wrong-token-000000000")[0] == 401
+
+        # No media on either leg: hung up after --media-timeout with HANGUP, the file is valid (silence).
+        srv.create_call(id="quiet")
+        assert srv.api("POST", "/v1/calls/quiet/recording", {"filename": "quiet.wav", "webhook": url})[0] == 201
+        status, body = srv.api("GET", "/v1/calls/quiet/recording?wait=10")
+        assert status == 409 or body["cause"] == "HANGUP"  # Hangup once the call is IDLE, as wait_until_finished
+        status, call = srv.api("GET", "/v1/calls/quiet")
+        assert call["state"] == "IDLE" and call["recording"]["cause"] == "HANGUP"
+        assert call["hangup_reason"] == "media_timeout"
+        info = sf.info(os.path.join(srv.recordings, "quiet.wav"))
+        assert info.frames / 8000 == pytest.approx(1.5, abs=0.5)
+
+        # SIGTERM with two recordings running: both end ABORTED with final files, exit 0.
+        for cid in ("d1", "d2"):
+            srv.create_call(id=cid)
+            assert srv.api("POST", f"/v1/calls/{cid}/recording", {"filename": f"{cid}.wav", "webhook": url})[0] == 201
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0, srv.output()
+        assert time.monotonic() - t0 < 8
+    finally:
+        srv.terminate()
+        hooks.shutdown()
+    by_call = {h["call"]: h for h in _Hooks.received}
+    assert by_call["quiet"]["cause"] == "HANGUP"
+    for cid in ("d1", "d2"):
+        hook = by_call[cid]
+        path = os.path.join(srv.recordings, f"{cid}.wav")
+        assert hook["cause"] == "ABORTED" and hook["filename"] == f"{cid}.wav"
+        assert hook["bytes"] == os.path.getsize(path)
+        with open(path, "rb") as f:
+            assert hook["sha256"] == hashlib.sha256(f.read()).hexdigest()
+        assert sf.info(path).frames / 8000 == pytest.approx(hook["seconds"])
