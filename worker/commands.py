@@ -281,13 +281,14 @@ class Commands:
                 resumed = (resume, pos)
         except BaseException as e:  # noqa: BLE001 - the loop must hear about every start
             writer, err = None, f"cannot create {msg.path}: {e}"
-        if writer is not None and not (resume is not None and resume.confirmed):
-            t_opened = time.monotonic()
-            with self._lock:
-                t_received = self._opening[msg.job_id]
-            self.send(JobStarted(job_id=msg.job_id, t_received=t_received, t_opened=t_opened,
-                                 t_confirmed=time.monotonic()))
+        confirm = writer is not None and not (resume is not None and resume.confirmed)
+        t_opened = time.monotonic()
+        # One critical section: JobStarted is queued before the loop can attach (and so
+        # end) the job, and a JobStarted the controller sees is already attachable.
         with self._lock:
+            if confirm:
+                self.send(JobStarted(job_id=msg.job_id, t_received=self._opening[msg.job_id],
+                                     t_opened=t_opened, t_confirmed=time.monotonic()))
             self._opened.append((msg, writer, err, resumed))
         self.wake.wake()
 
