@@ -79,6 +79,10 @@ def recover(argv: list[str]) -> int:
 
 
 def stress(argv: list[str]) -> int:
+    if "--churn" in argv:
+        from wholecall.sim.churn import main as churn_main
+
+        return churn_main([a for a in argv if a != "--churn"])
     if "--media" in argv:
         i = argv.index("--media")
         media = argv[i + 1] if i + 1 < len(argv) else ""
