@@ -34,9 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import soundfile as sf
 import soxr
 
+from wholecall.formats.codecs import FORMATS, RATES
 from wholecall.worker.codecs import make_encoder, oki
 from wholecall.worker.resample import StreamResampler
-from wholecall.formats.codecs import FORMATS, RATES
 from wholecall.worker.wavfile import WavWriter
 
 

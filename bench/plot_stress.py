@@ -22,10 +22,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 from wholecall.sim.stress import system_cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def wait_quiet(limit: float = 0.10, window_s: float = 3.0, max_wait_s: float = 900.0) -> float:
@@ -76,7 +75,8 @@ def row(rep: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| channels | s | worker µs/ch-s (steady / whole run) | worker cores busy | loadgen µs/ch-s | "
-            "overruns | lost | start ms p50 / p99 (≥90 % running) | stop ms p50 / p99 | start()/s | files verified | foreign CPU |")
+            "overruns | lost | start ms p50 / p99 (≥90 % running) | stop ms p50 / p99 | start()/s | files verified "
+            "| foreign CPU |")
     lines = [head, "|" + " ---: |" * 12]
     for r in rows:
         cores = "/".join(f"{100 * c:.0f}%" for c in r["cores"]) if r["cores"] else "-"

@@ -18,14 +18,12 @@ import argparse
 import gc
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TCK = os.sysconf("SC_CLK_TCK")
 

@@ -12,7 +12,7 @@ import numbers
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from wholecall.formats.codecs import FORMATS, MODES, RATES, SEPARATE_FORMATS
 from wholecall.formats.wav import header_bytes
@@ -70,6 +70,7 @@ def _int(name: str, value: Any, maximum: int, why: str) -> int:
     # bool is an int to Python but never meant as a size or a duration.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise Error(f"{name} must be a non-negative integer, got {value!r}")
+    value = int(value)  # exact for any Integral (numpy's too), and what is returned
     if value < 0:
         raise Error(f"{name} must be a non-negative integer, got {value}")
     if value > maximum:
@@ -83,6 +84,7 @@ def check_timeout(name: str, value: Any, allow_zero: bool) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
         raise Error(f"{name} must be a number of seconds or None, got {value!r}")
+    value = cast(Any, value)  # a Real: compared as it is (a huge int does not convert to float)
     if value < 0 or (value == 0 and not allow_zero):
         raise Error(f"{name} must be {'non-negative' if allow_zero else 'positive'} or None, got {value}")
     if not isinstance(value, numbers.Integral) and math.isinf(value):

@@ -58,7 +58,7 @@ class Leg:
             leg._w.write(pcm, block=False)
         return done
 
-    def relay_to(self, legs: list["Leg"]) -> None:
+    def relay_to(self, legs: list[Leg]) -> None:
         """Also send this leg's audio to `legs` from now on (bridges and conferences set it)."""
         self._relay = list(legs)
 
@@ -75,13 +75,14 @@ class CallChannel:
 
     State = CallState
 
-    def __init__(self, controller: "Controller", channel_id: int, slots: list[int], state: CallState) -> None:
+    def __init__(self, controller: Controller, channel_id: int, slots: list[int], state: CallState) -> None:
         self.controller = controller
         self.id = channel_id
         self.slots = slots
         self._lock = threading.RLock()
         self._state = state
         arena = controller.arena
+        assert arena is not None, "channels exist only on a started controller"
         self.inbound = Leg(LegWriter(arena, slots[0]), "inbound")
         self.outbound = Leg(LegWriter(arena, slots[1]), "outbound")
         #: Activities the spec says a recorder cannot be started under (media.py keeps them).
@@ -187,7 +188,7 @@ class CallChannel:
         """The spec's transmitter `play_dtmf()`: send in-band DTMF digits; returns when sent."""
         self.DTMFPlayer.play(digits, tone_ms, gap_ms, realtime)
 
-    def connect(self, other: "CallChannel") -> None:
+    def connect(self, other: CallChannel) -> None:
         """Bridge two answered channels: each one's inbound audio becomes the other's outbound."""
         bridge(self, other)
 
@@ -208,10 +209,10 @@ class CallChannel:
         """
         w_in, w_out = self.inbound._w, self.outbound._w
         with w_in._lock, w_out._lock:
-            return self.controller.arena.arm([w_in.slot, w_out.slot], job_id)
+            return w_in.arena.arm([w_in.slot, w_out.slot], job_id)
 
     def disarm(self, job_id: int) -> None:
-        self.controller.arena.disarm(self.slots, job_id)
+        self.inbound._w.arena.disarm(self.slots, job_id)
 
     def close(self) -> None:
         """Hang up and give the channel's ring slots back to the arena."""

@@ -18,17 +18,17 @@ import threading
 import time
 from typing import Any
 
+from wholecall.formats.wav import read_info, repair
 from wholecall.protocol import JobEnded, JobStarted, Message
 from wholecall.shm import Arena
 from wholecall.shm.arena import _pid_alive, huge_pages
-from wholecall.formats.wav import read_info, repair
 
 from .channel import CallChannel
 from .config import Config
 from .errors import Error
-from .resources import FreeSpace, nofile_shortfall, raise_nofile
 from .media import Conference, MusicOnHold
 from .recorder import WholeCallRecorder
+from .resources import FreeSpace, nofile_shortfall, raise_nofile
 from .states import CallState, Cause
 from .supervisor import DEGRADED_S, Supervisor
 
@@ -57,7 +57,7 @@ class Controller:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "Controller":
+    def start(self) -> Controller:
         """Create the arena, spawn and pin the workers, wait until they are ready."""
         if self.supervisor is not None:
             return self
@@ -116,7 +116,7 @@ class Controller:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
                 self._run_dir = None
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self) -> Controller:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

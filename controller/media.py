@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class _Player:
 
     activity = ""
 
-    def __init__(self, channel: "CallChannel") -> None:
+    def __init__(self, channel: CallChannel) -> None:
         self._channel = channel
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -150,18 +150,18 @@ class DTMFPlayer(_Player):
 # -- bridging: inbound audio of one channel is written to the outbound of others ---------------
 
 
-def _set_relay(channel: "CallChannel") -> None:
+def _set_relay(channel: CallChannel) -> None:
     """Recompute where the channel's inbound audio is relayed to."""
     targets = []
     act = channel.activities
     if act.peer is not None:
-        targets.append(act.peer.outbound)
+        targets.append(cast("CallChannel", act.peer).outbound)
     if isinstance(act.conference, Conference):
         targets += [m.outbound for m in act.conference.members if m is not channel]
     channel.inbound.relay_to(targets)
 
 
-def bridge(a: "CallChannel", b: "CallChannel") -> None:
+def bridge(a: CallChannel, b: CallChannel) -> None:
     if a is b:
         raise Error(f"Channel({a.id}) cannot be connected to itself")
     for ch in (a, b):
@@ -174,8 +174,8 @@ def bridge(a: "CallChannel", b: "CallChannel") -> None:
     _set_relay(b)
 
 
-def unbridge(a: "CallChannel") -> None:
-    b = a.activities.peer
+def unbridge(a: CallChannel) -> None:
+    b = cast("CallChannel | None", a.activities.peer)
     if b is None:
         return
     a.activities.peer = b.activities.peer = None
@@ -188,10 +188,10 @@ class Conference:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.members: list["CallChannel"] = []
+        self.members: list[CallChannel] = []
         self._lock = threading.Lock()
 
-    def add(self, channel: "CallChannel") -> None:
+    def add(self, channel: CallChannel) -> None:
         channel.require_answered("join a conference")
         with self._lock:
             channel.activities.join("conference", self)
@@ -199,7 +199,7 @@ class Conference:
             for m in self.members:
                 _set_relay(m)
 
-    def remove(self, channel: "CallChannel") -> None:
+    def remove(self, channel: CallChannel) -> None:
         with self._lock:
             if channel in self.members:
                 self.members.remove(channel)
@@ -221,10 +221,10 @@ class MusicOnHold:
             audio = np.rint(3000 * np.sin(2 * np.pi * 440 * t) * (t < 0.5)
                             + 3000 * np.sin(2 * np.pi * 554 * t) * (t >= 0.5)).astype(np.int16)
         self.audio = np.asarray(audio, np.int16)
-        self._listeners: dict[int, tuple["CallChannel", threading.Event, threading.Thread]] = {}
+        self._listeners: dict[int, tuple[CallChannel, threading.Event, threading.Thread]] = {}
         self._lock = threading.Lock()
 
-    def add(self, channel: "CallChannel") -> None:
+    def add(self, channel: CallChannel) -> None:
         channel.require_answered("go on music on hold")
         with self._lock:
             channel.activities.join("moh", self)
@@ -233,7 +233,7 @@ class MusicOnHold:
             self._listeners[channel.id] = (channel, stop, t)
             t.start()
 
-    def _play(self, channel: "CallChannel", stop: threading.Event) -> None:
+    def _play(self, channel: CallChannel, stop: threading.Event) -> None:
         t0 = time.monotonic()
         i = 0
         n = len(self.audio)
@@ -245,7 +245,7 @@ class MusicOnHold:
             if delay > 0:
                 stop.wait(delay)
 
-    def remove(self, channel: "CallChannel") -> None:
+    def remove(self, channel: CallChannel) -> None:
         with self._lock:
             entry = self._listeners.pop(channel.id, None)
             channel.activities.leave("moh", self)

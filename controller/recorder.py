@@ -14,11 +14,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from wholecall.protocol import JobStarted, StartJob, StopJob, encode
 from wholecall.protocol.limits import start_job_problem
 
+from . import states
 from .args import check_start, check_timeout
 from .errors import Error, Hangup
 from .recorder_core import JobReport, RecorderCore
@@ -26,6 +27,7 @@ from .states import CallState, Cause, Phase, RecorderState
 
 if TYPE_CHECKING:
     from .channel import CallChannel
+    from .supervisor import Supervisor
 
 log = logging.getLogger("wholecall.controller")
 
@@ -74,9 +76,9 @@ class WholeCallRecorder:
     """Records the whole call (both legs) of one `CallChannel` to a WAV file."""
 
     State = RecorderState
-    Cause = Cause
+    Cause: ClassVar[type[states.Cause]] = Cause
 
-    def __init__(self, channel: "CallChannel") -> None:
+    def __init__(self, channel: CallChannel) -> None:
         self._channel = channel
         self._ctl = channel.controller
         self._cond = threading.Condition()
@@ -96,7 +98,7 @@ class WholeCallRecorder:
         with self._cond:
             return self._core.state()
 
-    def cause(self) -> Cause:
+    def cause(self) -> states.Cause:
         """Why the last job ended; NONE while a job runs or before any job."""
         with self._cond:
             return self._core.cause()
@@ -140,7 +142,7 @@ class WholeCallRecorder:
             # Built and encoded before anything changes: job_id and start_pos are filled in below.
             msg = args.start_job(1, self._channel.id, self._channel.inbound.slot, self._channel.outbound.slot, 0)
             _check_encodes(self._channel.id, msg)
-            worker = self._ctl.supervisor.pick()
+            worker = self._supervisor().pick()
             if worker is None:
                 return self._failed_to_start(args.path, "no worker is available to record")
             parent = os.path.dirname(args.path)
@@ -155,9 +157,9 @@ class WholeCallRecorder:
             self._encrypted = args.cipher is not None
             start_pos = self._channel.arm(job_id)
             msg = dataclasses.replace(msg, job_id=job_id, start_pos=start_pos)
-            self._ctl.supervisor.assign(worker, job_id)
+            self._supervisor().assign(worker, job_id)
             sent = time.monotonic()
-            self._ctl.supervisor.send(worker.index, msg)
+            self._supervisor().send(worker.index, msg)
             while self._core.phase is Phase.STARTING:
                 now = time.monotonic()
                 give_up = self._core.poll(now)
@@ -188,7 +190,7 @@ class WholeCallRecorder:
         dtmf_elim: bool = True,
         recording_mode: str = "mixed",
         cipher: Any = None,
-    ) -> Cause:
+    ) -> states.Cause:
         """Record until the job ends (or `seconds_timeout` expires: cause TIMEOUT); returns the cause."""
         self._check_call()  # the spec's Hangup/Error come before any argument is looked at
         timeout = check_timeout("seconds_timeout", seconds_timeout, allow_zero=False)
@@ -215,7 +217,7 @@ class WholeCallRecorder:
             self._request_stop(Cause.ABORTED)
         return self._wait_end(self._ctl.config.stop_timeout_s) is not None
 
-    def wait_until_finished(self, seconds_timeout: float | None = 120) -> Cause:
+    def wait_until_finished(self, seconds_timeout: float | None = 120) -> states.Cause:
         """The job's cause once it ends; TIMEOUT if still running after `seconds_timeout` (the job goes on)."""
         self._check_call()
         timeout = check_timeout("seconds_timeout", seconds_timeout, allow_zero=True)
@@ -223,6 +225,12 @@ class WholeCallRecorder:
         return Cause.TIMEOUT if cause is None else cause
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _supervisor(self) -> Supervisor:
+        sup = self._ctl.supervisor
+        if sup is None:
+            raise Error("the controller is closed")
+        return sup
 
     def _check_call(self) -> None:
         state = self._channel.state()
@@ -243,7 +251,7 @@ class WholeCallRecorder:
         self._cond.notify_all()
         return False
 
-    def _wait_end(self, timeout: float | None) -> Cause | None:
+    def _wait_end(self, timeout: float | None) -> states.Cause | None:
         """Wait until no job runs; its cause, or None on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -254,15 +262,15 @@ class WholeCallRecorder:
                 self._cond.wait(left)
             return self._core.cause()
 
-    def _request_stop(self, cause: Cause) -> None:
+    def _request_stop(self, cause: states.Cause) -> None:
         """Ask the worker to end the job (caller holds the condition)."""
         action = self._core.request_stop(cause)
         if action is not None:
             self._send_stop(action.job_id, action.cause)
 
-    def _send_stop(self, job_id: int, cause: Cause) -> None:
+    def _send_stop(self, job_id: int, cause: states.Cause) -> None:
         end_pos = self._channel.position()
-        self._ctl.supervisor.send(self._worker, StopJob(job_id=job_id, cause=cause, end_pos=end_pos))
+        self._supervisor().send(self._worker, StopJob(job_id=job_id, cause=cause, end_pos=end_pos))
 
     def _hangup(self, wait_s: float) -> None:
         """The call hung up: end a running job with HANGUP and wait (bounded) for the file."""
@@ -286,7 +294,7 @@ class WholeCallRecorder:
             self._cond.notify_all()
             return True
 
-    def _on_ended(self, job_id: int, cause: Cause, nbytes: int, samples: int, duration_s: float, error: str,
+    def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
                   lost_samples: int = 0) -> bool:
         with self._cond:
             if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):

@@ -42,16 +42,30 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import zmq
 
 from wholecall.protocol import (
-    Cause, Heartbeat, Hello, JobEnded, JobStarted, Message, ProtocolError, ResumeJob, Shutdown, StartJob, StopJob,
-    WorkerError, WorkerSettings, decode, encode,
+    Cause,
+    Heartbeat,
+    Hello,
+    JobEnded,
+    JobStarted,
+    Message,
+    ProtocolError,
+    ResumeJob,
+    Shutdown,
+    StartJob,
+    StopJob,
+    WorkerError,
+    WorkerSettings,
+    decode,
+    encode,
+    sockets,
 )
-from wholecall.protocol import sockets
 from wholecall.protocol.wake import WakePipe
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
@@ -164,7 +178,7 @@ class Supervisor:
         self.arena_name = arena_name
         self.on_event = on_event
         self.on_worker_lost = on_worker_lost
-        self.worker_settings = dict(
+        self.worker_settings: dict[str, Any] = dict(
             tick_ms=float(tick_ms), heartbeat_ms=float(heartbeat_ms), skew_ms=float(skew_ms), flush_ms=float(flush_ms),
             scale_tick_ms=float(scale_tick_ms), scale_jobs=int(scale_jobs), capacity=int(capacity),
             priority=int(priority), silence_dbfs=float(silence_dbfs), silence_hangover_ms=int(silence_hangover_ms),
@@ -499,7 +513,8 @@ class Supervisor:
             # The dead worker ended the job (it released the legs) but its JobEnded was lost.
             with self._lock:
                 self.routes.pop(job_id, None)
-            cause = decode(route.stop).cause if route.stop else Cause.ERROR
+            stop = decode(route.stop) if route.stop else None
+            cause = stop.cause if isinstance(stop, StopJob) else Cause.ERROR
             log.error("job %d ended on worker %d, which died before reporting it: %s", job_id, dead, cause)
             self.on_event(dead, JobEnded(job_id=job_id, cause=cause, bytes=0, samples=0, duration_s=0.0,
                                          error="" if route.stop else f"worker {dead} died as the job ended"))

@@ -35,6 +35,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
 from wholecall.controller import AESCBCCipher, CallChannel, Controller, Error, Hangup
 from wholecall.controller.states import RecorderState
 from wholecall.ingest.payload import PayloadError, PayloadTypes

@@ -52,7 +52,7 @@ def check_room(nbytes: int, directory: str = SHM_DIR) -> None:
 def mount_of(directory: str) -> tuple[str, list[str]]:
     """The file-system type and super-block options of the mount holding `directory`
     (("", []) if /proc/self/mountinfo cannot be read)."""
-    best, found = "", ("", [])
+    best, found = "", ("", [])  # type: tuple[str, tuple[str, list[str]]]
     target = os.path.realpath(directory)
     try:
         with open("/proc/self/mountinfo") as f:
@@ -94,7 +94,7 @@ def _pid_alive(pid: int) -> bool:
 
 def sweep_stale(directory: str = SHM_DIR) -> list[str]:
     """Unlink arenas whose owner process is gone (a controller killed with SIGKILL)."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -146,7 +146,7 @@ class Arena:
     # -- lifecycle ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, slots: int, capacity: int, directory: str = SHM_DIR) -> "Arena":
+    def create(cls, slots: int, capacity: int, directory: str = SHM_DIR) -> Arena:
         """Create and map a new arena owned by this process (unlinked by `close`).
 
         `directory` must be on a tmpfs (memory, not disk); one mounted with 2 MiB pages
@@ -175,7 +175,7 @@ class Arena:
                 os.posix_fallocate(fd, 0, lay.total)
             except OSError as e:
                 raise OSError(e.errno, f"cannot reserve the {lay.total / 2**20:.0f} MiB arena in {directory}: "
-                                       f"{os.strerror(e.errno)}") from None
+                                       f"{os.strerror(e.errno or 0)}") from None
             mm = mmap.mmap(fd, lay.total)
         except BaseException:
             os.close(fd)
@@ -192,7 +192,7 @@ class Arena:
         return arena
 
     @classmethod
-    def attach(cls, ref: str) -> "Arena":
+    def attach(cls, ref: str) -> Arena:
         """Map an existing arena, by its `path` (or its name, for one in /dev/shm); raises
         ValueError if it is not a ready wholecall arena."""
         path = ref if os.path.isabs(ref) else os.path.join(SHM_DIR, ref)
@@ -231,7 +231,7 @@ class Arena:
         if self.owner:
             _unlink_quietly(self.path)
 
-    def __enter__(self) -> "Arena":
+    def __enter__(self) -> Arena:
         return self
 
     def __exit__(self, *exc: object) -> None:

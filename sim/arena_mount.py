@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 log = logging.getLogger("wholecall.stress")
 

@@ -48,13 +48,12 @@ import msgpack
 import numpy as np
 import zmq
 
-from wholecall.shm import Arena, LegBatchWriter
-
 from wholecall.controller.procenv import media_env
+from wholecall.formats.codecs import CALL_RATE as RATE
+from wholecall.shm import Arena, LegBatchWriter
 
 log = logging.getLogger("wholecall.loadgen")
 
-from wholecall.formats.codecs import CALL_RATE as RATE
 #: Bumped whenever the way programs are built changes, so stale caches are not reused.
 LIBRARY_VERSION = 1
 #: Comfort noise in pauses: telephone line noise, well under the -45 dBFS silence threshold.

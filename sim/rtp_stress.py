@@ -23,6 +23,7 @@ import time
 import urllib.request
 
 import numpy as np
+
 from wholecall.ingest.recvmmsg import BatchSender, ip4, udp_counters
 
 FRAME = 160

@@ -51,23 +51,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
+from wholecall.controller.config import Config
+from wholecall.controller.recorder import StartTrace
+from wholecall.formats.codecs import CALL_RATE as RATE
+from wholecall.formats.codecs import FRAME
 from wholecall.shm.arena import SHM_DIR, huge_pages
 from wholecall.shm.layout import Layout
 
 from .arena_mount import private_arena_dir
-from wholecall.controller.config import Config
 from .loadgen import LoadGenerators, Programs, load_programs
-from wholecall.controller.recorder import StartTrace
 
 log = logging.getLogger("wholecall.stress")
 
-from wholecall.formats.codecs import CALL_RATE as RATE
-from wholecall.formats.codecs import FRAME
 #: A worker busier than this (fraction of its core) is not sustainable: no headroom for bursts.
 CPU_LIMIT = 0.90
 #: Content check floor per format: SNR (dB) of a decoded file against the exact mix
@@ -138,7 +138,7 @@ class Call:
 # -- small measurement helpers ------------------------------------------------------------------
 
 
-def probe_count(cfg: "StressConfig") -> int:
+def probe_count(cfg: StressConfig) -> int:
     """Probe calls of a run: `cfg.probes`, or by default one per 50 channels (10 to 200)."""
     if cfg.probes >= 0:
         return cfg.probes
@@ -687,8 +687,9 @@ class Run:
         wk = " ".join(f"{100 * (a - b) / dt:3.0f}%" for a, b in zip(s["workers"], last["workers"]))
         lgc = sum(s["loadgens"]) - sum(last["loadgens"])
         line = (f"[{elapsed:6.1f}s] recording {self.recording:6d}/{self.cfg.channels}  started {self.started}"
-                f"  stopped {self.stopped}  failed {self.start_failed}  overruns {s['overruns']}  backlog {s['backlog_ms']:.0f} ms"
-                f"  | CPU workers {wk}  loadgen {100 * lgc / dt:3.0f}%  controller {100 * (s['controller'] - last['controller']) / dt:3.0f}%"
+                f"  stopped {self.stopped}  failed {self.start_failed}  overruns {s['overruns']}"
+                f"  backlog {s['backlog_ms']:.0f} ms  | CPU workers {wk}  loadgen {100 * lgc / dt:3.0f}%"
+                f"  controller {100 * (s['controller'] - last['controller']) / dt:3.0f}%"
                 f"  | lag {self.lg_lag_ms:.0f} ms")
         if not self.cfg.quiet:
             end = "\n" if final or not sys.stderr.isatty() else ""
@@ -1179,7 +1180,8 @@ def main(argv: list[str] | None = None) -> int:
             secs = a.baseline_seconds or min(cfg.seconds, 60.0)
             ours = report["cpu"].get("steady", {}).get("worker_us_per_channel_second") \
                 or report["cpu"]["worker_us_per_channel_second"]
-            total = (report["cpu"]["worker_us_per_channel_second"] or 0) + (report["cpu"]["controller_us_per_channel_second"] or 0)
+            cpu = report["cpu"]
+            total = (cpu["worker_us_per_channel_second"] or 0) + (cpu["controller_us_per_channel_second"] or 0)
             progs, _ = load_programs(count=cfg.programs)
             report["baseline"] = []
             for tool in [t.strip() for t in a.baseline_tools.split(",") if t.strip()]:

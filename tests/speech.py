@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def say(text: str, voice: str = "en", speed: int = 160, dbfs: float = -20.0) -> np.ndarray:
     """`text` spoken by espeak-ng, 8 kHz int16 with its RMS at `dbfs` (skips the test if espeak-ng is missing)."""
     if shutil.which("espeak-ng") is None:

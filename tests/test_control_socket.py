@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 import zmq
 
-from wholecall.protocol import Cause, JobEnded, JobStarted, encode, sockets
 from tests.conftest import feed, tone
+from wholecall.protocol import Cause, JobEnded, JobStarted, encode, sockets
 
 
 def wait_for(cond, seconds=5.0):

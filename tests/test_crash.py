@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wholecall.controller import Cause
 from tests.conftest import tone
+from wholecall.controller import Cause
 
 
 def frames_by_sox(path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wholecall.controller.media import DTMF_FREQS, dtmf_tone
 from tests.conftest import feed
 from tests.speech import line_noise, say
+from wholecall.controller.media import DTMF_FREQS, dtmf_tone
 
 RATE = 8000
 DIGITS = "159#0*D"

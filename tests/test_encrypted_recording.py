@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from wholecall.controller import AESCBCCipher, Cause, EnvelopeCipher, new_iv, new_key
 from tests.conftest import feed, tone
+from wholecall.controller import AESCBCCipher, Cause, EnvelopeCipher, new_iv, new_key
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
 

@@ -231,18 +231,21 @@ def test_controller_death_finalises_files_and_its_run_dir_is_swept(tmp_path, mak
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 5 and os.path.exists(f"/proc/{worker}") and \
+        while time.monotonic() - t0 < 10 and os.path.exists(f"/proc/{worker}") and \
                 "Z" not in open(f"/proc/{worker}/stat").read().rsplit(")", 1)[1].split()[0]:
             time.sleep(0.01)
         took = time.monotonic() - t0
     finally:
         proc.kill()
-    assert took < 1.5, f"the worker outlived its controller by {took:.2f} s"
+    # Not a timing check (about a second on a quiet machine; the suite shares the CPUs):
+    # the worker must notice on its own that the controller is gone.
+    assert took < 10, f"the worker outlived its controller by {took:.2f} s"
     info = read_info(path)
     assert info.data_offset + info.data_size == os.path.getsize(path)  # final header
     assert info.data_size // 2 == 12000
-    assert os.path.isdir(run_dir)
-    make_controller(workers=1)  # the next controller sweeps the dead one's run directory
+    # The next controller sweeps the dead one's run directory (any controller on the
+    # machine may have done it already: the sweep is by dead owner pid, not by parent).
+    make_controller(workers=1)
     assert not os.path.exists(run_dir)
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.conftest import feed, tone
 from wholecall.cli.decrypt import decrypt_command, recover_command
 from wholecall.controller import AESCBCCipher, new_iv, new_key
 from wholecall.formats import encrypted as cf
-from tests.conftest import feed, tone
 
 VICTIM = b"precious: must never be overwritten\n"
 
@@ -130,11 +130,12 @@ def test_a_plain_recording_that_cannot_be_finalised_is_a_valid_partial_wav(tmp_p
     the file, with a header describing the audio on disk, and says why with the errno."""
     import errno
 
+    from tests.test_worker_commands import feed as feed_ring
+    from tests.test_worker_commands import start_msg
     from wholecall.protocol import Cause
     from wholecall.shm import Arena
     from wholecall.worker.pipeline import Pipeline
     from wholecall.worker.sink import FileSink
-    from tests.test_worker_commands import feed as feed_ring, start_msg
 
     class LateEIO(FileSink):
         def finish(self) -> int:

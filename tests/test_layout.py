@@ -11,8 +11,6 @@ import textwrap
 import tomllib
 import zipfile
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: package -> the project packages it may import (DESIGN "Layers, arrows only downward").

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wholecall.protocol import Cause
-from wholecall.sim.loadgen import load_programs
-from wholecall.protocol import StartJob
+from wholecall.protocol import Cause, StartJob
 from wholecall.shm import Arena
+from wholecall.sim.loadgen import load_programs
 from wholecall.worker.pipeline import Pipeline, default_open_sink
 
 RATE = 8000
@@ -53,7 +52,7 @@ def record(tmp, block: int) -> tuple[dict, dict[int, bytes], list]:
             arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
             assert pipe.start(m) == ""
         now = 100.0
-        for t in range(110):  # 11 s of audio on average, in uneven chunks
+        for _ in range(110):  # 11 s of audio on average, in uneven chunks
             for j in range(JOBS):
                 n = int(rng.integers(0, 1700))
                 idx = (phase[j] + written[j] + np.arange(n)) % progs.length

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wholecall.protocol import Cause
-from wholecall.protocol import StartJob
+from wholecall.protocol import Cause, StartJob
 from wholecall.shm import Arena
 from wholecall.worker.pipeline import Pipeline, default_open_sink
 

@@ -4,11 +4,24 @@ import dataclasses
 
 import msgpack
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wholecall.protocol import (
-    VERSION, Cause, Heartbeat, Hello, JobEnded, JobStarted, ProtocolError, Shutdown, StartJob, StopJob, WorkerError,
-    WorkerSettings, decode, encode,
+    VERSION,
+    Cause,
+    Heartbeat,
+    Hello,
+    JobEnded,
+    JobStarted,
+    ProtocolError,
+    Shutdown,
+    StartJob,
+    StopJob,
+    WorkerError,
+    WorkerSettings,
+    decode,
+    encode,
 )
 
 START = StartJob(

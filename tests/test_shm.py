@@ -7,7 +7,8 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wholecall.shm import Arena, LegReader, LegWriter
 from wholecall.shm.layout import Layout
@@ -160,8 +161,8 @@ def test_an_arena_outside_dev_shm_must_be_on_tmpfs(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_an_arena_on_a_huge_page_tmpfs_is_attached_by_path_and_unlinked():
-    from wholecall.sim.arena_mount import private_arena_dir
     from wholecall.shm.arena import huge_pages
+    from wholecall.sim.arena_mount import private_arena_dir
 
     assert not huge_pages("/dev/shm") or "huge=" in open("/proc/self/mountinfo").read()
     with private_arena_dir(8 << 20) as d:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wholecall.controller import Cause
 from tests.conftest import feed
 from tests.speech import line_noise, say
+from wholecall.controller import Cause
 from wholecall.worker.silence import dbfs_to_mean_square
 
 FRAME = 160
@@ -22,7 +22,7 @@ LIMIT_MS = 1200
 def conversation():
     """Sentences separated by pauses of 0.4-0.9 s (all shorter than the limit), over line noise."""
     parts = []
-    for i, (text, voice, pause) in enumerate([
+    for text, voice, pause in ([
         ("Good morning, I am calling about my order.", "en", 0.6),
         ("It was meant to arrive on Tuesday.", "en-us", 0.9),
         ("Can you tell me where it is?", "en", 0.4),

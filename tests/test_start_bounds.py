@@ -11,7 +11,7 @@ import pytest
 from wholecall.controller import Error
 from wholecall.controller.args import MAX_TIMEOUT_S, check_start, check_timeout
 from wholecall.formats.wav import RIFF_LIMIT
-from wholecall.protocol.limits import MAX_BYTES, MAX_SILENCE_MS, INT64_MAX, SAMPLES_PER_MS
+from wholecall.protocol.limits import INT64_MAX, MAX_BYTES, MAX_SILENCE_MS, SAMPLES_PER_MS
 
 ABSURD = [
     ({"milliseconds_max_silence": sys.maxsize}, "milliseconds_max_silence"),

@@ -17,8 +17,7 @@ import pytest
 import soundfile as sf
 import zmq
 
-from wholecall.protocol import Cause
-from wholecall.protocol import Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
+from wholecall.protocol import Cause, Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
 from wholecall.shm import Arena
 from wholecall.worker.commands import Commands
 from wholecall.worker.crypto import open_sink

@@ -26,9 +26,24 @@ __all__ = sorted(_API)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from wholecall.controller import (  # noqa: F401
-        AESCBCCipher, CallChannel, CallState, Cause, Conference, Controller, EnvelopeCipher, EnvelopePrivateKey,
-        Error, Hangup, Leg, MusicOnHold, RecorderState, UASWholeCallFileRecorder, WholeCallRecorder, new_iv,
-        new_key, validate,
+        AESCBCCipher,
+        CallChannel,
+        CallState,
+        Cause,
+        Conference,
+        Controller,
+        EnvelopeCipher,
+        EnvelopePrivateKey,
+        Error,
+        Hangup,
+        Leg,
+        MusicOnHold,
+        RecorderState,
+        UASWholeCallFileRecorder,
+        WholeCallRecorder,
+        new_iv,
+        new_key,
+        validate,
     )
 
 

@@ -28,7 +28,7 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
@@ -44,8 +44,8 @@ from wholecall.protocol import (
     StopJob,
     WorkerError,
     decode,
+    sockets,
 )
-from wholecall.protocol import sockets
 from wholecall.protocol.wake import WakePipe
 
 from .pipeline import Pipeline, close_kept

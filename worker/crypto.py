@@ -73,7 +73,7 @@ class EncryptedSink:
         self._finished = False
 
     @classmethod
-    def reopen(cls, path: str, cipher: dict[str, Any], mode: int = FILE_MODE) -> "EncryptedSink":
+    def reopen(cls, path: str, cipher: dict[str, Any], mode: int = FILE_MODE) -> EncryptedSink:
         """The sink of an encrypted recording a dead worker was writing (failover).
 
         The intermediate's body key is unwrapped with the credential of the job's cipher

@@ -99,10 +99,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
-
 from wholecall.formats.codecs import CALL_RATE as FS
 from wholecall.formats.codecs import FRAME  # samples per frame (20 ms): the worker's unit of work
+
+from . import kernels
+
 SUB = 40  # sub-block and hop of the fine analysis (5 ms)
 SUBS_PER_FRAME = FRAME // SUB
 SEG = 10  # segment used to place a tone's edges (1.25 ms)

@@ -30,8 +30,7 @@ import time
 
 import zmq
 
-from wholecall.protocol import Cause, Heartbeat, Hello, ProtocolError, WorkerSettings, decode
-from wholecall.protocol import sockets
+from wholecall.protocol import Cause, Heartbeat, Hello, ProtocolError, WorkerSettings, decode, sockets
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
 
@@ -196,7 +195,7 @@ def run(settings: WorkerSettings) -> int:
         sock.close(linger=1000)
         ctx.term()
         pipe.close()
-        del pipe
+        pipe = None  # type: ignore[assignment]  # the closures' last reference to the arena's views
         record = None  # the last view of the arena (progress() holds it)
         arena.close()
     return 0

@@ -43,8 +43,8 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -56,11 +56,10 @@ from wholecall.shm import Arena
 from wholecall.shm import layout as L
 
 from . import kernels
-from .silence import PREROLL_SAMPLES, SilenceTracker
-
 from .crypto import EncryptedSink, open_sink
-from .sink import FileSink
 from .dtmf import FRAME, DtmfBank
+from .silence import PREROLL_SAMPLES, SilenceTracker
+from .sink import FileSink
 from .wavfile import WavWriter
 
 log = logging.getLogger("wholecall.worker")

@@ -40,7 +40,8 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.channels = channels
-        self._stream = None if out_rate == in_rate else soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
+        self._stream = None if out_rate == in_rate else \
+            soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32", quality="HQ")
         self._flushed = False
 
     @property

@@ -55,7 +55,7 @@ class FileSink:
         self._size = 0
 
     @classmethod
-    def reopen(cls, path: str) -> "FileSink":
+    def reopen(cls, path: str) -> FileSink:
         """The sink of a recording a dead worker was writing (failover): the file as it is."""
         self = cls.__new__(cls)
         self.path = path

@@ -33,10 +33,10 @@ from codectools import (
 )
 from test_codecs_adpcm import SNR_FLOOR_DB
 
-from wholecall.worker.codecs import g711, pcm
-from wholecall.worker.sink import FileSink
 from wholecall.formats.codecs import FORMATS, RATES, STEREO_FORMATS
 from wholecall.formats.wav import read_info, to_vox
+from wholecall.worker.codecs import g711, pcm
+from wholecall.worker.sink import FileSink
 from wholecall.worker.wavfile import WavWriter
 
 pytestmark = pytest.mark.skipif(not HAVE_TOOLS, reason="needs sox and ffmpeg")

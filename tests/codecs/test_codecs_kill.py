@@ -35,8 +35,8 @@ from codectools import (
 )
 from test_codecs_adpcm import SNR_FLOOR_DB
 
-from wholecall.worker.codecs import g711, pcm
 from wholecall.formats.wav import read_info, repair
+from wholecall.worker.codecs import g711, pcm
 
 pytestmark = pytest.mark.skipif(not HAVE_TOOLS, reason="needs sox and ffmpeg")
 

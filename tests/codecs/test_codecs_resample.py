@@ -17,9 +17,9 @@ from codectools import decode_soundfile, resample_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wholecall.formats.codecs import RATES
 from wholecall.worker.resample import StreamResampler
 from wholecall.worker.sink import FileSink
-from wholecall.formats.codecs import RATES
 from wholecall.worker.wavfile import WavWriter
 
 AMPLITUDE = 16384  # -6 dBFS

@@ -9,10 +9,10 @@ import threading
 
 import numpy as np
 import pytest
-
-import wholecall.controller as api
 from conformance_helpers import DELAY, FRAME, feed_both, in_thread, silence, tone, wait_for
 from conftest import make_controller
+
+import wholecall.controller as api
 from wholecall.controller import Cause, RecorderState
 from wholecall.controller.states import _TRANSITIONS, Phase, RecorderMachine, TransitionError
 
@@ -235,7 +235,7 @@ def test_usage_example_start(channel):
     t = _talk_then_silence(channel)
     taken = False
     # Start a record job that will terminate on 2 seconds of silence.
-    if channel.WholeCallRecorder.start(filename="recfile", milliseconds_max_silence=2000) == True:  # noqa: E712
+    if channel.WholeCallRecorder.start(filename="recfile", milliseconds_max_silence=2000) == True:  # noqa: E712 - the spec's own example, as written
         # While recording, we can do something else; then wait until recording is complete.
         cause = channel.WholeCallRecorder.wait_until_finished()
         if cause == channel.WholeCallRecorder.Cause.SILENCE:
@@ -252,8 +252,9 @@ def test_usage_example_wait_until_finished(channel):
     t = _talk_then_silence(channel)
     taken = False
     # Start a record job that will terminate on 2 seconds of silence.
-    if channel.WholeCallRecorder.start(filename="recfile",
-                                       milliseconds_max_silence=2000) == True:  # noqa: E712
+    # The spec's own example, as written (hence the comparison with True).
+    if channel.WholeCallRecorder.start(filename="recfile",  # noqa: E712
+                                       milliseconds_max_silence=2000) == True:
         # While recording, we can do something else
         # then wait until recording is complete.
         cause = channel.WholeCallRecorder.wait_until_finished()

@@ -12,12 +12,12 @@ import os
 
 import numpy as np
 import pytest
-
 from conformance_helpers import alaw_exact, feed, feed_both, files_under, has_tone, mix, read, tone
+
 from wholecall.controller import AESCBCCipher, Cause, Error, RecorderState, WholeCallRecorder, new_iv, new_key, validate
 from wholecall.formats.codecs import CODECS
-from wholecall.worker.codecs.g711 import ulaw_decode, ulaw_encode
 from wholecall.formats.wav import read_info
+from wholecall.worker.codecs.g711 import ulaw_decode, ulaw_encode
 
 FORMATS = ("alaw", "ulaw", "oki", "ima", "s16bit", "u8bit")
 RATES = (6000, 8000, 11000, 11025)
@@ -265,9 +265,10 @@ def test_filename_is_relative_to_the_recordings_dir(call, name, rec_dir):
 
 
 def _private_key():
-    from wholecall.controller import EnvelopePrivateKey
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from wholecall.controller import EnvelopePrivateKey
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

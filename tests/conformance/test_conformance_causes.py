@@ -10,14 +10,23 @@ import time
 
 import numpy as np
 import pytest
-
 from conformance_helpers import (
-    FRAME, alaw_exact, feed, files_under, in_thread, mix, read, silence, tone, wait_for,
+    FRAME,
+    alaw_exact,
+    feed,
+    files_under,
+    in_thread,
+    mix,
+    read,
+    silence,
+    tone,
+    wait_for,
 )
+
 from wholecall.controller import Cause, RecorderState
 from wholecall.controller.states import CallState
-from wholecall.protocol import StartJob
 from wholecall.formats.wav import read_info
+from wholecall.protocol import StartJob
 
 
 def test_stop_aborts_and_returns_true_once_the_file_is_final(call, name):

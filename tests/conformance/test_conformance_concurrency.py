@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-
 from conformance_helpers import feed, feed_both, has_tone, in_thread, read, silence, tone, wait_for
+
 from wholecall.controller import Cause, Error, Hangup, RecorderState
 
 

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conformance_helpers import alaw_exact, feed_both, in_thread, read, tone, wait_for
 from conftest import make_controller
+
 from wholecall.controller import Cause, RecorderState
 from wholecall.formats.wav import read_info
 

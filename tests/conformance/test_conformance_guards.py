@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conformance_helpers import feed, feed_both, files_under, has_tone, read, silence, tone, write_wav
+
 from wholecall.controller import Cause, Error, Hangup, RecorderState
 from wholecall.controller.states import CallState
 

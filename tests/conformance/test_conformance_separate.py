@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conformance_helpers import alaw_exact, feed, mix, read, silence, tone
+
 from wholecall.controller import Cause, RecorderState
 from wholecall.formats.codecs import CODECS
 from wholecall.formats.wav import read_info

@@ -14,12 +14,25 @@ import time
 
 import numpy as np
 import pytest
-
 from conformance_helpers import (
-    DELAY, FRAME, HANGOVER, PREROLL_MAX, TAIL_MAX, alaw_exact, feed, feed_both, is_digital_silence, loud_span,
-    noise, read, silence, tone, wait_for,
+    DELAY,
+    FRAME,
+    HANGOVER,
+    PREROLL_MAX,
+    TAIL_MAX,
+    alaw_exact,
+    feed,
+    feed_both,
+    is_digital_silence,
+    loud_span,
+    noise,
+    read,
+    silence,
+    tone,
+    wait_for,
 )
 from conftest import make_controller
+
 from wholecall.controller import Cause, RecorderState
 from wholecall.formats.wav import read_info
 

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from conformance_helpers import DELAY, alaw_exact, feed, feed_both, mix, read, silence, tone
+
 from wholecall.controller import Cause, RecorderState
 from wholecall.formats.codecs import CODECS
 from wholecall.formats.wav import header_bytes, read_info

@@ -9,7 +9,6 @@ import glob
 import os
 
 import pytest
-
 from conformance_spec import SPEC, leftover, normalize, spec_path, spec_sections
 
 HERE = os.path.dirname(os.path.abspath(__file__))

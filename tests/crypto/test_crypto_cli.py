@@ -7,8 +7,8 @@ import os
 import pytest
 from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 
-from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, new_iv, new_key
 from wholecall.cli.decrypt import decrypt_command, recover_command
+from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, new_iv, new_key
 from wholecall.worker.crypto import open_sink
 from wholecall.worker.sink import FileSink
 

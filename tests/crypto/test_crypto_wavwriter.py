@@ -7,9 +7,9 @@ import pytest
 from crypto_helpers import openssl_decrypt, rsa_pems
 
 from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, EnvelopePrivateKey, new_iv, new_key, validation_error
+from wholecall.formats.codecs import FORMATS
 from wholecall.worker.crypto import open_sink
 from wholecall.worker.sink import FileSink
-from wholecall.formats.codecs import FORMATS
 from wholecall.worker.wavfile import WavWriter
 
 TONE = np.rint(8000 * np.sin(np.arange(8000 * 2) / 5.0)).astype(np.int16)

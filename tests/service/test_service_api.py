@@ -17,6 +17,7 @@ from typing import ClassVar
 import pytest
 import soundfile as sf
 from serve_helpers import Server, free_tcp_port
+
 from wholecall.controller import Error
 from wholecall.controller.args import check_start
 

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import soundfile as sf
+
 from wholecall.ingest.rtp import build_packet
 from wholecall.ingest.srtp import SrtpSender
 from wholecall.ingest.telephone_event import build_event
