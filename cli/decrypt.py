@@ -60,10 +60,9 @@ def _refuse_argv_secrets(prog: str, argv: list[str]) -> None:
 
 def _read_secret_file(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise _Fail(f"cannot read {what} file {path}: {exc.strerror}") from None
+        return cf.read_secret_file(path, what)
+    except cf.CryptoFileError as exc:
+        raise _Fail(str(exc)) from None
 
 
 def _aes_value(raw: bytes) -> str | bytes:

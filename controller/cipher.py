@@ -168,10 +168,9 @@ class EnvelopePrivateKey:
 
 def _read_file(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise Error(f"cannot read {what} file {path}: {exc.strerror}") from None
+        return cf.read_secret_file(path, what)
+    except cf.CryptoFileError as exc:
+        raise Error(str(exc)) from None
 
 
 def wire_cipher(cipher: AESCBCCipher | EnvelopeCipher | None) -> dict[str, Any] | None:

@@ -120,6 +120,16 @@ class CryptoFileError(ValueError):
     """A credential or an encrypted file is unusable. Messages never contain key material."""
 
 
+def read_secret_file(path: str, what: str) -> bytes:
+    """A key, IV or PEM file's bytes; `CryptoFileError` naming `what` and the path (never
+    the content) when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise CryptoFileError(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
 # --------------------------------------------------------------------------- credentials
 
 
