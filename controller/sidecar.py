@@ -126,16 +126,16 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
             continue  # keyed while paused: a card number must not reach the recording's metadata either
         off = file_offset(pos, origin, notes.pauses, end_pos)
         digits.append({"digit": digit, "source": source, "leg": leg,
-                       "offset_s": None if off is None else round(off / CALL_RATE, 4)})
+                       "offset_s": None if off is None else round(off / CALL_RATE, 6)})
     paused = []
     for p in notes.pauses:
         end = end_pos if p.end_pos is None else max(p.start_pos, min(p.end_pos, end_pos))
         start_off = file_offset(p.start_pos, origin, [q for q in notes.pauses if q is not p], end_pos + 1)
         call_s = max(0, end - p.start_pos) / CALL_RATE
         paused.append({"mode": p.mode, "start": utc(p.start_t), "end": utc(p.end_t if p.end_t is not None else end_t),
-                       "offset_s": None if start_off is None else round(start_off / CALL_RATE, 4),
-                       "call_seconds": round(call_s, 4),
-                       "file_seconds": round(call_s if p.mode == "silence" else 0.0, 4)})
+                       "offset_s": None if start_off is None else round(start_off / CALL_RATE, 6),
+                       "call_seconds": round(call_s, 6),
+                       "file_seconds": round(call_s if p.mode == "silence" else 0.0, 6)})
     media = extra.get("media")
     return {
         "schema": SCHEMA_ID,
