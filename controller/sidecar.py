@@ -30,6 +30,10 @@ from wholecall.formats import encrypted as cf
 from wholecall.formats.codecs import CALL_RATE
 
 SCHEMA_ID = "wholecall-sidecar/1"
+#: A digit whose reported onset is this close before a paused span counts as keyed in it:
+#: the detector reports onsets a guard early (`worker.dtmf`), and a digit that runs into
+#: a pause is one the pause was asked for (PCI DSS favours leaving it out).
+ONSET_SLACK = 160
 SUFFIX = ".json"
 
 
@@ -122,7 +126,8 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
     sources = [("inband", d[0], d[1], int(d[2])) for d in notes.digits]
     sources += [("rfc4733", str(d["digit"]), str(d["leg"]), int(d["position"])) for d in extra.get("digits", ())]
     for source, digit, leg, pos in sorted(sources, key=lambda s: s[3]):
-        if any(p.start_pos <= pos < (end_pos if p.end_pos is None else p.end_pos) for p in notes.pauses):
+        if any(p.start_pos <= pos + ONSET_SLACK and pos < (end_pos if p.end_pos is None else p.end_pos)
+               for p in notes.pauses):
             continue  # keyed while paused: a card number must not reach the recording's metadata either
         off = file_offset(pos, origin, notes.pauses, end_pos)
         digits.append({"digit": digit, "source": source, "leg": leg,
