@@ -5,6 +5,8 @@ flows and the worker is reading; paused time counts toward neither silence limit
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -215,3 +217,31 @@ def test_pause_errors_and_idempotence(answered):
     assert rec.paused == ""
     with pytest.raises(Error, match="cannot resume"):
         rec.resume()
+
+
+def test_a_paused_job_stays_paused_across_a_worker_takeover(make_controller):
+    """The worker recording a paused job is killed; the job's new worker gets its pause
+    requests again: the secret written after the kill is still not in the file."""
+    ctl = make_controller(workers=2)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("taken.wav", file_format="s16bit", dtmf_elim=False)
+    pre, secret, post = tone(440, 1.0, 6000), tone(SECRET_HZ, 1.0, 8000), tone(440, 1.0, 6000)
+    feed(ch, pre, np.zeros(len(pre), np.int16))
+    assert rec.pause("skip")
+    feed(ch, secret[:4000], np.zeros(4000, np.int16))
+    victim = rec._worker
+    os.kill(ctl.supervisor.workers[victim].proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while ctl.stats()["restarts"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    feed(ch, secret[4000:], np.zeros(4000, np.int16))
+    assert rec.resume()
+    feed(ch, post, np.zeros(len(post), np.int16))
+    assert rec.stop()
+    x = sf.read(rec.last_result.path, dtype="int16")[0]
+    assert level_at(x.astype(np.float64), SECRET_HZ, 8000) < 80
+    np.testing.assert_array_equal(x[:len(pre)], pre)
+    np.testing.assert_array_equal(x[-len(post):], post)
+    assert len(x) == len(pre) + len(post)
