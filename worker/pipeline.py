@@ -50,7 +50,7 @@ import numpy as np
 
 from wholecall.formats.codecs import CALL_RATE
 from wholecall.formats.wav import repair_plan
-from wholecall.protocol import Cause, JobDigits, JobEnded, Message, PauseJob, ResumeJob, StartJob
+from wholecall.protocol import Cause, JobDigits, JobEnded, PauseJob, ResumeJob, StartJob
 from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
@@ -148,8 +148,10 @@ class Pipeline:
         self._hist_i = 0
         self.rows = np.zeros(0, np.int64)  # active rows, sorted; rebuilt once per tick when jobs change
         self._rows_dirty = False
-        #: Events for the controller made by the last tick, in order: JobDigits, JobEnded.
-        self.ended: list[Message] = []
+        self.ended: list[JobEnded] = []
+        #: Digits confirmed since the worker last sent them (before `ended`: a job's digits
+        #: reach the controller before its end).
+        self.digits: list[JobDigits] = []
         self.overruns_seen = 0
         #: Called between the steps of a tick (between frame steps, after the DTMF bank
         #: in each, and every `SERVE_EVERY_FLUSHES` flushes): the worker attaches newly
@@ -504,7 +506,7 @@ class Pipeline:
             leg = "outbound" if ev.row % 2 else "inbound"
             per_job.setdefault(job.msg.job_id, []).append([ev.digit, leg, int(self.base[job.row]) + ev.start_sample])
         for job_id, digits in per_job.items():
-            self.ended.append(JobDigits(job_id=job_id, digits=digits))
+            self.digits.append(JobDigits(job_id=job_id, digits=digits))
 
     def abort_all(self, cause: Cause) -> None:
         for job in list(self.jobs.values()):

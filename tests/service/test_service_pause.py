@@ -72,7 +72,7 @@ def test_pause_over_http_keeps_the_secret_out_and_the_sidecar_has_the_call(serve
     path = os.path.join(server.recordings, "paused.wav")
     x, _ = sf.read(path, dtype="int16")
     assert level_at(x, 1000) < 60  # the secret's tone at 6000 would read ~6000
-    assert level_at(x, 440) > 1000
+    assert np.sqrt(np.mean(x.astype(np.float64) ** 2)) > 1000  # the audio around it is there
     side = json.load(open(path + ".json"))
     assert side["call_id"] == cid
     [span] = side["paused"]
