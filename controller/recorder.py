@@ -105,6 +105,10 @@ class WholeCallRecorder:
         #: with any of `call_id`, `media` (per-leg stats), `digits` (RFC 4733 events:
         #: {"digit", "leg", "position"} on the legs' clock). Called on a finisher thread.
         self.sidecar_source: Callable[[], dict] | None = None
+        #: Extension of the spec: a recording started while this is > 0 and whose file
+        #: holds less audio (seconds) is discarded when it ends: file removed, no sidecar,
+        #: cause unchanged, `last_result.discarded` True. Checked by `start()`.
+        self.min_seconds: float = 0.0
 
     # -- the spec's queries ---------------------------------------------------------------
 
@@ -131,12 +135,11 @@ class WholeCallRecorder:
         dtmf_elim: bool = True,
         recording_mode: str = "mixed",
         cipher: Any = None,
-        min_seconds: float = 0,
     ) -> bool:
         """Begin recording; True once the worker has the file open and reads the rings.
 
-        `min_seconds` (an extension of the spec): a recording whose file holds less audio
-        than this is discarded when it ends (file removed, no sidecar, `last_result.discarded`)."""
+        `self.min_seconds` (an extension of the spec, an attribute so that the spec's
+        signature stays as it is) applies to the recording started here."""
         called = time.monotonic()
         self._check_call()
         with self._cond:
@@ -152,7 +155,7 @@ class WholeCallRecorder:
                 self._ctl.config.recordings_dir, filename, file_format, rate, max_bytes,
                 milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
             )
-            min_s = check_min_seconds(min_seconds)
+            min_s = check_min_seconds(self.min_seconds)
             self._ctl._free_space.check()
             cfg = self._ctl.config
             # The whole request is built, checked and encoded before anything changes: one
@@ -212,13 +215,12 @@ class WholeCallRecorder:
         dtmf_elim: bool = True,
         recording_mode: str = "mixed",
         cipher: Any = None,
-        min_seconds: float = 0,
     ) -> Cause:
         """Record until the job ends (or `seconds_timeout` expires: cause TIMEOUT); returns the cause."""
         self._check_call()  # the spec's Hangup/Error come before any argument is looked at
         timeout = check_timeout("seconds_timeout", seconds_timeout, allow_zero=False)
         started = self.start(filename, file_format, rate, max_bytes, milliseconds_max_silence,
-                             milliseconds_initial_silence, dtmf_elim, recording_mode, cipher, min_seconds)
+                             milliseconds_initial_silence, dtmf_elim, recording_mode, cipher)
         if not started:
             return self._wait_end(self._ctl.config.stop_timeout_s) or Cause.ERROR
         deadline = None if timeout is None else time.monotonic() + timeout

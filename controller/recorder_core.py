@@ -112,9 +112,9 @@ class RecorderCore:
         ValueError, naming the phase, when no job is recording (not yet confirmed,
         ending, or none): there is nothing to pause."""
         if self._m.phase is not Phase.RECORDING or self.finishing:
-            what = "pause" if mode else "resume"
-            state = "ending" if self.finishing or self._m.phase is Phase.STOPPING else self._m.phase.value
-            raise ValueError(f"{self.name}: cannot {what} the whole call recorder: it is {state}, not RECORDING")
+            raise ValueError(f"{self.name}: cannot {'pause' if mode else 'resume'} the whole call recorder: it is "
+                             f"{'ending' if self.finishing or self._m.phase is Phase.STOPPING else self._m.phase.value}"
+                             f", not RECORDING")
         if bool(mode) == bool(self.paused):
             return None
         self._seq += 1

@@ -552,6 +552,7 @@ async def start_recording(request: web.Request) -> web.Response:
             if not isinstance(c, dict) or set(c) != {"key", "iv"}:
                 raise Error("cipher must be {\"key\": hex, \"iv\": hex} or null")
             args["cipher"] = AESCBCCipher(c["key"], c["iv"])
+        rec.min_seconds = args.pop("min_seconds", 0)  # an extension: an attribute, the spec's start() unchanged
         return rec.start(**args)
 
     try:

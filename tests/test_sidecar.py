@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import feed, sidecar_problems, tone
-from wholecall.controller import AESCBCCipher, Cause
+from wholecall.controller import AESCBCCipher, Cause, Error
 from wholecall.controller.cipher import new_iv, new_key
 from wholecall.controller.media import dtmf_tone
 from wholecall.controller.sidecar import sha256_file
@@ -65,7 +66,8 @@ def test_min_seconds_discards_and_audio_detected(make_controller):
     ch = ctl.incoming_call()
     ch.answer()
     rec = ch.WholeCallRecorder
-    assert rec.start("short.wav", min_seconds=1.0)
+    rec.min_seconds = 1.0
+    assert rec.start("short.wav")
     feed(ch, np.zeros(4000, np.int16), np.zeros(4000, np.int16))
     assert rec.stop()
     res = rec.last_result
@@ -73,12 +75,18 @@ def test_min_seconds_discards_and_audio_detected(make_controller):
     assert not os.path.exists(res.path) and not os.path.exists(res.path + ".json") and res.sidecar == ""
     assert res.audio_detected is False
     # Long enough: kept; silence only: audio_detected false, in the result and the sidecar.
-    assert rec.start("quiet.wav", min_seconds=0.25, recording_mode="separate")
+    rec.min_seconds = 0.25
+    assert rec.start("quiet.wav", recording_mode="separate")
     feed(ch, np.zeros(4000, np.int16), np.zeros(4000, np.int16))
     assert rec.stop()
     res = rec.last_result
     assert not res.discarded and os.path.exists(res.path)
     assert res.audio_detected is False and json.load(open(res.sidecar))["audio_detected"] is False
+    rec.min_seconds = 0
+    with pytest.raises(Error, match="min_seconds must be a non-negative number"):
+        rec.min_seconds = -1
+        rec.start("bad.wav")
+    rec.min_seconds = 0
     assert rec.start("loud.wav", recording_mode="separate")
     feed(ch, np.zeros(4000, np.int16), tone(300, 0.5, 3000))
     assert rec.stop()
