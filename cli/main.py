@@ -114,15 +114,23 @@ def serve(argv: list[str]) -> int:
     return asyncio.run(run(cfg))
 
 
-COMMANDS = {"demo": demo, "serve": serve, "repair": repair, "decrypt": decrypt, "recover": recover, "stress": stress}
+def info(argv: list[str]) -> int:
+    from wholecall.cli.info import info_command
+
+    return info_command(argv)
+
+
+COMMANDS = {"info": info, "demo": demo, "serve": serve, "repair": repair, "decrypt": decrypt, "recover": recover,
+            "stress": stress}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: wholecall {demo,serve,repair,decrypt,recover,stress} [options]\n"
+        print("usage: wholecall {demo,serve,info,repair,decrypt,recover,stress} [options]\n"
               "  demo     record one simulated call with real workers (the quick start)\n"
               "  serve    run the recorder as a service: HTTP/JSON API, workers, RTP ingest\n"
+              "  info     print a recording's metadata sidecar with the file's own facts\n"
               "  repair   fix the header of a WAV left by a crashed worker\n"
               "  decrypt  decrypt an encrypted recording (keys from files or environment)\n"
               "  recover  turn the encrypted .wcpart left by a killed worker into a recording\n"

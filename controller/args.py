@@ -125,6 +125,23 @@ def resolve_filename(root: str, filename: Any) -> str:
     return real
 
 
+PAUSE_MODES = ("silence", "skip")
+
+
+def check_pause_mode(mode: Any) -> str:
+    """`pause()`'s mode: "silence" (the paused span becomes digital silence) or "skip"."""
+    if not isinstance(mode, str) or mode not in PAUSE_MODES:
+        raise Error(f"mode must be 'silence' or 'skip'; got {mode!r}")
+    return mode
+
+
+def check_min_seconds(value: Any) -> float:
+    """`min_seconds`: a finite number of seconds >= 0 (0: keep every recording)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise Error(f"min_seconds must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
 def check_start(
     root: str,
     filename: Any,

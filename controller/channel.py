@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wholecall.shm import LegWriter
+from wholecall.shm import Arena, LegWriter
 
 from .activities import Activities
 from .errors import Error, Hangup
@@ -39,6 +39,11 @@ class Leg:
     @property
     def slot(self) -> int:
         return self._w.slot
+
+    @property
+    def arena(self) -> Arena:
+        """The ring arena this leg lives in (the recorder writes its pause gate there)."""
+        return self._w.arena
 
     @property
     def position(self) -> int:

@@ -71,6 +71,12 @@ class Config:
     """Permission bits of recording files (owner-only by default)."""
     dir_mode: int = 0o700
     """Permission bits of directories the controller creates for recordings."""
+    sidecars: bool = True
+    """Write `<file>.json` next to every finished recording (`controller.sidecar`): its
+    facts, digits, paused spans and checksum. Off, the result still carries them."""
+    finisher_threads: int = 2
+    """Threads that hash finished recordings and write their sidecars (never the
+    supervisor's I/O thread: a large file's sha256 takes tens of milliseconds)."""
     pin_workers: bool = True
     """Pin worker i to CPU i mod the number of CPUs."""
     worker_priority: int = 10

@@ -8,6 +8,7 @@ placed on the least-loaded worker when it starts.
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import itertools
 import logging
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 from wholecall.formats.wav import read_info, repair
-from wholecall.protocol import JobEnded, JobStarted, Message
+from wholecall.protocol import JobDigits, JobEnded, JobStarted, Message
 from wholecall.shm import Arena
 from wholecall.shm.arena import _pid_alive, huge_pages
 
@@ -54,6 +55,8 @@ class Controller:
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._free_space = FreeSpace(self.config.recordings_dir, self.config.min_free_bytes)
+        #: Finisher threads: hash ended recordings and write their sidecars (`sidecar.py`).
+        self._finisher: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -76,6 +79,8 @@ class Controller:
             sweep_run_dirs()
             # mode 0700; the pid in the name lets the next controller sweep it if this one is killed
             self._run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+            self._finisher = concurrent.futures.ThreadPoolExecutor(max(1, cfg.finisher_threads),
+                                                                   thread_name_prefix="finisher")
             self.supervisor = Supervisor(
                 cfg.workers, self._run_dir, self.arena.path, self._on_event, self._on_worker_lost,
                 tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, stall_timeout_s=cfg.stall_timeout_s,
@@ -109,6 +114,9 @@ class Controller:
             if self.supervisor is not None:
                 self.supervisor.close()
                 self.supervisor = None
+            if self._finisher is not None:
+                self._finisher.shutdown(wait=True)  # every ended job's sidecar written, its recorder told
+                self._finisher = None
             if self.arena is not None:
                 self.arena.close()
                 self.arena = None
@@ -167,6 +175,17 @@ class Controller:
             self._jobs[job_id] = recorder
         return job_id
 
+    def finish(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on a finisher thread (inline if there is none: closing)."""
+        ex = self._finisher
+        if ex is not None:
+            try:
+                ex.submit(fn, *args)
+                return
+            except RuntimeError:  # shut down meanwhile
+                pass
+        fn(*args)
+
     def _on_event(self, worker: int, msg: Message) -> bool:
         """Worker events, on the supervisor's I/O thread; False for one that applied to
         nothing (the supervisor counts it as dropped). The supervisor has already checked
@@ -180,7 +199,11 @@ class Controller:
             if rec is None:
                 return False
             lost = self.supervisor.lost.pop(msg.job_id, 0) if self.supervisor is not None else 0
-            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost)
+            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost,
+                                 msg.origin, msg.end_pos, msg.heard)
+        if isinstance(msg, JobDigits):
+            rec = self._jobs.get(msg.job_id)
+            return rec is not None and rec._on_digits(msg)
         return True
 
     def _on_worker_lost(self, worker: int, jobs: set[int], why: str) -> None:

@@ -13,16 +13,19 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from wholecall.protocol import JobStarted, StartJob, StopJob, encode
+from wholecall.protocol import JobDigits, JobStarted, PauseJob, StartJob, StopJob, encode
 from wholecall.protocol.limits import start_job_problem
+from wholecall.shm import layout as L
 
+from . import sidecar as sc
 from . import states
-from .args import check_start, check_timeout
+from .args import RecordOptions, check_min_seconds, check_pause_mode, check_start, check_timeout
 from .errors import Error, Hangup
-from .recorder_core import JobReport, RecorderCore
+from .recorder_core import JobReport, PauseRequest, RecorderCore
 from .states import CallState, Cause, Phase, RecorderState
 
 if TYPE_CHECKING:
@@ -45,6 +48,15 @@ class JobResult:
     #: Samples of this recording that were overwritten in the rings before a worker
     #: takeover could read them (recorded as silence of exactly that length); 0 normally.
     lost_samples: int = 0
+    #: The recording was shorter than `min_seconds`: its file was removed (no sidecar);
+    #: `cause` is still why it ended.
+    discarded: bool = False
+    #: Something above the silence threshold was recorded (paused audio does not count).
+    audio_detected: bool = False
+    #: The metadata sidecar written next to the file ("" if none: discarded, no file, off).
+    sidecar: str = ""
+    #: The paused spans, as the sidecar lists them.
+    paused: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,16 @@ class WholeCallRecorder:
         #: Timestamps of the last start() that succeeded (None before one has).
         self.last_start_trace: StartTrace | None = None
         self._started: tuple[float, JobStarted] | None = None
+        self._opts: RecordOptions | None = None
+        self._notes: sc.JobNotes | None = None
+        #: Set by an application (`wholecall serve` does) to add to each sidecar: a dict
+        #: with any of `call_id`, `media` (per-leg stats), `digits` (RFC 4733 events:
+        #: {"digit", "leg", "position"} on the legs' clock). Called on a finisher thread.
+        self.sidecar_source: Callable[[], dict] | None = None
+        #: Extension of the spec: a recording started while this is > 0 and whose file
+        #: holds less audio (seconds) is discarded when it ends: file removed, no sidecar,
+        #: cause unchanged, `last_result.discarded` True. Checked by `start()`.
+        self.min_seconds: float = 0.0
 
     # -- the spec's queries ---------------------------------------------------------------
 
@@ -117,7 +139,10 @@ class WholeCallRecorder:
         recording_mode: str = "mixed",
         cipher: Any = None,
     ) -> bool:
-        """Begin recording; True once the worker has the file open and reads the rings."""
+        """Begin recording; True once the worker has the file open and reads the rings.
+
+        `self.min_seconds` (an extension of the spec, an attribute so that the spec's
+        signature stays as it is) applies to the recording started here."""
         called = time.monotonic()
         self._check_call()
         with self._cond:
@@ -133,6 +158,7 @@ class WholeCallRecorder:
                 self._ctl.config.recordings_dir, filename, file_format, rate, max_bytes,
                 milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
             )
+            min_s = check_min_seconds(self.min_seconds)
             self._ctl._free_space.check()
             cfg = self._ctl.config
             # The whole request is built, checked and encoded before anything changes: one
@@ -156,6 +182,8 @@ class WholeCallRecorder:
             self._path = args.path
             self._encrypted = args.cipher is not None
             start_pos = self._channel.arm(job_id)
+            self._opts = args
+            self._notes = sc.JobNotes(start_pos, time.time(), min_s)
             msg = dataclasses.replace(msg, job_id=job_id, start_pos=start_pos)
             self._supervisor().assign(worker, job_id)
             sent = time.monotonic()
@@ -216,6 +244,70 @@ class WholeCallRecorder:
                 return True
             self._request_stop(Cause.ABORTED)
         return self._wait_end(self._ctl.config.stop_timeout_s) is not None
+
+    # -- extension: pause and resume (not in the spec) -------------------------------------
+
+    def pause(self, mode: str = "silence") -> bool:
+        """Stop recording what the call says from this moment, until `resume()` (PCI DSS:
+        a caller reading out a card number). An extension of the spec's API.
+
+        Effective from the legs' sample position at the moment of the call, exactly,
+        however late the worker applies it (`shm.layout`, "Pause gate"). `mode`
+        "silence" (default) puts digital silence of the paused length in the file, so
+        the timeline is kept; "skip" leaves the paused span out. Paused time counts
+        toward neither silence limit; the sidecar lists the spans. True if the recorder
+        was recording and is now paused; False if it was already paused (nothing changes).
+        """
+        self._check_call()
+        mode = check_pause_mode(mode)
+        return self._pause_or_resume(mode)
+
+    def resume(self) -> bool:
+        """Record again from this moment (exactly, as `pause`); False if not paused."""
+        self._check_call()
+        return self._pause_or_resume("")
+
+    @property
+    def paused(self) -> str:
+        """The pause mode of the running recording ("silence" | "skip"), or "" if not paused."""
+        with self._cond:
+            return self._core.paused
+
+    def _pause_or_resume(self, mode: str) -> bool:
+        with self._cond:
+            try:
+                req = self._core.request_pause(mode)
+            except ValueError as e:
+                raise Error(str(e)) from None
+            if req is None:
+                return False
+            pos, now = self._send_pause(req), time.time()
+            notes = self._notes
+            if notes is not None:
+                if mode:
+                    notes.pauses.append(sc.PauseSpan(mode, pos, now))
+                elif notes.paused:
+                    notes.pauses[-1].end_pos, notes.pauses[-1].end_t = pos, now
+            log.info("Channel(%d): recording %s at leg position %d", self._channel.id,
+                     f"paused ({mode})" if mode else "resumed", pos)
+            return True
+
+    def _send_pause(self, req: PauseRequest) -> int:
+        """Fix the request's position and send it; returns the position (caller holds the condition).
+
+        The gate protocol (`shm.layout`, "Pause gate"): HOLD first, a full barrier (a
+        lock's atomic read-modify-write), the legs' positions, then the position with
+        the request's number. The worker cannot have read past the position before it
+        applies the request, so the pause is exact to the sample."""
+        arena = self._channel.inbound.arena
+        slot = self._channel.inbound.slot
+        arena.gate[slot] = L.GATE_HOLD
+        with _BARRIER:
+            pass
+        pos = self._channel.position()
+        arena.gate[slot] = L.gate_word(req.seq, pos)
+        self._supervisor().send(self._worker, PauseJob(job_id=req.job_id, seq=req.seq, pos=pos, mode=req.mode))
+        return pos
 
     def wait_until_finished(self, seconds_timeout: float | None = 120) -> states.Cause:
         """The job's cause once it ends; TIMEOUT if still running after `seconds_timeout` (the job goes on)."""
@@ -294,20 +386,80 @@ class WholeCallRecorder:
             self._cond.notify_all()
             return True
 
-    def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
-                  lost_samples: int = 0) -> bool:
+    def _on_digits(self, ev: JobDigits) -> bool:
         with self._cond:
-            if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
+            if ev.job_id != self._core.job_id or self._notes is None:
+                return False
+            self._notes.digits.extend(ev.digits)
+            return True
+
+    def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
+                  lost_samples: int = 0, origin: int = -1, end_pos: int = -1, heard: bool = False) -> bool:
+        """The worker ended the job (I/O thread): its file is final. The rest (removing a
+        too short file, or hashing it and writing its sidecar) is disk work for a
+        finisher thread (`sidecar.py`); the recorder reports the end after it."""
+        with self._cond:
+            if not self._core.will_end(job_id):
                 return False
             self._channel.disarm(job_id)
-            self.last_result = JobResult(self._path, cause, nbytes, samples, duration_s, error, lost_samples)
+            notes, opts, path = self._notes, self._opts, self._path
+        self._ctl.finish(self._finish, job_id, cause, nbytes, samples, duration_s, error, lost_samples, origin,
+                         end_pos, heard, notes, opts, path)
+        return True
+
+    def _finish(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
+                lost_samples: int, origin: int, end_pos: int, heard: bool, notes: sc.JobNotes | None,
+                opts: RecordOptions | None, path: str) -> None:
+        """Finisher thread: discard or describe the final file, then end the job."""
+        discarded, side, paused = False, "", ()
+        try:
+            exists = bool(path) and os.path.isfile(path)
+            if notes is not None and exists and notes.min_seconds and cause is not Cause.ERROR \
+                    and duration_s < notes.min_seconds:
+                os.unlink(path)
+                discarded = True
+                log.info("Channel(%d): job %d: %.3f s < min_seconds %.3f: %s discarded", self._channel.id, job_id,
+                         duration_s, notes.min_seconds, path)
+            elif notes is not None and opts is not None:
+                if origin < 0 and samples and not opts.ms_initial_silence:
+                    origin = notes.start_pos  # a takeover's worker does not know it; no leading trim: the start
+                end = end_pos if end_pos >= 0 else self._channel.position()
+                extra = None
+                if self.sidecar_source is not None:
+                    try:
+                        extra = self.sidecar_source()
+                    except Exception:  # noqa: BLE001 - the application's hook must not lose the file
+                        log.exception("Channel(%d): the sidecar source failed; writing without it", self._channel.id)
+                doc = sc.build(path=path, notes=notes, end_t=time.time(), channel=self._channel.id, job_id=job_id,
+                               cause=cause.value, error=error, file_format=opts.file_format, rate=opts.rate,
+                               mode=opts.mode, nbytes=nbytes, samples=samples, duration_s=duration_s,
+                               sha256=sc.sha256_file(path) if exists else "", origin=origin, end_pos=end,
+                               audio_detected=heard, lost_samples=lost_samples, cipher=opts.cipher, extra=extra)
+                paused = tuple(doc["paused"])
+                if exists and self._ctl.config.sidecars:
+                    side = sc.sidecar_path(path)
+                    sc.write_atomic(side, doc, self._ctl.config.file_mode)
+        except Exception as e:  # noqa: BLE001 - the job must still end
+            log.exception("Channel(%d): job %d: finishing %s failed", self._channel.id, job_id, path)
+            error = (f"{error}; " if error else "") + f"sidecar not written: {e}"
+            side = ""
+        with self._cond:
+            if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
+                return
+            self.last_result = JobResult(path, cause, nbytes, samples, duration_s, error, lost_samples, discarded,
+                                         heard, side, paused)
             if lost_samples:
                 log.error("Channel(%d): job %d lost %d samples to ring overruns before a worker takeover",
                           self._channel.id, job_id, lost_samples)
             if error:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
             self._cond.notify_all()
-            return True
+
+
+#: Taken and released between storing a pause gate's HOLD and reading the legs' positions:
+#: acquiring a lock is an atomic read-modify-write, a full barrier on x86, so the load of
+#: the positions cannot pass the store of HOLD (`shm.layout`, "Pause gate").
+_BARRIER = threading.Lock()
 
 
 def _check_encodes(channel: int, msg: StartJob) -> None:

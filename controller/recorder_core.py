@@ -26,6 +26,16 @@ class StopRequest:
 
 
 @dataclass(frozen=True)
+class PauseRequest:
+    """Action: pause (`mode` "silence" | "skip") or resume (`mode` "") `job_id`; `seq`
+    numbers the job's requests from 1 (the worker's gate compares it)."""
+
+    job_id: int
+    seq: int
+    mode: str
+
+
+@dataclass(frozen=True)
 class JobReport:
     """Event: the worker's account of how a job ended."""
 
@@ -46,6 +56,11 @@ class RecorderCore:
         self.start_deadline: float | None = None
         """CLOCK_MONOTONIC time after which an unconfirmed start is given up (None: no start pending)."""
         self.last: JobReport | None = None
+        self.paused = ""
+        """The running job's pause mode ("silence" | "skip"), "" while it records."""
+        self.finishing = False
+        """The worker has ended the job; its file's sidecar is being written (`sidecar.py`)."""
+        self._seq = 0
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -75,6 +90,7 @@ class RecorderCore:
         """A start was sent for `job_id`; it must be confirmed by `now + timeout_s`."""
         self._m.fire("start", job_id)
         self.start_deadline = now + timeout_s
+        self.paused, self._seq, self.finishing = "", 0, False
 
     def refuse(self, report: JobReport) -> None:
         """A start that failed before reaching a worker: a failed job all the same (state ERROR)."""
@@ -84,11 +100,26 @@ class RecorderCore:
     def request_stop(self, cause: Cause) -> StopRequest | None:
         """End the running job for `cause`; the action to send, or None if nothing to ask
         (no job, or an end already requested: the first request's cause stands)."""
-        if not self._m.busy or self._m.phase is Phase.STOPPING:
+        if not self._m.busy or self._m.phase is Phase.STOPPING or self.finishing:
             return None
         job_id = self._m.job_id
         self._m.fire("stop")
         return StopRequest(job_id, cause)
+
+    def request_pause(self, mode: str) -> PauseRequest | None:
+        """Pause (`mode` "silence" | "skip") or resume (`mode` "") the running job; the
+        action to send, or None when it already is so (the first pause's mode stands).
+        ValueError, naming the phase, when no job is recording (not yet confirmed,
+        ending, or none): there is nothing to pause."""
+        if self._m.phase is not Phase.RECORDING or self.finishing:
+            raise ValueError(f"{self.name}: cannot {'pause' if mode else 'resume'} the whole call recorder: it is "
+                             f"{'ending' if self.finishing or self._m.phase is Phase.STOPPING else self._m.phase.value}"
+                             f", not RECORDING")
+        if bool(mode) == bool(self.paused):
+            return None
+        self._seq += 1
+        self.paused = mode
+        return PauseRequest(self._m.job_id, self._seq, mode)
 
     def poll(self, now: float) -> StopRequest | None:
         """Timers: a start not confirmed by its deadline is ended (cause ERROR when it reports)."""
@@ -107,6 +138,15 @@ class RecorderCore:
         self._m.fire("started")
         return True
 
+    def will_end(self, job_id: int) -> bool:
+        """The worker ended `job_id` (its file is final); the shell finishes it (sidecar)
+        and then reports `ended`. False (ignored) if it is not the current job or is
+        already being finished."""
+        if job_id != self._m.job_id or not self._m.busy or self.finishing:
+            return False
+        self.finishing = True
+        return True
+
     def ended(self, report: JobReport) -> bool:
         """The worker ended `report.job_id`; False (ignored) if it is not the current job."""
         if report.job_id != self._m.job_id or not self._m.busy:
@@ -116,5 +156,7 @@ class RecorderCore:
 
     def _end(self, report: JobReport) -> None:
         self.start_deadline = None
+        self.finishing = False
+        self.paused = ""
         self.last = report
         self._m.fire("ended", cause=report.cause)

@@ -55,6 +55,7 @@ from wholecall.protocol import (
     JobEnded,
     JobStarted,
     Message,
+    PauseJob,
     ProtocolError,
     ResumeJob,
     Shutdown,
@@ -117,6 +118,10 @@ class JobRoute:
     owner: int  # worker index
     confirmed: bool = False  # JobStarted was delivered
     stop: bytes | None = None  # the last StopJob, encoded: a new owner gets it again
+    #: Every PauseJob of the job, encoded, in order: a new owner gets them again, so a
+    #: paused job stays paused across a takeover (the worker's `PauseSchedule` drops
+    #: spans that end before the position it resumes from).
+    pauses: list[bytes] = field(default_factory=list)
     lost: int = 0  # samples the rings overwrote before takeovers, recorded as silence
     moves: int = 0
 
@@ -287,12 +292,15 @@ class Supervisor:
             job_id = msg.job_id
             with self._lock:
                 self.routes[job_id] = JobRoute(msg, data, worker_index)
-        elif isinstance(msg, StopJob):
+        elif isinstance(msg, (StopJob, PauseJob)):
             job_id = msg.job_id
             with self._lock:
                 route = self.routes.get(job_id)
                 if route is not None:
-                    route.stop = data
+                    if isinstance(msg, StopJob):
+                        route.stop = data
+                    else:
+                        route.pauses.append(data)
         self._outbox.append((worker_index, job_id, data))
         self._wake.wake()
 
@@ -540,6 +548,8 @@ class Supervisor:
         log.info("job %d: worker %d -> worker %d at leg position %d (%d samples in the file)",
                  job_id, dead, target.index, d.pos, d.samples)
         self._deliver(target, encode(msg))
+        for data in route.pauses:
+            self._deliver(target, data)
         if route.stop is not None:
             self._deliver(target, route.stop)
 

@@ -5,9 +5,11 @@ from .messages import (
     VERSION,
     Heartbeat,
     Hello,
+    JobDigits,
     JobEnded,
     JobStarted,
     Message,
+    PauseJob,
     ProtocolError,
     ResumeJob,
     Shutdown,
@@ -20,6 +22,7 @@ from .messages import (
 )
 
 __all__ = [
-    "Cause", "WorkerSettings", "VERSION", "Heartbeat", "Hello", "JobEnded", "JobStarted", "Message", "ProtocolError", "ResumeJob",
+    "Cause", "WorkerSettings", "VERSION", "Heartbeat", "Hello", "JobDigits", "JobEnded", "PauseJob", "JobStarted", "Message",
+    "ProtocolError", "ResumeJob",
     "Shutdown", "StartJob", "StopJob", "WorkerError", "decode", "encode",
 ]

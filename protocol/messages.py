@@ -20,7 +20,7 @@ import msgpack
 
 from .causes import Cause
 
-VERSION = 2
+VERSION = 3  # 3: pause/resume, digits, and what an ended job's file holds
 
 
 class ProtocolError(ValueError):
@@ -65,6 +65,20 @@ class StopJob(Message):
     job_id: int
     cause: Cause
     end_pos: int  # leg position at the request: everything before it is recorded
+
+
+@dataclass(frozen=True)
+class PauseJob(Message):
+    """Pause (`mode` "silence" or "skip") or resume (`mode` "") a job from leg position
+    `pos` on: an extension of the spec's API (`WholeCallRecorder.pause`). The job's gate
+    word in the arena holds the worker back at `pos` until it has applied request `seq`
+    (`shm.layout`, "Pause gate"), so `pos` is exact however late this arrives."""
+
+    TYPE: ClassVar[str] = "pause"
+    job_id: int
+    seq: int  # the job's request number, from 1; the gate word carries it too
+    pos: int  # leg position (both legs) from which it applies
+    mode: str  # "silence": digital silence of the paused length; "skip": nothing; "": resume
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,22 @@ class JobEnded(Message):
     samples: int  # sample frames in the file, at the file's rate
     duration_s: float  # audio duration in the file
     error: str  # why, for cause ERROR; "" otherwise
+    # Leg position of the file's first sample (after a dropped leading silence); -1: none
+    # written. With the pause requests it maps leg positions to offsets in the file.
+    origin: int = -1
+    end_pos: int = -1  # leg position the job ended at (first sample not recorded); -1: unknown
+    heard: bool = False  # a frame above the silence threshold was recorded (not while paused)
+
+
+@dataclass(frozen=True)
+class JobDigits(Message):
+    """In-band DTMF digits the worker's detector confirmed on a job's legs, as they come
+    (not with JobEnded: digits seen before a worker died would die with it)."""
+
+    TYPE: ClassVar[str] = "digits"
+    job_id: int
+    # [digit, leg ("inbound" | "outbound"), leg position of its onset] per digit
+    digits: list
 
 
 @dataclass(frozen=True)
@@ -188,7 +218,8 @@ class WorkerError(Message):
 
 _TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (StartJob, StopJob, ResumeJob, Shutdown, WorkerSettings, Hello, JobStarted, JobEnded, Heartbeat, WorkerError)
+    for cls in (StartJob, StopJob, PauseJob, ResumeJob, JobDigits, Shutdown, WorkerSettings, Hello, JobStarted, JobEnded,
+                Heartbeat, WorkerError)
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import hmac
 import itertools
@@ -47,7 +48,7 @@ from .openapi import document
 log = logging.getLogger("wholecall.service")
 
 START_ARGS = ("filename", "file_format", "rate", "max_bytes", "milliseconds_max_silence",
-              "milliseconds_initial_silence", "dtmf_elim", "recording_mode", "cipher")
+              "milliseconds_initial_silence", "dtmf_elim", "recording_mode", "cipher", "min_seconds")
 CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
 """Seconds between webhook attempts (after the first); then the event is given up and logged."""
@@ -294,6 +295,25 @@ class Service:
         self.webhooks_failed += 1
         log.error("webhook %s for call %s given up after %d attempts", url, entry.id, len(WEBHOOK_DELAYS) + 1)
 
+    # -- sidecars -------------------------------------------------------------------------------
+
+    def sidecar_extra(self, e: CallEntry, loop: asyncio.AbstractEventLoop) -> dict:
+        """What the service adds to a recording's sidecar (called on a controller finisher
+        thread, never on the event loop): the call id, RFC 4733 digits, per-leg media
+        figures (the last ones the ingest gave, asked for now if the call is still up)."""
+        media = e.media
+        if not media and not e.hung_up and self.ingest_sock is not None and not loop.is_closed():
+            try:
+                reply = asyncio.run_coroutine_threadsafe(self.ingest({"op": "stats", "call": e.id}, 2.0),
+                                                         loop).result(3.0)
+                media = reply.get("media", {})
+            except Exception as exc:  # noqa: BLE001 - the sidecar is written without them
+                log.warning("call %s: no media figures for the sidecar: %s", e.id, exc)
+                media = {}
+        legs = {k: _leg_media(v) for k, v in (media or {}).items() if k in ("inbound", "outbound") and isinstance(v, dict)}
+        digits = [{"digit": d["digit"], "leg": d["leg"], "position": d["position"]} for d in list(e.digits)]
+        return {"call_id": e.id, "media": legs or None, "digits": digits}
+
     # -- calls ----------------------------------------------------------------------------------
 
     def entry(self, request: web.Request) -> CallEntry:
@@ -314,6 +334,10 @@ class Service:
             "filename": e.filename,
             "seconds": res.duration_s if done else 0.0,
             "bytes": res.bytes if done else 0,
+            "paused": rec.paused,
+            **({"discarded": res.discarded, "audio_detected": res.audio_detected,
+                "sidecar": os.path.relpath(res.sidecar, self.cfg.recordings_dir) if res.sidecar else None}
+               if done else {}),
             **({"error": res.error} if done and res.error else {}),
         }
 
@@ -344,6 +368,12 @@ class Service:
                     await self.call_blocking(e.channel.close)
                     asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
         return self.recording_view(e)
+
+
+def _leg_media(counters: dict) -> dict:
+    """The sidecar's per-leg figures from the ingest's counters (concealment is not counted there)."""
+    return {"packets": counters.get("packets"), "lost": counters.get("lost"), "late": counters.get("late"),
+            "concealed_samples": counters.get("concealed_samples")}
 
 
 def _sha256(path: str) -> str:
@@ -523,6 +553,7 @@ async def start_recording(request: web.Request) -> web.Response:
             if not isinstance(c, dict) or set(c) != {"key", "iv"}:
                 raise Error("cipher must be {\"key\": hex, \"iv\": hex} or null")
             args["cipher"] = AESCBCCipher(c["key"], c["iv"])
+        rec.min_seconds = args.pop("min_seconds", 0)  # an extension: an attribute, the spec's start() unchanged
         return rec.start(**args)
 
     try:
@@ -534,6 +565,7 @@ async def start_recording(request: web.Request) -> web.Response:
         raise ApiError(500, "Error", res.error if res and res.error else "the recording did not start")
     e.filename = body["filename"]
     e.webhook = webhook
+    rec.sidecar_source = functools.partial(s.sidecar_extra, e, asyncio.get_running_loop())
     s._watch_recording(e)
     return web.json_response({"state": rec.state().value, "filename": e.filename}, status=201)
 
@@ -577,6 +609,35 @@ async def stop_recording(request: web.Request) -> web.Response:
     if not ok:
         raise ApiError(504, "Error", "the recording did not end within the stop timeout; it ends later (ABORTED)")
     return web.json_response(s.recording_view(e))
+
+
+async def _pause_or_resume(request: web.Request, mode: str) -> web.Response:
+    """Extension of the spec: `WholeCallRecorder.pause(mode)` / `resume()` (mode "")."""
+    s = svc(request)
+    e = s.entry(request)
+    rec = e.channel.WholeCallRecorder
+    try:
+        changed = await s.call_blocking(rec.pause, mode) if mode else await s.call_blocking(rec.resume)
+    except (Error, Hangup) as exc:
+        raise _exception(exc) from None
+    return web.json_response({"paused": rec.paused, "changed": changed})
+
+
+@routes.post("/v1/calls/{id}/recording/pause")
+async def pause_recording(request: web.Request) -> web.Response:
+    body = await _body(request)
+    unknown = set(body) - {"mode"}
+    if unknown:
+        raise ApiError(422, "Error", f"unknown field(s): {', '.join(sorted(unknown))}")
+    mode = body.get("mode", "silence")
+    if mode not in ("silence", "skip"):
+        raise ApiError(422, "Error", f"mode must be 'silence' or 'skip'; got {mode!r}")
+    return await _pause_or_resume(request, mode)
+
+
+@routes.post("/v1/calls/{id}/recording/resume")
+async def resume_recording(request: web.Request) -> web.Response:
+    return await _pause_or_resume(request, "")
 
 
 @web.middleware

@@ -56,6 +56,19 @@ def document() -> dict[str, Any]:
                         "responses": {"200": _json(_ref("Recording"), "the recording"), **ERRORS}},
                 "delete": {"summary": "stop(): the recording ends with cause ABORTED",
                            "responses": {"200": _json(_ref("Recording"), "stopped"), **ERRORS}}},
+            "/v1/calls/{id}/recording/pause": {
+                "parameters": CALL_ID,
+                "post": {"summary": "Extension of the spec: WholeCallRecorder.pause(mode); nothing from now on reaches "
+                                    "the file until resume (silence: digital silence of the paused length; skip: nothing)",
+                         "requestBody": {"required": False,
+                                         "content": {"application/json": {"schema": _ref("PauseRequest")}}},
+                         "responses": {"200": _json(_ref("Paused"), "paused (changed false: it already was)"),
+                                       **ERRORS}}},
+            "/v1/calls/{id}/recording/resume": {
+                "parameters": CALL_ID,
+                "post": {"summary": "Extension of the spec: WholeCallRecorder.resume(); recording again from now",
+                         "responses": {"200": _json(_ref("Paused"), "resumed (changed false: it was not paused)"),
+                                       **ERRORS}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
         "components": {
@@ -97,15 +110,26 @@ def document() -> dict[str, Any]:
                     "cipher": {"type": "object", "nullable": True, "properties": {
                         "key": {"type": "string", "description": "hex AES key"},
                         "iv": {"type": "string", "description": "hex 128-bit IV"}}},
+                    "min_seconds": {"type": "number", "minimum": 0, "description": "extension: a recording shorter "
+                                    "than this is discarded (file and sidecar removed; the result says discarded)"},
                     "webhook": {"type": "string", "description": "POSTed {call, cause, filename, seconds, bytes, sha256} "
                                                                  "at the end, retried with back-off"}}},
+                "PauseRequest": {"type": "object", "properties": {
+                    "mode": {"type": "string", "enum": ["silence", "skip"], "default": "silence"}}},
+                "Paused": {"type": "object", "properties": {
+                    "paused": {"type": "string", "enum": ["", "silence", "skip"], "description": "\"\": recording"},
+                    "changed": {"type": "boolean"}}},
                 "Started": {"type": "object", "properties": {"state": {"type": "string"}, "filename": {"type": "string"}}},
                 "Recording": {"type": "object", "properties": {
                     "state": {"type": "string", "enum": ["IDLE", "RECORDING", "ERROR"]},
                     "cause": {"type": "string",
                               "enum": ["NONE", "SILENCE", "SIZE", "ABORTED", "HANGUP", "TIMEOUT", "ERROR"]},
                     "filename": {"type": "string", "nullable": True},
-                    "seconds": {"type": "number"}, "bytes": {"type": "integer"}}},
+                    "seconds": {"type": "number"}, "bytes": {"type": "integer"},
+                    "paused": {"type": "string", "enum": ["", "silence", "skip"]},
+                    "discarded": {"type": "boolean"}, "audio_detected": {"type": "boolean"},
+                    "sidecar": {"type": "string", "nullable": True,
+                                "description": "metadata sidecar, relative to the recordings directory"}}},
             },
         },
     }

@@ -132,6 +132,8 @@ class Arena:
         self.overruns = np.frombuffer(buf, np.int64, n, layout.overruns)
         self.read_pos = np.frombuffer(buf, np.int64, n, layout.read_pos)
         self.job = np.frombuffer(buf, np.int64, n, layout.job)
+        #: Pause gate words by the job's inbound slot (`layout`, "Pause gate").
+        self.gate = np.frombuffer(buf, np.int64, n, layout.gate)
         #: Worker liveness records (`layout.W_*` columns), one row per worker index.
         self.workers = np.frombuffer(buf, np.int64, L.MAX_WORKERS * L.WORKER_RECORD_WORDS,
                                      L.OFF_WORKERS).reshape(L.MAX_WORKERS, L.WORKER_RECORD_WORDS)
@@ -223,7 +225,7 @@ class Arena:
             return
         self._closed = True
         # numpy views pin the buffer: drop them before closing the mmap.
-        del self.write_pos, self.overruns, self.read_pos, self.job, self.data, self.workers, self.durable
+        del self.write_pos, self.overruns, self.read_pos, self.job, self.gate, self.data, self.workers, self.durable
         self._buf.release()
         assert self._mm is not None
         self._mm.close()
@@ -257,6 +259,7 @@ class Arena:
             got = [self._free.pop() for _ in range(count)]
         for s in got:
             self.job[s] = 0
+            self.gate[s] = 0
             self.write_pos[s] = 0
             self.read_pos[s] = 0
             self.overruns[s] = 0
@@ -295,6 +298,7 @@ class Arena:
         start = max(int(self.write_pos[s]) for s in slots)
         for s in slots:
             self.read_pos[s] = start
+            self.gate[s] = 0  # no pause request of an earlier job applies to this one
         for s in slots:
             self.job[s] = job_id
         return start

@@ -28,6 +28,9 @@ leg's position with one vector load and gathers audio with one fancy index::
            | job        i64[slots]   CONTROLLER-owned: id of the job that |
            |                         records this leg, 0 = not recording  |
            +-- page aligned ----------------------------------------------+
+           | gate       i64[slots]   CONTROLLER-owned, by the job's       |
+           |            INBOUND slot: pause/resume fence (see below)      |
+           +-- page aligned ----------------------------------------------+
            | durable    i64[slots][2][8]  WORKER-owned, indexed by the    |
            |            job's INBOUND slot: where the job's file ends,    |
            |            two copies written alternately (see below)        |
@@ -61,6 +64,17 @@ job's audio is in its file (``D_RESUME``), how many 8 kHz input samples that fil
 A copy is written seq := 0, fields, seq := previous max + 1 (x86 stores stay in program
 order), alternating copies, so a worker killed mid-write leaves the older copy valid.
 
+Pause gate. A pause or resume takes effect at the leg position of the moment it is
+asked for (`WholeCallRecorder.pause`), but the worker hears of it later, over the
+socket, and must not have read past that position in the meantime. The controller
+stores ``GATE_HOLD`` in the job's gate word, passes a full barrier (a lock), reads the
+legs' write positions (``p``), then stores ``gate_word(seq, p)`` and sends the request
+with the same ``seq`` and ``p``. The worker loads the write positions *before* the gate
+word each tick: HOLD means "do not advance this job now"; a word whose ``seq`` the worker
+has not applied yet limits the job to ``p``. A worker that saw neither loaded its
+positions before the controller stored HOLD, so before it read ``p``: they are ``<= p``.
+Either way no sample at or after ``p`` is read before the request is applied.
+
 Memory ordering. A producer copies samples into ``data`` and then stores its new
 ``write_pos[slot]`` with one aligned 8-byte store; the consumer loads ``write_pos``
 and only then reads ``data``. On x86-64 (total store order) stores become visible in
@@ -79,7 +93,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAGIC = b"WHCLRING"
-VERSION = 2  # 2: worker records and per-job durable records
+VERSION = 3  # 2: worker records and per-job durable records; 3: pause gate
 PAGE = 4096
 HEADER_BYTES = PAGE
 
@@ -101,6 +115,22 @@ D_SEQ, D_JOB, D_RESUME, D_SAMPLES, D_AUDIO, D_RUN, D_LOUD_END, D_FLAGS = range(8
 DURABLE_COPIES = 2
 DURABLE_WORDS = 8
 D_HEARD = 1
+
+#: Gate word: "hold every job reading this slot" (a request is being made).
+GATE_HOLD = -1
+#: Gate word layout: bits 48..62 the request's sequence number (mod 2**15), bits 0..47
+#: the leg position (2**48 samples at 8 kHz: over a thousand years).
+GATE_SEQ_SHIFT = 48
+GATE_POS_MASK = (1 << GATE_SEQ_SHIFT) - 1
+GATE_SEQ_MASK = (1 << 15) - 1
+
+
+def gate_word(seq: int, pos: int) -> int:
+    """The gate word of request `seq` (from 1) at leg position `pos`."""
+    if not 0 <= pos <= GATE_POS_MASK:
+        raise ValueError(f"gate position {pos} outside 0 .. {GATE_POS_MASK}")
+    return ((seq & GATE_SEQ_MASK) << GATE_SEQ_SHIFT) | pos
+
 
 SAMPLE_BYTES = 2  # int16
 COUNTER_BYTES = 8  # int64
@@ -144,8 +174,12 @@ class Layout:
         return self.read_pos + self.counters_bytes
 
     @property
-    def durable(self) -> int:
+    def gate(self) -> int:
         return self.job + self.counters_bytes
+
+    @property
+    def durable(self) -> int:
+        return self.gate + self.counters_bytes
 
     @property
     def durable_bytes(self) -> int:

@@ -87,3 +87,43 @@ def pytest_sessionfinish(session, exitstatus):
     if leaks or kids:
         print(f"\nLEAK: arenas left in /dev/shm: {sorted(leaks)}; worker processes alive: {kids}")
         session.exitstatus = 1
+
+
+SIDECAR_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "formats",
+                              "sidecar.schema.json")
+
+
+def sidecar_problems(directory: str) -> list[str]:
+    """Every recording sidecar under `directory` that does not validate against
+    formats/sidecar.schema.json, with the reason."""
+    import json
+
+    import jsonschema
+
+    with open(SIDECAR_SCHEMA) as f:
+        validator = jsonschema.Draft202012Validator(json.load(f))
+    problems = []
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            try:
+                with open(path) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(doc, dict) or doc.get("schema") != "wholecall-sidecar/1":
+                continue
+            for err in validator.iter_errors(doc):
+                problems.append(f"{path}: {'/'.join(map(str, err.absolute_path))}: {err.message}")
+    return problems
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_sidecar_validates(tmp_path_factory):
+    """After the session (of this xdist worker): every sidecar any test left in its temp
+    dirs validates against the documented schema."""
+    yield
+    problems = sidecar_problems(str(tmp_path_factory.getbasetemp()))
+    assert not problems, "sidecars that do not validate:\n" + "\n".join(problems[:20])

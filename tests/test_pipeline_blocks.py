@@ -74,7 +74,8 @@ def record(tmp, block: int) -> tuple[dict, dict[int, bytes], list]:
         assert not pipe.jobs
         ends = {e.job_id: (e.cause, e.samples, e.bytes) for e in pipe.ended}
         files = {m.job_id: open(m.path, "rb").read() for m in msgs}
-        return ends, files, pipe.dtmf.pop_events()
+        # The pipeline takes the bank's events and reports them per job, as leg positions.
+        return ends, files, sorted((d.job_id, *map(str, x)) for d in pipe.digits for x in d.digits)
     finally:
         pipe.close()
         arena.close()

@@ -37,6 +37,7 @@ from wholecall.protocol import (
     JobEnded,
     JobStarted,
     Message,
+    PauseJob,
     ProtocolError,
     ResumeJob,
     Shutdown,
@@ -75,6 +76,7 @@ class Commands:
         self._accepting = True  # False once a Shutdown was read or the openers are shut down
         self._inbox: list[Message] = []  # commands for the loop, in arrival order
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening (loop only)
+        self._held_pauses: dict[int, list[PauseJob]] = {}  # pauses and resumes for them, in order
         self._outbox: collections.deque[Message] = collections.deque()
         # The loop waits on `wake` (commands or opened files for it); the I/O thread on
         # the socket and `_io_wake` (something to send, or time to stop).
@@ -302,6 +304,13 @@ class Commands:
                 self._held_stops[msg.job_id] = msg
             elif not self.pipe.stop(msg.job_id, msg.cause, msg.end_pos):
                 self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="stop for unknown job"))
+        elif isinstance(msg, PauseJob):
+            with self._lock:
+                opening = msg.job_id in self._opening
+            if opening:
+                self._held_pauses.setdefault(msg.job_id, []).append(msg)
+            elif not self.pipe.pause(msg):
+                self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="pause for unknown job"))
         elif isinstance(msg, Shutdown):
             self.shutdown = True
         else:
@@ -330,6 +339,7 @@ class Commands:
     def _attach_one(self, msg: StartJob, writer: WavWriter | None, err: str,
                     resumed: tuple[ResumeJob, int] | None = None) -> None:
         stop = self._held_stops.pop(msg.job_id, None)
+        pauses = self._held_pauses.pop(msg.job_id, [])
         if writer is None:
             self._refuse(msg, err)
         else:
@@ -342,6 +352,8 @@ class Commands:
                 writer.abort()
                 self._refuse(msg, str(e))
             else:
+                for p in pauses:  # before the stop: they were asked for first
+                    self.pipe.pause(p)
                 if stop is not None:
                     self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
                 elif self.shutdown:

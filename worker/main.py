@@ -171,7 +171,8 @@ def run(settings: WorkerSettings) -> int:
                 commands.receive_all()
                 ticks += 1
                 progress()
-                commands.send_all(pipe.ended)
+                commands.send_all(pipe.digits + pipe.ended)
+                pipe.digits.clear()
                 pipe.ended.clear()
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
                 # Many jobs: tick less often, and step through blocks of frames, so each step
@@ -187,7 +188,7 @@ def run(settings: WorkerSettings) -> int:
     except BaseException as e:  # noqa: BLE001 - the last word before dying is worth sending
         log.exception("worker %d crashed", index)
         pipe.fail_all(f"worker {index} crashed: {e}")
-        commands.send_all(pipe.ended)  # sent by close() below, before the socket goes
+        commands.send_all(pipe.digits + pipe.ended)  # sent by close() below, before the socket goes
         raise
     finally:
         if not commands.close():

@@ -50,7 +50,7 @@ import numpy as np
 
 from wholecall.formats.codecs import CALL_RATE
 from wholecall.formats.wav import repair_plan
-from wholecall.protocol import Cause, JobEnded, ResumeJob, StartJob
+from wholecall.protocol import Cause, JobDigits, JobEnded, PauseJob, ResumeJob, StartJob
 from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
@@ -58,6 +58,7 @@ from wholecall.shm import layout as L
 from . import kernels
 from .crypto import EncryptedSink, open_sink
 from .dtmf import FRAME, DtmfBank
+from .pauses import PauseSchedule
 from .silence import PREROLL_SAMPLES, SilenceTracker
 from .sink import FileSink
 from .wavfile import WavWriter
@@ -87,6 +88,8 @@ class Job:
     cause: Cause | None = None  # decided end cause, once known
     error: str = ""
     extra: dict = field(default_factory=dict)
+    #: Pause and resume requests applied to this job (None until the first one).
+    pauses: PauseSchedule | None = None
 
 
 class Pipeline:
@@ -145,6 +148,9 @@ class Pipeline:
         self.rows = np.zeros(0, np.int64)  # active rows, sorted; rebuilt once per tick when jobs change
         self._rows_dirty = False
         self.ended: list[JobEnded] = []
+        #: Digits confirmed since the worker last sent them (before `ended`: a job's digits
+        #: reach the controller before its end).
+        self.digits: list[JobDigits] = []
         self.overruns_seen = 0
         #: Called between the steps of a tick (between frame steps, after the DTMF bank
         #: in each, and every `SERVE_EVERY_FLUSHES` flushes): the worker attaches newly
@@ -185,6 +191,11 @@ class Pipeline:
         self.base = g("base")  # leg position of the job's first frame fed to the DTMF bank
         self.written = g("written")  # input samples in the file (the durable record's `samples`)
         self.jid = g("jid")  # job id per row (the durable record's `job`)
+        self.opos = g("opos")  # leg position of staging[fill]: staging[i] is leg position opos - fill + i
+        self.pseq = g("pseq")  # the last pause request applied (the gate word's seq; `shm.layout`)
+        self.pz = g("pz", dtype=bool)  # pauses still touch this job's staged or future audio
+        self.origin = g("origin", fillv=-1)  # leg position of the file's first sample; -1: none yet
+        self.loud = g("loud", dtype=bool)  # separate mode: a recorded frame was above the threshold
         hist = np.zeros((self.skew_ticks, cap), np.int64)
         if old:
             hist[:, :old] = self.hist
@@ -339,6 +350,11 @@ class Pipeline:
         self.jid[row] = msg.job_id
         self.written[row] = writer.input_samples
         self.base[row] = msg.start_pos
+        self.opos[row] = msg.start_pos
+        self.pseq[row] = 0
+        self.pz[row] = False
+        self.origin[row] = msg.start_pos if writer.input_samples else -1
+        self.loud[row] = False
         if resume is not None:
             self._resume(job, resume, pos)
         self._rows_dirty = True
@@ -374,6 +390,7 @@ class Pipeline:
             pos += lost
         self.pos[row] = pos
         self.base[row] = pos
+        self.opos[row] = pos
         self.hist[:, row] = pos
         for s in (job.msg.slot_in, job.msg.slot_out):
             a.read_pos[s] = pos
@@ -411,6 +428,84 @@ class Pipeline:
         row = job.row
         self.end[row] = max(int(self.pos[row]), end_pos)
         return True
+
+    def pause(self, msg: PauseJob) -> bool:
+        """Apply a pause or resume request from `msg.pos` on; False for an unknown job.
+
+        Nothing at or after `msg.pos` has been read yet: the gate held the job back
+        (`shm.layout`, "Pause gate"), so the request applies to staged audio exactly."""
+        job = self.by_id.get(msg.job_id)
+        if job is None:
+            return False
+        if job.pauses is None:
+            job.pauses = PauseSchedule()
+        job.pauses.request(msg.pos, msg.mode)
+        row = job.row
+        self.pseq[row] = msg.seq
+        self.pz[row] = job.pauses.pending(int(self.opos[row]) - int(self.fill[row]))
+        return True
+
+    def _gate(self, rows: np.ndarray, gate: np.ndarray, pos: np.ndarray, allowed: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Hold back jobs whose pause or resume request is being made or is on its way."""
+        hold = gate == L.GATE_HOLD
+        seq = (gate >> L.GATE_SEQ_SHIFT) & L.GATE_SEQ_MASK
+        pending = (gate > 0) & (seq != (self.pseq[rows] & L.GATE_SEQ_MASK))
+        limit = np.where(hold, pos, np.where(pending, np.maximum(pos, gate & L.GATE_POS_MASK), allowed))
+        gated = limit < allowed
+        return np.minimum(allowed, limit), gated
+
+    def _paused_frames(self, sel: np.ndarray, opos: np.ndarray, b: int) -> np.ndarray:
+        """(m, b): whether frame k of each job in `sel`, at leg position opos + k*FRAME,
+        touches a paused span (only jobs with pauses are looked at: few)."""
+        out = np.zeros((len(sel), b), bool)
+        for i in np.flatnonzero(self.pz[sel]).tolist():
+            sched = self.jobs[int(sel[i])].pauses
+            for k in range(b):
+                p = int(opos[i]) + k * FRAME
+                out[i, k] = sched.touches(p, p + FRAME)
+        return out
+
+    def _keeps_paused(self, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Whether the paused frame of each row (at leg position `at`) stays in its file
+        as silence (mode "silence") or is cut out ("skip"): the detector's file position
+        moves only for the first."""
+        return np.fromiter((self.jobs[int(r)].pauses.mode_at(int(p), int(p) + FRAME) == "silence"
+                            for r, p in zip(rows.tolist(), at.tolist())), bool, len(rows))
+
+    def _silence_value(self, job: Job) -> int:
+        """What digital silence is in this job's staging: sample 0, or its code."""
+        codes = bool(self.table[job.row]) and not job.stereo
+        return int(job.writer.byte_table[0]) if codes else 0
+
+    def _note_loud(self, rows: np.ndarray, pair: np.ndarray) -> None:
+        """Separate mode has no silence detector: note whether either leg of a frame was
+        above the threshold (paused frames excepted) for the result's `audio_detected`."""
+        todo = ~self.loud[rows]
+        if not todo.any():
+            return
+        x = pair[todo].astype(np.float32)  # (m, B, FRAME, 2)
+        ms = (x * x).mean(axis=2).max(axis=-1)  # (m, B)
+        r = rows[todo]
+        over = ms > self.silence.threshold[r][:, None]
+        if self.pz[r].any():
+            over &= ~self._paused_frames(r, self.opos[r], over.shape[1])
+        self.loud[r] |= over.any(axis=1)
+
+    def _take_digits(self) -> None:
+        """Queue the digits the DTMF bank confirmed this tick, per job, as leg positions."""
+        events = self.dtmf.pop_events()
+        if not events:
+            return
+        per_job: dict[int, list] = {}
+        for ev in events:
+            job = self.jobs.get(ev.row // 2)
+            if job is None:
+                continue
+            leg = "outbound" if ev.row % 2 else "inbound"
+            per_job.setdefault(job.msg.job_id, []).append([ev.digit, leg, int(self.base[job.row]) + ev.start_sample])
+        for job_id, digits in per_job.items():
+            self.digits.append(JobDigits(job_id=job_id, digits=digits))
 
     def abort_all(self, cause: Cause) -> None:
         for job in list(self.jobs.values()):
@@ -451,6 +546,8 @@ class Pipeline:
         a = self.arena
         w_in = a.write_pos[self.slot_in[rows]]
         w_out = a.write_pos[self.slot_out[rows]]
+        # Loaded after the write positions, never before (`shm.layout`, "Pause gate").
+        gate = a.gate[self.slot_in[rows]]
         lead = np.maximum(w_in, w_out)
         # Where the leading leg was `skew` ago: the newest history row at least that old
         # (a job younger than that reads its start position there).
@@ -467,6 +564,9 @@ class Pipeline:
         draining = end >= 0
         allowed = np.where(draining, end, allowed)
         pos = self.pos[rows]
+        if gate.any():
+            allowed, gated = self._gate(rows, gate, pos, allowed)
+            draining = draining & ~gated  # held at a frame boundary, not drained with padding
         avail = allowed - pos
         nframes = np.where(draining, -(-avail // FRAME), avail // FRAME)
         nframes = np.clip(nframes, 0, self.max_frames)
@@ -497,6 +597,7 @@ class Pipeline:
         newpos = self.pos[rows]
         a.read_pos[self.slot_in[rows]] = newpos
         a.read_pos[self.slot_out[rows]] = newpos
+        self._take_digits()
         self._flush_and_end(rows)
         return total
 
@@ -571,7 +672,9 @@ class Pipeline:
             fill = self.fill[sel[s]]
             pair = np.stack([y_in[s], y_out[s]], axis=-1)  # (ms, B, FRAME, 2)
             self.stage_s3[sel[s][:, None], (fill // FRAME)[:, None] + np.arange(b)] = pair  # legs as they are
+            self._note_loud(sel[s], pair)
             self.fill[sel[s]] = fill + b * FRAME
+            self.opos[sel[s]] += b * FRAME
             mono = ~stereo
             if not mono.any():
                 return
@@ -596,9 +699,21 @@ class Pipeline:
                            self.stage_t, self.stage_c, energy)
         taken = np.zeros(m, np.int64)
         going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
+        opos = self.opos[sel]
+        paused = self._paused_frames(sel, opos, b) if self.pz[sel].any() else None
         for k in range(b):
             at, before = sel[going], fill[going] + k * FRAME
-            first, ended = self.silence.step_energy(at, energy[going, k], FRAME, before)
+            if paused is not None:
+                # Paused frames count toward neither silence limit and are never "heard".
+                pk = paused[going, k]
+                self.silence.pass_over(at[pk], FRAME, self._keeps_paused(at[pk], opos[going][pk] + k * FRAME))
+                at_k = at[~pk]
+                first_k, ended_k = self.silence.step_energy(at_k, energy[going, k][~pk], FRAME, before[~pk])
+                first = np.zeros(len(at), bool)
+                ended = np.zeros(len(at), bool)
+                first[~pk], ended[~pk] = first_k, ended_k
+            else:
+                first, ended = self.silence.step_energy(at, energy[going, k], FRAME, before)
             taken[going] += 1
             if first.any():
                 lead = first & self.trim_leading[at]
@@ -609,6 +724,7 @@ class Pipeline:
                 if not len(going):
                     break
         self.fill[sel] = fill + taken * FRAME
+        self.opos[sel] = opos + taken * FRAME
 
     def _table_index(self, table: np.ndarray | None) -> int:
         if table is None:
@@ -630,7 +746,7 @@ class Pipeline:
         due = regular | finished | self.done[rows] | full
         # The plain case, most jobs of a tick: a full staging row of a G.711 job that goes
         # on, all of it to be written (see `_flush_codes`).
-        plain = regular & (fill == self.flush_samples) & ~finished & ~self.done[rows] & ~full \
+        plain = regular & (fill == self.flush_samples) & ~finished & ~self.done[rows] & ~full & ~self.pz[rows] \
             & (self.table[rows] > 0) & (self.skip[rows] == 0) & (~self.trim_leading[rows] | self.silence.heard[rows])
         flushed = rows[plain | due]
         if plain.any():
@@ -646,7 +762,9 @@ class Pipeline:
             ending = bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row]))
             if ending and job.cause != Cause.SILENCE:
                 self._append_delayed(job)
-                self.fill[row] -= min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
+                cut = min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
+                self.fill[row] -= cut
+                self.opos[row] -= cut
             self._flush(job)
             self.room[row] = self._room(job.writer)
             if job.writer.room == 0 and job.cause is None and not ending:
@@ -712,6 +830,12 @@ class Pipeline:
                 return
         if job.cause == Cause.SIZE or job.writer.full:
             data = data[:0]
+        first_pos = int(self.opos[row]) - fill + skip  # leg position of data[0]
+        if self.pz[row] and len(data):
+            data = job.pauses.apply(data, first_pos, self._silence_value(job))
+            self.pz[row] = job.pauses.pending(int(self.opos[row]))
+        if len(data) and self.origin[row] < 0:
+            self.origin[row] = first_pos
         try:
             if codes and len(data):
                 job.writer.write_codes(data, fit=True)  # already encoded, one byte per sample
@@ -725,6 +849,7 @@ class Pipeline:
         self.skip[row] = 0
 
     def _finish(self, job: Job) -> None:
+        self._take_digits()  # the last flush may have confirmed a digit: it belongs to this job's row
         row = job.row
         cause = job.cause or Cause.ERROR
         writer = job.writer
@@ -750,7 +875,8 @@ class Pipeline:
             self.progress()
         self.ended.append(
             JobEnded(job_id=job.msg.job_id, cause=cause, bytes=nbytes, samples=samples,
-                     duration_s=samples / job.msg.rate, error=job.error)
+                     duration_s=samples / job.msg.rate, error=job.error, origin=int(self.origin[row]), end_pos=int(self.pos[row]),
+                     heard=bool(self.loud[row] if job.stereo else self.silence.heard[row]))
         )
 
     @staticmethod

@@ -96,3 +96,11 @@ class SilenceTracker:
             heard_now & (max_lim > 0) & (run >= max_lim)
         )
         return first, ended
+
+    def pass_over(self, rows: np.ndarray, n: int, kept: np.ndarray) -> None:
+        """Paused frames (`worker.pauses`): counted toward neither limit and never loud;
+        only the file position moves, for those `kept` in the file as silence."""
+        if not len(rows):
+            return
+        writing = kept & (self.heard[rows] | (self.initial_limit[rows] == 0))
+        self.emitted[rows] += np.where(writing, n, 0)

@@ -1,0 +1,82 @@
+"""`wholecall info FILE`: a recording's sidecar beside the file's own facts.
+
+The sidecar (`controller/sidecar.py`, schema in formats/sidecar.schema.json) says what
+the recorder wrote; the file says what is on disk now. Printed as one JSON document:
+{"file": facts, "sidecar": the sidecar or null, "disagreements": [{"field", "file",
+"sidecar"}]}. Exit status 0 when they agree, 1 when they disagree or the sidecar is
+missing, 2 when the file cannot be read. Facts inside an encrypted file need its key
+(`wholecall decrypt`), so for one only its size and checksum are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+from wholecall.formats.codecs import tag_name
+from wholecall.formats.wav import read_info
+
+
+def file_facts(path: str) -> dict[str, Any]:
+    """What the file itself says: size, checksum and, for a plain WAV, its header."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    facts: dict[str, Any] = {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+    try:
+        info = read_info(path)
+    except ValueError as e:
+        facts["wav"] = f"not a plain WAV ({e}); encrypted recordings need their key"
+        return facts
+    unit_bytes, unit_frames = info.unit()
+    data = min(info.data_size, info.file_size - info.data_offset)
+    samples = info.fact_frames if info.fact_offset else data // unit_bytes * unit_frames
+    facts.update({"format": tag_name(info.format_tag, info.bits_per_sample), "rate": info.rate,
+                  "mode": "separate" if info.channels == 2 else "mixed", "samples": samples,
+                  "seconds": round(samples / info.rate, 6)})
+    return facts
+
+
+def compare(facts: dict[str, Any], side: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fields the file and its sidecar both state, where they differ."""
+    out = []
+    for field in ("bytes", "sha256", "format", "rate", "mode", "samples"):
+        if field in facts and field in side and facts[field] != side[field]:
+            out.append({"field": field, "file": facts[field], "sidecar": side[field]})
+    if "seconds" in facts and abs(facts["seconds"] - side.get("seconds", facts["seconds"])) > 1e-3:
+        out.append({"field": "seconds", "file": facts["seconds"], "sidecar": side["seconds"]})
+    return out
+
+
+def info_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="wholecall info",
+                                description="Print a recording's metadata sidecar with the file's own facts.")
+    p.add_argument("file", help="the recording (its sidecar is FILE.json)")
+    a = p.parse_args(argv)
+    try:
+        facts = file_facts(a.file)
+    except OSError as e:
+        print(f"wholecall info: cannot read {a.file}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    side = None
+    try:
+        with open(a.file + ".json") as f:
+            side = json.load(f)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        print(f"wholecall info: cannot read {a.file}.json: {e}", file=sys.stderr)
+    disagreements = compare(facts, side) if isinstance(side, dict) else []
+    json.dump({"file": facts, "sidecar": side, "disagreements": disagreements}, sys.stdout, indent=2)
+    print()
+    if side is None:
+        print(f"wholecall info: {a.file} has no sidecar ({a.file}.json)", file=sys.stderr)
+        return 1
+    for d in disagreements:
+        print(f"wholecall info: {d['field']} disagrees: file {d['file']!r}, sidecar {d['sidecar']!r}", file=sys.stderr)
+    return 1 if disagreements else 0

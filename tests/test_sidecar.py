@@ -1,0 +1,109 @@
+"""The metadata sidecar: written after the file is final, valid against the documented
+schema, with digits and paused spans at their offsets in the file; min_seconds;
+audio_detected; `wholecall info`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import feed, sidecar_problems, tone
+from wholecall.controller import AESCBCCipher, Cause, Error
+from wholecall.controller.cipher import new_iv, new_key
+from wholecall.controller.media import dtmf_tone
+from wholecall.controller.sidecar import sha256_file
+
+
+def test_sidecar_describes_the_final_file(make_controller, tmp_path):
+    ctl = make_controller(workers=1)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("s.wav", file_format="ulaw", dtmf_elim=True)
+    feed(ch, tone(440, 0.5, 6000), np.zeros(4000, np.int16))
+    digit = np.concatenate([dtmf_tone("5", 100), np.zeros(1200, np.int16)])
+    feed(ch, digit, np.zeros(len(digit), np.int16))
+    assert rec.pause("skip")
+    feed(ch, np.concatenate([dtmf_tone("9", 100), np.zeros(800, np.int16)]), None)  # keyed while paused
+    assert rec.resume()
+    feed(ch, tone(440, 0.5, 6000), np.zeros(4000, np.int16))
+    assert rec.stop()
+    res = rec.last_result
+    side = json.load(open(res.path + ".json"))
+    assert res.sidecar == res.path + ".json"
+    assert side["sha256"] == sha256_file(res.path) and side["bytes"] == os.path.getsize(res.path) == res.bytes
+    assert side["format"] == "ulaw" and side["rate"] == 8000 and side["mode"] == "mixed"
+    assert side["samples"] == res.samples and side["cause"] == "ABORTED" and side["audio_detected"] is True
+    assert side["start"].endswith("Z") and side["start"] <= side["end"]
+    # The in-band 5 at 0.5 s into the file (its muted onset); the 9 keyed while paused is not listed.
+    assert [d["digit"] for d in side["digits"]] == ["5"]
+    assert side["digits"][0]["source"] == "inband" and side["digits"][0]["leg"] == "inbound"
+    assert abs(side["digits"][0]["offset_s"] - 0.5) < 0.03
+    [span] = side["paused"]
+    assert span["mode"] == "skip" and span["file_seconds"] == 0 and span["offset_s"] == 0.5 + len(digit) / 8000
+    assert side["encryption"] is None and side["media"] is None
+    assert not sidecar_problems(os.path.dirname(res.path))
+    # wholecall info: the sidecar beside the file's own facts, and when they disagree.
+    info = subprocess.run([sys.executable, "-m", "wholecall.cli.main", "info", res.path], capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    out = json.loads(info.stdout)
+    assert out["sidecar"]["sha256"] == side["sha256"] and out["file"]["sha256"] == side["sha256"]
+    assert out["disagreements"] == []
+    with open(res.path, "ab") as f:
+        f.write(b"\0\0")
+    info = subprocess.run([sys.executable, "-m", "wholecall.cli.main", "info", res.path], capture_output=True, text=True)
+    assert info.returncode == 1
+    assert {d["field"] for d in json.loads(info.stdout)["disagreements"]} >= {"sha256", "bytes"}
+
+
+def test_min_seconds_discards_and_audio_detected(make_controller):
+    ctl = make_controller(workers=1)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    rec.min_seconds = 1.0
+    assert rec.start("short.wav")
+    feed(ch, np.zeros(4000, np.int16), np.zeros(4000, np.int16))
+    assert rec.stop()
+    res = rec.last_result
+    assert res.discarded and res.cause is Cause.ABORTED and rec.cause() is Cause.ABORTED
+    assert not os.path.exists(res.path) and not os.path.exists(res.path + ".json") and res.sidecar == ""
+    assert res.audio_detected is False
+    # Long enough: kept; silence only: audio_detected false, in the result and the sidecar.
+    rec.min_seconds = 0.25
+    assert rec.start("quiet.wav", recording_mode="separate")
+    feed(ch, np.zeros(4000, np.int16), np.zeros(4000, np.int16))
+    assert rec.stop()
+    res = rec.last_result
+    assert not res.discarded and os.path.exists(res.path)
+    assert res.audio_detected is False and json.load(open(res.sidecar))["audio_detected"] is False
+    rec.min_seconds = 0
+    with pytest.raises(Error, match="min_seconds must be a non-negative number"):
+        rec.min_seconds = -1
+        rec.start("bad.wav")
+    rec.min_seconds = 0
+    assert rec.start("loud.wav", recording_mode="separate")
+    feed(ch, np.zeros(4000, np.int16), tone(300, 0.5, 3000))
+    assert rec.stop()
+    assert rec.last_result.audio_detected is True and json.load(open(rec.last_result.sidecar))["audio_detected"]
+
+
+def test_encrypted_sidecar_names_the_key_never_holds_it(make_controller):
+    ctl = make_controller(workers=1)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    key, iv = new_key(), new_iv()
+    assert rec.start("e.wav", cipher=AESCBCCipher(key, iv))
+    feed(ch, tone(440, 0.3, 6000), None)
+    assert rec.stop()
+    text = open(rec.last_result.sidecar).read()
+    side = json.loads(text)
+    assert side["encryption"]["scheme"] == "aes-cbc" and len(side["encryption"]["key_fingerprint"]) == 32
+    assert key.lower() not in text.lower() and iv.lower() not in text.lower()
+    assert side["sha256"] == sha256_file(rec.last_result.path)
