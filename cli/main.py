@@ -14,7 +14,7 @@ import time
 def demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wholecall demo", description="Record one simulated call with real workers.")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the simulated call")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per CPU)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one call needs one)")
     p.add_argument("--dir", default="recordings", help="recordings directory")
     p.add_argument("--format", default="alaw", help="file_format of the recording")
     a = p.parse_args(argv)
@@ -24,17 +24,39 @@ def demo(argv: list[str]) -> int:
     caller = speech_like(a.seconds, 120, 1)
     agent = speech_like(a.seconds, 210, 2)
     name = time.strftime("demo-%Y%m%d-%H%M%S") + f"-{os.getpid()}.wav"
-    with Controller(workers=a.workers, recordings_dir=a.dir) as ctl:
+    from wholecall.controller import Error
+
+    # One call: one channel's two rings (256 KiB, not the 256 MiB arena of 1,024 channels
+    # that would ask for huge pages), and no raised priority (it needs CAP_SYS_NICE, and a
+    # single call on an idle machine does not need it): nothing to warn a newcomer about.
+    try:
+        ctl = Controller(workers=a.workers, recordings_dir=a.dir, max_channels=1, worker_priority=0)
+        ctl.start()
+    except OSError as e:
+        print(f"wholecall demo: cannot use {e.filename or a.dir} as the recordings directory: {e.strerror or e}; "
+              f"pass --dir a writable directory", file=sys.stderr)
+        return 1
+    except (ValueError, Error) as e:
+        print(f"wholecall demo: cannot start the recorder: {e}", file=sys.stderr)
+        return 1
+    with ctl:
         ch = ctl.incoming_call()
         ch.ring()
         ch.answer()
         rec = ch.WholeCallRecorder
         t0 = time.perf_counter()
-        if not rec.start(name, file_format=a.format):
-            print(f"recording did not start: {rec.cause().name}", file=sys.stderr)
+        try:
+            started = rec.start(name, file_format=a.format)
+        except Error as e:  # a bad --format, a full disk: the message says what to change
+            print(f"wholecall demo: {e}", file=sys.stderr)
+            return 1
+        if not started:
+            res = rec.last_result
+            print(f"wholecall demo: the recording did not start: {res.error if res else rec.cause().name}",
+                  file=sys.stderr)
             return 1
         print(f"recording started in {1000 * (time.perf_counter() - t0):.1f} ms on "
-              f"{ctl.config.workers} pinned workers; feeding {a.seconds:.1f} s of call audio at real time")
+              f"{ctl.config.workers} pinned worker{'s' if ctl.config.workers != 1 else ''}; feeding {a.seconds:.1f} s of call audio at real time")
         frame = 160
         start = time.monotonic()
         for i in range(0, len(caller), frame):
