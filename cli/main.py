@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
 import time
+
+from wholecall.protocol import logline
 
 
 def demo(argv: list[str]) -> int:
@@ -129,6 +130,9 @@ def serve(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"wholecall serve: {e}", file=sys.stderr)
         return 2
+    from wholecall.service.logs import setup
+
+    setup(cfg.log_format, cfg.log_level)
     return asyncio.run(run(cfg))
 
 
@@ -147,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
               "  stress   record many channels at real time and report CPU, losses and latency",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logline.configure()
     if threading.current_thread() is threading.main_thread() and argv[0] != "serve":  # serve drains itself
         # SIGTERM (kill, timeout, a CI job cancelled) would end Python without running a
         # single `finally`: the workers would then go with their parent, but a stress run's

@@ -25,6 +25,7 @@ from wholecall.formats.wav import read_info, repair
 
 from .channel import CallChannel
 from .config import Config
+from .counters import JobCounters
 from .errors import Error
 from .resources import FreeSpace, nofile_shortfall, raise_nofile
 from .media import Conference, MusicOnHold
@@ -54,6 +55,8 @@ class Controller:
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._free_space = FreeSpace(self.config.recordings_dir, self.config.min_free_bytes)
+        #: Totals of finished recordings (by cause, bytes, failures) for metrics.
+        self.counters = JobCounters()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,7 +183,10 @@ class Controller:
             if rec is None:
                 return False
             lost = self.supervisor.lost.pop(msg.job_id, 0) if self.supervisor is not None else 0
-            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost)
+            applied = rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost)
+            if applied:
+                self.counters.ended(msg.cause, msg.bytes, msg.error, lost)
+            return applied
         return True
 
     def _on_worker_lost(self, worker: int, jobs: set[int], why: str) -> None:
@@ -190,7 +196,9 @@ class Controller:
             with self._lock:
                 rec = self._jobs.pop(job_id, None)
             if rec is not None:
-                rec._on_ended(job_id, Cause.ERROR, *salvage(rec._path, rec._encrypted), why)
+                nbytes, samples, seconds = salvage(rec._path, rec._encrypted)
+                if rec._on_ended(job_id, Cause.ERROR, nbytes, samples, seconds, why):
+                    self.counters.ended(Cause.ERROR, nbytes, why, 0)
 
     def stats(self) -> dict:
         """Workers, their load, progress lag (from shared memory) and the last heartbeat figures.

@@ -39,6 +39,14 @@ class ServeConfig:
     """RTP re-order window in ms."""
     max_calls: int = 1024
     """Calls that can exist at once (each holds two 8 s rings in /dev/shm)."""
+    log_format: str = "text"
+    """Log lines on stderr: text, or json (one object per line, `protocol.logline`)."""
+    log_level: str = "INFO"
+    """Lowest level logged (DEBUG, INFO, WARNING, ERROR); $WHOLECALL_LOG when not set."""
+    ops_host: str = ""
+    """Listen address of the operations port (GET /healthz and /metrics without the token,
+    for probes and Prometheus); empty: no such port."""
+    ops_port: int = 0
 
     @property
     def rtp_host(self) -> str:
@@ -48,7 +56,9 @@ class ServeConfig:
 DEFAULTS = {
     "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
+    "log_format": "text", "log_level": "", "ops_listen": "",
 }
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--media-timeout", type=float, help="hang up after this many seconds without media (default 30)")
     p.add_argument("--reorder-ms", type=float, help="RTP re-order window in ms (default 200)")
     p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
+    p.add_argument("--log-format", help="text or json: one JSON object per line on stderr (default text)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default $WHOLECALL_LOG, else INFO)")
+    p.add_argument("--ops-listen", help="HOST:PORT serving only /healthz and /metrics, without the token "
+                                        "(probes, Prometheus; default none)")
     return p
 
 
@@ -88,17 +102,17 @@ def load(argv: list[str]) -> ServeConfig:
     return build(values)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, key: str = "listen") -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"listen {text!r} is not HOST:PORT")
+        raise ConfigError(f"{key} {text!r} is not HOST:PORT")
     host = host.strip("[]")
     try:
         p = int(port)
     except ValueError:
-        raise ConfigError(f"listen {text!r}: port {port!r} is not a number") from None
+        raise ConfigError(f"{key} {text!r}: port {port!r} is not a number") from None
     if not 0 <= p <= 65535:
-        raise ConfigError(f"listen {text!r}: port {p} is outside 0-65535")
+        raise ConfigError(f"{key} {text!r}: port {p} is outside 0-65535")
     return host, p
 
 
@@ -144,9 +158,17 @@ def build(values: dict[str, Any]) -> ServeConfig:
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+    log_format = str(values["log_format"]).lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")
+    log_level = str(values["log_level"] or os.environ.get("WHOLECALL_LOG") or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    ops_host, ops_port = _host_port(values["ops_listen"], "ops_listen") if values["ops_listen"] else ("", 0)
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
-        max_calls=values["max_calls"],
+        max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
+        ops_host=ops_host, ops_port=ops_port,
     )
