@@ -47,6 +47,9 @@ class ServeConfig:
     """Listen address of the operations port (GET /healthz and /metrics without the token,
     for probes and Prometheus); empty: no such port."""
     ops_port: int = 0
+    arena_dir: str = "/dev/shm"
+    """tmpfs (or hugetlbfs) directory of the ring arena: the huge-page mount of
+    deploy/run-wholecall-arena.mount, or a Kubernetes emptyDir of medium HugePages."""
 
     @property
     def rtp_host(self) -> str:
@@ -57,6 +60,7 @@ DEFAULTS = {
     "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
     "log_format": "text", "log_level": "", "ops_listen": "",
+    "arena_dir": "/dev/shm",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -76,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
     p.add_argument("--log-format", help="text or json: one JSON object per line on stderr (default text)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default $WHOLECALL_LOG, else INFO)")
+    p.add_argument("--arena-dir", help="tmpfs or hugetlbfs directory for the ring arena (default /dev/shm)")
     p.add_argument("--ops-listen", help="HOST:PORT serving only /healthz and /metrics, without the token "
                                         "(probes, Prometheus; default none)")
     return p
@@ -164,11 +169,13 @@ def build(values: dict[str, Any]) -> ServeConfig:
     log_level = str(values["log_level"] or os.environ.get("WHOLECALL_LOG") or "INFO").upper()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if not os.path.isdir(str(values["arena_dir"])):
+        raise ConfigError(f"arena_dir {values['arena_dir']!r} is not a directory (mount the arena's tmpfs first)")
     ops_host, ops_port = _host_port(values["ops_listen"], "ops_listen") if values["ops_listen"] else ("", 0)
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
-        ops_host=ops_host, ops_port=ops_port,
+        ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
     )
