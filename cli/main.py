@@ -26,12 +26,15 @@ def demo(argv: list[str]) -> int:
     agent = speech_like(a.seconds, 210, 2)
     name = time.strftime("demo-%Y%m%d-%H%M%S") + f"-{os.getpid()}.wav"
     from wholecall.controller import Error
+    from wholecall.controller.config import Config
 
     # One call: one channel's two rings (256 KiB, not the 256 MiB arena of 1,024 channels
-    # that would ask for huge pages), and no raised priority (it needs CAP_SYS_NICE, and a
-    # single call on an idle machine does not need it): nothing to warn a newcomer about.
+    # that would ask for huge pages), and the workers' raised priority only where it is
+    # allowed (a user without CAP_SYS_NICE would get a warning per worker for nothing a
+    # single call needs): nothing to warn a newcomer about.
+    priority = Config.worker_priority if may_raise_priority(Config.worker_priority) else 0
     try:
-        ctl = Controller(workers=a.workers, recordings_dir=a.dir, max_channels=1, worker_priority=0)
+        ctl = Controller(workers=a.workers, recordings_dir=a.dir, max_channels=1, worker_priority=priority)
         ctl.start()
     except OSError as e:
         print(f"wholecall demo: cannot use {e.filename or a.dir} as the recordings directory: {e.strerror or e}; "
@@ -71,6 +74,23 @@ def demo(argv: list[str]) -> int:
     print(f"cause: {rec.cause().name}")
     print(f"file: {res.path}  ({res.bytes} bytes, {res.duration_s:.2f} s of audio, {a.format} 8000 Hz mono)")
     return 0 if rec.cause().name == "HANGUP" else 1
+
+
+def may_raise_priority(steps: int) -> bool:
+    """Whether this process may lower its nice value by `steps` (root, CAP_SYS_NICE, or RLIMIT_NICE)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+        if int(caps.split()[1], 16) >> 23 & 1:  # CAP_SYS_NICE
+            return True
+    except (OSError, StopIteration, ValueError):
+        pass
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - soft <= -steps  # workers set nice -steps
 
 
 def repair(argv: list[str]) -> int:

@@ -159,8 +159,8 @@ class Arena:
             raise ValueError(f"arena directory {directory!r} does not exist")
         fstype = mount_of(directory)[0]
         if fstype not in ("tmpfs", "hugetlbfs", ""):
-            raise ValueError(f"arena directory {directory!r} is on {fstype}, not tmpfs or hugetlbfs: "
-                             "the rings would be on disk")
+            raise ValueError(f"arena directory {directory!r} is on {fstype}, not tmpfs: the rings would be on disk "
+                             "(a hugetlbfs works too)")
         sweep_stale(directory)
         lay = L.Layout(slots, capacity)
         size = lay.total
