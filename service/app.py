@@ -116,7 +116,8 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             self.ctl = Controller(workers=self.cfg.workers, recordings_dir=self.cfg.recordings_dir,
-                                  max_channels=self.cfg.max_calls, arena_dir=self.cfg.arena_dir)
+                                  max_channels=self.cfg.max_calls, arena_dir=self.cfg.arena_dir,
+                                  worker_priority=self.cfg.worker_priority)
             await loop.run_in_executor(self.pool, self.ctl.start)
             endpoint = f"ipc://{os.path.join(self.run_dir, 'ingest')}"
             sock = self.zctx.socket(zmq.PAIR)

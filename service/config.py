@@ -47,6 +47,9 @@ class ServeConfig:
     """Listen address of the operations port (GET /healthz and /metrics without the token,
     for probes and Prometheus); empty: no such port."""
     ops_port: int = 0
+    worker_priority: int = 10
+    """Workers run at nice -this (needs CAP_SYS_NICE or RLIMIT_NICE); 0 leaves the priority
+    alone, for containers where neither is in effect (Config.worker_priority)."""
     arena_dir: str = "/dev/shm"
     """tmpfs (or hugetlbfs) directory of the ring arena: the huge-page mount of
     deploy/run-wholecall-arena.mount, or a Kubernetes emptyDir of medium HugePages."""
@@ -60,7 +63,7 @@ DEFAULTS = {
     "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
     "log_format": "text", "log_level": "", "ops_listen": "",
-    "arena_dir": "/dev/shm",
+    "arena_dir": "/dev/shm", "worker_priority": 10,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -80,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
     p.add_argument("--log-format", help="text or json: one JSON object per line on stderr (default text)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default $WHOLECALL_LOG, else INFO)")
+    p.add_argument("--worker-priority", type=int, help="workers run at nice -N (default 10; 0: unchanged)")
     p.add_argument("--arena-dir", help="tmpfs or hugetlbfs directory for the ring arena (default /dev/shm)")
     p.add_argument("--ops-listen", help="HOST:PORT serving only /healthz and /metrics, without the token "
                                         "(probes, Prometheus; default none)")
@@ -169,6 +173,9 @@ def build(values: dict[str, Any]) -> ServeConfig:
     log_level = str(values["log_level"] or os.environ.get("WHOLECALL_LOG") or "INFO").upper()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    wp = values["worker_priority"]
+    if isinstance(wp, bool) or not isinstance(wp, int) or not 0 <= wp <= 20:
+        raise ConfigError(f"worker_priority must be an integer from 0 to 20, got {wp!r}")
     if not os.path.isdir(str(values["arena_dir"])):
         raise ConfigError(f"arena_dir {values['arena_dir']!r} is not a directory (mount the arena's tmpfs first)")
     ops_host, ops_port = _host_port(values["ops_listen"], "ops_listen") if values["ops_listen"] else ("", 0)
@@ -178,4 +185,5 @@ def build(values: dict[str, Any]) -> ServeConfig:
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
+        worker_priority=wp,
     )

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -17,6 +20,7 @@ from wholecall.ingest.rtp import build_packet
 
 FRAME = 160
 TOKEN = "ops-token-0123456789abcdef"
+DASHBOARD = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "grafana-dashboard.json")
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -60,6 +64,16 @@ def test_metrics_move_during_an_rtp_recording_and_json_logs_parse(tmp_path) -> N
         assert value(before, "wholecall_ready") == 1
         assert value(before, "wholecall_ingest_up") == 1
         assert value(before, "wholecall_websocket_messages_total") == 0  # registered before anything feeds it
+        # The Grafana dashboard only asks for series that exist.
+        names = {name for name, _ in before}
+        with open(DASHBOARD) as f:
+            wanted = set(re.findall(r"\bwholecall_[a-z_]+", f.read()))
+        assert wanted <= names, wanted - names
+        # The container's HEALTHCHECK: the operations port answers without a token, the API port not.
+        check = [sys.executable, "-m", "wholecall.service.healthcheck"]
+        assert subprocess.run(check + [f"http://127.0.0.1:{ops}/healthz"], timeout=30).returncode == 0
+        r = subprocess.run(check + [f"http://127.0.0.1:{srv.port}/healthz"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "HTTP 401" in r.stderr
 
         cid, port_in, port_out = srv.create_call(id="metered")
         assert srv.api("POST", f"/v1/calls/{cid}/recording", {"filename": "m/metered.wav"})[0] == 201
