@@ -24,8 +24,8 @@ reply with the same ``req``):
   legs are released up to now, window included, when `flush`; the sockets are closed and
   nothing is written to the slots afterwards)
 - ``{"op": "stats", "call"}`` -> ``{"ok": true, "media": {...}}``
-- ``{"op": "totals"}`` -> ``{"ok": true, "legs": {leg name: {counter: n}}, "ingest": {...}}``
-  (every leg ever served, for metrics: `ingest_totals`)
+- ``{"op": "totals"}`` -> ``{"ok": true, "legs": {leg name: {counter: n}}, "inodes": {leg
+  name: [socket inode]}, "ingest": {...}}`` (every leg ever served, for metrics: `ingest_totals`)
 - ``{"op": "stop"}`` -> the process exits.
 
 Events (no ``req``): ``{"op": "hello", "pid"}``, ``{"op": "digit", "call", "leg", "digit",
@@ -223,7 +223,8 @@ class Ingest:
                     reply = {"ok": True, "media": call.media() if call else {}, "kernel": udp_counters(),
                              "ingest": dict(self.stats, cpu_s=time.process_time())}
                 elif op == "totals":  # metrics: every leg ever served, by leg name
-                    reply = {"ok": True, "legs": self.totals.current(self.calls.values()),
+                    legs, inodes = self.totals.current(self.calls.values())
+                    reply = {"ok": True, "legs": legs, "inodes": inodes,
                              "ingest": dict(self.stats, cpu_s=time.process_time(), calls=len(self.calls))}
                 elif op == "stop":
                     self.running = False

@@ -34,6 +34,8 @@ from prometheus_client.registry import Collector
 
 from wholecall.controller.states import RecorderState
 
+from .ingest_totals import add_kernel_drops
+
 if TYPE_CHECKING:
     from .app import Service
 
@@ -93,6 +95,8 @@ class Metrics:
     def render(self, ingest_totals: dict[str, Any] | None) -> bytes:
         """The exposition text, given the ingest's answer to ``{"op": "totals"}`` (None: it
         did not answer; its families then read 0 or their last value, and wholecall_ingest_up 0)."""
+        if ingest_totals and ingest_totals.get("ok"):
+            add_kernel_drops(ingest_totals.setdefault("legs", {}), ingest_totals.get("inodes") or {})
         self.ingest = ingest_totals
         return generate_latest(self.registry)
 
