@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
 import time
 
+from wholecall.protocol import logline
+
 
 def demo(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wholecall demo", description="Record one simulated call with real workers.")
     p.add_argument("--seconds", type=float, default=4.0, help="length of the simulated call")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (0 = one per CPU)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one call needs one)")
     p.add_argument("--dir", default="recordings", help="recordings directory")
     p.add_argument("--format", default="alaw", help="file_format of the recording")
     a = p.parse_args(argv)
@@ -24,17 +25,43 @@ def demo(argv: list[str]) -> int:
     caller = speech_like(a.seconds, 120, 1)
     agent = speech_like(a.seconds, 210, 2)
     name = time.strftime("demo-%Y%m%d-%H%M%S") + f"-{os.getpid()}.wav"
-    with Controller(workers=a.workers, recordings_dir=a.dir) as ctl:
+    from wholecall.controller import Error
+    from wholecall.controller.config import Config
+
+    # One call: one channel's two rings (256 KiB, not the 256 MiB arena of 1,024 channels
+    # that would ask for huge pages), and the workers' raised priority only where it is
+    # allowed (a user without CAP_SYS_NICE would get a warning per worker for nothing a
+    # single call needs): nothing to warn a newcomer about.
+    priority = Config.worker_priority if may_raise_priority(Config.worker_priority) else 0
+    try:
+        ctl = Controller(workers=a.workers, recordings_dir=a.dir, max_channels=1, worker_priority=priority)
+        ctl.start()
+    except OSError as e:
+        print(f"wholecall demo: cannot use {e.filename or a.dir} as the recordings directory: {e.strerror or e}; "
+              f"pass --dir a writable directory", file=sys.stderr)
+        return 1
+    except (ValueError, Error) as e:
+        print(f"wholecall demo: cannot start the recorder: {e}", file=sys.stderr)
+        return 1
+    with ctl:
         ch = ctl.incoming_call()
         ch.ring()
         ch.answer()
         rec = ch.WholeCallRecorder
         t0 = time.perf_counter()
-        if not rec.start(name, file_format=a.format):
-            print(f"recording did not start: {rec.cause().name}", file=sys.stderr)
+        try:
+            started = rec.start(name, file_format=a.format)
+        except Error as e:  # a bad --format, a full disk: the message says what to change
+            print(f"wholecall demo: {e}", file=sys.stderr)
+            return 1
+        if not started:
+            res = rec.last_result
+            print(f"wholecall demo: the recording did not start: {res.error if res else rec.cause().name}",
+                  file=sys.stderr)
             return 1
         print(f"recording started in {1000 * (time.perf_counter() - t0):.1f} ms on "
-              f"{ctl.config.workers} pinned workers; feeding {a.seconds:.1f} s of call audio at real time")
+              f"{ctl.config.workers} pinned worker{'s' if ctl.config.workers != 1 else ''}; "
+              f"feeding {a.seconds:.1f} s of call audio at real time")
         frame = 160
         start = time.monotonic()
         for i in range(0, len(caller), frame):
@@ -48,6 +75,23 @@ def demo(argv: list[str]) -> int:
     print(f"cause: {rec.cause().name}")
     print(f"file: {res.path}  ({res.bytes} bytes, {res.duration_s:.2f} s of audio, {a.format} 8000 Hz mono)")
     return 0 if rec.cause().name == "HANGUP" else 1
+
+
+def may_raise_priority(steps: int) -> bool:
+    """Whether this process may lower its nice value by `steps` (root, CAP_SYS_NICE, or RLIMIT_NICE)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+        if int(caps.split()[1], 16) >> 23 & 1:  # CAP_SYS_NICE
+            return True
+    except (OSError, StopIteration, ValueError):
+        pass
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - soft <= -steps  # workers set nice -steps
 
 
 def repair(argv: list[str]) -> int:
@@ -111,6 +155,9 @@ def serve(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"wholecall serve: {e}", file=sys.stderr)
         return 2
+    from wholecall.service.logs import setup
+
+    setup(cfg.log_format, cfg.log_level)
     return asyncio.run(run(cfg))
 
 
@@ -137,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               "  stress   record many channels at real time and report CPU, losses and latency",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logline.configure()
     if threading.current_thread() is threading.main_thread() and argv[0] != "serve":  # serve drains itself
         # SIGTERM (kill, timeout, a CI job cancelled) would end Python without running a
         # single `finally`: the workers would then go with their parent, but a stress run's

@@ -109,7 +109,8 @@ class CallChannel:
                 raise Error(f"Channel({self.id}) is closed")
             new = call_transition(f"Channel({self.id})", self._state, event)
             if new is not self._state:
-                log.info("Channel(%d) call %s -> %s", self.id, self._state.value, new.value)
+                log.info("Channel(%d) call %s -> %s", self.id, self._state.value, new.value,
+                         extra={"event": "call_state", "channel": self.id, "old": self._state.value, "new": new.value})
             self._state = new
 
     def ring(self) -> None:

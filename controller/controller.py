@@ -26,6 +26,7 @@ from wholecall.shm.arena import _pid_alive, huge_pages
 
 from .channel import CallChannel
 from .config import Config
+from .counters import JobCounters
 from .errors import Error
 from .media import Conference, MusicOnHold
 from .recorder import WholeCallRecorder
@@ -57,6 +58,8 @@ class Controller:
         self._free_space = FreeSpace(self.config.recordings_dir, self.config.min_free_bytes)
         #: Finisher threads: hash ended recordings and write their sidecars (`sidecar.py`).
         self._finisher: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Totals of finished recordings (by cause, bytes, failures) for metrics.
+        self.counters = JobCounters()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -199,8 +202,11 @@ class Controller:
             if rec is None:
                 return False
             lost = self.supervisor.lost.pop(msg.job_id, 0) if self.supervisor is not None else 0
-            return rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost,
-                                 msg.origin, msg.end_pos, msg.heard)
+            applied = rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost,
+                                    msg.origin, msg.end_pos, msg.heard)
+            if applied:
+                self.counters.ended(msg.cause, msg.bytes, msg.error, lost)
+            return applied
         if isinstance(msg, JobDigits):
             rec = self._jobs.get(msg.job_id)
             return rec is not None and rec._on_digits(msg)
@@ -213,7 +219,9 @@ class Controller:
             with self._lock:
                 rec = self._jobs.pop(job_id, None)
             if rec is not None:
-                rec._on_ended(job_id, Cause.ERROR, *salvage(rec._path, rec._encrypted), why)
+                nbytes, samples, seconds = salvage(rec._path, rec._encrypted)
+                if rec._on_ended(job_id, Cause.ERROR, nbytes, samples, seconds, why):
+                    self.counters.ended(Cause.ERROR, nbytes, why, 0)
 
     def stats(self) -> dict:
         """Workers, their load, progress lag (from shared memory) and the last heartbeat figures.

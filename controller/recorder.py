@@ -95,6 +95,7 @@ class WholeCallRecorder:
         self._ctl = channel.controller
         self._cond = threading.Condition()
         self._core = RecorderCore(f"Channel({channel.id})")
+        self._core.context["channel"] = channel.id
         self._worker = -1
         self._path = ""
         self._encrypted = False
@@ -177,6 +178,7 @@ class WholeCallRecorder:
             except OSError as e:
                 return self._failed_to_start(args.path, f"cannot create directory {parent}: {e.strerror or e}")
             job_id = self._ctl.new_job(self)
+            self._core.context.update(recording=os.path.relpath(args.path, cfg.recordings_dir), worker=worker.index)
             self._core.begin(job_id, called, cfg.start_timeout_s)
             self._worker = worker.index
             self._path = args.path

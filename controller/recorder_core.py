@@ -65,6 +65,11 @@ class RecorderCore:
     # -- queries ---------------------------------------------------------------------------
 
     @property
+    def context(self) -> dict[str, object]:
+        """Fields the state-change log lines carry (the shell fills in channel, recording, worker)."""
+        return self._m.context
+
+    @property
     def phase(self) -> Phase:
         return self._m.phase
 

@@ -73,16 +73,21 @@ class RecorderMachine:
         self.phase = Phase.IDLE
         self.cause = Cause.NONE
         self.job_id = 0
+        #: Fields of this recorder's state-change log lines (channel, recording, worker).
+        self.context: dict[str, object] = {}
 
-    def _set(self, new: Phase) -> None:
+    def _set(self, new: Phase, job_id: int) -> None:
         if new is not self.phase:
-            log.info("%s recorder %s -> %s cause=%s", self.name, self.phase.value, new.value, self.cause.value)
+            log.info("%s recorder %s -> %s cause=%s", self.name, self.phase.value, new.value, self.cause.value,
+                     extra={"event": "recording_state", "old": self.phase.value, "new": new.value,
+                            "cause": self.cause.value, "job": job_id, **self.context})
         self.phase = new
 
     def fire(self, event: str, job_id: int = 0, cause: Cause | None = None) -> None:
         nxt = _TRANSITIONS[self.phase].get(event)
         if nxt is None:
             raise TransitionError(f'{self.name}: cannot {event} in state "{self.phase.value}"')
+        job = job_id or self.job_id
         if event == "start":
             self.job_id, self.cause = job_id, Cause.NONE
         elif event == "ended":
@@ -91,7 +96,7 @@ class RecorderMachine:
             self.job_id = 0
             if cause is Cause.ERROR:
                 nxt = Phase.ERROR
-        self._set(nxt)
+        self._set(nxt, job)
 
     @property
     def busy(self) -> bool:

@@ -43,6 +43,8 @@ from wholecall.ingest.payload import PayloadError, PayloadTypes
 from wholecall.ingest.srtp import SrtpError, parse_sdes
 
 from .config import ServeConfig
+from .logs import CALL_NAMES, announce
+from .metrics import CONTENT_TYPE, INGEST_TOTALS_TIMEOUT_S, Metrics
 from .openapi import document
 
 log = logging.getLogger("wholecall.service")
@@ -107,6 +109,7 @@ class Service:
         self.http: ClientSession | None = None
         self.stopped = asyncio.Event()
         self.startup_error: BaseException | None = None
+        self.metrics = Metrics(self)
 
     # -- process tree -----------------------------------------------------------------------
 
@@ -115,7 +118,8 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             self.ctl = Controller(workers=self.cfg.workers, recordings_dir=self.cfg.recordings_dir,
-                                  max_channels=self.cfg.max_calls)
+                                  max_channels=self.cfg.max_calls, arena_dir=self.cfg.arena_dir,
+                                  worker_priority=self.cfg.worker_priority)
             await loop.run_in_executor(self.pool, self.ctl.start)
             endpoint = f"ipc://{os.path.join(self.run_dir, 'ingest')}"
             sock = self.zctx.socket(zmq.PAIR)
@@ -254,6 +258,7 @@ class Service:
     def _forget(self, e: CallEntry) -> None:
         if self.calls.get(e.id) is e and not e.watched:
             del self.calls[e.id]
+            CALL_NAMES.names.pop(e.channel.id, None)
 
     def _watch_recording(self, entry: CallEntry) -> None:
         if entry.webhook and not entry.watched:
@@ -425,6 +430,18 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if s.ready and not s.draining else 503)
 
 
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    s = svc(request)
+    totals = None
+    if s.ingest_sock is not None and not s.draining:
+        try:
+            totals = await s.ingest({"op": "totals"}, INGEST_TOTALS_TIMEOUT_S)
+        except ApiError:
+            pass  # the families say so: wholecall_ingest_up 0
+    return web.Response(body=s.metrics.render(totals), headers={"Content-Type": CONTENT_TYPE})
+
+
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document())
@@ -472,6 +489,7 @@ async def create_call(request: web.Request) -> web.Response:
 
     def new_channel() -> CallChannel:
         ch = s.ctl.incoming_call()
+        CALL_NAMES.names[ch.id] = cid  # the call id on the channel's log lines
         ch.ring()
         ch.answer()
         return ch
@@ -482,6 +500,7 @@ async def create_call(request: web.Request) -> web.Response:
         raise ApiError(503, "Error", str(e)) from None
     if cid in s.calls:  # raced with a twin request while the channel was made
         await s.call_blocking(ch.close)
+        CALL_NAMES.names.pop(ch.id, None)
         raise ApiError(409, "Conflict", f"call {cid!r} already exists")
     placeholder = CallEntry(cid, ch, {}, bool(srtp))
     s.calls[cid] = placeholder
@@ -495,13 +514,16 @@ async def create_call(request: web.Request) -> web.Response:
     except BaseException:
         s.calls.pop(cid, None)
         await s.call_blocking(ch.close)
+        CALL_NAMES.names.pop(ch.id, None)
         raise
     if not reply.get("ok"):
         s.calls.pop(cid, None)
         await s.call_blocking(ch.close)
+        CALL_NAMES.names.pop(ch.id, None)
         raise ApiError(503, reply.get("error", "Error"), reply.get("detail", "the ingest refused the call"))
     placeholder.ports = dict(reply["ports"])
-    log.info("call %s created as Channel(%d), RTP %s", cid, ch.id, placeholder.ports)
+    log.info("call %s created as Channel(%d), RTP %s", cid, ch.id, placeholder.ports,
+             extra={"event": "call_created", "call": cid, "channel": ch.id, "new": ch.state().value})
     view = s.call_view(placeholder)
     return web.json_response({k: view[k] for k in ("id", "state", "legs")}, status=201)
 
@@ -560,6 +582,7 @@ async def start_recording(request: web.Request) -> web.Response:
         ok = await s.call_blocking(start)
     except (Error, Hangup) as exc:
         raise _exception(exc) from None
+    s.metrics.started(rec, ok)
     if not ok:
         res = rec.last_result
         raise ApiError(500, "Error", res.error if res and res.error else "the recording did not start")
@@ -665,6 +688,16 @@ def make_app(service: Service) -> web.Application:
     return app
 
 
+def make_ops_app(service: Service) -> web.Application:
+    """The operations port: /healthz and /metrics only, without the token (probes and
+    Prometheus cannot easily carry one; neither route changes anything)."""
+    app = web.Application(client_max_size=1024)
+    app["service"] = service
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
 async def serve(cfg: ServeConfig) -> int:
     service = Service(cfg)
     app = make_app(service)
@@ -673,8 +706,16 @@ async def serve(cfg: ServeConfig) -> int:
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
     await site.start()
     bound = runner.addresses[0] if runner.addresses else (cfg.host, cfg.port)
-    print(f"wholecall serve: http://{bound[0]}:{bound[1]}  recordings in {cfg.recordings_dir}  "
-          f"RTP on {cfg.rtp_host}:{cfg.rtp_low}-{cfg.rtp_high}", flush=True)
+    ops_runner = None
+    if cfg.ops_host:
+        ops_runner = web.AppRunner(make_ops_app(service), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await ops_runner.setup()
+        await web.TCPSite(ops_runner, cfg.ops_host, cfg.ops_port, reuse_address=True).start()
+        ops = ops_runner.addresses[0]
+        announce(cfg.log_format, f"wholecall serve: operations (healthz, metrics) on http://{ops[0]}:{ops[1]}",
+                 "ops_listening")
+    announce(cfg.log_format, f"wholecall serve: http://{bound[0]}:{bound[1]}  recordings in {cfg.recordings_dir}  "
+             f"RTP on {cfg.rtp_host}:{cfg.rtp_low}-{cfg.rtp_high}", "listening")
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -688,12 +729,15 @@ async def serve(cfg: ServeConfig) -> int:
         await backend
         await service.drain()
     elif service.startup_error is not None:
-        print(f"wholecall serve: start-up failed: {service.startup_error}", file=sys.stderr)
+        if cfg.log_format != "json":  # in JSON the "start-up failed" record above says it
+            print(f"wholecall serve: start-up failed: {service.startup_error}", file=sys.stderr)
         rc = 1
     else:
         rc = 1  # the ingest died
     await site.stop()
     await service.close()
     await runner.cleanup()
-    print("wholecall serve: stopped", flush=True)
+    if ops_runner is not None:
+        await ops_runner.cleanup()
+    announce(cfg.log_format, "wholecall serve: stopped", "stopped")
     return rc

@@ -39,6 +39,20 @@ class ServeConfig:
     """RTP re-order window in ms."""
     max_calls: int = 1024
     """Calls that can exist at once (each holds two 8 s rings in /dev/shm)."""
+    log_format: str = "text"
+    """Log lines on stderr: text, or json (one object per line, `protocol.logline`)."""
+    log_level: str = "INFO"
+    """Lowest level logged (DEBUG, INFO, WARNING, ERROR); $WHOLECALL_LOG when not set."""
+    ops_host: str = ""
+    """Listen address of the operations port (GET /healthz and /metrics without the token,
+    for probes and Prometheus); empty: no such port."""
+    ops_port: int = 0
+    worker_priority: int = 10
+    """Workers run at nice -this (needs CAP_SYS_NICE or RLIMIT_NICE); 0 leaves the priority
+    alone, for containers where neither is in effect (Config.worker_priority)."""
+    arena_dir: str = "/dev/shm"
+    """tmpfs (or hugetlbfs) directory of the ring arena: the huge-page mount of
+    deploy/run-wholecall-arena.mount, or a Kubernetes emptyDir of medium HugePages."""
 
     @property
     def rtp_host(self) -> str:
@@ -48,7 +62,10 @@ class ServeConfig:
 DEFAULTS = {
     "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
+    "log_format": "text", "log_level": "", "ops_listen": "",
+    "arena_dir": "/dev/shm", "worker_priority": 10,
 }
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--media-timeout", type=float, help="hang up after this many seconds without media (default 30)")
     p.add_argument("--reorder-ms", type=float, help="RTP re-order window in ms (default 200)")
     p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
+    p.add_argument("--log-format", help="text or json: one JSON object per line on stderr (default text)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default $WHOLECALL_LOG, else INFO)")
+    p.add_argument("--worker-priority", type=int, help="workers run at nice -N (default 10; 0: unchanged)")
+    p.add_argument("--arena-dir", help="tmpfs or hugetlbfs directory for the ring arena (default /dev/shm)")
+    p.add_argument("--ops-listen", help="HOST:PORT serving only /healthz and /metrics, without the token "
+                                        "(probes, Prometheus; default none)")
     return p
 
 
@@ -88,17 +111,17 @@ def load(argv: list[str]) -> ServeConfig:
     return build(values)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, key: str = "listen") -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"listen {text!r} is not HOST:PORT")
+        raise ConfigError(f"{key} {text!r} is not HOST:PORT")
     host = host.strip("[]")
     try:
         p = int(port)
     except ValueError:
-        raise ConfigError(f"listen {text!r}: port {port!r} is not a number") from None
+        raise ConfigError(f"{key} {text!r}: port {port!r} is not a number") from None
     if not 0 <= p <= 65535:
-        raise ConfigError(f"listen {text!r}: port {p} is outside 0-65535")
+        raise ConfigError(f"{key} {text!r}: port {p} is outside 0-65535")
     return host, p
 
 
@@ -144,9 +167,23 @@ def build(values: dict[str, Any]) -> ServeConfig:
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+    log_format = str(values["log_format"]).lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")
+    log_level = str(values["log_level"] or os.environ.get("WHOLECALL_LOG") or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    wp = values["worker_priority"]
+    if isinstance(wp, bool) or not isinstance(wp, int) or not 0 <= wp <= 20:
+        raise ConfigError(f"worker_priority must be an integer from 0 to 20, got {wp!r}")
+    if not os.path.isdir(str(values["arena_dir"])):
+        raise ConfigError(f"arena_dir {values['arena_dir']!r} is not a directory (mount the arena's tmpfs first)")
+    ops_host, ops_port = _host_port(values["ops_listen"], "ops_listen") if values["ops_listen"] else ("", 0)
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
-        max_calls=values["max_calls"],
+        max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
+        ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
+        worker_priority=wp,
     )

@@ -24,6 +24,8 @@ reply with the same ``req``):
   legs are released up to now, window included, when `flush`; the sockets are closed and
   nothing is written to the slots afterwards)
 - ``{"op": "stats", "call"}`` -> ``{"ok": true, "media": {...}}``
+- ``{"op": "totals"}`` -> ``{"ok": true, "legs": {leg name: {counter: n}}, "inodes": {leg
+  name: [socket inode]}, "ingest": {...}}`` (every leg ever served, for metrics: `ingest_totals`)
 - ``{"op": "stop"}`` -> the process exits.
 
 Events (no ``req``): ``{"op": "hello", "pid"}``, ``{"op": "digit", "call", "leg", "digit",
@@ -53,7 +55,10 @@ from wholecall.ingest.payload import PayloadTypes
 from wholecall.ingest.recvmmsg import BatchReceiver, set_receive_buffer, socket_drops, udp_counters
 from wholecall.ingest.rtp import HEADER_SIZE, RTP_VERSION, parse_batch
 from wholecall.ingest.srtp import SrtpError, SrtpReceiver, SrtpReplay
+from wholecall.protocol import logline
 from wholecall.shm import Arena, LegWriter
+
+from .ingest_totals import LegTotals
 
 log = logging.getLogger("wholecall.ingest")
 
@@ -189,6 +194,7 @@ class Ingest:
         self.row_leg = np.zeros(BATCH_ROWS, np.int64)
         self.running = True
         self.stats = {"batches": 0, "packets": 0, "rounds": 0}
+        self.totals = LegTotals()
 
     # -- control --------------------------------------------------------------------------
 
@@ -216,6 +222,10 @@ class Ingest:
                     call = self.calls.get(msg["call"])
                     reply = {"ok": True, "media": call.media() if call else {}, "kernel": udp_counters(),
                              "ingest": dict(self.stats, cpu_s=time.process_time())}
+                elif op == "totals":  # metrics: every leg ever served, by leg name
+                    legs, inodes = self.totals.current(self.calls.values())
+                    reply = {"ok": True, "legs": legs, "inodes": inodes,
+                             "ingest": dict(self.stats, cpu_s=time.process_time(), calls=len(self.calls))}
                 elif op == "stop":
                     self.running = False
                     reply = {"ok": True}
@@ -306,6 +316,7 @@ class Ingest:
             leg.put(leg.jitter.flush(now) if flush else leg.jitter.pull(now))
         self._digits(call)
         media = call.media()
+        self.totals.retire(media)
         self._drop_legs(call)
         return media
 
@@ -486,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tick-ms", type=float, default=40.0, help="how often the sockets are swept and the legs released")
     p.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
     a = p.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logline.configure()
     import signal
 
     # The service drains and then stops us over the control channel; a Ctrl-C on the

@@ -30,7 +30,7 @@ import time
 
 import zmq
 
-from wholecall.protocol import Cause, Heartbeat, Hello, ProtocolError, WorkerSettings, decode, sockets
+from wholecall.protocol import Cause, Heartbeat, Hello, ProtocolError, WorkerSettings, decode, logline, sockets
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
 
@@ -213,6 +213,5 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--settings: {e}")
     if not isinstance(msg, WorkerSettings):
         p.error(f"--settings: a {msg.TYPE!r} message, not WorkerSettings")
-    logging.basicConfig(level=os.environ.get("WHOLECALL_LOG", "WARNING"), stream=sys.stderr,
-                        format="%(asctime)s worker[" + str(msg.index) + "] %(levelname)s %(message)s")
+    logline.configure(text="%(asctime)s worker[" + str(msg.index) + "] %(levelname)s %(message)s", worker=msg.index)
     return run(msg)

@@ -1,0 +1,63 @@
+"""The operations settings of `wholecall serve` (flags and TOML keys) and the JSON log line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from wholecall.protocol import logline
+from wholecall.service.config import ConfigError, load
+
+
+def test_log_format_from_the_file_and_the_flag_wins(tmp_path) -> None:
+    conf = tmp_path / "serve.toml"
+    conf.write_text('log-format = "json"\nlog_level = "warning"\nops_listen = "127.0.0.1:9191"\nworker_priority = 0\n')
+    cfg = load(["--config", str(conf)])
+    assert (cfg.log_format, cfg.log_level, cfg.ops_host, cfg.ops_port, cfg.worker_priority) == \
+        ("json", "WARNING", "127.0.0.1", 9191, 0)
+    assert load(["--config", str(conf), "--log-format", "text"]).log_format == "text"
+    assert load([]).log_format == "text" and load([]).ops_host == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--log-format", "xml"], "log_format must be text or json, got 'xml'"),
+    (["--log-level", "loud"], "log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'"),
+    (["--ops-listen", "9090"], "ops_listen '9090' is not HOST:PORT"),
+    (["--arena-dir", "/no/such/dir"], "arena_dir '/no/such/dir' is not a directory"),
+    (["--worker-priority", "21"], "worker_priority must be an integer from 0 to 20, got 21"),
+])
+def test_bad_operations_settings_are_named(argv, message) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(argv)
+    assert str(e.value).startswith(message)
+
+
+def test_a_json_line_carries_the_fields_and_stays_one_line() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logline.JsonLines())
+    handler.addFilter(logline.Defaults(worker=3))
+    log = logging.getLogger("wholecall.test.logline")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("Channel(%d) recorder %s -> %s", 7, "RECORDING", "STOPPING",
+                    extra={"event": "recording_state", "channel": 7, "old": "RECORDING", "new": "STOPPING",
+                           "recording": "a/b.wav"})
+        try:
+            raise ValueError("two\nlines")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["event"] == "recording_state" and first["level"] == "warning"
+    assert (first["channel"], first["old"], first["new"], first["recording"], first["worker"]) == \
+        (7, "RECORDING", "STOPPING", "a/b.wav", 3)
+    assert first["msg"] == "Channel(7) recorder RECORDING -> STOPPING"
+    assert second["event"] == "log" and "ValueError: two\nlines" in second["exc"]
