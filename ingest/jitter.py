@@ -255,6 +255,13 @@ class JitterBuffer:
         else:
             stream.end = max(stream.end, position)
 
+    def place(self, position: int, samples: np.ndarray) -> None:
+        """Audio whose position the caller worked out (a stream with its own timestamps, or
+        arrival order): held and released exactly like a packet's; counted late if its
+        place was already released."""
+        self.received += 1
+        self._land(position, samples)
+
     def pull(self, now: float) -> list[Chunk]:
         """Release everything below ``clock(now) - window``, in position order, gaps as silence."""
         return self._release(self.clock(now) - self.window)

@@ -39,6 +39,12 @@ class ServeConfig:
     """RTP re-order window in ms."""
     max_calls: int = 1024
     """Calls that can exist at once (each holds two 8 s rings in /dev/shm)."""
+    websocket_listen: str = ""
+    """HOST:PORT of the WebSocket media server (Twilio, L16); empty: the listen host, any free port."""
+    websocket_url: str = ""
+    """Public base URL handed out for WebSocket media (e.g. wss://rec.example.com behind a TLS proxy)."""
+    audiosocket_listen: str = ""
+    """HOST:PORT of the AudioSocket server; empty: the listen host, any free port."""
 
     @property
     def rtp_host(self) -> str:
@@ -48,6 +54,7 @@ class ServeConfig:
 DEFAULTS = {
     "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
+    "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
 }
 
 
@@ -64,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--media-timeout", type=float, help="hang up after this many seconds without media (default 30)")
     p.add_argument("--reorder-ms", type=float, help="RTP re-order window in ms (default 200)")
     p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
+    p.add_argument("--websocket-listen", help="HOST:PORT for Twilio/L16 WebSocket media (default: listen host, any port)")
+    p.add_argument("--websocket-url", help="public base URL of the WebSocket media server, e.g. wss://host (TLS proxy)")
+    p.add_argument("--audiosocket-listen", help="HOST:PORT for Asterisk AudioSocket (default: listen host, any port)")
     return p
 
 
@@ -148,5 +158,19 @@ def build(values: dict[str, Any]) -> ServeConfig:
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
-        max_calls=values["max_calls"],
+        max_calls=values["max_calls"], **_stream_settings(values),
     )
+
+
+def _stream_settings(values: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name in ("websocket_listen", "audiosocket_listen"):
+        v = str(values[name] or "")
+        if v:
+            _host_port(v)  # checked like listen
+        out[name] = v
+    url = str(values["websocket_url"] or "")
+    if url and not url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"websocket_url must start with ws:// or wss://, got {url!r}")
+    out["websocket_url"] = url
+    return out
