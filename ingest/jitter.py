@@ -270,6 +270,11 @@ class JitterBuffer:
         """At the end of the call: release everything below ``clock(now)``, not holding the window."""
         return self._release(self.clock(now))
 
+    def release_to(self, horizon: int) -> list[Chunk]:
+        """Release everything below `horizon` (a stream that has ended: all it sent lands,
+        even what a sender ahead of our clock placed past ``clock(now)``)."""
+        return self._release(horizon)
+
     def pop_digits(self) -> list[Digit]:
         """Digits reported since the last call, in the order their first packets arrived."""
         digits, self._digits = self._digits, []

@@ -300,8 +300,12 @@ class StreamIngest:
         for conn in call.attached.values():
             if conn.l16 is not None and not conn.dead:
                 self._l16_audio(conn, conn.l16.flush(), call.clock(now), now)
+        # Ended: everything received lands, also what a sender ahead of our clock placed past
+        # it; both legs to the same horizon, so they stay aligned.
+        ends = [leg.end for leg in call.legs.values() if leg.end is not None]
+        horizon = max([call.clock(now)] + ends) if flush else call.clock(now) - round(self.window * RATE)
         for leg in call.legs.values():
-            leg.put(leg.jitter.flush(now) if flush else leg.jitter.pull(now))
+            leg.put(leg.jitter.release_to(horizon))
         self._digits(call)
         for conn in list(call.attached.values()):
             conn.dead = True
@@ -402,16 +406,20 @@ class StreamIngest:
 
     def process(self, now: float) -> None:
         """Work through everything received since the last tick, in arrival order."""
-        items, self.pending = self.pending, []
-        if not items:
+        if not self.pending:
             return
+        items = self.pending.copy()  # the handlers hold `pending.append`: the list object stays
+        self.pending.clear()
         self.stats["messages"] += len(items)
         media: list[tuple[Conn, OutLeg, int, str]] = []
         for conn, kind, data in items:
             call = conn.call
             if kind == CLOSE:
+                if conn.l16 is not None and not conn.dead and not call.ended:  # what soxr still holds
+                    self._l16_audio(conn, conn.l16.flush(), call.clock(now), now)
                 conn.dead = True
-                self.end_call(call, str(data))
+                if not any(not c.dead for c in call.attached.values()):  # the call's last connection
+                    self.end_call(call, str(data))
                 continue
             if conn.dead or call.ended:
                 continue
