@@ -93,6 +93,7 @@ def main(argv: list[str]) -> int:
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     socks: list[socket.socket] = []
+    failed = True
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -226,6 +227,7 @@ def main(argv: list[str]) -> int:
             with open(a.json, "w") as f:
                 json.dump(report, f, indent=1)
         ok = received == sent and late == 0 and overruns == 0 and bad == 0 and not_hung_up == 0
+        failed = not ok
         return 0 if ok else 1
     finally:
         for s in socks:
@@ -237,8 +239,10 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
         log.close()
-        if not a.dir:
+        if not a.dir and not failed:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+        elif failed:
+            print(f"kept {tmp} (serve.log) for a look", file=sys.stderr)
 
