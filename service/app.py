@@ -133,7 +133,7 @@ class Service:
             self.ingest_proc = await loop.run_in_executor(
                 self.pool, lambda: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
             await asyncio.wait_for(self._ingest_hello, 30)
-            self.streams = StreamBackend(self)
+            self.streams = StreamBackend(self, ApiError, CallEntry)
             await self.streams.start(self.ctl.arena.path)
             self.http = ClientSession(timeout=ClientTimeout(total=5))
             self._spawn(self._watch_ingest())

@@ -54,10 +54,17 @@ import numpy as np
 import zmq
 import zmq.asyncio
 from aiohttp import WSMsgType, web
-
 from wholecall.ingest import twilio
 from wholecall.ingest.audiosocket import (
-    KIND_AUDIO, KIND_DTMF, KIND_ERROR, KIND_HANGUP, KIND_UUID, AudioSocketError, FrameReader, parse_digit, parse_uuid,
+    KIND_AUDIO,
+    KIND_DTMF,
+    KIND_ERROR,
+    KIND_HANGUP,
+    KIND_UUID,
+    AudioSocketError,
+    FrameReader,
+    parse_digit,
+    parse_uuid,
 )
 from wholecall.ingest.jitter import JitterBuffer
 from wholecall.ingest.l16stream import L16Error, L16Stream
@@ -79,7 +86,7 @@ _ZEROS.flags.writeable = False
 class OutLeg:
     """One leg of a streamed call: its playout core and its ring, and what happened to its audio."""
 
-    __slots__ = ("name", "writer", "jitter", "end", "messages", "resyncs", "too_early", "last_media")
+    __slots__ = ("end", "jitter", "last_media", "messages", "name", "resyncs", "too_early", "writer")
 
     def __init__(self, name: str, writer: LegWriter, jitter: JitterBuffer) -> None:
         self.name = name
@@ -191,7 +198,7 @@ class StreamCall:
 class Conn:
     """One WebSocket or AudioSocket connection feeding a call: `leg` None means both legs."""
 
-    __slots__ = ("call", "leg", "ws", "transport", "started", "dead", "l16", "peer")
+    __slots__ = ("call", "dead", "l16", "leg", "peer", "started", "transport", "ws")
 
     def __init__(self, call: StreamCall, leg: str | None, peer: str) -> None:
         self.call = call

@@ -21,15 +21,12 @@ import secrets
 import subprocess
 import sys
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 import zmq
 import zmq.asyncio
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from .app import Service
 
 log = logging.getLogger("wholecall.service")
 
@@ -41,8 +38,12 @@ FIELDS = {"twilio": {"media", "id"}, "websocket": {"media", "id", "channels", "e
 class StreamBackend:
     """The stream ingest process and its control channel (request/reply plus events)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Any, api_error: type[Exception], entry_type: type) -> None:
+        """`api_error` and `entry_type` are the service's ApiError and CallEntry (passed in, as
+        this module sits below app.py)."""
         self.s = service
+        self.api_error = api_error
+        self.entry_type = entry_type
         self.sock: zmq.asyncio.Socket | None = None
         self.proc: subprocess.Popen | None = None
         self.websocket_port = 0
@@ -120,8 +121,7 @@ class StreamBackend:
                 self.s._spawn(self.s._hang_up(entry, "media_timeout"))
 
     async def request(self, msg: dict, timeout: float = 10.0) -> dict:
-        from .app import ApiError
-
+        ApiError = self.api_error
         if self.sock is None:
             raise ApiError(503, "Unavailable", "the stream ingest is not running")
         req = next(self._reqs)
@@ -161,10 +161,8 @@ class StreamBackend:
             self.sock.close(0)
 
 
-def check_body(body: dict) -> dict:
+def check_body(body: dict, ApiError: Any) -> dict:
     """The stream settings of a create request, checked; raises ApiError naming what is wrong."""
-    from .app import ApiError
-
     media = body["media"]
     unknown = set(body) - FIELDS[media]
     if unknown:
@@ -182,15 +180,14 @@ def check_body(body: dict) -> dict:
     return out
 
 
-async def create_stream_call(s: Service, body: dict, cid: str) -> web.Response:
+async def create_stream_call(s: Any, body: dict, cid: str) -> web.Response:
     """POST /v1/calls for streamed media (the common checks of the body are done by the caller)."""
-    from .app import ApiError, CallEntry
-
-    media = body["media"]
-    settings = check_body(body)
-    backend = s.streams
+    backend: StreamBackend | None = s.streams
     if backend is None:
-        raise ApiError(503, "Unavailable", "the stream ingest is not running")
+        raise web.HTTPServiceUnavailable(text="the stream ingest is not running")
+    ApiError, CallEntry = backend.api_error, backend.entry_type
+    media = body["media"]
+    settings = check_body(body, ApiError)
     assert s.ctl is not None
 
     def new_channel() -> Any:

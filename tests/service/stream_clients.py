@@ -21,7 +21,7 @@ with warnings.catch_warnings():
         def ulaw(payload: bytes) -> np.ndarray:
             return np.frombuffer(audioop.ulaw2lin(payload, 2), np.int16)
     except ImportError:  # Python 3.13+
-        from wholecall.ingest.g711 import decode_ulaw as ulaw
+        pass
 
 SID = "MZ00000000000000000000000000000000"
 

@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 from stream_clients import (
-    as_frame, as_uuid, connected, dtmf, media, paced_tcp, paced_ws, start, stop, ulaw, ulaw_payload,
+    as_frame,
+    as_uuid,
+    connected,
+    dtmf,
+    media,
+    paced_tcp,
+    paced_ws,
+    start,
+    stop,
+    ulaw,
+    ulaw_payload,
 )
 
 FRAME = 160
@@ -243,7 +253,6 @@ def test_bad_audiosocket_and_websocket_connections_are_refused_and_counted(serve
     async def bad_url() -> int:
         async with aiohttp.ClientSession() as s:
             base = call["audiosocket"]["host"]
-            _, health = server.api("GET", "/healthz")
             try:
                 async with s.ws_connect(f"ws://{base}:{_ws_port(server)}/v1/media/nosuchtoken"):
                     return 101
