@@ -135,8 +135,12 @@ def stress(argv: list[str]) -> int:
             from wholecall.sim.rtp_stress import main as rtp_main
 
             return rtp_main(rest)
+        if media == "twilio":
+            from wholecall.sim.twilio_stress import main as twilio_main
+
+            return twilio_main(rest)
         if media != "legs":
-            print(f"wholecall stress: --media must be legs or rtp, got {media!r}", file=sys.stderr)
+            print(f"wholecall stress: --media must be legs, rtp or twilio, got {media!r}", file=sys.stderr)
             return 2
         argv = rest
     from wholecall.sim.stress import main as stress_main

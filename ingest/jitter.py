@@ -255,6 +255,13 @@ class JitterBuffer:
         else:
             stream.end = max(stream.end, position)
 
+    def place(self, position: int, samples: np.ndarray) -> None:
+        """Audio whose position the caller worked out (a stream with its own timestamps, or
+        arrival order): held and released exactly like a packet's; counted late if its
+        place was already released."""
+        self.received += 1
+        self._land(position, samples)
+
     def pull(self, now: float) -> list[Chunk]:
         """Release everything below ``clock(now) - window``, in position order, gaps as silence."""
         return self._release(self.clock(now) - self.window)
@@ -262,6 +269,11 @@ class JitterBuffer:
     def flush(self, now: float) -> list[Chunk]:
         """At the end of the call: release everything below ``clock(now)``, not holding the window."""
         return self._release(self.clock(now))
+
+    def release_to(self, horizon: int) -> list[Chunk]:
+        """Release everything below `horizon` (a stream that has ended: all it sent lands,
+        even what a sender ahead of our clock placed past ``clock(now)``)."""
+        return self._release(horizon)
 
     def pop_digits(self) -> list[Digit]:
         """Digits reported since the last call, in the order their first packets arrived."""

@@ -46,6 +46,7 @@ from .config import ServeConfig
 from .logs import CALL_NAMES, announce
 from .metrics import CONTENT_TYPE, INGEST_TOTALS_TIMEOUT_S, Metrics
 from .openapi import document
+from .streams import STREAM_MEDIA, StreamBackend, create_stream_call, legs_view
 
 log = logging.getLogger("wholecall.service")
 
@@ -85,6 +86,8 @@ class CallEntry:
     hung_up: bool = False
     hangup_reason: str = ""
     media: dict = field(default_factory=dict)
+    stream: dict = field(default_factory=dict)
+    """Streamed media (service/streams.py): its kind and URL or UUIDs; empty for RTP."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -100,6 +103,9 @@ class Service:
         self.zctx = zmq.asyncio.Context()
         self.ingest_sock: zmq.asyncio.Socket | None = None
         self.ingest_proc: subprocess.Popen | None = None
+        self.streams: StreamBackend | None = None
+        #: The stream ingest's message and error totals as of the last scrape (service/metrics.py).
+        self.websocket_stats: dict[str, int] = {}
         self._reqs = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._ingest_hello: asyncio.Future | None = None
@@ -135,6 +141,8 @@ class Service:
             self.ingest_proc = await loop.run_in_executor(
                 self.pool, lambda: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
             await asyncio.wait_for(self._ingest_hello, 30)
+            self.streams = StreamBackend(self, ApiError, CallEntry)
+            await self.streams.start(self.ctl.arena.path)
             self.http = ClientSession(timeout=ClientTimeout(total=5))
             self._spawn(self._watch_ingest())
             self.ready = True
@@ -153,6 +161,11 @@ class Service:
     async def _watch_ingest(self) -> None:
         while not self.draining:
             await asyncio.sleep(0.5)
+            if self.streams is not None and not self.streams.alive() and not self.draining:
+                log.error("the stream ingest process exited; shutting down")
+                self.ready = False
+                self.stopped.set()
+                return
             if self.ingest_proc is not None and self.ingest_proc.poll() is not None and not self.draining:
                 log.error("the ingest process exited with %s; shutting down", self.ingest_proc.returncode)
                 self.ready = False
@@ -189,6 +202,9 @@ class Service:
                     self._spawn(self._hang_up(entry, "media_timeout"))
 
     async def ingest(self, msg: dict, timeout: float = 10.0) -> dict:
+        e = self.calls.get(msg.get("call", ""))
+        if e is not None and e.stream and self.streams is not None:  # a streamed call's media process
+            return await self.streams.request(msg, timeout)
         if self.ingest_sock is None:
             raise ApiError(503, "Unavailable", "the media ingest is not running")
         req = next(self._reqs)
@@ -243,6 +259,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.ingest_proc.kill()
                 self.ingest_proc.wait()
+        if self.streams is not None:
+            await self.streams.close()
         if self.ctl is not None:
             await self.call_blocking(self.ctl.close)
         if self.ingest_sock is not None:
@@ -351,7 +369,7 @@ class Service:
         return {
             "id": e.id,
             "state": e.channel.state().value,
-            "legs": {name: {"rtp": {"host": host, "port": port}} for name, port in e.ports.items()},
+            "legs": legs_view(e) if e.stream else {name: {"rtp": {"host": host, "port": port}} for name, port in e.ports.items()},
             "recording": self.recording_view(e),
             "digits": "".join(d["digit"] for d in e.digits),
             "digit_events": e.digits,
@@ -426,7 +444,10 @@ async def healthz(request: web.Request) -> web.Response:
     stats = s.ctl.stats() if s.ctl is not None and s.ctl.supervisor is not None else {"workers": []}
     body = {"status": "ok" if s.ready and not s.draining else ("draining" if s.draining else "starting"),
             "workers": stats["workers"], "calls": len([e for e in s.calls.values() if not e.hung_up]),
-            "ingest_pid": s.ingest_proc.pid if s.ingest_proc else None}
+            "ingest_pid": s.ingest_proc.pid if s.ingest_proc else None,
+            "streams_pid": s.streams.proc.pid if s.streams and s.streams.proc else None}
+    if s.streams is not None and s.ready and not s.draining:
+        body["streams"] = await s.streams.counters()
     return web.json_response(body, status=200 if s.ready and not s.draining else 503)
 
 
@@ -439,6 +460,11 @@ async def metrics(request: web.Request) -> web.Response:
             totals = await s.ingest({"op": "totals"}, INGEST_TOTALS_TIMEOUT_S)
         except ApiError:
             pass  # the families say so: wholecall_ingest_up 0
+    if s.streams is not None and not s.draining:
+        # The stream ingest's totals (Twilio, L16 WebSocket, AudioSocket): messages and
+        # failed messages or connections feed the wholecall_websocket_* families.
+        st = await s.streams.counters()
+        s.websocket_stats = {"messages": st.get("messages", 0), "errors": st.get("errors", 0) + st.get("refused", 0)}
     return web.Response(body=s.metrics.render(totals), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -453,11 +479,13 @@ async def create_call(request: web.Request) -> web.Response:
     if s.draining or not s.ready:
         raise ApiError(503, "Unavailable", "the service is " + ("shutting down" if s.draining else "starting"))
     body = await _body(request)
+    streamed = body.get("media") in STREAM_MEDIA
     unknown = set(body) - {"media", "id", "rtp"}
-    if unknown:
+    if unknown and not streamed:
         raise ApiError(422, "Error", f"unknown field(s): {', '.join(sorted(unknown))}")
-    if body.get("media") != "rtp":
-        raise ApiError(422, "Error", f"media must be \"rtp\", got {body.get('media')!r}")
+    if body.get("media") != "rtp" and not streamed:
+        raise ApiError(422, "Error", f"media must be \"rtp\", \"twilio\", \"websocket\" or \"audiosocket\", "
+                                     f"got {body.get('media')!r}")
     cid = body.get("id")
     if cid is None:
         cid = uuid.uuid4().hex
@@ -465,6 +493,8 @@ async def create_call(request: web.Request) -> web.Response:
         raise ApiError(422, "Error", f"id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -, got {cid!r}")
     if cid in s.calls:
         raise ApiError(409, "Conflict", f"call {cid!r} already exists")
+    if streamed:
+        return await create_stream_call(s, body, cid)
     rtp = body.get("rtp") or {}
     if not isinstance(rtp, dict) or set(rtp) - {"payload_types", "srtp"}:
         raise ApiError(422, "Error", "rtp must be an object with payload_types and srtp only")

@@ -53,6 +53,12 @@ class ServeConfig:
     arena_dir: str = "/dev/shm"
     """tmpfs (or hugetlbfs) directory of the ring arena: the huge-page mount of
     deploy/run-wholecall-arena.mount, or a Kubernetes emptyDir of medium HugePages."""
+    websocket_listen: str = ""
+    """HOST:PORT of the WebSocket media server (Twilio, L16); empty: the listen host, any free port."""
+    websocket_url: str = ""
+    """Public base URL handed out for WebSocket media (e.g. wss://rec.example.com behind a TLS proxy)."""
+    audiosocket_listen: str = ""
+    """HOST:PORT of the AudioSocket server; empty: the listen host, any free port."""
 
     @property
     def rtp_host(self) -> str:
@@ -64,6 +70,7 @@ DEFAULTS = {
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
     "log_format": "text", "log_level": "", "ops_listen": "",
     "arena_dir": "/dev/shm", "worker_priority": 10,
+    "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -87,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arena-dir", help="tmpfs or hugetlbfs directory for the ring arena (default /dev/shm)")
     p.add_argument("--ops-listen", help="HOST:PORT serving only /healthz and /metrics, without the token "
                                         "(probes, Prometheus; default none)")
+    p.add_argument("--websocket-listen", help="HOST:PORT for Twilio/L16 WebSocket media (default: listen host, any port)")
+    p.add_argument("--websocket-url", help="public base URL of the WebSocket media server, e.g. wss://host (TLS proxy)")
+    p.add_argument("--audiosocket-listen", help="HOST:PORT for Asterisk AudioSocket (default: listen host, any port)")
     return p
 
 
@@ -185,5 +195,19 @@ def build(values: dict[str, Any]) -> ServeConfig:
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
-        worker_priority=wp,
+        worker_priority=wp, **_stream_settings(values),
     )
+
+
+def _stream_settings(values: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name in ("websocket_listen", "audiosocket_listen"):
+        v = str(values[name] or "")
+        if v:
+            _host_port(v)  # checked like listen
+        out[name] = v
+    url = str(values["websocket_url"] or "")
+    if url and not url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"websocket_url must start with ws:// or wss://, got {url!r}")
+    out["websocket_url"] = url
+    return out

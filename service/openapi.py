@@ -83,7 +83,7 @@ def document() -> dict[str, Any]:
                          "properties": {"suite": {"type": "string", "example": "AES_CM_128_HMAC_SHA1_80"},
                                         "key": {"type": "string", "description": "base64(master key || salt)"}}},
                 "CallRequest": {"type": "object", "required": ["media"], "properties": {
-                    "media": {"type": "string", "enum": ["rtp"]},
+                    "media": {"type": "string", "enum": ["rtp", "twilio", "websocket", "audiosocket"]},
                     "id": {"type": "string"},
                     "rtp": {"type": "object", "properties": {
                         "payload_types": {"type": "object", "additionalProperties": {"type": "string"},

@@ -19,3 +19,14 @@ def test_rtp_stress_smoke(tmp_path) -> None:
     report = json.loads(out.read_text())
     assert report["packets_sent"] == report["packets_received"] == 4 * 2 * 100
     assert report["files_bad"] == report["ring_overruns"] == report["socket_drops"] == 0
+
+
+def test_twilio_stress_smoke(tmp_path) -> None:
+    out = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "wholecall.cli", "stress", "--media", "twilio", "--calls", "4",
+                        "--seconds", "2", "--workers", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(out.read_text())
+    assert report["messages_sent"] == report["messages_received"] == 4 * 2 * 100
+    assert report["files_bad"] == report["ring_overruns"] == report["late"] == report["not_hung_up_by_stop"] == 0
