@@ -39,6 +39,8 @@ class ServeConfig:
     """RTP re-order window in ms."""
     max_calls: int = 1024
     """Calls that can exist at once (each holds two 8 s rings in /dev/shm)."""
+    ingest_procs: int = 0
+    """RTP ingest processes (legs sharded across them by port sub-range); 0 sizes it for the CPUs."""
 
     @property
     def rtp_host(self) -> str:
@@ -48,6 +50,7 @@ class ServeConfig:
 DEFAULTS = {
     "listen": "127.0.0.1:8080", "recordings_dir": "recordings", "workers": 0, "rtp_address": "",
     "rtp_ports": "20000-39999", "token_file": "", "media_timeout": 30.0, "reorder_ms": 200.0, "max_calls": 1024,
+    "ingest_procs": 0,
 }
 
 
@@ -64,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--media-timeout", type=float, help="hang up after this many seconds without media (default 30)")
     p.add_argument("--reorder-ms", type=float, help="RTP re-order window in ms (default 200)")
     p.add_argument("--max-calls", type=int, help="calls that can exist at once (default 1024)")
+    p.add_argument("--ingest-procs", type=int,
+                   help="RTP ingest processes, each owning a sub-range of the ports (default: sized for the CPUs)")
     return p
 
 
@@ -113,6 +118,29 @@ def _range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def ingest_count(cfg: ServeConfig) -> int:
+    """Ingest processes to run: the configured count, or one per two CPUs (each packet also costs the workers)."""
+    return cfg.ingest_procs or max(1, (os.cpu_count() or 1) // 2)
+
+
+def port_shards(low: int, high: int, n: int) -> list[tuple[int, int]]:
+    """[low, high] cut into `n` contiguous sub-ranges, each starting on an even port (RTP's; RTCP gets the odd).
+
+    Why sub-ranges: each ingest process binds only its own ports, so a port names the one
+    process (and ring producer) that owns the leg.
+    """
+    first = low + (low & 1)
+    evens = (high - first) // 2 + 1
+    if n < 1 or evens < n:
+        raise ConfigError(f"rtp_ports {low}-{high} has {max(0, evens)} even ports, fewer than {n} ingest processes")
+    out = []
+    for k in range(n):
+        a = first + 2 * (evens * k // n)
+        b = first + 2 * (evens * (k + 1) // n) - 1 if k < n - 1 else high
+        out.append((a, b))
+    return out
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -136,7 +164,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
             raise ConfigError(f"token_file {values['token_file']}: the token must be at least 16 characters")
     if not is_loopback(host) and not token:
         raise ConfigError(f"refusing to listen on {host}, which is not a loopback address, without --token-file")
-    for name in ("workers", "max_calls"):
+    for name in ("workers", "max_calls", "ingest_procs"):
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "max_calls" and v < 1):
             raise ConfigError(f"{name} must be a {'positive' if name == 'max_calls' else 'non-negative'} integer, got {v!r}")
@@ -144,9 +172,10 @@ def build(values: dict[str, Any]) -> ServeConfig:
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+    port_shards(low, high, values["ingest_procs"] or 1)
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
-        max_calls=values["max_calls"],
+        max_calls=values["max_calls"], ingest_procs=values["ingest_procs"],
     )

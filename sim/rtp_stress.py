@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--calls", type=int, default=100, help="concurrent calls (two RTP streams each)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long every call sends")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--ingest-procs", type=int, default=0, help="ingest processes of the server (default: its own)")
     p.add_argument("--rtp-ports", default="", help="LOW-HIGH for the server (default: 4 per call from 20000)")
     p.add_argument("--dir", default="", help="recordings directory (default: a temporary one, removed)")
     p.add_argument("--json", help="write the report here too")
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
            rec_dir, "--rtp-ports", ports, "--max-calls", str(n + 8), "--media-timeout", "0"]
     if a.workers:
         cmd += ["--workers", str(a.workers)]
+    if a.ingest_procs:
+        cmd += ["--ingest-procs", str(a.ingest_procs)]
     log = open(os.path.join(tmp, "serve.log"), "w")  # noqa: SIM115  (the server's output for its lifetime)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -86,7 +89,7 @@ def main(argv: list[str]) -> int:
                 print("the server did not come up; see", log.name, file=sys.stderr)
                 return 1
             time.sleep(0.2)
-        ingest_pid = health["ingest_pid"]
+        ingest_pids = health.get("ingest_pids") or [health["ingest_pid"]]
         worker_pids = [w["pid"] for w in health["workers"]]
 
         t0 = time.monotonic()
@@ -120,7 +123,7 @@ def main(argv: list[str]) -> int:
             buf[:, 12:] = (np.arange(FRAME) % 16 + 0xD0).astype(np.uint8)
             senders.append((tx, dest[start:start + rows], rows))
         udp0 = udp_counters()
-        cpu0 = _cpu_s(ingest_pid)
+        cpu0 = sum(_cpu_s(p) for p in ingest_pids)
         wcpu0 = sum(_cpu_s(w) for w in worker_pids)
         sent = 0
         short = 0
@@ -152,7 +155,7 @@ def main(argv: list[str]) -> int:
         send_s = time.monotonic() - t_start
         gen_cpu = time.process_time() - me0
         time.sleep(0.5)
-        cpu1 = _cpu_s(ingest_pid)
+        cpu1 = sum(_cpu_s(p) for p in ingest_pids)
         wcpu1 = sum(_cpu_s(w) for w in worker_pids)
         udp1 = udp_counters()
 
