@@ -46,6 +46,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,6 +133,8 @@ def main(argv: list[str]) -> int:
         udp0 = udp_counters()
         cpu0 = sum(_cpu_s(p) for p in ingest_pids)
         wcpu0 = sum(_cpu_s(w) for w in worker_pids)
+        scpu0 = _cpu_s(server.pid)
+        busy0 = _busy_s()
         sent = 0
         short = 0
         ticks = int(a.seconds / 0.02)
@@ -157,6 +167,11 @@ def main(argv: list[str]) -> int:
         time.sleep(0.5)
         cpu1 = sum(_cpu_s(p) for p in ingest_pids)
         wcpu1 = sum(_cpu_s(w) for w in worker_pids)
+        scpu1 = _cpu_s(server.pid)
+        busy1 = _busy_s()
+        # Everything else the machine did meanwhile (other people's work), as a share of all CPUs.
+        ours = (cpu1 - cpu0) + (wcpu1 - wcpu0) + (scpu1 - scpu0) + (time.process_time() - me0)
+        foreign = max(0.0, (busy1 - busy0) - ours) / ((time.monotonic() - t_start) * (os.cpu_count() or 1))
         udp1 = udp_counters()
 
         received = lost = late = overruns = kdrops = 0
@@ -168,6 +183,9 @@ def main(argv: list[str]) -> int:
             return call, end
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             for call, end in pool.map(finish, range(n)):
+                if "media" not in call or "recording" not in end:  # the service failed this call: a bad file
+                    results.append({"cause": f"no answer: {call.get('detail') or end.get('detail')}"})
+                    continue
                 for m in call["media"].values():
                     received += m["received"]
                     lost += m["lost"]
@@ -195,6 +213,7 @@ def main(argv: list[str]) -> int:
             "ingest_us_per_packet": round(1e6 * ingest_cpu / max(1, received), 2),
             "workers_cpu_pct": round(100 * (wcpu1 - wcpu0) / send_s, 1),
             "generator_cpu_pct": round(100 * gen_cpu / send_s, 1), "generator_late_ticks": late_ticks,
+            "ingest_procs": len(ingest_pids), "foreign_cpu_share": round(foreign, 3),
             "send_retries": short,
         }
         print(json.dumps(report, indent=1))
