@@ -28,6 +28,13 @@ whatever the network did. Therefore
 * RFC 4733 telephone events become digits (reported once per key press, with the position
   where the press starts) and CN (RFC 3389) only moves the stream along: neither is ever
   written as audio; their spans are silence unless audio packets cover them.
+
+Where the state lives (issue 22's throughput): the leg's current stream's counters, its
+release point and its landed audio are columns of a `LegTable` row (a private one-row
+table when none is given), so that `ingest.fastpath` can place the common packet (the
+next sequence number of the current stream, G.711) for thousands of legs in one compiled
+loop. Audio lands in the row's staging ring; where two packets cover the same samples the
+one placed last wins.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .payload import RATE, Kind, PayloadError, PayloadTypes
+from .legtable import KIND_OTHER, KIND_PCMA, KIND_PCMU, STAGE, STAGE_MASK, LegTable
+from .payload import PCMA, PCMU, RATE, Kind, PayloadError, PayloadTypes
 from .telephone_event import TelephoneEvent, parse_event
 
 DEFAULT_WINDOW = 0.2
@@ -140,8 +148,14 @@ class JitterBuffer:
         window: float = DEFAULT_WINDOW,
         max_ahead: float = DEFAULT_MAX_AHEAD,
         rate: int = RATE,
+        table: LegTable | None = None,
+        index: int | None = None,
     ) -> None:
-        """`call_t0`: the instant (same clock as `now`) of the call's sample position 0."""
+        """`call_t0`: the instant (same clock as `now`) of the call's sample position 0.
+
+        `table`/`index`: the `LegTable` row holding this leg's hot state (a fresh row of
+        a private table when not given); the fast path needs the 8 kHz clock.
+        """
         if not window >= 0:
             raise ValueError(f"re-order window {window} s must be >= 0")
         if not max_ahead >= window:
@@ -152,9 +166,22 @@ class JitterBuffer:
         self.window = round(window * rate)
         """Re-order window in samples."""
         self.max_ahead = round(max_ahead * rate)
-        self.released = 0
-        """Every position below this has been returned by `pull`."""
-        self._pending: list[tuple[int, int, np.ndarray]] = []  # heap of (position, arrival no., samples)
+        if table is None:
+            table = LegTable(1)
+            index = table.allocate()
+        elif index is None:
+            raise ValueError("a JitterBuffer on a shared LegTable needs its row index")
+        self._t = table
+        self._i = i = index
+        table.call_t0[i] = call_t0
+        table.window[i] = self.window
+        table.max_ahead[i] = self.max_ahead
+        table.released[i] = 0
+        table.cur_ssrc[i] = -1
+        fast = rate == RATE
+        for pt, fmt in self.payload_types.items():
+            table.kind[i, pt] = (KIND_PCMA if fmt is PCMA else KIND_PCMU if fmt is PCMU else KIND_OTHER) if fast else 0
+        self._parked: list[tuple[int, int, np.ndarray]] = []  # heap: audio beyond the stage's reach
         self._order = 0
         self._streams: dict[int, _Stream] = {}
         self._current: _Stream | None = None
@@ -167,6 +194,15 @@ class JitterBuffer:
         self.ssrc_changes = 0
         self.resyncs = 0
         self.bad = 0
+
+    @property
+    def released(self) -> int:
+        """Every position below this has been returned by `pull`."""
+        return int(self._t.released[self._i])
+
+    @released.setter
+    def released(self, value: int) -> None:
+        self._t.released[self._i] = value
 
     def clock(self, now: float) -> int:
         """The call's sample position at `now` (never negative)."""
@@ -190,6 +226,15 @@ class JitterBuffer:
         at once (one table lookup for every row) passes a packet's samples as `decoded`;
         they are used only if the map says the payload type is audio.
         """
+        self._sync_in()
+        try:
+            self._push(ssrc, sequence, timestamp, payload_type, payload, now, marker, decoded)
+        finally:
+            self._sync_out()
+
+    def _push(self, ssrc: int, sequence: int, timestamp: int, payload_type: int,
+              payload: bytes | bytearray | memoryview | np.ndarray, now: float, marker: bool,
+              decoded: np.ndarray | None) -> None:
         fmt = self.payload_types.get(payload_type)
         if fmt is None:
             self.bad += 1
@@ -264,10 +309,12 @@ class JitterBuffer:
 
     def pull(self, now: float) -> list[Chunk]:
         """Release everything below ``clock(now) - window``, in position order, gaps as silence."""
+        self._sync_in()
         return self._release(self.clock(now) - self.window)
 
     def flush(self, now: float) -> list[Chunk]:
         """At the end of the call: release everything below ``clock(now)``, not holding the window."""
+        self._sync_in()
         return self._release(self.clock(now))
 
     def release_to(self, horizon: int) -> list[Chunk]:
@@ -281,6 +328,7 @@ class JitterBuffer:
         return digits
 
     def counters(self) -> LegCounters:
+        self._sync_in()
         return LegCounters(
             received=self.received,
             lost=self._retired_lost + sum(s.lost() for s in self._streams.values()),
@@ -293,9 +341,52 @@ class JitterBuffer:
         )
 
     @property
-    def pending(self) -> int:
-        """Packets (or pieces of them) landed but not yet released."""
-        return len(self._pending)
+    def parked(self) -> int:
+        """Pieces of audio landed beyond the staging ring's reach, waiting for the release to come near."""
+        return len(self._parked)
+
+    def _sync_in(self) -> None:
+        """Take over what the fast path did to the current stream since the last look.
+
+        The fast path only ever accepts the next sequence number of the current stream,
+        so the packets it took are exactly the extended numbers above ours: they join
+        `seen` (duplicate detection) and the received counts.
+        """
+        cur = self._current
+        if cur is None:
+            return
+        t, i = self._t, self._i
+        new = int(t.max_seq[i])
+        taken = new - cur.max_seq
+        if taken <= 0:
+            return
+        self.received += taken
+        cur.unique += taken
+        lo = cur.max_seq + 1
+        if len(cur.seen) + taken > _SEQ_SEEN:
+            floor = new - _SEQ_SEEN // 2
+            cur.seen = {s for s in cur.seen if s > floor}
+            lo = max(lo, floor + 1)
+        cur.seen.update(range(lo, new + 1))
+        cur.max_seq = new
+        cur.max_ts = int(t.max_ts[i])
+        cur.end = int(t.end[i])
+        cur.last_arrival = float(t.last_arrival[i])
+
+    def _sync_out(self) -> None:
+        """Publish the current stream's fields for the fast path."""
+        cur = self._current
+        t, i = self._t, self._i
+        if cur is None:
+            t.cur_ssrc[i] = -1
+            return
+        t.cur_ssrc[i] = cur.ssrc
+        t.anchor[i] = cur.anchor
+        t.base_ts[i] = cur.base_ts
+        t.max_ts[i] = cur.max_ts
+        t.max_seq[i] = cur.max_seq
+        t.end[i] = cur.end
+        t.last_arrival[i] = cur.last_arrival
 
     # -- inside ---------------------------------------------------------------------
 
@@ -328,15 +419,35 @@ class JitterBuffer:
         self._current = stream
 
     def _land(self, position: int, samples: np.ndarray) -> None:
+        released = self.released
         end = position + len(samples)
-        if end <= self.released:
+        if end <= released:
             self.late += 1
             return
-        if position < self.released:
-            samples = samples[self.released - position:]
-            position = self.released
-        heapq.heappush(self._pending, (position, self._order, samples))
-        self._order += 1
+        if position < released:
+            samples = samples[released - position:]
+            position = released
+        self._place(position, samples)
+
+    def _place(self, position: int, samples: np.ndarray) -> None:
+        """Write into the staging ring what it can hold now; park the rest (wholly at or past its reach)."""
+        released = self.released
+        reach = released + STAGE
+        if position < released:
+            samples = samples[released - position:]
+            position = released
+        n = min(len(samples), max(0, reach - position))
+        if n:
+            stage = self._t.stage[self._i]
+            col = position & STAGE_MASK
+            first = min(n, STAGE - col)
+            stage[col:col + first] = samples[:first]
+            if first < n:
+                stage[:n - first] = samples[first:n]
+        if n < len(samples):
+            heapq.heappush(self._parked, (position + n, self._order, samples[n:]))
+            self._order += 1
+            self._t.parked[self._i] = 1
 
     def _event(self, stream: _Stream, ext_ts: int, position: int, event: TelephoneEvent, marker: bool) -> None:
         if ext_ts == stream.event_ts:  # the same event again: update, repeat, or end retransmission
@@ -364,27 +475,30 @@ class JitterBuffer:
             self._digits.append(Digit(position=position, digit=digit, volume=event.volume, ssrc=stream.ssrc))
 
     def _release(self, horizon: int) -> list[Chunk]:
+        """Copy ``[released, horizon)`` out of the staging ring (zeroing it behind), a stage at a time."""
         cursor = self.released
         if horizon <= cursor:
             return []
         out: list[Chunk] = []
-        pending = self._pending
-        while pending and pending[0][0] < horizon:
-            position, order, samples = heapq.heappop(pending)
-            end = position + len(samples)
-            if end <= cursor:  # wholly covered by audio placed earlier (overlapping timestamps)
-                continue
-            if position < cursor:
-                samples = samples[cursor - position:]
-                position = cursor
-            if position > cursor:
-                out.append((cursor, position - cursor))
-            if end > horizon:
-                heapq.heappush(pending, (horizon, order, samples[horizon - position:]))
-                samples = samples[: horizon - position]
-            out.append((position, samples))
-            cursor = position + len(samples)
-        if cursor < horizon:
-            out.append((cursor, horizon - cursor))
-        self.released = horizon
+        stage = self._t.stage[self._i]
+        parked = self._parked
+        while cursor < horizon:
+            while parked and parked[0][0] < cursor + STAGE:  # now within reach
+                position, _, samples = heapq.heappop(parked)
+                self._place(position, samples)
+            step = min(horizon, cursor + STAGE)
+            n = step - cursor
+            col = cursor & STAGE_MASK
+            first = min(n, STAGE - col)
+            chunk = np.empty(n, np.int16)
+            chunk[:first] = stage[col:col + first]
+            stage[col:col + first] = 0
+            if first < n:
+                chunk[first:] = stage[:n - first]
+                stage[:n - first] = 0
+            out.append((cursor, chunk if chunk.any() else n))  # all silence: its length, as for a gap
+            cursor = step
+            self.released = cursor
+        if not parked:
+            self._t.parked[self._i] = 0
         return out

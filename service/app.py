@@ -1,10 +1,14 @@
-"""The service process: the Controller, the ingest process, and the HTTP/JSON API over them.
+"""The service process: the Controller, the ingest processes, and the HTTP/JSON API over them.
 
 Issue 22's contract, verbatim: routes, field names and status codes are what acceptance
 tests use. The API maps onto the Python API one to one (`CallChannel`,
 `WholeCallRecorder.start/stop/wait_until_finished`), and the Python exceptions become
 ``{"error": <class name>, "detail": <its message>}``: `Hangup` -> 409, `Error` -> 409 when
 already recording, else 422; an unknown call -> 404.
+
+Media: N ingest processes (`--ingest-procs`), each owning a contiguous sub-range of the RTP
+ports and the rings of the legs it was given (one producer per ring); a call's two legs go
+to the one with the fewest calls, and every later message about the call goes there.
 
 Threads: the aiohttp event loop never blocks. Every Controller call that can wait
 (start, stop, hang-up, close) runs on `self.pool`; waits on a recording's end are polled
@@ -42,7 +46,8 @@ from wholecall.controller.states import RecorderState
 from wholecall.ingest.payload import PayloadError, PayloadTypes
 from wholecall.ingest.srtp import SrtpError, parse_sdes
 
-from .config import ServeConfig
+from .config import ServeConfig, ingest_count, port_shards
+from .ingest_totals import merge_replies
 from .logs import CALL_NAMES, announce
 from .metrics import CONTENT_TYPE, INGEST_TOTALS_TIMEOUT_S, Metrics
 from .openapi import document
@@ -74,11 +79,25 @@ def _error(status: int, error: str, detail: str) -> web.Response:
 
 
 @dataclass(eq=False)
+class IngestShard:
+    """One ingest process: its control socket, its port sub-range and the calls it serves."""
+
+    index: int
+    low: int
+    high: int
+    sock: zmq.asyncio.Socket
+    hello: asyncio.Future
+    proc: subprocess.Popen | None = None
+    calls: int = 0
+
+
+@dataclass(eq=False)
 class CallEntry:
     id: str
     channel: CallChannel
     ports: dict[str, int]
     srtp: bool
+    shard: int = 0
     digits: list[dict] = field(default_factory=list)
     filename: str | None = None
     webhook: str | None = None
@@ -101,14 +120,12 @@ class Service:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="wholecall-api")
         self.run_dir = tempfile.mkdtemp(prefix="wholecall-serve-")
         self.zctx = zmq.asyncio.Context()
-        self.ingest_sock: zmq.asyncio.Socket | None = None
-        self.ingest_proc: subprocess.Popen | None = None
+        self.shards: list[IngestShard] = []
         self.streams: StreamBackend | None = None
         #: The stream ingest's message and error totals as of the last scrape (service/metrics.py).
         self.websocket_stats: dict[str, int] = {}
         self._reqs = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
-        self._ingest_hello: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
         self.webhooks_sent = 0
         self.webhooks_failed = 0
@@ -127,26 +144,28 @@ class Service:
                                   max_channels=self.cfg.max_calls, arena_dir=self.cfg.arena_dir,
                                   worker_priority=self.cfg.worker_priority)
             await loop.run_in_executor(self.pool, self.ctl.start)
-            endpoint = f"ipc://{os.path.join(self.run_dir, 'ingest')}"
-            sock = self.zctx.socket(zmq.PAIR)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(endpoint)
-            self.ingest_sock = sock
-            self._ingest_hello = loop.create_future()
-            self._spawn(self._read_ingest())
             assert self.ctl.arena is not None
-            cmd = [sys.executable, "-P", "-m", "wholecall.service.ingest_proc", "--arena", self.ctl.arena.path,
-                   "--control", endpoint, "--reorder-ms", str(self.cfg.reorder_ms),
-                   "--media-timeout", str(self.cfg.media_timeout), "--parent", str(os.getpid())]
-            self.ingest_proc = await loop.run_in_executor(
-                self.pool, lambda: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
-            await asyncio.wait_for(self._ingest_hello, 30)
+            for k, (low, high) in enumerate(port_shards(self.cfg.rtp_low, self.cfg.rtp_high, ingest_count(self.cfg))):
+                endpoint = f"ipc://{os.path.join(self.run_dir, f'ingest-{k}')}"
+                sock = self.zctx.socket(zmq.PAIR)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.bind(endpoint)
+                shard = IngestShard(k, low, high, sock, loop.create_future())
+                self.shards.append(shard)
+                self._spawn(self._read_ingest(shard))
+                cmd = [sys.executable, "-P", "-m", "wholecall.service.ingest_proc", "--arena", self.ctl.arena.path,
+                       "--control", endpoint, "--reorder-ms", str(self.cfg.reorder_ms),
+                       "--media-timeout", str(self.cfg.media_timeout), "--parent", str(os.getpid())]
+                shard.proc = await loop.run_in_executor(
+                    self.pool, lambda cmd=cmd: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL,
+                                                                close_fds=True))
+            await asyncio.wait_for(asyncio.gather(*(sh.hello for sh in self.shards)), 60)
             self.streams = StreamBackend(self, ApiError, CallEntry)
             await self.streams.start(self.ctl.arena.path)
             self.http = ClientSession(timeout=ClientTimeout(total=5))
             self._spawn(self._watch_ingest())
             self.ready = True
-            log.info("service ready: %d workers, ingest pid %d", self.ctl.config.workers, self.ingest_proc.pid)
+            log.info("service ready: %d workers, ingest pids %s", self.ctl.config.workers, self.ingest_pids)
         except BaseException as e:
             log.exception("start-up failed")
             self.startup_error = e
@@ -158,6 +177,10 @@ class Service:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    @property
+    def ingest_pids(self) -> list[int]:
+        return [sh.proc.pid for sh in self.shards if sh.proc is not None]
+
     async def _watch_ingest(self) -> None:
         while not self.draining:
             await asyncio.sleep(0.5)
@@ -166,17 +189,17 @@ class Service:
                 self.ready = False
                 self.stopped.set()
                 return
-            if self.ingest_proc is not None and self.ingest_proc.poll() is not None and not self.draining:
-                log.error("the ingest process exited with %s; shutting down", self.ingest_proc.returncode)
-                self.ready = False
-                self.stopped.set()
-                return
+            for sh in self.shards:
+                if sh.proc is not None and sh.proc.poll() is not None and not self.draining:
+                    log.error("ingest process %d exited with %s; shutting down", sh.index, sh.proc.returncode)
+                    self.ready = False
+                    self.stopped.set()
+                    return
 
-    async def _read_ingest(self) -> None:
-        assert self.ingest_sock is not None
+    async def _read_ingest(self, shard: IngestShard) -> None:
         while True:
             try:
-                raw = await self.ingest_sock.recv()
+                raw = await shard.sock.recv()
             except (zmq.ZMQError, asyncio.CancelledError):
                 return
             msg = msgpack.unpackb(raw)
@@ -188,8 +211,8 @@ class Service:
                 continue
             op = msg.get("op")
             if op == "hello":
-                if self._ingest_hello is not None and not self._ingest_hello.done():
-                    self._ingest_hello.set_result(msg)
+                if not shard.hello.done():
+                    shard.hello.set_result(msg)
             elif op == "digit":
                 entry = self.calls.get(msg["call"])
                 if entry is not None:
@@ -201,17 +224,25 @@ class Service:
                     log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"])
                     self._spawn(self._hang_up(entry, "media_timeout"))
 
-    async def ingest(self, msg: dict, timeout: float = 10.0) -> dict:
-        e = self.calls.get(msg.get("call", ""))
-        if e is not None and e.stream and self.streams is not None:  # a streamed call's media process
-            return await self.streams.request(msg, timeout)
-        if self.ingest_sock is None:
+    def pick_shard(self) -> IngestShard:
+        """The ingest process for a new call: the one serving the fewest calls."""
+        return min(self.shards, key=lambda sh: (sh.calls, sh.index))
+
+    async def ingest(self, msg: dict, timeout: float = 10.0, shard: IngestShard | None = None) -> dict:
+        """One request to an ingest process: `shard`, else the one serving ``msg["call"]``."""
+        if shard is None:
+            entry = self.calls.get(msg.get("call", ""))
+            if entry is not None and entry.stream and self.streams is not None:  # a streamed call's media process
+                return await self.streams.request(msg, timeout)
+            if self.shards:
+                shard = self.shards[entry.shard if entry is not None else 0]
+        if shard is None:
             raise ApiError(503, "Unavailable", "the media ingest is not running")
         req = next(self._reqs)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         msg["req"] = req
-        await self.ingest_sock.send(msgpack.packb(msg))
+        await shard.sock.send(msgpack.packb(msg))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -248,23 +279,25 @@ class Service:
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
-        if self.ingest_sock is not None and self.ingest_proc is not None and self.ingest_proc.poll() is None:
-            try:
-                await self.ingest_sock.send(msgpack.packb({"op": "stop", "req": 0}))
-            except zmq.ZMQError:
-                pass
-        if self.ingest_proc is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.ingest_proc.wait, 3)
-            except subprocess.TimeoutExpired:
-                self.ingest_proc.kill()
-                self.ingest_proc.wait()
+        for sh in self.shards:
+            if sh.proc is not None and sh.proc.poll() is None:
+                try:
+                    await sh.sock.send(msgpack.packb({"op": "stop", "req": 0}))
+                except zmq.ZMQError:
+                    pass
+        for sh in self.shards:
+            if sh.proc is not None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, sh.proc.wait, 3)
+                except subprocess.TimeoutExpired:
+                    sh.proc.kill()
+                    sh.proc.wait()
         if self.streams is not None:
             await self.streams.close()
         if self.ctl is not None:
             await self.call_blocking(self.ctl.close)
-        if self.ingest_sock is not None:
-            self.ingest_sock.close(0)
+        for sh in self.shards:
+            sh.sock.close(0)
         self.zctx.term()
         if self.http is not None:
             await self.http.close()
@@ -325,7 +358,7 @@ class Service:
         thread, never on the event loop): the call id, RFC 4733 digits, per-leg media
         figures (the last ones the ingest gave, asked for now if the call is still up)."""
         media = e.media
-        if not media and not e.hung_up and self.ingest_sock is not None and not loop.is_closed():
+        if not media and not e.hung_up and self.shards and not loop.is_closed():
             try:
                 reply = asyncio.run_coroutine_threadsafe(self.ingest({"op": "stats", "call": e.id}, 2.0),
                                                          loop).result(3.0)
@@ -388,6 +421,7 @@ class Service:
                     reply = await self.ingest({"op": "remove", "call": e.id, "flush": True})
                     e.media = reply.get("media", {})
                 finally:
+                    self.shards[e.shard].calls -= 1
                     await self.call_blocking(e.channel.close)
                     asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
         return self.recording_view(e)
@@ -444,7 +478,7 @@ async def healthz(request: web.Request) -> web.Response:
     stats = s.ctl.stats() if s.ctl is not None and s.ctl.supervisor is not None else {"workers": []}
     body = {"status": "ok" if s.ready and not s.draining else ("draining" if s.draining else "starting"),
             "workers": stats["workers"], "calls": len([e for e in s.calls.values() if not e.hung_up]),
-            "ingest_pid": s.ingest_proc.pid if s.ingest_proc else None,
+            "ingest_pid": s.ingest_pids[0] if s.ingest_pids else None, "ingest_pids": s.ingest_pids,
             "streams_pid": s.streams.proc.pid if s.streams and s.streams.proc else None}
     if s.streams is not None and s.ready and not s.draining:
         body["streams"] = await s.streams.counters()
@@ -455,11 +489,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     s = svc(request)
     totals = None
-    if s.ingest_sock is not None and not s.draining:
-        try:
-            totals = await s.ingest({"op": "totals"}, INGEST_TOTALS_TIMEOUT_S)
-        except ApiError:
-            pass  # the families say so: wholecall_ingest_up 0
+    if s.shards and not s.draining:
+        async def ask(shard: IngestShard) -> dict:
+            try:
+                return await s.ingest({"op": "totals"}, INGEST_TOTALS_TIMEOUT_S, shard=shard)
+            except ApiError:
+                return {}  # the families say so: wholecall_ingest_up 0
+        totals = merge_replies(list(await asyncio.gather(*(ask(sh) for sh in s.shards))))
     if s.streams is not None and not s.draining:
         # The stream ingest's totals (Twilio, L16 WebSocket, AudioSocket): messages and
         # failed messages or connections feed the wholecall_websocket_* families.
@@ -532,22 +568,26 @@ async def create_call(request: web.Request) -> web.Response:
         await s.call_blocking(ch.close)
         CALL_NAMES.names.pop(ch.id, None)
         raise ApiError(409, "Conflict", f"call {cid!r} already exists")
-    placeholder = CallEntry(cid, ch, {}, bool(srtp))
+    shard = s.pick_shard()
+    placeholder = CallEntry(cid, ch, {}, bool(srtp), shard.index)
     s.calls[cid] = placeholder
+    shard.calls += 1
     try:
         reply = await s.ingest({
             "op": "add", "call": cid, "payload_types": {str(k): v for k, v in pts.items()},
-            "host": s.cfg.rtp_host, "ports": [s.cfg.rtp_low, s.cfg.rtp_high],
+            "host": s.cfg.rtp_host, "ports": [shard.low, shard.high],
             "legs": {"inbound": {"slot": ch.inbound.slot, "srtp": srtp.get("inbound")},
                      "outbound": {"slot": ch.outbound.slot, "srtp": srtp.get("outbound")}},
-        })
+        }, shard=shard)
     except BaseException:
         s.calls.pop(cid, None)
+        shard.calls -= 1
         await s.call_blocking(ch.close)
         CALL_NAMES.names.pop(ch.id, None)
         raise
     if not reply.get("ok"):
         s.calls.pop(cid, None)
+        shard.calls -= 1
         await s.call_blocking(ch.close)
         CALL_NAMES.names.pop(ch.id, None)
         raise ApiError(503, reply.get("error", "Error"), reply.get("detail", "the ingest refused the call"))

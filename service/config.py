@@ -59,6 +59,8 @@ class ServeConfig:
     """Public base URL handed out for WebSocket media (e.g. wss://rec.example.com behind a TLS proxy)."""
     audiosocket_listen: str = ""
     """HOST:PORT of the AudioSocket server; empty: the listen host, any free port."""
+    ingest_procs: int = 0
+    """RTP ingest processes (legs sharded across them by port sub-range); 0 sizes it for the CPUs."""
 
     @property
     def rtp_host(self) -> str:
@@ -71,6 +73,7 @@ DEFAULTS = {
     "log_format": "text", "log_level": "", "ops_listen": "",
     "arena_dir": "/dev/shm", "worker_priority": 10,
     "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
+    "ingest_procs": 0,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -97,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--websocket-listen", help="HOST:PORT for Twilio/L16 WebSocket media (default: listen host, any port)")
     p.add_argument("--websocket-url", help="public base URL of the WebSocket media server, e.g. wss://host (TLS proxy)")
     p.add_argument("--audiosocket-listen", help="HOST:PORT for Asterisk AudioSocket (default: listen host, any port)")
+    p.add_argument("--ingest-procs", type=int,
+                   help="RTP ingest processes, each owning a sub-range of the ports (default: sized for the CPUs)")
     return p
 
 
@@ -146,6 +151,29 @@ def _range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def ingest_count(cfg: ServeConfig) -> int:
+    """Ingest processes to run: the configured count, or one per two CPUs (each packet also costs the workers)."""
+    return cfg.ingest_procs or max(1, (os.cpu_count() or 1) // 2)
+
+
+def port_shards(low: int, high: int, n: int) -> list[tuple[int, int]]:
+    """[low, high] cut into `n` contiguous sub-ranges, each starting on an even port (RTP's; RTCP gets the odd).
+
+    Why sub-ranges: each ingest process binds only its own ports, so a port names the one
+    process (and ring producer) that owns the leg.
+    """
+    first = low + (low & 1)
+    evens = (high - first) // 2 + 1
+    if n < 1 or evens < n:
+        raise ConfigError(f"rtp_ports {low}-{high} has {max(0, evens)} even ports, fewer than {n} ingest processes")
+    out = []
+    for k in range(n):
+        a = first + 2 * (evens * k // n)
+        b = first + 2 * (evens * (k + 1) // n) - 1 if k < n - 1 else high
+        out.append((a, b))
+    return out
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -169,7 +197,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
             raise ConfigError(f"token_file {values['token_file']}: the token must be at least 16 characters")
     if not is_loopback(host) and not token:
         raise ConfigError(f"refusing to listen on {host}, which is not a loopback address, without --token-file")
-    for name in ("workers", "max_calls"):
+    for name in ("workers", "max_calls", "ingest_procs"):
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "max_calls" and v < 1):
             raise ConfigError(f"{name} must be a {'positive' if name == 'max_calls' else 'non-negative'} integer, got {v!r}")
@@ -189,6 +217,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
     if not os.path.isdir(str(values["arena_dir"])):
         raise ConfigError(f"arena_dir {values['arena_dir']!r} is not a directory (mount the arena's tmpfs first)")
     ops_host, ops_port = _host_port(values["ops_listen"], "ops_listen") if values["ops_listen"] else ("", 0)
+    port_shards(low, high, values["ingest_procs"] or 1)
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
@@ -196,6 +225,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
         worker_priority=wp, **_stream_settings(values),
+        ingest_procs=values["ingest_procs"],
     )
 
 

@@ -9,11 +9,14 @@ does not read them.
 
 Why one loop over all sockets: a leg's socket holds about one packet per 20 ms, so a
 receive call per socket costs its Python overhead per packet (bench/RESULTS-ingest.md).
-Here every ready socket of an epoll round is drained into one shared buffer
-(`BatchReceiver.recv_from`), the whole batch's headers are parsed by numpy once, and only
-the playout push runs per packet. Every `tick_s` each leg's jitter core releases what its
-re-order window let go, and that lands in the ring at the position the core says, so
-both legs of a call (released by the same `now`) stay at the same ring position.
+Here every ready socket of an epoll round is drained into one shared buffer by a compiled
+loop (`fastpath.drain`), the common packets of the batch are placed by another
+(`fastpath.place`, on the `LegTable` columns the legs' jitter cores share) and only the
+rest (new streams, loss, re-ordering, events, SRTP, garbage) goes through the Python path
+packet by packet. Every `tick_s` every leg's due audio is released into its ring by one
+compiled loop (`fastpath.release`); both legs of a call, released by the same `now`,
+stay at the same ring position. The service may run several of these processes, each
+with its own port sub-range and legs (one producer per ring still).
 
 Control channel (ZeroMQ PAIR, msgpack maps; every request carries ``req`` and gets one
 reply with the same ``req``):
@@ -35,7 +38,6 @@ Events (no ``req``): ``{"op": "hello", "pid"}``, ``{"op": "digit", "call", "leg"
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import os
 import select
@@ -49,10 +51,12 @@ import msgpack
 import numpy as np
 import zmq
 
+from wholecall.ingest import fastpath
 from wholecall.ingest.g711 import ALAW_TO_INT16, ULAW_TO_INT16
 from wholecall.ingest.jitter import JitterBuffer
+from wholecall.ingest.legtable import LegTable
 from wholecall.ingest.payload import PayloadTypes
-from wholecall.ingest.recvmmsg import BatchReceiver, set_receive_buffer, socket_drops, udp_counters
+from wholecall.ingest.recvmmsg import MSG_DONTWAIT, MSG_TRUNC, BatchReceiver, set_receive_buffer, socket_drops, udp_counters
 from wholecall.ingest.rtp import HEADER_SIZE, RTP_VERSION, parse_batch
 from wholecall.ingest.srtp import SrtpError, SrtpReceiver, SrtpReplay
 from wholecall.protocol import logline
@@ -87,9 +91,8 @@ class Leg:
     jitter: JitterBuffer
     srtp: SrtpReceiver | None
     rcvbuf: int
+    table: LegTable
     source: tuple[int, int] | None = None
-    last_media: float = 0.0
-    packets: int = 0
     foreign: int = 0
     bad_version: int = 0
     too_short: int = 0
@@ -101,6 +104,21 @@ class Leg:
     @property
     def port(self) -> int:
         return self.sock.getsockname()[1]
+
+    @property
+    def packets(self) -> int:
+        """Datagrams received on this leg's socket (both paths count in the table)."""
+        return int(self.table.packets[self.index])
+
+    @property
+    def last_media(self) -> float:
+        return float(self.table.last_media[self.index])
+
+    def set_source(self, src: tuple[int, int]) -> None:
+        """The first source seen: later packets from any other are foreign; the fast path checks it too."""
+        self.source = src
+        self.table.src_ip[self.index] = src[0]
+        self.table.src_port[self.index] = src[1]
 
     def put(self, chunks: list[tuple[int, np.ndarray | int]]) -> None:
         """Write released chunks at their positions (audio, gaps as silence) in one non-blocking write.
@@ -185,13 +203,21 @@ class Ingest:
         self._ctl_fd = self.ctl.getsockopt(zmq.FD)
         self.calls: dict[str, Call] = {}
         self.by_fd: dict[int, Leg] = {}
-        self.legs: list[Leg | None] = []  # by Leg.index, for the batch's row -> leg map
-        self._free_index: list[int] = []
+        self.table = LegTable(64)
+        self.legs: list[Leg | None] = []  # by Leg.index (the table row), for the batch's row -> leg map
         self._next_port: dict[tuple[int, int], int] = {}
         dummy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.rx = BatchReceiver(dummy, BATCH_ROWS, ROW_BYTES)
         self._dummy = dummy
         self.row_leg = np.zeros(BATCH_ROWS, np.int64)
+        self.slow_rows = np.zeros(BATCH_ROWS, np.int64)
+        self.slow_epoch = np.zeros(64, np.int64)
+        self.epoch = 0
+        self.fd_leg = np.full(1024, -1, np.int64)  # fd -> table row
+        self.out_slot = np.zeros(64, np.int64)
+        self.out_w = np.zeros(64, np.int64)
+        self.touched: set[Call] = set()  # calls whose legs went through the Python path since the last tick
+        self.next_timeout_check = 0.0
         self.running = True
         self.stats = {"batches": 0, "packets": 0, "rounds": 0}
         self.totals = LegTotals()
@@ -254,15 +280,28 @@ class Ingest:
                 srtp = SrtpReceiver(spec["srtp"]) if spec.get("srtp") else None
                 sock = self._bind(host, low, high)
                 granted = set_receive_buffer(sock, RCVBUF_BYTES)
-                index = self._free_index.pop() if self._free_index else len(self.legs)
+                index = self.table.allocate()
+                t = self.table
                 leg = Leg(call, name, index, sock, LegWriter(self.arena, int(spec["slot"])),
-                          JitterBuffer(now, pts, window=self.window), srtp, granted)
-                if index == len(self.legs):
-                    self.legs.append(leg)
-                else:
-                    self.legs[index] = leg
+                          JitterBuffer(now, pts, window=self.window, table=t, index=index), srtp, granted, t)
+                t.slot[index] = int(spec["slot"])
+                t.fast_ok[index] = srtp is None
+                t.active[index] = 1
+                while len(self.legs) <= index:
+                    self.legs.append(None)
+                self.legs[index] = leg
                 call.legs.append(leg)
-                self.by_fd[sock.fileno()] = leg
+                fd = sock.fileno()
+                if fd >= len(self.fd_leg):
+                    grown = np.full(2 * fd, -1, np.int64)
+                    grown[:len(self.fd_leg)] = self.fd_leg
+                    self.fd_leg = grown
+                self.fd_leg[fd] = index
+                if t.capacity > len(self.slow_epoch):
+                    self.slow_epoch = np.zeros(t.capacity, np.int64)
+                    self.out_slot = np.zeros(t.capacity, np.int64)
+                    self.out_w = np.zeros(t.capacity, np.int64)
+                self.by_fd[fd] = leg
                 self.epoll.register(sock.fileno(), select.EPOLLIN)
                 ports[name] = leg.port
         except BaseException:
@@ -302,9 +341,12 @@ class Ingest:
             except (OSError, ValueError):
                 pass
             self.by_fd.pop(fd, None)
+            if fd < len(self.fd_leg):
+                self.fd_leg[fd] = -1
             leg.sock.close()
             self.legs[leg.index] = None
-            self._free_index.append(leg.index)
+            self.table.free(leg.index)
+        self.touched.discard(call)
 
     def remove(self, cid: str, flush: bool) -> dict:
         call = self.calls.pop(cid, None)
@@ -323,29 +365,26 @@ class Ingest:
     # -- media ----------------------------------------------------------------------------
 
     def receive(self, fds: Iterable[int] | None = None) -> int:
-        """Drain the ready sockets (all when `fds` is None) into the shared buffer, batch by batch."""
+        """Drain the ready sockets (all when `fds` is None) into the shared buffer, batch by batch.
+
+        The drain is compiled (`fastpath.drain`): one recvmmsg per ready socket with no
+        Python between them; a socket that fills the buffer is resumed after the batch.
+        """
         total = 0
-        pending = collections.deque(self.by_fd if fds is None else fds)
+        fd_list = list(self.by_fd if fds is None else fds)
+        if not fd_list:
+            return 0
+        fda = np.array(fd_list, np.int64)
+        fda = fda[fda < len(self.fd_leg)]
+        legs = self.fd_leg[fda]
+        fda = fda[legs >= 0]
+        legs = legs[legs >= 0]
         rx = self.rx
-        while pending:
+        k = 0
+        while k < len(fda):
             rx.begin()
-            filled = 0
-            while pending and filled < BATCH_ROWS:
-                fd = pending.popleft()
-                leg = self.by_fd.get(fd)
-                if leg is None:
-                    continue
-                room = BATCH_ROWS - filled
-                try:
-                    n = rx.recv_from(fd, filled)
-                except OSError as e:  # e.g. an ICMP error queued on the socket: nothing to read
-                    log.debug("recv on :%d: %s", leg.port, e)
-                    continue
-                if n:
-                    self.row_leg[filled:filled + n] = leg.index
-                    filled += n
-                if n == room:  # the buffer filled up before the socket was empty
-                    pending.appendleft(fd)
+            filled, k = fastpath.drain(fda, legs, k, rx._hdr_ptr, BATCH_ROWS, self.row_leg, MSG_DONTWAIT | MSG_TRUNC)
+            rx.count = filled
             if not filled:
                 break
             self._process(filled)
@@ -353,16 +392,34 @@ class Ingest:
         return total
 
     def _process(self, n: int) -> None:
+        """One batch: the compiled fast path first, then the Python path for the rows it left."""
         rx = self.rx
-        buf = rx.buffer
-        lengths = rx.lengths
+        t = self.table
+        self.epoch += 1
+        now = time.monotonic()
+        self.stats["batches"] += 1
+        self.stats["packets"] += n
+        nslow = fastpath.place(
+            rx.buffer, rx.lengths, rx.names, n, self.row_leg, now, self.epoch, self.slow_epoch, self.slow_rows,
+            t.active, t.fast_ok, t.kind, t.src_ip, t.src_port, t.cur_ssrc, t.anchor, t.base_ts, t.max_ts, t.max_seq,
+            t.end, t.released, t.call_t0, t.max_ahead, t.last_arrival, t.last_media, t.packets, t.stage,
+            ALAW_TO_INT16, ULAW_TO_INT16)
+        if nslow:
+            self._process_slow(self.slow_rows[:nslow].copy(), now)
+
+    def _process_slow(self, picked: np.ndarray, now: float) -> None:
+        """The rows the fast path left, packet by packet (in arrival order per leg), through `JitterBuffer.push`."""
+        rx = self.rx
+        n = len(picked)
+        buf = rx.buffer[picked]
+        lengths = rx.lengths[picked].copy()
         legs = self.legs
-        rows_leg = self.row_leg[:n].tolist()
+        rows_leg = self.row_leg[picked].tolist()
         # SRTP rows are unprotected in place first (libsrtp, one packet at a time), so that
         # the parse below sees plain RTP for every row.
         srtp_bad: set[int] = set()
         for i in range(n):
-            leg = legs[rows_leg[i]]
+            leg = legs[rows_leg[i]] if rows_leg[i] >= 0 else None
             if leg is not None and leg.srtp is not None:
                 size = int(lengths[i])
                 if HEADER_SIZE <= size <= ROW_BYTES and buf[i, 0] >> 6 == RTP_VERSION:
@@ -379,8 +436,8 @@ class Ingest:
                     buf[i, :len(plain)] = np.frombuffer(plain, np.uint8)
                     lengths[i] = len(plain)
         batch = parse_batch(buf, lengths, n)
-        ips = rx.source_ip4.tolist()
-        ports = rx.source_port.tolist()
+        ips = rx.source_ip4[picked].tolist()
+        ports = rx.source_port[picked].tolist()
         valid = batch.valid.tolist()
         pts = batch.payload_type.tolist()
         seqs = batch.sequence.tolist()
@@ -399,14 +456,14 @@ class Ingest:
                 samples = table[buf[rows, HEADER_SIZE:HEADER_SIZE + FRAME_BYTES]]
                 for r, row in zip(rows.tolist(), samples):
                     decoded[r] = row
-        now = time.monotonic()
-        self.stats["batches"] += 1
-        self.stats["packets"] += n
+        t = self.table
+        touched = self.touched
         for i in range(n):
-            leg = legs[rows_leg[i]]
+            li = rows_leg[i]
+            leg = legs[li] if li >= 0 else None
             if leg is None or i in srtp_bad:
                 continue
-            leg.packets += 1
+            t.packets[li] += 1
             if not valid[i]:
                 size = int(lengths[i])
                 if size < HEADER_SIZE:
@@ -422,13 +479,14 @@ class Ingest:
                 continue
             src = (ips[i], ports[i])
             if leg.source is None:
-                leg.source = src
+                leg.set_source(src)
             elif src != leg.source:
                 leg.foreign += 1
                 continue
-            leg.last_media = now
+            t.last_media[li] = now
             off = offs[i]
             leg.jitter.push(ssrcs[i], seqs[i], tss[i], pts[i], buf[i, off:off + lens[i]], now, marks[i], decoded[i])
+            touched.add(leg.call)
 
     def _digits(self, call: Call) -> None:
         for leg in call.legs:
@@ -437,15 +495,35 @@ class Ingest:
                            "position": d.position, "volume": d.volume})
 
     def tick(self, now: float) -> None:
-        for call in self.calls.values():
-            for leg in call.legs:
-                chunks = leg.jitter.pull(now)
-                if chunks:
-                    leg.put(chunks)
-            self._digits(call)
-            if not call.timed_out and self.media_timeout > 0 and now - call.last_media() >= self.media_timeout:
-                call.timed_out = True
-                self.send({"op": "media_timeout", "call": call.id, "idle_s": now - call.last_media()})
+        """Release every leg's due audio into its ring (compiled; legs with parked audio in Python), report digits."""
+        t = self.table
+        a = self.arena
+        nout = fastpath.release(now, t.size, t.active, t.parked, t.slot, t.call_t0, t.window, t.released, t.stage,
+                                a.data, a.write_pos, a.read_pos, a.job, a.overruns, self.out_slot, self.out_w)
+        if nout:  # publish after every sample is stored (aligned 8-byte stores, as LegBatchWriter does)
+            a.write_pos[self.out_slot[:nout]] = self.out_w[:nout]
+        for i in np.flatnonzero(t.parked[:t.size] & t.active[:t.size]).tolist():
+            leg = self.legs[i]
+            if leg is not None:
+                leg.put(leg.jitter.pull(now))
+        if self.touched:
+            for call in self.touched:
+                self._digits(call)
+            self.touched.clear()
+        if self.media_timeout > 0 and now >= self.next_timeout_check:
+            self.next_timeout_check = now + min(0.2, self.media_timeout / 4)
+            for call in self.calls.values():
+                if not call.timed_out and now - call.last_media() >= self.media_timeout:
+                    call.timed_out = True
+                    self.send({"op": "media_timeout", "call": call.id, "idle_s": now - call.last_media()})
+
+    def warm_up(self) -> None:
+        """Compile the fast path's loops now (numba), not on the first packets: a call must not wait for it."""
+        self.receive([])
+        fastpath.drain(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, self.rx._hdr_ptr, BATCH_ROWS, self.row_leg,
+                       MSG_DONTWAIT | MSG_TRUNC)
+        self._process(0)
+        self.tick(time.monotonic())
 
     def run(self) -> None:
         """Between ticks wait for control messages only; at each tick drain every ready socket.
@@ -454,6 +532,7 @@ class Ingest:
         about tick/20 ms packets instead of one (bench/RESULTS-ingest.md: the per-call
         cost dominates); the re-order window is far longer than a tick, so nothing is late.
         """
+        self.warm_up()
         self.send({"op": "hello", "pid": os.getpid()})
         next_tick = time.monotonic() + self.tick_s
         ctl_wait = select.epoll()

@@ -87,3 +87,25 @@ def add_kernel_drops(legs: dict[str, dict[str, int]], inodes: dict[str, list[int
     for name, nodes in inodes.items():
         sums = legs.setdefault(name, {})
         sums["kernel_drops"] = sums.get("kernel_drops", 0) + sum(drops.get(i, 0) for i in nodes)
+
+
+def merge_replies(replies: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One `totals` reply from those of several ingest processes (legs sharded by port):
+    counters and the ingest's numeric figures summed, inodes joined. None if none answered."""
+    ok = [r for r in replies if r and r.get("ok")]
+    if not ok:
+        return None
+    legs: dict[str, dict[str, int]] = {}
+    inodes: dict[str, list[int]] = {}
+    ingest: dict[str, float] = {}
+    for r in ok:
+        for name, counts in (r.get("legs") or {}).items():
+            sums = legs.setdefault(name, {})
+            for key, value in counts.items():
+                sums[key] = sums.get(key, 0) + value
+        for name, nodes in (r.get("inodes") or {}).items():
+            inodes.setdefault(name, []).extend(nodes)
+        for key, value in (r.get("ingest") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                ingest[key] = ingest.get(key, 0) + value
+    return {"ok": True, "legs": legs, "inodes": inodes, "ingest": ingest, "processes": len(ok)}

@@ -47,6 +47,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,6 +66,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--calls", type=int, default=100, help="concurrent calls (two RTP streams each)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long every call sends")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--ingest-procs", type=int, default=0, help="ingest processes of the server (default: its own)")
     p.add_argument("--rtp-ports", default="", help="LOW-HIGH for the server (default: 4 per call from 20000)")
     p.add_argument("--dir", default="", help="recordings directory (default: a temporary one, removed)")
     p.add_argument("--json", help="write the report here too")
@@ -71,6 +80,8 @@ def main(argv: list[str]) -> int:
            rec_dir, "--rtp-ports", ports, "--max-calls", str(n + 8), "--media-timeout", "0"]
     if a.workers:
         cmd += ["--workers", str(a.workers)]
+    if a.ingest_procs:
+        cmd += ["--ingest-procs", str(a.ingest_procs)]
     log = open(os.path.join(tmp, "serve.log"), "w")  # noqa: SIM115  (the server's output for its lifetime)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +98,7 @@ def main(argv: list[str]) -> int:
                 print("the server did not come up; see", log.name, file=sys.stderr)
                 return 1
             time.sleep(0.2)
-        ingest_pid = health["ingest_pid"]
+        ingest_pids = health.get("ingest_pids") or [health["ingest_pid"]]
         worker_pids = [w["pid"] for w in health["workers"]]
 
         t0 = time.monotonic()
@@ -121,8 +132,10 @@ def main(argv: list[str]) -> int:
             buf[:, 12:] = (np.arange(FRAME) % 16 + 0xD0).astype(np.uint8)
             senders.append((tx, dest[start:start + rows], rows))
         udp0 = udp_counters()
-        cpu0 = _cpu_s(ingest_pid)
+        cpu0 = sum(_cpu_s(p) for p in ingest_pids)
         wcpu0 = sum(_cpu_s(w) for w in worker_pids)
+        scpu0 = _cpu_s(server.pid)
+        busy0 = _busy_s()
         sent = 0
         short = 0
         ticks = int(a.seconds / 0.02)
@@ -153,8 +166,13 @@ def main(argv: list[str]) -> int:
         send_s = time.monotonic() - t_start
         gen_cpu = time.process_time() - me0
         time.sleep(0.5)
-        cpu1 = _cpu_s(ingest_pid)
+        cpu1 = sum(_cpu_s(p) for p in ingest_pids)
         wcpu1 = sum(_cpu_s(w) for w in worker_pids)
+        scpu1 = _cpu_s(server.pid)
+        busy1 = _busy_s()
+        # Everything else the machine did meanwhile (other people's work), as a share of all CPUs.
+        ours = (cpu1 - cpu0) + (wcpu1 - wcpu0) + (scpu1 - scpu0) + (time.process_time() - me0)
+        foreign = max(0.0, (busy1 - busy0) - ours) / ((time.monotonic() - t_start) * (os.cpu_count() or 1))
         udp1 = udp_counters()
 
         received = lost = late = overruns = kdrops = 0
@@ -166,6 +184,9 @@ def main(argv: list[str]) -> int:
             return call, end
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             for call, end in pool.map(finish, range(n)):
+                if "media" not in call or "recording" not in end:  # the service failed this call: a bad file
+                    results.append({"cause": f"no answer: {call.get('detail') or end.get('detail')}"})
+                    continue
                 for m in call["media"].values():
                     received += m["received"]
                     lost += m["lost"]
@@ -193,6 +214,7 @@ def main(argv: list[str]) -> int:
             "ingest_us_per_packet": round(1e6 * ingest_cpu / max(1, received), 2),
             "workers_cpu_pct": round(100 * (wcpu1 - wcpu0) / send_s, 1),
             "generator_cpu_pct": round(100 * gen_cpu / send_s, 1), "generator_late_ticks": late_ticks,
+            "ingest_procs": len(ingest_pids), "foreign_cpu_share": round(foreign, 3),
             "send_retries": short,
         }
         print(json.dumps(report, indent=1))
