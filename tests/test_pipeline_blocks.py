@@ -161,3 +161,30 @@ def test_the_warm_up_covers_every_kernel_signature_the_pipeline_calls(tmp_path):
         (tmp_path / str(block)).mkdir()
         record(tmp_path / str(block), block)
     assert [len(k.signatures) for k in jit] == before
+
+
+def test_growing_past_capacity_publishes_progress_while_it_copies(tmp_path):
+    """A takeover can land thousands of jobs on a survivor at once; the staging copy of a
+    grown pipeline must publish progress as it goes, or the supervisor takes the busy
+    worker for a stalled one (seen at 10,000 channels: a second, needless restart)."""
+    import wholecall.worker.pipeline as pl
+
+    arena = Arena.create(2 * 8, 1 << 12)
+    pipe = Pipeline(arena, default_open_sink(), capacity=2)
+    beats = []
+    pipe.progress = lambda: beats.append(1)
+    old_rows = pl._GROW_ROWS
+    pl._GROW_ROWS = 1  # one row per slice, so this small pipeline shows the slicing
+    try:
+        for j in range(3):
+            m = StartJob(job_id=j + 1, channel=j, slot_in=2 * j, slot_out=2 * j + 1, start_pos=0,
+                         path=str(tmp_path / f"g{j}.wav"), file_format="alaw", rate=RATE, max_bytes=0,
+                         ms_max_silence=0, ms_initial_silence=0, dtmf_elim=True, mode="mixed", cipher=None)
+            arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
+            assert pipe.start(m) == ""
+        # Growth 2 -> 4 rows: 3 staging arrays x 2 old rows, plus the silence and DTMF state.
+        assert len(beats) >= 3 * 2 + 2
+    finally:
+        pl._GROW_ROWS = old_rows
+        pipe.close()
+        arena.close()
