@@ -25,7 +25,6 @@ import tracemalloc
 from wholecall.sim.churn import ChurnConfig, Soak
 from wholecall.sim.stress import proc_anon
 
-
 #: Objects the cyclic collector freed, by generation (a per-call cycle shows as steady gen-2 garbage).
 GC_FREED = [0, 0, 0]
 GC_RUNS = [0, 0, 0]
@@ -145,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"between {n1} and {n2} ended calls ({calls}):")
     for k in ("anon", "traced_after_collect"):
         print(f"  {k}: {r1[k]} -> {r2[k]}  ({(r2[k] - r1[k]) / calls:+.1f} B/call)")
-    print("  structures at the two marks:", {k: (r1[k], r2[k]) for k in r1 if k not in ("t", "ended", "anon", "traced", "traced_after_collect")})
+    skip = ("t", "ended", "anon", "traced", "traced_after_collect")
+    print("  structures at the two marks:", {k: (r1[k], r2[k]) for k in r1 if k not in skip})
     grown = [(k, t2[k] - t1.get(k, 0)) for k in t2 if t2[k] - t1.get(k, 0) > 0]
     grown.sort(key=lambda kv: -kv[1])
     print("  live objects grown by type:", grown[:20])

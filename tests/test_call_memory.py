@@ -13,8 +13,8 @@ import gc
 import weakref
 
 import pytest
-from tests.conftest import feed, tone
 
+from tests.conftest import feed, tone
 from wholecall.controller.errors import Hangup
 from wholecall.controller.states import Cause
 
