@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from .errors import Error
+from .errors import Error, Hangup
 
 if TYPE_CHECKING:
     from .channel import CallChannel
@@ -66,9 +67,19 @@ class _Player:
     activity = ""
 
     def __init__(self, channel: CallChannel) -> None:
-        self._channel = channel
+        # Weak, like the recorder's: the channel owns its players, and a strong reference
+        # back would make every call a reference cycle (see `WholeCallRecorder.__init__`).
+        self._channel_ref = weakref.ref(channel)
+        self._channel_id = channel.id
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    @property
+    def _channel(self) -> CallChannel:
+        ch = self._channel_ref()
+        if ch is None:
+            raise Hangup(f"Channel({self._channel_id}) is closed (hung up)")
+        return ch
 
     def _begin(self, audio: np.ndarray, realtime: bool) -> None:
         ch = self._channel

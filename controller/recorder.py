@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -91,7 +92,15 @@ class WholeCallRecorder:
     Cause: ClassVar[type[states.Cause]] = Cause
 
     def __init__(self, channel: CallChannel) -> None:
-        self._channel = channel
+        # The channel owns its recorder (`channel.WholeCallRecorder`); a strong reference
+        # back would make every call a reference cycle, freed only by the cyclic garbage
+        # collector's rare full passes: at 100 calls/s that is megabytes of dead calls
+        # between passes, and the controller's resident memory ratchets up with them.
+        # A channel is alive while it is open (the controller holds it) or while its user does.
+        self._channel_ref = weakref.ref(channel)
+        self._channel_id = channel.id
+        self._slots = list(channel.slots)
+        self._arena = channel.controller.arena
         self._ctl = channel.controller
         self._cond = threading.Condition()
         self._core = RecorderCore(f"Channel({channel.id})")
@@ -113,6 +122,13 @@ class WholeCallRecorder:
         #: holds less audio (seconds) is discarded when it ends: file removed, no sidecar,
         #: cause unchanged, `last_result.discarded` True. Checked by `start()`.
         self.min_seconds: float = 0.0
+
+    @property
+    def _channel(self) -> CallChannel:
+        ch = self._channel_ref()
+        if ch is None:
+            raise Hangup(f"Channel({self._channel_id}) is closed (hung up)")
+        return ch
 
     # -- the spec's queries ---------------------------------------------------------------
 
@@ -148,11 +164,11 @@ class WholeCallRecorder:
         self._check_call()
         with self._cond:
             if self._core.busy:
-                raise Error(f"Channel({self._channel.id}): whole call recorder is already RECORDING")
+                raise Error(f"Channel({self._channel_id}): whole call recorder is already RECORDING")
             busy = self._channel.activities.busy()
             if busy:
                 raise Error(
-                    f"Channel({self._channel.id}): cannot start the whole call recorder while the channel "
+                    f"Channel({self._channel_id}): cannot start the whole call recorder while the channel "
                     f"{' and '.join(busy)}; start the recorder before these"
                 )
             args = check_start(
@@ -167,8 +183,8 @@ class WholeCallRecorder:
             # not RECORDING for ever with its legs armed. The job id and start position,
             # known only once the state changes, are bounded ints that always encode.
             # Built and encoded before anything changes: job_id and start_pos are filled in below.
-            msg = args.start_job(1, self._channel.id, self._channel.inbound.slot, self._channel.outbound.slot, 0)
-            _check_encodes(self._channel.id, msg)
+            msg = args.start_job(1, self._channel_id, self._channel.inbound.slot, self._channel.outbound.slot, 0)
+            _check_encodes(self._channel_id, msg)
             worker = self._supervisor().pick()
             if worker is None:
                 return self._failed_to_start(args.path, "no worker is available to record")
@@ -194,7 +210,7 @@ class WholeCallRecorder:
                 now = time.monotonic()
                 give_up = self._core.poll(now)
                 if give_up is not None:
-                    log.error("Channel(%d): job %d not confirmed in %.1f s; ending it", self._channel.id, job_id,
+                    log.error("Channel(%d): job %d not confirmed in %.1f s; ending it", self._channel_id, job_id,
                               cfg.start_timeout_s)
                     self._send_stop(give_up.job_id, give_up.cause)
                     return False
@@ -290,7 +306,7 @@ class WholeCallRecorder:
                     notes.pauses.append(sc.PauseSpan(mode, pos, now))
                 elif notes.paused:
                     notes.pauses[-1].end_pos, notes.pauses[-1].end_t = pos, now
-            log.info("Channel(%d): recording %s at leg position %d", self._channel.id,
+            log.info("Channel(%d): recording %s at leg position %d", self._channel_id,
                      f"paused ({mode})" if mode else "resumed", pos)
             return True
 
@@ -329,9 +345,9 @@ class WholeCallRecorder:
     def _check_call(self) -> None:
         state = self._channel.state()
         if state is CallState.IDLE:
-            raise Hangup(f"Channel({self._channel.id}): the call is IDLE (hung up)")
+            raise Hangup(f"Channel({self._channel_id}): the call is IDLE (hung up)")
         if state is not CallState.ANSWERED:
-            raise Error(f"Channel({self._channel.id}): the call is {state.value}, not ANSWERED")
+            raise Error(f"Channel({self._channel_id}): the call is {state.value}, not ANSWERED")
 
     def _failed_to_start(self, path: str, error: str) -> bool:
         """A job that fails before reaching a worker (caller holds the condition).
@@ -339,7 +355,7 @@ class WholeCallRecorder:
         It is still a failed record job, reported as the worker would report one:
         `start()` returns False, state ERROR, cause ERROR; no file was created.
         """
-        log.error("Channel(%d): cannot start recording %s: %s", self._channel.id, path, error)
+        log.error("Channel(%d): cannot start recording %s: %s", self._channel_id, path, error)
         self._core.refuse(JobReport(0, Cause.ERROR, 0, 0, 0.0, error))
         self.last_result = JobResult(path, Cause.ERROR, 0, 0, 0.0, error)
         self._cond.notify_all()
@@ -403,7 +419,11 @@ class WholeCallRecorder:
         with self._cond:
             if not self._core.will_end(job_id):
                 return False
-            self._channel.disarm(job_id)
+            ch = self._channel_ref()
+            if ch is not None:
+                ch.disarm(job_id)
+            elif self._arena is not None:  # closed and dropped before its job ended: the same slots
+                self._arena.disarm(self._slots, job_id)
             notes, opts, path = self._notes, self._opts, self._path
         self._ctl.finish(self._finish, job_id, cause, nbytes, samples, duration_s, error, lost_samples, origin,
                          end_pos, heard, notes, opts, path)
@@ -420,19 +440,20 @@ class WholeCallRecorder:
                     and duration_s < notes.min_seconds:
                 os.unlink(path)
                 discarded = True
-                log.info("Channel(%d): job %d: %.3f s < min_seconds %.3f: %s discarded", self._channel.id, job_id,
+                log.info("Channel(%d): job %d: %.3f s < min_seconds %.3f: %s discarded", self._channel_id, job_id,
                          duration_s, notes.min_seconds, path)
             elif notes is not None and opts is not None:
                 if origin < 0 and samples and not opts.ms_initial_silence:
                     origin = notes.start_pos  # a takeover's worker does not know it; no leading trim: the start
-                end = end_pos if end_pos >= 0 else self._channel.position()
+                ch = self._channel_ref()
+                end = end_pos if end_pos >= 0 or ch is None else ch.position()
                 extra = None
                 if self.sidecar_source is not None:
                     try:
                         extra = self.sidecar_source()
                     except Exception:  # noqa: BLE001 - the application's hook must not lose the file
-                        log.exception("Channel(%d): the sidecar source failed; writing without it", self._channel.id)
-                doc = sc.build(path=path, notes=notes, end_t=time.time(), channel=self._channel.id, job_id=job_id,
+                        log.exception("Channel(%d): the sidecar source failed; writing without it", self._channel_id)
+                doc = sc.build(path=path, notes=notes, end_t=time.time(), channel=self._channel_id, job_id=job_id,
                                cause=cause.value, error=error, file_format=opts.file_format, rate=opts.rate,
                                mode=opts.mode, nbytes=nbytes, samples=samples, duration_s=duration_s,
                                sha256=sc.sha256_file(path) if exists else "", origin=origin, end_pos=end,
@@ -442,7 +463,7 @@ class WholeCallRecorder:
                     side = sc.sidecar_path(path)
                     sc.write_atomic(side, doc, self._ctl.config.file_mode)
         except Exception as e:  # noqa: BLE001 - the job must still end
-            log.exception("Channel(%d): job %d: finishing %s failed", self._channel.id, job_id, path)
+            log.exception("Channel(%d): job %d: finishing %s failed", self._channel_id, job_id, path)
             error = (f"{error}; " if error else "") + f"sidecar not written: {e}"
             side = ""
         with self._cond:
@@ -452,9 +473,9 @@ class WholeCallRecorder:
                                          heard, side, paused)
             if lost_samples:
                 log.error("Channel(%d): job %d lost %d samples to ring overruns before a worker takeover",
-                          self._channel.id, job_id, lost_samples)
+                          self._channel_id, job_id, lost_samples)
             if error:
-                log.error("Channel(%d): job %d ended with %s: %s", self._channel.id, job_id, cause.value, error)
+                log.error("Channel(%d): job %d ended with %s: %s", self._channel_id, job_id, cause.value, error)
             self._cond.notify_all()
 
 

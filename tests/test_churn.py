@@ -43,3 +43,22 @@ def test_the_flatness_verdict_catches_a_slow_leak_and_a_held_descriptor():
     assert any("controller_fds grew" in f for f in why)
     assert any("2 ring slots still in use" in f for f in why)
     assert any("descriptors after the run" in f for f in why)
+
+
+def test_the_verdict_judges_live_objects_and_calls_left_to_the_cycle_collector():
+    """Resident memory can rise with nothing leaking (the allocator's high-water mark); these
+    two figures move only with objects: one that piles up fails, and so do calls that are
+    reference cycles (what the first 30-minute soak found), while a flat run passes."""
+    soak = Soak(ChurnConfig(channels=10, seconds=100, call_max_s=5, start_rate=10))
+
+    def run(objects, cycles_per_call):
+        soak.samples = [dict(_sample(t, 100 << 20), ended=40 * t, controller_objects=objects(t),
+                             cycle_garbage=int(cycles_per_call * 40 * t)) for t in range(10, 101, 10)]
+        return soak._flatness(soak.samples[0], soak.samples[-1])
+
+    flat = run(lambda t: 200_000 + (t % 20) * 50, 0.05)
+    assert flat["failures"] == [] and flat["figures"]["cycle_garbage_per_call"]["per_call"] == 0.05
+    grown = run(lambda t: 200_000 + 30 * 40 * t, 0.0)  # 30 objects kept per call
+    assert any("controller_objects grew" in f for f in grown["failures"])
+    cyclic = run(lambda t: 200_000, 44.0)
+    assert any("reference cycles" in f for f in cyclic["failures"])
