@@ -137,6 +137,8 @@ class Arena:
         #: Worker liveness records (`layout.W_*` columns), one row per worker index.
         self.workers = np.frombuffer(buf, np.int64, L.MAX_WORKERS * L.WORKER_RECORD_WORDS,
                                      L.OFF_WORKERS).reshape(L.MAX_WORKERS, L.WORKER_RECORD_WORDS)
+        #: Envelope body keys by the job's inbound slot (`layout`, "Envelope keys").
+        self.keys = np.frombuffer(buf, np.uint8, n * L.KEY_BYTES, layout.keys).reshape(n, L.KEY_BYTES)
         #: Per-job durable records by inbound slot: (slots, copies, `layout.D_*` words).
         self.durable = np.frombuffer(buf, np.int64, n * L.DURABLE_COPIES * L.DURABLE_WORDS,
                                      layout.durable).reshape(n, L.DURABLE_COPIES, L.DURABLE_WORDS)
@@ -234,6 +236,7 @@ class Arena:
         self._closed = True
         # numpy views pin the buffer: drop them before closing the mmap.
         del self.write_pos, self.overruns, self.read_pos, self.job, self.gate, self.data, self.workers, self.durable
+        del self.keys
         self._buf.release()
         assert self._mm is not None
         self._mm.close()
@@ -272,6 +275,7 @@ class Arena:
             self.read_pos[s] = 0
             self.overruns[s] = 0
             self.durable[s] = 0
+            self.keys[s] = 0
         return got
 
     def release(self, slots: list[int]) -> None:

@@ -35,6 +35,9 @@ leg's position with one vector load and gathers audio with one fancy index::
            |            job's INBOUND slot: where the job's file ends,    |
            |            two copies written alternately (see below)        |
            +-- page aligned ----------------------------------------------+
+           | keys       u8[slots][32]  WORKER-owned, by the job's INBOUND  |
+           |            slot: an envelope job's body key (see below)      |
+           +-- page aligned ----------------------------------------------+
            | data       i16[slots][capacity]  ring samples                |
            +--------------------------------------------------------------+
 
@@ -63,6 +66,14 @@ job's audio is in its file (``D_RESUME``), how many 8 kHz input samples that fil
 
 A copy is written seq := 0, fields, seq := previous max + 1 (x86 stores stay in program
 order), alternating copies, so a worker killed mid-write leaves the older copy valid.
+
+Envelope keys. An envelope recording's intermediate is encrypted under a random body
+key that only the recipient's private key (never held by wholecall) unwraps from the
+file. So that a surviving worker can continue such a recording after a failover, the
+worker that opened it stores the body key in ``keys`` for the job's inbound slot while
+the job runs, and zeroes it when the job ends. The arena is a 0600 file of the service's
+user, which can already read that key from the worker's memory: the key stays inside
+the trust domain that holds it anyway, and never reaches a disk (the arena is a tmpfs).
 
 Pause gate. A pause or resume takes effect at the leg position of the moment it is
 asked for (`WholeCallRecorder.pause`), but the worker hears of it later, over the
@@ -93,7 +104,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAGIC = b"WHCLRING"
-VERSION = 3  # 2: worker records and per-job durable records; 3: pause gate
+VERSION = 4  # 2: worker records and per-job durable records; 3: pause gate; 4: envelope keys
 PAGE = 4096
 HEADER_BYTES = PAGE
 
@@ -112,6 +123,8 @@ W_PID, W_TICKS, W_PROGRESS_NS, W_JOBS = 0, 1, 2, 3
 
 # Word indices of one copy of a durable record (module docstring).
 D_SEQ, D_JOB, D_RESUME, D_SAMPLES, D_AUDIO, D_RUN, D_LOUD_END, D_FLAGS = range(8)
+#: Bytes of one envelope body key (AES-256) in the ``keys`` region.
+KEY_BYTES = 32
 DURABLE_COPIES = 2
 DURABLE_WORDS = 8
 D_HEARD = 1
@@ -186,8 +199,16 @@ class Layout:
         return _page_align(self.slots * DURABLE_COPIES * DURABLE_WORDS * COUNTER_BYTES)
 
     @property
-    def data(self) -> int:
+    def keys(self) -> int:
         return self.durable + self.durable_bytes
+
+    @property
+    def keys_bytes(self) -> int:
+        return _page_align(self.slots * KEY_BYTES)
+
+    @property
+    def data(self) -> int:
+        return self.keys + self.keys_bytes
 
     @property
     def total(self) -> int:

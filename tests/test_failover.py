@@ -293,27 +293,52 @@ def test_silence_causes_survive_a_takeover(make_controller):
     assert ctl.stats()["restarts"] == 1
 
 
-def test_envelope_recording_cannot_move_and_keeps_its_part_file(make_controller):
-    """Documented limit: an envelope recording's body key is wrapped under the recipient's
-    public key, which only the private key (never held by wholecall) unwraps, so another
-    worker cannot continue it: the job ends ERROR and its .wcpart stays for `wholecall recover`."""
+def test_envelope_recording_moves_with_the_body_key_the_arena_holds(make_controller):
+    """An envelope recording's body key is wrapped under the recipient's public key, which
+    only the private key (never held by wholecall) unwraps; the worker keeps a copy in the
+    arena while the job runs, so a survivor continues the file. Known random audio on both
+    legs; the decrypted file holds every sample, in order, across the kill; the key's slot
+    is zeroed once the job ends."""
+    import io
+
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from wholecall.controller import EnvelopeCipher
+    from wholecall.formats import encrypted as cf
 
-    ctl = make_controller(workers=1)
+    ctl = make_controller(workers=2)
     priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = priv.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    ch = ctl.incoming_call()
-    ch.answer()
-    rec = ch.WholeCallRecorder
-    assert rec.start("env.wav", file_format="s16bit", cipher=EnvelopeCipher(pem))
-    x = (8000 * np.sin(np.arange(12000) * 0.2)).astype(np.int16)
-    ch.inbound.write(x)
-    ch.outbound.write(x)
-    time.sleep(1.5)
-    os.kill(ctl.supervisor.workers[0].proc.pid, signal.SIGKILL)
-    assert rec.wait_until_finished(20) is Cause.ERROR
-    assert "cannot be resumed" in rec.last_result.error
-    assert os.path.exists(rec.last_result.path + ".wcpart") and not os.path.exists(rec.last_result.path)
+    rng = np.random.default_rng(11)
+    chans = []
+    for i in range(2):  # one call on each worker: worker 0 dies, the other call is untouched
+        ch = ctl.incoming_call()
+        ch.answer()
+        assert ch.WholeCallRecorder.start(f"env{i}.wav", file_format="s16bit", recording_mode="separate",
+                                          dtmf_elim=False, cipher=EnvelopeCipher(pem))
+        chans.append(ch)
+    victim = next(ch for ch in chans if ch.WholeCallRecorder._worker == 0)
+    audio = {id(ch): rng.integers(-20000, 20000, (2, 5 * RATE), dtype=np.int16) for ch in chans}
+    assert ctl.arena.keys[victim.inbound.slot].any()
+    t0 = time.monotonic()
+    for k in range(0, 5 * RATE, FRAME):
+        for ch in chans:
+            ch.inbound.write(audio[id(ch)][0, k:k + FRAME])
+            ch.outbound.write(audio[id(ch)][1, k:k + FRAME])
+        if k == 2 * RATE:
+            os.kill(ctl.supervisor.workers[0].proc.pid, signal.SIGKILL)
+        delay = t0 + (k + FRAME) / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    time.sleep(0.5)
+    for ch in chans:
+        rec = ch.WholeCallRecorder
+        assert rec.stop() and rec.last_result.cause is Cause.ABORTED, rec.last_result
+        assert not os.path.exists(rec.last_result.path + ".wcpart")
+        with open(rec.last_result.path, "rb") as f:
+            plain = b"".join(cf.iter_decrypt(f.fileno(), private_key=priv))
+        got, _ = sf.read(io.BytesIO(plain), dtype="int16")
+        np.testing.assert_array_equal(got, audio[id(ch)].T)  # 0 missing, 0 wrong, across the kill
+        assert not ctl.arena.keys[ch.inbound.slot].any()  # the key lived no longer than the job
+    assert ctl.stats()["takeovers"] >= 1 and ctl.stats()["restarts"] == 1

@@ -72,27 +72,39 @@ class EncryptedSink:
         self._size = 0
         self._finished = False
 
+    @property
+    def body_key(self) -> bytes:
+        """The intermediate's body key (an envelope job publishes it in the arena for failover)."""
+        return self._body_key
+
     @classmethod
-    def reopen(cls, path: str, cipher: dict[str, Any], mode: int = FILE_MODE) -> EncryptedSink:
+    def reopen(cls, path: str, cipher: dict[str, Any], mode: int = FILE_MODE,
+               body_key: bytes | None = None) -> EncryptedSink:
         """The sink of an encrypted recording a dead worker was writing (failover).
 
-        The intermediate's body key is unwrapped with the credential of the job's cipher
-        (the controller kept its wire dict). Only aes-cbc can be resumed: an envelope's
-        body key is wrapped under the recipient's public key, and only the private key,
-        which wholecall never holds, unwraps it (ValueError; the .wcpart stays for
-        `wholecall recover`).
+        aes-cbc: the intermediate's body key is unwrapped with the job's key (the
+        controller kept its wire dict). envelope: the body key is wrapped under the
+        recipient's public key, which only the private key (never held by wholecall)
+        unwraps, so the dead worker's copy in the arena is used (`body_key`; `shm.layout`,
+        "Envelope keys"). Without it: ValueError, and the .wcpart stays for `wholecall recover`.
         """
         scheme = cipher.get("scheme")
-        if scheme != cf.SCHEME_CBC:
-            raise ValueError(f"a {scheme} recording cannot be resumed by another worker "
-                             "(its body key needs the private key); its .wcpart is kept for `wholecall recover`")
+        if scheme not in (cf.SCHEME_CBC, cf.SCHEME_ENVELOPE):
+            raise ValueError(f"unknown cipher scheme {scheme!r}")
+        if scheme == cf.SCHEME_ENVELOPE and not (body_key and any(body_key)):
+            raise ValueError("an envelope recording whose body key was not published cannot be resumed by "
+                             "another worker; its .wcpart is kept for `wholecall recover`")
         self = cls.__new__(cls)
         self.path = path
         self._part = path + cf.PART_SUFFIX
         self._mode = mode
         self._scheme = scheme
-        self._key, self._iv = cf.parse_aes_key(cipher["key"]), cf.parse_iv(cipher["iv"])
-        self._public_key = None
+        if scheme == cf.SCHEME_CBC:
+            self._key, self._iv = cf.parse_aes_key(cipher["key"]), cf.parse_iv(cipher["iv"])
+            self._public_key = None
+        else:
+            self._key = self._iv = None
+            self._public_key = cf.load_public_key(cipher["public_key"])
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "recording already finished by the worker that died", path)
         fd = os.open(self._part, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -100,7 +112,7 @@ class EncryptedSink:
             header = cf.PartHeader.read(fd)
             if header.scheme != scheme:
                 raise ValueError(f"{self._part} is a {header.scheme} intermediate, the job's cipher is {scheme}")
-            self._body_key = header.unwrap(key=self._key)
+            self._body_key = header.unwrap(key=self._key) if scheme == cf.SCHEME_CBC else bytes(body_key or b"")
         except BaseException:
             os.close(fd)
             raise

@@ -268,6 +268,10 @@ class Pipeline:
             sink = self.open_sink(msg.path, msg.cipher, self.file_mode)
         except (OSError, ValueError) as e:
             return None, f"cannot create {msg.path}: {e}"
+        key = getattr(sink, "body_key", None)
+        if key is not None and msg.cipher is not None and msg.cipher.get("scheme") == "envelope":
+            # So that a surviving worker can continue this file (`shm.layout`, "Envelope keys").
+            self.arena.keys[msg.slot_in] = np.frombuffer(key, np.uint8)
         try:
             max_bytes = 0 if stereo else msg.max_bytes
             limit = getattr(sink, "plaintext_limit", None)
@@ -294,8 +298,9 @@ class Pipeline:
             writer, err = self.open_writer(msg)
             return writer, err, msg.start_pos
         try:
-            sink = EncryptedSink.reopen(msg.path, msg.cipher, self.file_mode) if msg.cipher is not None \
-                else FileSink.reopen(msg.path)
+            sink = EncryptedSink.reopen(msg.path, msg.cipher, self.file_mode,
+                                        body_key=self.arena.keys[msg.slot_in].tobytes()) \
+                if msg.cipher is not None else FileSink.reopen(msg.path)
         except (OSError, ValueError) as e:
             return None, f"cannot resume {msg.path}: {e}", 0
         try:
@@ -901,6 +906,8 @@ class Pipeline:
     def _release(self, job: Job) -> None:
         row = job.row
         a = self.arena
+        if job.msg.cipher is not None and a.job[job.msg.slot_in] == job.msg.job_id:
+            a.keys[job.msg.slot_in] = 0  # an envelope's body key lives no longer than its job
         for s in (job.msg.slot_in, job.msg.slot_out):
             # Producers stop waiting for ring space once the leg is no longer recorded.
             if a.job[s] == job.msg.job_id:
