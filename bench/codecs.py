@@ -19,18 +19,16 @@ the best of `--repeat` runs. Prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+# `wholecall` is the installed package (pip install -e .): the repository root on sys.path would
+# shadow it with the top-level facade folder.
 import soundfile as sf
 import soxr
 

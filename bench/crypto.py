@@ -19,14 +19,13 @@ import argparse
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+# `wholecall` is the installed package (pip install -e .): the repository root on sys.path would
+# shadow it with the top-level facade folder.
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# `wholecall` is the installed package (pip install -e .): the repository root on sys.path would
+# shadow it with the top-level facade folder.
 
 import numpy as np  # noqa: E402
 
