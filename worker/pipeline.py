@@ -6,7 +6,7 @@ frame) let the DTMF bank read every job's legs straight from the rings, mix the 
 outgoing frames in place (or pair them for separate mode) into per-job staging rows,
 G.711 jobs already encoded (`kernels.py`), and track silence.
 Python work per job is O(1) and happens only when a job's staging row is flushed to
-its WAV writer (every `flush_samples`, i.e. twice a second by default) or when it ends.
+its WAV writer (every `flush_samples`: `Config.flush_ms`, 2 s by default) or when it ends.
 
 Alignment. Both legs of a job are read at the same leg position, so sample p of the
 inbound leg is mixed with sample p of the outbound leg. A job advances to the smaller
