@@ -60,8 +60,8 @@ def test_worker_death_loses_nothing_and_the_job_ends_with_its_own_cause(solo):
     rec = ch.WholeCallRecorder
     t, box = in_thread(lambda: rec.record("killed.wav"))
     assert wait_for(lambda: rec.state() is RecorderState.RECORDING)
-    first = tone(440, 1.5)
-    feed_both(ch, first)  # more than one flush (1 s) reaches the file
+    first = tone(440, 2.5)
+    feed_both(ch, first)  # more than one flush (Config.flush_ms, 2 s) reaches the file
     assert wait_for(lambda: os.path.exists(rec._path) and os.path.getsize(rec._path) >= 58 + 8000)
     os.kill(ctl.supervisor.workers[0].proc.pid, signal.SIGKILL)
     second = tone(660, 1.0)
@@ -137,7 +137,7 @@ def test_file_that_cannot_be_written_ends_the_job_with_error(solo):
     ch = _answered(ctl)
     rec = ch.WholeCallRecorder
     assert rec.start("big.wav")
-    feed_both(ch, tone(440, 4.0))
+    feed_both(ch, tone(440, 5.0))  # past the second 2 s flush, which the limit cuts
     assert rec.wait_until_finished(10) is Cause.ERROR
     assert rec.state() is RecorderState.ERROR
     assert "write failed" in rec.last_result.error
