@@ -57,6 +57,7 @@ from aiohttp import WSMsgType, web
 
 from wholecall.ingest import twilio
 from wholecall.ingest.audiosocket import (
+    AUDIO_RATES,
     KIND_AUDIO,
     KIND_DTMF,
     KIND_ERROR,
@@ -81,6 +82,7 @@ MAX_MESSAGE = 64 * 1024
 MAX_AHEAD_S = 2.0
 """Arrival-order audio further than this ahead of the call clock is dropped (a sender faster than real time)."""
 TEXT, BINARY, FRAME, CLOSE, FAIL = range(5)
+AS_RATES = tuple(sorted(AUDIO_RATES.values()))
 _ZEROS = np.zeros(8 * RATE, np.int16)
 _ZEROS.flags.writeable = False
 
@@ -307,8 +309,7 @@ class StreamIngest:
         del self.calls[cid]
         call.ended = True
         for conn in call.attached.values():
-            if conn.l16 is not None and not conn.dead:
-                self._l16_audio(conn, conn.l16.flush(), call.clock(now), now)
+            self._flush_l16(conn, now)
         # Ended: everything received lands, also what a sender ahead of our clock placed past
         # it; both legs to the same horizon, so they stay aligned.
         ends = [leg.end for leg in call.legs.values() if leg.end is not None]
@@ -424,8 +425,8 @@ class StreamIngest:
         for conn, kind, data in items:
             call = conn.call
             if kind == CLOSE:
-                if conn.l16 is not None and not conn.dead and not call.ended:  # what soxr still holds
-                    self._l16_audio(conn, conn.l16.flush(), call.clock(now), now)
+                if self.calls.get(call.id) is call:  # not removed yet: what soxr still holds lands
+                    self._flush_l16(conn, now)
                 conn.dead = True
                 if not any(not c.dead for c in call.attached.values()):  # the call's last connection
                     self.end_call(call, str(data))
@@ -527,6 +528,12 @@ class StreamIngest:
             conn.l16 = L16Stream(call.channels if conn.leg is None else 1, call.rate)
         self._l16_audio(conn, conn.l16.feed(data), call.clock(now), now)
 
+    def _flush_l16(self, conn: Conn, now: float) -> None:
+        """What a connection's resampler still holds lands after its audio (its stream ends)."""
+        if conn.l16 is not None and not conn.dead:
+            self._l16_audio(conn, conn.l16.flush(), conn.call.clock(now), now)
+            conn.l16 = None
+
     def _l16_audio(self, conn: Conn, channels: list[np.ndarray], clock: int, now: float) -> None:
         legs = conn.call.legs
         targets = [legs["inbound"], legs["outbound"]] if conn.leg is None else [legs[conn.leg]]
@@ -543,13 +550,24 @@ class StreamIngest:
         kind, payload = frame
         call = conn.call
         leg = call.legs[conn.leg or "inbound"]
-        if kind == KIND_AUDIO:
+        rate = AUDIO_RATES.get(kind)
+        if rate is not None:
             if len(payload) % 2:
                 raise AudioSocketError(f"audio frame of {len(payload)} bytes is not whole 16-bit samples")
-            leg.arrival(np.frombuffer(payload, "<i2").astype(np.int16), call.clock(now), now)
+            clock = call.clock(now)
+            if conn.l16 is not None and conn.l16.rate != rate:  # the sender changed rate: what soxr holds first
+                self._l16_audio(conn, conn.l16.flush(), clock, now)
+                conn.l16 = None
+            if rate == RATE:
+                leg.arrival(np.frombuffer(payload, "<i2").astype(np.int16), clock, now)
+            else:  # 0x11-0x18: resampled to the call rate by the same soxr stream as 16 kHz L16
+                if conn.l16 is None:
+                    conn.l16 = L16Stream(1, rate, AS_RATES)
+                self._l16_audio(conn, conn.l16.feed(payload), clock, now)
         elif kind == KIND_DTMF:
             call.digits.append((leg.name, parse_digit(payload), leg.end if leg.end is not None else call.clock(now)))
         elif kind == KIND_HANGUP:
+            self._flush_l16(conn, now)
             self.end_call(call, "hangup")
             self._close(conn, 1000, "hangup")
         elif kind == KIND_ERROR:

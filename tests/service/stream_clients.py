@@ -93,9 +93,9 @@ def as_uuid(u: str) -> bytes:
     return as_frame(0x01, uuid.UUID(u).bytes)
 
 
-async def paced_tcp(host: str, port: int, slots: list[list[bytes]], period: float = 0.02) -> bytes:
+async def paced_tcp(host: str, port: int, slots: list[list[bytes]], period: float = 0.02, wait: bool = True) -> bytes:
     """Send slot k's frames at t0 + k * period over one TCP connection; returns what came back
-    until the server closed (or 5 s passed)."""
+    until the server closed (or 5 s passed); `wait` False closes right after the last frame."""
     reader, writer = await asyncio.open_connection(host, port)
     t0 = time.monotonic()
     try:
@@ -106,6 +106,8 @@ async def paced_tcp(host: str, port: int, slots: list[list[bytes]], period: floa
             for f in frames:
                 writer.write(f)
             await writer.drain()
+        if not wait:
+            return b""
         try:
             return await asyncio.wait_for(reader.read(), 5)
         except TimeoutError:

@@ -199,6 +199,54 @@ def test_audiosocket_inbound_and_outbound_by_uuid_digits_and_hangup(server) -> N
         np.testing.assert_array_equal(x[s:s + len(pcm[leg]), column], pcm[leg])
 
 
+def test_audiosocket_higher_rate_kinds_are_resampled_by_the_projects_soxr_stream(server) -> None:
+    """0x12 (16 kHz) on the inbound leg and 0x16 (48 kHz) on the outbound leg, 20 ms frames:
+    each leg equals, sample for sample, the same soxr stream (the L16 path's settings) fed the
+    same frames and flushed at the end."""
+    soxr = pytest.importorskip("soxr")
+    call = create(server, media="audiosocket")
+    cid, a = call["id"], call["audiosocket"]
+    recording(server, cid, "as-wide.wav")
+    rng = np.random.default_rng(23)
+    kinds = {"in": (0x12, 16000), "out": (0x16, 48000)}
+    frames = {}
+    for leg, (_, rate) in kinds.items():
+        t = np.arange(rate) / rate
+        x = 9000 * np.sin(2 * np.pi * (300 if leg == "in" else 1100) * t) + rng.normal(0, 300, rate)
+        x = np.clip(x, -32768, 32767).astype(np.int16)
+        step = rate // 50
+        frames[leg] = [x[k:k + step] for k in range(0, len(x), step)]
+
+    def expect(leg: str) -> np.ndarray:
+        rs = soxr.ResampleStream(kinds[leg][1], 8000, 1, dtype="float32", quality="HQ")
+        parts = [rs.resample_chunk(f.astype(np.float32).reshape(-1, 1) / 32768.0) for f in frames[leg]]
+        parts.append(rs.resample_chunk(np.zeros((0, 1), np.float32), last=True))
+        y = np.concatenate([np.asarray(p).reshape(-1) for p in parts])
+        return np.clip(np.rint(y * 32768.0), -32768, 32767).astype(np.int16)
+
+    def slots(uid: str, leg: str) -> list[list[bytes]]:
+        kind = kinds[leg][0]
+        return [[as_uuid(uid)]] + [[as_frame(kind, f.astype("<i2").tobytes())] for f in frames[leg]]
+
+    async def both() -> None:
+        # The outbound connection just closes; the inbound one ends with a hang-up frame a
+        # little later: each resampler's tail lands either way.
+        await asyncio.gather(paced_tcp(a["host"], a["port"], slots(a["uuid"], "in") + [[], [], [as_frame(0x00)]]),
+                             paced_tcp(a["host"], a["port"], slots(a["uuid_outbound"], "out"), wait=False))
+    asyncio.run(both())
+    call = ended(server, cid)
+    assert call["recording"]["cause"] == "HANGUP", call
+    x, _ = sf.read(os.path.join(server.recordings, "as-wide.wav"), dtype="int16")
+    for column, leg in enumerate(("in", "out")):
+        want = expect(leg)
+        assert abs(len(want) - 8000) < 50
+        got = x[:, column]
+        s = first_sound(got)
+        np.testing.assert_array_equal(got[s:s + len(want)], want)
+        assert not got[s + len(want):].any()
+        assert call["media"]["inbound" if leg == "in" else "outbound"]["resyncs"] == 0
+
+
 def _errors(server) -> int:
     status, health = server.api("GET", "/healthz")
     assert status == 200
