@@ -3,15 +3,19 @@ AudioSocket over TCP in; the legs' shm rings out.
 
 One asyncio process, started by `wholecall serve` as ``python -P -m wholecall.service.stream_proc``.
 It attaches the controller's arena by path and is the only writer of the rings of the legs
-of its calls (the SPSC rule); audio never crosses ZeroMQ or HTTP. WebSockets are served by
-aiohttp in this process (already the service's HTTP stack: handshake, fragmentation,
-ping/pong, close codes and the message size limit come with it); AudioSocket by a plain
-`asyncio.Protocol`.
+of its calls (the SPSC rule); audio never crosses ZeroMQ or HTTP. `wholecall serve
+--stream-procs N` runs N of them, each on its own ports (service.streams says why). WebSockets
+and AudioSocket are served by plain `asyncio.Protocol`s (`WebSocketProtocol` over the
+sans-I/O `ingest.websocket`, `AudioSocketProtocol`): a read costs one `data_received` call
+that queues whole frames, no task wake-up per message.
 
-Why a tick: a connection's handler only appends what it received to one list. Every
-`tick_s` the whole list is worked through in arrival order: the JSON of each message is
-parsed, every media payload of the tick is base64-decoded and mu-law-decoded as one batch
-(`ingest.twilio.decode_payloads`), audio is placed in its leg's playout core
+Why a tick: a connection's protocol only appends what it received to one list. Every
+`tick_s` the whole list is worked through in arrival order: every WebSocket frame of the
+tick is unmasked in one numpy pass, each Twilio message is parsed (a `media` message in
+Twilio's own layout by one regular expression, `ingest.twilio.fast_media`; anything else by
+`json`), every media payload of the tick is base64-decoded and mu-law-decoded as one batch
+(`ingest.twilio.decode_payloads`), sorted by leg and timestamp so that a leg's messages of
+the tick land with one write when they are contiguous, audio is placed in its leg's playout core
 (`ingest.jitter.JitterBuffer`: by timestamp for Twilio, by arrival order for L16 and
 AudioSocket, which carry none), and each leg's released window lands in its ring with one
 write. Both legs of a call are released by the same `now`, so they stay aligned.
@@ -53,7 +57,6 @@ import msgpack
 import numpy as np
 import zmq
 import zmq.asyncio
-from aiohttp import WSMsgType, web
 
 from wholecall.ingest import twilio
 from wholecall.ingest.audiosocket import (
@@ -69,6 +72,7 @@ from wholecall.ingest.audiosocket import (
     parse_uuid,
 )
 from wholecall.ingest.jitter import JitterBuffer
+from wholecall.ingest import websocket as wsp
 from wholecall.ingest.l16stream import L16Error, L16Stream
 from wholecall.protocol import logline
 from wholecall.shm import Arena, LegWriter
@@ -81,7 +85,8 @@ MAX_MESSAGE = 64 * 1024
 """Largest WebSocket message accepted (a 20 ms Twilio message is ~300 bytes); larger closes with 1009."""
 MAX_AHEAD_S = 2.0
 """Arrival-order audio further than this ahead of the call clock is dropped (a sender faster than real time)."""
-TEXT, BINARY, FRAME, CLOSE, FAIL = range(5)
+TEXT, BINARY, FRAME, CLOSE, FAIL, TEXT_M, BINARY_M = range(7)
+"""Kinds of queued input; TEXT_M and BINARY_M carry ``(payload, mask)``: unmasked per tick in one batch."""
 AS_RATES = tuple(sorted(AUDIO_RATES.values()))
 _ZEROS = np.zeros(8 * RATE, np.int16)
 _ZEROS.flags.writeable = False
@@ -207,7 +212,7 @@ class Conn:
     def __init__(self, call: StreamCall, leg: str | None, peer: str) -> None:
         self.call = call
         self.leg = leg
-        self.ws: web.WebSocketResponse | None = None
+        self.ws: WebSocketProtocol | None = None
         self.transport: asyncio.Transport | None = None
         self.started = False
         self.dead = False
@@ -220,7 +225,7 @@ class Conn:
 
 
 class StreamIngest:
-    """The loop: aiohttp for WebSockets, an AudioSocket server, a control socket, a tick."""
+    """The loop: a WebSocket server, an AudioSocket server, a control socket, a tick."""
 
     def __init__(self, arena_path: str, endpoint: str, window: float, media_timeout: float, tick_s: float,
                  ws_host: str, ws_port: int, as_host: str, as_port: int) -> None:
@@ -237,6 +242,7 @@ class StreamIngest:
         self.pending: list[tuple[Conn, int, object]] = []
         self._hangups: list[tuple[StreamCall, str]] = []
         self.stats = {"messages": 0, "ticks": 0, "errors": 0, "refused": 0, "connections": 0}
+        self.websockets: set[WebSocketProtocol] = set()
         self.stopping = asyncio.Event()
 
     # -- control --------------------------------------------------------------------------
@@ -346,52 +352,30 @@ class StreamIngest:
         self.stats["connections"] += 1
         return conn
 
-    async def websocket(self, request: web.Request) -> web.StreamResponse:
-        token = request.match_info["token"]
-        which = request.match_info.get("leg")
-        peer = request.remote or "?"
-        call = self.by_token.get(token)
+    def route(self, path: str, peer: str) -> Conn | tuple[int, str]:
+        """The connection a WebSocket opening request for `path` gets, or (HTTP status, why not)."""
+        parts = path.split("/")
+        if len(parts) not in (4, 5) or parts[:3] != ["", "v1", "media"]:
+            self._refuse(f"WebSocket from {peer}: no call has the URL {path}")
+            return 404, "no call has this stream URL"
+        call = self.by_token.get(parts[3])
         if call is None or call.kind == "audiosocket":
-            self._refuse(f"WebSocket from {peer}: no call has the URL {request.path}")
-            return web.Response(status=404, text="no call has this stream URL\n")
+            self._refuse(f"WebSocket from {peer}: no call has the URL {path}")
+            return 404, "no call has this stream URL"
+        which = parts[4] if len(parts) == 5 else None
         if which is not None and (which != "outbound" or call.kind != "websocket" or call.channels != 1):
-            self._refuse(f"WebSocket from {peer}: call {call.id} has no stream at {request.path}")
-            return web.Response(status=404, text="this call has no such stream\n")
+            self._refuse(f"WebSocket from {peer}: call {call.id} has no stream at {path}")
+            return 404, "this call has no such stream"
         leg = "outbound" if which else ("inbound" if call.kind == "websocket" and call.channels == 1 else None)
         conn = self.attach(call, leg, peer)
         if isinstance(conn, str):
             self._refuse(f"WebSocket from {peer}: {conn}")
-            return web.Response(status=409, text=conn + "\n")
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True, compress=False)
-        conn.ws = ws
-        try:
-            await ws.prepare(request)
-        except Exception as e:  # not a WebSocket handshake: the call keeps waiting for a proper one
-            call.attached.pop(leg or "both", None)
-            self._refuse(f"WebSocket from {peer}: handshake failed: {e}")
-            raise
-        log.info("call %s: %s connected", call.id, conn.describe())
-        append = self.pending.append
-        reason = "the connection closed"
-        async for msg in ws:
-            t = msg.type
-            if t is WSMsgType.TEXT:
-                append((conn, TEXT, msg.data))
-            elif t is WSMsgType.BINARY:
-                append((conn, BINARY, msg.data))
-            elif t is WSMsgType.ERROR:
-                append((conn, FAIL, f"WebSocket error: {msg.data}"))
-                break
-            if conn.dead:
-                break
-        if ws.close_code not in (None, 1000, 1001, 1005):
-            reason = f"the connection closed with code {ws.close_code}"
-        append((conn, CLOSE, reason))
-        return ws
+            return 409, conn
+        return conn
 
     def _close(self, conn: Conn, code: int, reason: str) -> None:
-        if conn.ws is not None and not conn.ws.closed:
-            asyncio.get_running_loop().create_task(conn.ws.close(code=code, message=reason.encode()[:120]))
+        if conn.ws is not None:
+            conn.ws.close(code, reason)
         if conn.transport is not None and not conn.transport.is_closing():
             conn.transport.close()
 
@@ -421,7 +405,13 @@ class StreamIngest:
         items = self.pending.copy()  # the handlers hold `pending.append`: the list object stays
         self.pending.clear()
         self.stats["messages"] += len(items)
-        media: list[tuple[Conn, OutLeg, int, str]] = []
+        masked = [i for i, item in enumerate(items) if item[1] >= TEXT_M]
+        if masked:  # every WebSocket frame of the tick unmasked in one numpy pass
+            plain = wsp.unmask_batch([items[i][2] for i in masked])  # type: ignore[misc]
+            for i, data in zip(masked, plain):
+                conn, kind, _ = items[i]
+                items[i] = (conn, TEXT if kind == TEXT_M else BINARY, data)
+        media: list[tuple[Conn, OutLeg, int, bytes]] = []
         for conn, kind, data in items:
             call = conn.call
             if kind == CLOSE:
@@ -444,7 +434,8 @@ class StreamIngest:
                 elif kind == FRAME:
                     self._frame(conn, data, now)  # type: ignore[arg-type]
                 elif kind == FAIL:
-                    self.fail(conn, str(data), 1009 if "size" in str(data) else 1008)
+                    reason, code = data  # type: ignore[misc]
+                    self.fail(conn, reason, code)
             except (twilio.StreamError, AudioSocketError, L16Error) as e:
                 self.fail(conn, str(e), 1007)
             except Exception as e:  # a bug must cost one call, not the process
@@ -457,7 +448,11 @@ class StreamIngest:
             self._digits(call)
             self.send({"op": "hangup", "call": call.id, "reason": reason})
 
-    def _twilio(self, conn: Conn, text: str, media: list, now: float) -> None:
+    def _twilio(self, conn: Conn, text: bytes, media: list, now: float) -> None:
+        fast = twilio.fast_media(text)
+        if fast is not None and conn.started:
+            media.append((conn, conn.call.legs[fast[0]], fast[1], fast[2]))
+            return
         ev = twilio.parse(text)
         name = ev[0]
         call = conn.call
@@ -613,17 +608,12 @@ class StreamIngest:
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.SNDHWM, 10000)
         self.ctl.connect(self.endpoint)
-        app = web.Application(client_max_size=MAX_MESSAGE)
-        app.router.add_get("/v1/media/{token}", self.websocket)
-        app.router.add_get("/v1/media/{token}/{leg}", self.websocket)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.ws_addr[0], self.ws_addr[1], reuse_address=True, backlog=1024)
-        await site.start()
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: AudioSocketProtocol(self), self.as_addr[0], self.as_addr[1],
                                           reuse_address=True, backlog=1024)
-        ws_port = runner.addresses[0][1]
+        ws_server = await loop.create_server(lambda: WebSocketProtocol(self), self.ws_addr[0], self.ws_addr[1],
+                                             reuse_address=True, backlog=1024)
+        ws_port = ws_server.sockets[0].getsockname()[1]
         as_port = server.sockets[0].getsockname()[1]
         log.info("streams: WebSocket :%d, AudioSocket :%d", ws_port, as_port)
         self.send({"op": "hello", "pid": os.getpid(), "websocket_port": ws_port, "audiosocket_port": as_port})
@@ -634,13 +624,169 @@ class StreamIngest:
             for t in tasks:
                 t.cancel()
             server.close()
+            ws_server.close()
             for call in list(self.calls.values()):
                 for conn in call.attached.values():
                     self._close(conn, 1001, "the recorder is stopping")
-            await runner.cleanup()
+            await asyncio.sleep(0.05)  # the close frames out
+            for proto in list(self.websockets):
+                proto.abort()
             self.ctl.close(0)
             self.zctx.term()
             self.arena.close()
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection (RFC 6455, `ingest.websocket`): the opening request's URL picks
+    the call and leg; whole frames are queued still masked, for the tick to unmask in one
+    batch; pings are answered here, fragments joined here (both rare).
+
+    Why a protocol and not a handler task: `data_received` is called by the loop for each
+    read, so a message costs no future, no queue and no task wake-up (see ingest.websocket).
+    """
+
+    CLOSE_WAIT_S = 1.0
+    """After our close frame, how long the peer has to answer with its own before the socket closes."""
+
+    def __init__(self, owner: StreamIngest) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.head = b""
+        self.parser: wsp.FrameParser | None = None
+        self.conn: Conn | None = None
+        self.sent_close = False
+        self.failed = False
+        self.peer_code: int | None = None
+        self.frag_op: int | None = None
+        self.frag: list[bytes] = []
+        self.frag_size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.owner.websockets.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            self._opening(data)
+            return
+        if self.failed:
+            return
+        try:
+            frames = parser.feed(data)
+        except wsp.ProtocolError as e:
+            self._error(e)
+            return
+        conn = self.conn
+        append = self.owner.pending.append
+        for op, fin, payload, mask in frames:
+            if op == wsp.TEXT or op == wsp.BINARY:
+                if self.frag_op is not None:
+                    self._error(wsp.ProtocolError(1002, "a new message inside a fragmented one"))
+                    return
+                if self.sent_close:
+                    continue
+                if fin:
+                    append((conn, TEXT_M if op == wsp.TEXT else BINARY_M, (payload, mask)))
+                else:
+                    self.frag_op, self.frag, self.frag_size = op, [wsp.unmask(payload, mask)], len(payload)
+            elif op == wsp.CONT:
+                if self.frag_op is None:
+                    self._error(wsp.ProtocolError(1002, "a continuation frame with no message to continue"))
+                    return
+                self.frag.append(wsp.unmask(payload, mask))
+                self.frag_size += len(payload)
+                if self.frag_size > parser.max_size:
+                    self._error(wsp.ProtocolError(1009, f"message of {self.frag_size}+ bytes exceeds {parser.max_size}"))
+                    return
+                if fin:
+                    if not self.sent_close:
+                        append((conn, TEXT if self.frag_op == wsp.TEXT else BINARY, b"".join(self.frag)))
+                    self.frag_op, self.frag = None, []
+            elif op == wsp.PING:
+                if not self.sent_close:
+                    self.transport.write(wsp.frame(wsp.PONG, wsp.unmask(payload, mask)))  # type: ignore[union-attr]
+            elif op == wsp.CLOSE:
+                body = wsp.unmask(payload, mask)
+                self.peer_code = int.from_bytes(body[:2], "big") if len(body) >= 2 else 1005
+                if not self.sent_close:  # the peer closes first: answer (RFC 6455 5.5.1)
+                    self.sent_close = True
+                    code = self.peer_code if self.peer_code in (1000, 1001) or 3000 <= self.peer_code < 5000 else 1000
+                    self.transport.write(wsp.close_frame(code))  # type: ignore[union-attr]
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            # a pong: nothing to do
+
+    def _opening(self, data: bytes) -> None:
+        self.head += data
+        at = self.head.find(b"\r\n\r\n")
+        if at < 0:
+            if len(self.head) > wsp.MAX_HEAD:
+                self._http(431, f"the opening request exceeds {wsp.MAX_HEAD} bytes")
+            return
+        head, rest = self.head[:at], self.head[at + 4:]
+        self.head = b""
+        try:
+            path, headers = wsp.parse_request(head)
+            reply = wsp.accept(headers)
+        except wsp.HandshakeError as e:
+            self.owner._refuse(f"WebSocket from {self.peer}: handshake failed: {e}")
+            self._http(e.status, str(e))
+            return
+        conn = self.owner.route(path, self.peer)
+        if isinstance(conn, tuple):
+            self._http(*conn)
+            return
+        assert self.transport is not None
+        self.transport.write(reply)
+        conn.ws = self
+        self.conn = conn
+        self.parser = wsp.FrameParser(MAX_MESSAGE)
+        log.info("call %s: %s connected", conn.call.id, conn.describe())
+        if rest:
+            self.data_received(rest)
+
+    def _http(self, status: int, text: str) -> None:
+        assert self.transport is not None
+        self.transport.write(wsp.http_error(status, text))
+        self.transport.close()
+
+    def _error(self, e: wsp.ProtocolError) -> None:
+        """Bytes no client may send: the call's tick closes us with `e.code` (and ends the call)."""
+        self.failed = True
+        if self.conn is not None:
+            self.owner.pending.append((self.conn, FAIL, (f"WebSocket error: {e}", e.code)))
+        elif self.transport is not None:
+            self.transport.close()
+
+    def close(self, code: int, reason: str) -> None:
+        """Our side closes: the close frame now, the socket when the peer answers (or after CLOSE_WAIT_S)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.sent_close:
+            return
+        self.sent_close = True
+        transport.write(wsp.close_frame(code, reason))
+        self._timer = asyncio.get_running_loop().call_later(self.CLOSE_WAIT_S, transport.close)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.websockets.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.conn is not None:
+            reason = "the connection closed"
+            if self.peer_code not in (None, 1000, 1001, 1005):
+                reason = f"the connection closed with code {self.peer_code}"
+            elif exc is not None:
+                reason += f": {exc}"
+            self.owner.pending.append((self.conn, CLOSE, reason))
 
 
 class AudioSocketProtocol(asyncio.Protocol):
@@ -700,7 +846,7 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str) -> None:
         assert self.conn is not None and self.transport is not None
-        self.owner.pending.append((self.conn, FAIL, reason))
+        self.owner.pending.append((self.conn, FAIL, (reason, 1008)))
         self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
