@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import struct
 import time
 import uuid
@@ -83,6 +84,20 @@ async def paced_ws(url: str, slots: list[list[str | bytes]], period: float = 0.0
             msg = await ws.receive(timeout=10)  # the server closes
             return {"type": msg.type.name, "code": msg.data, "reason": msg.extra}
         return {"type": "CLOSED", "code": ws.close_code, "reason": None}
+
+
+def ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client WebSocket frame written from RFC 6455 5.2, masked with a random key."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def as_frame(kind: int, payload: bytes = b"") -> bytes:

@@ -347,3 +347,56 @@ def test_stream_create_errors_name_the_field(server) -> None:
                        ({"media": "fax"}, "media must be")):
         status, err = server.api("POST", "/v1/calls", body)
         assert status == 422 and text in err["detail"], err
+
+
+def test_raw_rfc6455_client_random_masks_fragments_and_a_ping_between_them(server) -> None:
+    """Frames written by hand from RFC 6455: every frame with its own random mask, one media
+    message in three fragments with a ping between them (answered by a pong with its
+    payload), the rest whole; `stop` is answered by a close frame; the file is exact."""
+    import base64
+    import socket
+    import struct
+    from urllib.parse import urlparse
+
+    from stream_clients import ws_frame as client_frame
+
+    rng = np.random.default_rng(41)
+    call = create(server, media="twilio")
+    cid = call["id"]
+    recording(server, cid, "raw.wav")
+    u = urlparse(call["websocket"])
+    s = socket.create_connection((u.hostname, u.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {u.path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 101 ")
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    s.sendall(client_frame(1, connected().encode()) + client_frame(1, start(("inbound",)).encode()))
+    payloads = [ulaw_payload(rng) for _ in range(30)]
+    for k, p in enumerate(payloads):
+        text = media(k + 2, "inbound", k + 1, 20 * k, p).encode()
+        if k == 10:
+            a, b = len(text) // 3, 2 * len(text) // 3
+            s.sendall(client_frame(1, text[:a], fin=False) + client_frame(9, b"are you there")
+                      + client_frame(0, text[a:b], fin=False) + client_frame(0, text[b:]))
+        else:
+            s.sendall(client_frame(1, text))
+        time.sleep(0.02)
+    s.sendall(client_frame(1, stop().encode()))
+    got = rest
+    while chunk := s.recv(4096):  # the server closes the socket a while after its close frame
+        got += chunk
+    s.close()
+    pong = b"\x8a\x0dare you there"
+    assert got.startswith(pong), got[:40]  # the pong, unmasked (a server never masks)
+    close = got[len(pong):]
+    assert close[0] == 0x88 and struct.unpack("!H", close[2:4])[0] == 1000 and close[4:2 + close[1]] == b"stop"
+    call = ended(server, cid)
+    assert call["hangup_reason"] == "stop" and call["media"]["inbound"]["messages"] == 30
+    x, _ = sf.read(os.path.join(server.recordings, "raw.wav"), dtype="int16")
+    want = np.concatenate([ulaw(p) for p in payloads])
+    st = first_sound(x[:, 0])
+    np.testing.assert_array_equal(x[st:st + len(want), 0], want)
