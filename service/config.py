@@ -163,15 +163,18 @@ def ingest_count(cfg: ServeConfig) -> int:
 
 
 def stream_count(cfg: ServeConfig) -> int:
-    """Stream ingest processes to run: the configured count, else one per two CPUs (at least
-    one, at most 8: each costs ~40 MB; the media path is one core each, and the workers and
-    the RTP ingest need the rest). 1 when a `websocket_url` without ``{proc}`` must name them
-    all (one public address can only reach one port)."""
+    """Stream ingest processes to run: the configured count, else one per CPU, at most 8.
+
+    Why per CPU and not per two (as RTP ingest): an idle stream process costs ~40 MB and
+    nothing else (its loop ticks 20 times a second), and one process is one core at most, so
+    on a 2-core machine one process would cap streamed media at one core while the other
+    sits idle (measured: 1,000 Twilio calls saturate one process, BENCHMARKS.md). 1 when a
+    `websocket_url` without ``{proc}`` must name them all (one public address reaches one port)."""
     if cfg.stream_procs:
         return cfg.stream_procs
     if cfg.websocket_url and "{proc}" not in cfg.websocket_url:
         return 1
-    return max(1, min(8, (os.cpu_count() or 1) // 2))
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def port_shards(low: int, high: int, n: int) -> list[tuple[int, int]]:
