@@ -120,7 +120,8 @@ def parse(text: str | bytes) -> tuple:
     raise StreamError(f"unknown event {event!r} (known: {', '.join(EVENTS)})")
 
 
-_MEDIA = rb'"media":\{"track":"(inbound|outbound)","chunk":"[0-9]{1,12}","timestamp":"([0-9]{1,12})","payload":"([A-Za-z0-9+/]*={0,2})"\}'
+_MEDIA = (rb'"media":\{"track":"(inbound|outbound)","chunk":"[0-9]{1,12}","timestamp":"([0-9]{1,12})",'
+          rb'"payload":"([A-Za-z0-9+/]*={0,2})"\}')
 _HEAD = rb'\{"event":"media","sequenceNumber":"[0-9]{1,12}",'
 _SID = rb'"streamSid":"[A-Za-z0-9]{0,64}"'
 _FAST = (re.compile(_HEAD + _SID + b"," + _MEDIA + rb"\}"), re.compile(_HEAD + _MEDIA + b"," + _SID + rb"\}"))

@@ -59,9 +59,9 @@ import zmq
 import zmq.asyncio
 
 from wholecall.ingest import twilio
+from wholecall.ingest import websocket as wsp
 from wholecall.ingest.audiosocket import (
     AUDIO_RATES,
-    KIND_AUDIO,
     KIND_DTMF,
     KIND_ERROR,
     KIND_HANGUP,
@@ -72,7 +72,6 @@ from wholecall.ingest.audiosocket import (
     parse_uuid,
 )
 from wholecall.ingest.jitter import JitterBuffer
-from wholecall.ingest import websocket as wsp
 from wholecall.ingest.l16stream import L16Error, L16Stream
 from wholecall.protocol import logline
 from wholecall.shm import Arena, LegWriter
