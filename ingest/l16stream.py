@@ -26,11 +26,13 @@ class L16Error(ValueError):
 class L16Stream:
     """Binary frames in, one int16 8 kHz array per channel out."""
 
-    def __init__(self, channels: int, rate: int) -> None:
+    def __init__(self, channels: int, rate: int, rates: tuple[int, ...] = RATES) -> None:
+        """`rates`: the input rates this stream's protocol allows (AudioSocket has more than
+        the WebSocket API's 8 and 16 kHz)."""
         if channels not in CHANNELS:
             raise L16Error(f"channels must be 1 or 2, got {channels!r}")
-        if rate not in RATES:
-            raise L16Error(f"rate must be 8000 or 16000, got {rate!r}")
+        if rate not in rates:
+            raise L16Error(f"rate must be {', '.join(map(str, rates[:-1]))} or {rates[-1]}, got {rate!r}")
         self.channels = channels
         self.rate = rate
         self._resampler = None

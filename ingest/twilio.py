@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,31 @@ def parse(text: str | bytes) -> tuple:
     raise StreamError(f"unknown event {event!r} (known: {', '.join(EVENTS)})")
 
 
+_MEDIA = (rb'"media":\{"track":"(inbound|outbound)","chunk":"[0-9]{1,12}","timestamp":"([0-9]{1,12})",'
+          rb'"payload":"([A-Za-z0-9+/]*={0,2})"\}')
+_HEAD = rb'\{"event":"media","sequenceNumber":"[0-9]{1,12}",'
+_SID = rb'"streamSid":"[A-Za-z0-9]{0,64}"'
+_FAST = (re.compile(_HEAD + _SID + b"," + _MEDIA + rb"\}"), re.compile(_HEAD + _MEDIA + b"," + _SID + rb"\}"))
+_LEGS = {b"inbound": "inbound", b"outbound": "outbound"}
+
+
+def fast_media(text: bytes) -> tuple[str, int, bytes] | None:
+    """A `media` message in Twilio's own layout (compact, its key order, either place of
+    ``streamSid``) -> ``(leg, timestamp_ms, payload)``; None for anything else (`parse` then).
+
+    Why exact: the expression admits only texts that are valid JSON and that `parse` reads
+    to the same values (no escapes, no whitespace, no duplicate keys, ASCII digits and base64
+    characters only), so both paths agree on every message; this one skips building the
+    dicts (about half the cost of a message at 1,000 calls).
+    """
+    for pattern in _FAST:
+        m = pattern.fullmatch(text)
+        if m is not None:
+            track, ts, payload = m.groups()
+            return _LEGS[track], int(ts), payload
+    return None
+
+
 def _start(msg: dict) -> Start:
     start = msg.get("start")
     if not isinstance(start, dict):
@@ -140,7 +166,7 @@ def _start(msg: dict) -> Start:
     return Start(str(sid), str(start.get("callSid", "")), tuple(TRACKS[t] for t in tracks), params)
 
 
-def decode_payloads(payloads: list[str]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+def decode_payloads(payloads: list[str] | list[bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Many base64 mu-law payloads -> (all their samples concatenated, each one's length, errors).
 
     `errors` maps the index of every payload that is not strict base64 to the reason; its
@@ -159,7 +185,7 @@ def decode_payloads(payloads: list[str]) -> tuple[np.ndarray, list[int], dict[in
         parts.append(raw)
         lengths.append(len(raw))
     codes = np.frombuffer(b"".join(parts), np.uint8)
-    return ULAW_TO_INT16[codes], lengths, errors
+    return np.take(ULAW_TO_INT16, codes), lengths, errors
 
 
 class Timeline:

@@ -46,7 +46,7 @@ from wholecall.controller.states import RecorderState
 from wholecall.ingest.payload import PayloadError, PayloadTypes
 from wholecall.ingest.srtp import SrtpError, parse_sdes
 
-from .config import ServeConfig, ingest_count, port_shards
+from .config import ServeConfig, ingest_count, port_shards, stream_count
 from .ingest_totals import merge_replies
 from .logs import CALL_NAMES, announce
 from .metrics import CONTENT_TYPE, INGEST_TOTALS_TIMEOUT_S, Metrics
@@ -161,7 +161,7 @@ class Service:
                                                                 close_fds=True))
             await asyncio.wait_for(asyncio.gather(*(sh.hello for sh in self.shards)), 60)
             self.streams = StreamBackend(self, ApiError, CallEntry)
-            await self.streams.start(self.ctl.arena.path)
+            await self.streams.start(self.ctl.arena.path, stream_count(self.cfg))
             self.http = ClientSession(timeout=ClientTimeout(total=5))
             self._spawn(self._watch_ingest())
             self.ready = True
@@ -184,17 +184,29 @@ class Service:
     async def _watch_ingest(self) -> None:
         while not self.draining:
             await asyncio.sleep(0.5)
-            if self.streams is not None and not self.streams.alive() and not self.draining:
-                log.error("the stream ingest process exited; shutting down")
-                self.ready = False
-                self.stopped.set()
-                return
+            if self.streams is not None and not self.draining:
+                for sp in self.streams.reap():
+                    self._stream_proc_exited(sp)
+                if not self.streams.alive():
+                    log.error("no stream ingest process is left; shutting down")
+                    self.ready = False
+                    self.stopped.set()
+                    return
             for sh in self.shards:
                 if sh.proc is not None and sh.proc.poll() is not None and not self.draining:
                     log.error("ingest process %d exited with %s; shutting down", sh.index, sh.proc.returncode)
                     self.ready = False
                     self.stopped.set()
                     return
+
+    def _stream_proc_exited(self, sp: Any) -> None:
+        """A stream process exited: only its calls end (their rings get no more audio; each
+        file ends final, cause HANGUP); the other processes' calls go on."""
+        mine = [e for e in self.calls.values() if e.stream and e.shard == sp.index and not e.hung_up]
+        log.error("stream ingest process %d (pid %d) exited with %s; hanging up its %d calls", sp.index,
+                  sp.proc.pid, sp.proc.returncode, len(mine))
+        for e in mine:
+            self._spawn(self._hang_up(e, "stream_ingest_exited"))
 
     async def _read_ingest(self, shard: IngestShard) -> None:
         while True:
@@ -420,8 +432,15 @@ class Service:
                     # channel may give them back.
                     reply = await self.ingest({"op": "remove", "call": e.id, "flush": True})
                     e.media = reply.get("media", {})
+                except ApiError as exc:
+                    if not (e.stream and self.streams is not None and not self.streams.procs[e.shard].alive()):
+                        raise
+                    log.warning("call %s: %s", e.id, exc.detail)  # its process is gone: nothing to flush
                 finally:
-                    self.shards[e.shard].calls -= 1
+                    if e.stream and self.streams is not None:
+                        self.streams.procs[e.shard].calls -= 1
+                    else:
+                        self.shards[e.shard].calls -= 1
                     await self.call_blocking(e.channel.close)
                     asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
         return self.recording_view(e)
@@ -479,7 +498,8 @@ async def healthz(request: web.Request) -> web.Response:
     body = {"status": "ok" if s.ready and not s.draining else ("draining" if s.draining else "starting"),
             "workers": stats["workers"], "calls": len([e for e in s.calls.values() if not e.hung_up]),
             "ingest_pid": s.ingest_pids[0] if s.ingest_pids else None, "ingest_pids": s.ingest_pids,
-            "streams_pid": s.streams.proc.pid if s.streams and s.streams.proc else None}
+            "streams_pid": s.streams.pids[0] if s.streams and s.streams.pids else None,
+            "streams_pids": s.streams.pids if s.streams else []}
     if s.streams is not None and s.ready and not s.draining:
         body["streams"] = await s.streams.counters()
     return web.json_response(body, status=200 if s.ready and not s.draining else 503)

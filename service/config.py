@@ -61,6 +61,9 @@ class ServeConfig:
     """HOST:PORT of the AudioSocket server; empty: the listen host, any free port."""
     ingest_procs: int = 0
     """RTP ingest processes (legs sharded across them by port sub-range); 0 sizes it for the CPUs."""
+    stream_procs: int = 0
+    """Stream ingest processes (Twilio, L16 WebSocket, AudioSocket), each with its own WebSocket
+    and AudioSocket port; 0 sizes it for the CPUs (`stream_count`)."""
 
     @property
     def rtp_host(self) -> str:
@@ -73,7 +76,7 @@ DEFAULTS = {
     "log_format": "text", "log_level": "", "ops_listen": "",
     "arena_dir": "/dev/shm", "worker_priority": 10,
     "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
-    "ingest_procs": 0,
+    "ingest_procs": 0, "stream_procs": 0,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -102,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--audiosocket-listen", help="HOST:PORT for Asterisk AudioSocket (default: listen host, any port)")
     p.add_argument("--ingest-procs", type=int,
                    help="RTP ingest processes, each owning a sub-range of the ports (default: sized for the CPUs)")
+    p.add_argument("--stream-procs", type=int,
+                   help="stream ingest processes (Twilio, L16 WebSocket, AudioSocket), each with its own ports: "
+                        "PORT+k of --websocket-listen/--audiosocket-listen (default: sized for the CPUs)")
     return p
 
 
@@ -156,6 +162,21 @@ def ingest_count(cfg: ServeConfig) -> int:
     return cfg.ingest_procs or max(1, (os.cpu_count() or 1) // 2)
 
 
+def stream_count(cfg: ServeConfig) -> int:
+    """Stream ingest processes to run: the configured count, else one per CPU, at most 8.
+
+    Why per CPU and not per two (as RTP ingest): an idle stream process costs ~40 MB and
+    nothing else (its loop ticks 20 times a second), and one process is one core at most, so
+    on a 2-core machine one process would cap streamed media at one core while the other
+    sits idle (measured: 1,000 Twilio calls saturate one process, BENCHMARKS.md). 1 when a
+    `websocket_url` without ``{proc}`` must name them all (one public address reaches one port)."""
+    if cfg.stream_procs:
+        return cfg.stream_procs
+    if cfg.websocket_url and "{proc}" not in cfg.websocket_url:
+        return 1
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def port_shards(low: int, high: int, n: int) -> list[tuple[int, int]]:
     """[low, high] cut into `n` contiguous sub-ranges, each starting on an even port (RTP's; RTCP gets the odd).
 
@@ -197,7 +218,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
             raise ConfigError(f"token_file {values['token_file']}: the token must be at least 16 characters")
     if not is_loopback(host) and not token:
         raise ConfigError(f"refusing to listen on {host}, which is not a loopback address, without --token-file")
-    for name in ("workers", "max_calls", "ingest_procs"):
+    for name in ("workers", "max_calls", "ingest_procs", "stream_procs"):
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (name == "max_calls" and v < 1):
             raise ConfigError(f"{name} must be a {'positive' if name == 'max_calls' else 'non-negative'} integer, got {v!r}")
@@ -225,7 +246,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
         worker_priority=wp, **_stream_settings(values),
-        ingest_procs=values["ingest_procs"],
+        ingest_procs=values["ingest_procs"], stream_procs=values["stream_procs"],
     )
 
 
@@ -239,5 +260,9 @@ def _stream_settings(values: dict[str, Any]) -> dict[str, str]:
     url = str(values["websocket_url"] or "")
     if url and not url.startswith(("ws://", "wss://")):
         raise ConfigError(f"websocket_url must start with ws:// or wss://, got {url!r}")
+    n = values["stream_procs"]
+    if url and n > 1 and "{proc}" not in url:
+        raise ConfigError(f"websocket_url {url!r} must contain {{proc}} with stream_procs {n}: each stream process "
+                          "has its own port, so the proxy needs one address per process (e.g. wss://rec.example.com/s{proc})")
     out["websocket_url"] = url
     return out

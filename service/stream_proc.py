@@ -3,15 +3,19 @@ AudioSocket over TCP in; the legs' shm rings out.
 
 One asyncio process, started by `wholecall serve` as ``python -P -m wholecall.service.stream_proc``.
 It attaches the controller's arena by path and is the only writer of the rings of the legs
-of its calls (the SPSC rule); audio never crosses ZeroMQ or HTTP. WebSockets are served by
-aiohttp in this process (already the service's HTTP stack: handshake, fragmentation,
-ping/pong, close codes and the message size limit come with it); AudioSocket by a plain
-`asyncio.Protocol`.
+of its calls (the SPSC rule); audio never crosses ZeroMQ or HTTP. `wholecall serve
+--stream-procs N` runs N of them, each on its own ports (service.streams says why). WebSockets
+and AudioSocket are served by plain `asyncio.Protocol`s (`WebSocketProtocol` over the
+sans-I/O `ingest.websocket`, `AudioSocketProtocol`): a read costs one `data_received` call
+that queues whole frames, no task wake-up per message.
 
-Why a tick: a connection's handler only appends what it received to one list. Every
-`tick_s` the whole list is worked through in arrival order: the JSON of each message is
-parsed, every media payload of the tick is base64-decoded and mu-law-decoded as one batch
-(`ingest.twilio.decode_payloads`), audio is placed in its leg's playout core
+Why a tick: a connection's protocol only appends what it received to one list. Every
+`tick_s` the whole list is worked through in arrival order: every WebSocket frame of the
+tick is unmasked in one numpy pass, each Twilio message is parsed (a `media` message in
+Twilio's own layout by one regular expression, `ingest.twilio.fast_media`; anything else by
+`json`), every media payload of the tick is base64-decoded and mu-law-decoded as one batch
+(`ingest.twilio.decode_payloads`), sorted by leg and timestamp so that a leg's messages of
+the tick land with one write when they are contiguous, audio is placed in its leg's playout core
 (`ingest.jitter.JitterBuffer`: by timestamp for Twilio, by arrival order for L16 and
 AudioSocket, which carry none), and each leg's released window lands in its ring with one
 write. Both legs of a call are released by the same `now`, so they stay aligned.
@@ -53,11 +57,11 @@ import msgpack
 import numpy as np
 import zmq
 import zmq.asyncio
-from aiohttp import WSMsgType, web
 
 from wholecall.ingest import twilio
+from wholecall.ingest import websocket as wsp
 from wholecall.ingest.audiosocket import (
-    KIND_AUDIO,
+    AUDIO_RATES,
     KIND_DTMF,
     KIND_ERROR,
     KIND_HANGUP,
@@ -80,7 +84,9 @@ MAX_MESSAGE = 64 * 1024
 """Largest WebSocket message accepted (a 20 ms Twilio message is ~300 bytes); larger closes with 1009."""
 MAX_AHEAD_S = 2.0
 """Arrival-order audio further than this ahead of the call clock is dropped (a sender faster than real time)."""
-TEXT, BINARY, FRAME, CLOSE, FAIL = range(5)
+TEXT, BINARY, FRAME, CLOSE, FAIL, TEXT_M, BINARY_M = range(7)
+"""Kinds of queued input; TEXT_M and BINARY_M carry ``(payload, mask)``: unmasked per tick in one batch."""
+AS_RATES = tuple(sorted(AUDIO_RATES.values()))
 _ZEROS = np.zeros(8 * RATE, np.int16)
 _ZEROS.flags.writeable = False
 
@@ -205,7 +211,7 @@ class Conn:
     def __init__(self, call: StreamCall, leg: str | None, peer: str) -> None:
         self.call = call
         self.leg = leg
-        self.ws: web.WebSocketResponse | None = None
+        self.ws: WebSocketProtocol | None = None
         self.transport: asyncio.Transport | None = None
         self.started = False
         self.dead = False
@@ -218,7 +224,7 @@ class Conn:
 
 
 class StreamIngest:
-    """The loop: aiohttp for WebSockets, an AudioSocket server, a control socket, a tick."""
+    """The loop: a WebSocket server, an AudioSocket server, a control socket, a tick."""
 
     def __init__(self, arena_path: str, endpoint: str, window: float, media_timeout: float, tick_s: float,
                  ws_host: str, ws_port: int, as_host: str, as_port: int) -> None:
@@ -235,6 +241,7 @@ class StreamIngest:
         self.pending: list[tuple[Conn, int, object]] = []
         self._hangups: list[tuple[StreamCall, str]] = []
         self.stats = {"messages": 0, "ticks": 0, "errors": 0, "refused": 0, "connections": 0}
+        self.websockets: set[WebSocketProtocol] = set()
         self.stopping = asyncio.Event()
 
     # -- control --------------------------------------------------------------------------
@@ -307,8 +314,7 @@ class StreamIngest:
         del self.calls[cid]
         call.ended = True
         for conn in call.attached.values():
-            if conn.l16 is not None and not conn.dead:
-                self._l16_audio(conn, conn.l16.flush(), call.clock(now), now)
+            self._flush_l16(conn, now)
         # Ended: everything received lands, also what a sender ahead of our clock placed past
         # it; both legs to the same horizon, so they stay aligned.
         ends = [leg.end for leg in call.legs.values() if leg.end is not None]
@@ -345,52 +351,30 @@ class StreamIngest:
         self.stats["connections"] += 1
         return conn
 
-    async def websocket(self, request: web.Request) -> web.StreamResponse:
-        token = request.match_info["token"]
-        which = request.match_info.get("leg")
-        peer = request.remote or "?"
-        call = self.by_token.get(token)
+    def route(self, path: str, peer: str) -> Conn | tuple[int, str]:
+        """The connection a WebSocket opening request for `path` gets, or (HTTP status, why not)."""
+        parts = path.split("/")
+        if len(parts) not in (4, 5) or parts[:3] != ["", "v1", "media"]:
+            self._refuse(f"WebSocket from {peer}: no call has the URL {path}")
+            return 404, "no call has this stream URL"
+        call = self.by_token.get(parts[3])
         if call is None or call.kind == "audiosocket":
-            self._refuse(f"WebSocket from {peer}: no call has the URL {request.path}")
-            return web.Response(status=404, text="no call has this stream URL\n")
+            self._refuse(f"WebSocket from {peer}: no call has the URL {path}")
+            return 404, "no call has this stream URL"
+        which = parts[4] if len(parts) == 5 else None
         if which is not None and (which != "outbound" or call.kind != "websocket" or call.channels != 1):
-            self._refuse(f"WebSocket from {peer}: call {call.id} has no stream at {request.path}")
-            return web.Response(status=404, text="this call has no such stream\n")
+            self._refuse(f"WebSocket from {peer}: call {call.id} has no stream at {path}")
+            return 404, "this call has no such stream"
         leg = "outbound" if which else ("inbound" if call.kind == "websocket" and call.channels == 1 else None)
         conn = self.attach(call, leg, peer)
         if isinstance(conn, str):
             self._refuse(f"WebSocket from {peer}: {conn}")
-            return web.Response(status=409, text=conn + "\n")
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=True, compress=False)
-        conn.ws = ws
-        try:
-            await ws.prepare(request)
-        except Exception as e:  # not a WebSocket handshake: the call keeps waiting for a proper one
-            call.attached.pop(leg or "both", None)
-            self._refuse(f"WebSocket from {peer}: handshake failed: {e}")
-            raise
-        log.info("call %s: %s connected", call.id, conn.describe())
-        append = self.pending.append
-        reason = "the connection closed"
-        async for msg in ws:
-            t = msg.type
-            if t is WSMsgType.TEXT:
-                append((conn, TEXT, msg.data))
-            elif t is WSMsgType.BINARY:
-                append((conn, BINARY, msg.data))
-            elif t is WSMsgType.ERROR:
-                append((conn, FAIL, f"WebSocket error: {msg.data}"))
-                break
-            if conn.dead:
-                break
-        if ws.close_code not in (None, 1000, 1001, 1005):
-            reason = f"the connection closed with code {ws.close_code}"
-        append((conn, CLOSE, reason))
-        return ws
+            return 409, conn
+        return conn
 
     def _close(self, conn: Conn, code: int, reason: str) -> None:
-        if conn.ws is not None and not conn.ws.closed:
-            asyncio.get_running_loop().create_task(conn.ws.close(code=code, message=reason.encode()[:120]))
+        if conn.ws is not None:
+            conn.ws.close(code, reason)
         if conn.transport is not None and not conn.transport.is_closing():
             conn.transport.close()
 
@@ -420,12 +404,18 @@ class StreamIngest:
         items = self.pending.copy()  # the handlers hold `pending.append`: the list object stays
         self.pending.clear()
         self.stats["messages"] += len(items)
-        media: list[tuple[Conn, OutLeg, int, str]] = []
+        masked = [i for i, item in enumerate(items) if item[1] >= TEXT_M]
+        if masked:  # every WebSocket frame of the tick unmasked in one numpy pass
+            plain = wsp.unmask_batch([items[i][2] for i in masked])  # type: ignore[misc]
+            for i, data in zip(masked, plain):
+                conn, kind, _ = items[i]
+                items[i] = (conn, TEXT if kind == TEXT_M else BINARY, data)
+        media: list[tuple[Conn, OutLeg, int, bytes]] = []
         for conn, kind, data in items:
             call = conn.call
             if kind == CLOSE:
-                if conn.l16 is not None and not conn.dead and not call.ended:  # what soxr still holds
-                    self._l16_audio(conn, conn.l16.flush(), call.clock(now), now)
+                if self.calls.get(call.id) is call:  # not removed yet: what soxr still holds lands
+                    self._flush_l16(conn, now)
                 conn.dead = True
                 if not any(not c.dead for c in call.attached.values()):  # the call's last connection
                     self.end_call(call, str(data))
@@ -443,7 +433,8 @@ class StreamIngest:
                 elif kind == FRAME:
                     self._frame(conn, data, now)  # type: ignore[arg-type]
                 elif kind == FAIL:
-                    self.fail(conn, str(data), 1009 if "size" in str(data) else 1008)
+                    reason, code = data  # type: ignore[misc]
+                    self.fail(conn, reason, code)
             except (twilio.StreamError, AudioSocketError, L16Error) as e:
                 self.fail(conn, str(e), 1007)
             except Exception as e:  # a bug must cost one call, not the process
@@ -456,7 +447,11 @@ class StreamIngest:
             self._digits(call)
             self.send({"op": "hangup", "call": call.id, "reason": reason})
 
-    def _twilio(self, conn: Conn, text: str, media: list, now: float) -> None:
+    def _twilio(self, conn: Conn, text: bytes, media: list, now: float) -> None:
+        fast = twilio.fast_media(text)
+        if fast is not None and conn.started:
+            media.append((conn, conn.call.legs[fast[0]], fast[1], fast[2]))
+            return
         ev = twilio.parse(text)
         name = ev[0]
         call = conn.call
@@ -527,6 +522,12 @@ class StreamIngest:
             conn.l16 = L16Stream(call.channels if conn.leg is None else 1, call.rate)
         self._l16_audio(conn, conn.l16.feed(data), call.clock(now), now)
 
+    def _flush_l16(self, conn: Conn, now: float) -> None:
+        """What a connection's resampler still holds lands after its audio (its stream ends)."""
+        if conn.l16 is not None and not conn.dead:
+            self._l16_audio(conn, conn.l16.flush(), conn.call.clock(now), now)
+            conn.l16 = None
+
     def _l16_audio(self, conn: Conn, channels: list[np.ndarray], clock: int, now: float) -> None:
         legs = conn.call.legs
         targets = [legs["inbound"], legs["outbound"]] if conn.leg is None else [legs[conn.leg]]
@@ -543,13 +544,24 @@ class StreamIngest:
         kind, payload = frame
         call = conn.call
         leg = call.legs[conn.leg or "inbound"]
-        if kind == KIND_AUDIO:
+        rate = AUDIO_RATES.get(kind)
+        if rate is not None:
             if len(payload) % 2:
                 raise AudioSocketError(f"audio frame of {len(payload)} bytes is not whole 16-bit samples")
-            leg.arrival(np.frombuffer(payload, "<i2").astype(np.int16), call.clock(now), now)
+            clock = call.clock(now)
+            if conn.l16 is not None and conn.l16.rate != rate:  # the sender changed rate: what soxr holds first
+                self._l16_audio(conn, conn.l16.flush(), clock, now)
+                conn.l16 = None
+            if rate == RATE:
+                leg.arrival(np.frombuffer(payload, "<i2").astype(np.int16), clock, now)
+            else:  # 0x11-0x18: resampled to the call rate by the same soxr stream as 16 kHz L16
+                if conn.l16 is None:
+                    conn.l16 = L16Stream(1, rate, AS_RATES)
+                self._l16_audio(conn, conn.l16.feed(payload), clock, now)
         elif kind == KIND_DTMF:
             call.digits.append((leg.name, parse_digit(payload), leg.end if leg.end is not None else call.clock(now)))
         elif kind == KIND_HANGUP:
+            self._flush_l16(conn, now)
             self.end_call(call, "hangup")
             self._close(conn, 1000, "hangup")
         elif kind == KIND_ERROR:
@@ -595,17 +607,12 @@ class StreamIngest:
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.SNDHWM, 10000)
         self.ctl.connect(self.endpoint)
-        app = web.Application(client_max_size=MAX_MESSAGE)
-        app.router.add_get("/v1/media/{token}", self.websocket)
-        app.router.add_get("/v1/media/{token}/{leg}", self.websocket)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.ws_addr[0], self.ws_addr[1], reuse_address=True, backlog=1024)
-        await site.start()
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: AudioSocketProtocol(self), self.as_addr[0], self.as_addr[1],
                                           reuse_address=True, backlog=1024)
-        ws_port = runner.addresses[0][1]
+        ws_server = await loop.create_server(lambda: WebSocketProtocol(self), self.ws_addr[0], self.ws_addr[1],
+                                             reuse_address=True, backlog=1024)
+        ws_port = ws_server.sockets[0].getsockname()[1]
         as_port = server.sockets[0].getsockname()[1]
         log.info("streams: WebSocket :%d, AudioSocket :%d", ws_port, as_port)
         self.send({"op": "hello", "pid": os.getpid(), "websocket_port": ws_port, "audiosocket_port": as_port})
@@ -616,13 +623,169 @@ class StreamIngest:
             for t in tasks:
                 t.cancel()
             server.close()
+            ws_server.close()
             for call in list(self.calls.values()):
                 for conn in call.attached.values():
                     self._close(conn, 1001, "the recorder is stopping")
-            await runner.cleanup()
+            await asyncio.sleep(0.05)  # the close frames out
+            for proto in list(self.websockets):
+                proto.abort()
             self.ctl.close(0)
             self.zctx.term()
             self.arena.close()
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """One WebSocket connection (RFC 6455, `ingest.websocket`): the opening request's URL picks
+    the call and leg; whole frames are queued still masked, for the tick to unmask in one
+    batch; pings are answered here, fragments joined here (both rare).
+
+    Why a protocol and not a handler task: `data_received` is called by the loop for each
+    read, so a message costs no future, no queue and no task wake-up (see ingest.websocket).
+    """
+
+    CLOSE_WAIT_S = 1.0
+    """After our close frame, how long the peer has to answer with its own before the socket closes."""
+
+    def __init__(self, owner: StreamIngest) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.head = b""
+        self.parser: wsp.FrameParser | None = None
+        self.conn: Conn | None = None
+        self.sent_close = False
+        self.failed = False
+        self.peer_code: int | None = None
+        self.frag_op: int | None = None
+        self.frag: list[bytes] = []
+        self.frag_size = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.owner.websockets.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None:
+            self._opening(data)
+            return
+        if self.failed:
+            return
+        try:
+            frames = parser.feed(data)
+        except wsp.ProtocolError as e:
+            self._error(e)
+            return
+        conn = self.conn
+        append = self.owner.pending.append
+        for op, fin, payload, mask in frames:
+            if op == wsp.TEXT or op == wsp.BINARY:
+                if self.frag_op is not None:
+                    self._error(wsp.ProtocolError(1002, "a new message inside a fragmented one"))
+                    return
+                if self.sent_close:
+                    continue
+                if fin:
+                    append((conn, TEXT_M if op == wsp.TEXT else BINARY_M, (payload, mask)))
+                else:
+                    self.frag_op, self.frag, self.frag_size = op, [wsp.unmask(payload, mask)], len(payload)
+            elif op == wsp.CONT:
+                if self.frag_op is None:
+                    self._error(wsp.ProtocolError(1002, "a continuation frame with no message to continue"))
+                    return
+                self.frag.append(wsp.unmask(payload, mask))
+                self.frag_size += len(payload)
+                if self.frag_size > parser.max_size:
+                    self._error(wsp.ProtocolError(1009, f"message of {self.frag_size}+ bytes exceeds {parser.max_size}"))
+                    return
+                if fin:
+                    if not self.sent_close:
+                        append((conn, TEXT if self.frag_op == wsp.TEXT else BINARY, b"".join(self.frag)))
+                    self.frag_op, self.frag = None, []
+            elif op == wsp.PING:
+                if not self.sent_close:
+                    self.transport.write(wsp.frame(wsp.PONG, wsp.unmask(payload, mask)))  # type: ignore[union-attr]
+            elif op == wsp.CLOSE:
+                body = wsp.unmask(payload, mask)
+                self.peer_code = int.from_bytes(body[:2], "big") if len(body) >= 2 else 1005
+                if not self.sent_close:  # the peer closes first: answer (RFC 6455 5.5.1)
+                    self.sent_close = True
+                    code = self.peer_code if self.peer_code in (1000, 1001) or 3000 <= self.peer_code < 5000 else 1000
+                    self.transport.write(wsp.close_frame(code))  # type: ignore[union-attr]
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            # a pong: nothing to do
+
+    def _opening(self, data: bytes) -> None:
+        self.head += data
+        at = self.head.find(b"\r\n\r\n")
+        if at < 0:
+            if len(self.head) > wsp.MAX_HEAD:
+                self._http(431, f"the opening request exceeds {wsp.MAX_HEAD} bytes")
+            return
+        head, rest = self.head[:at], self.head[at + 4:]
+        self.head = b""
+        try:
+            path, headers = wsp.parse_request(head)
+            reply = wsp.accept(headers)
+        except wsp.HandshakeError as e:
+            self.owner._refuse(f"WebSocket from {self.peer}: handshake failed: {e}")
+            self._http(e.status, str(e))
+            return
+        conn = self.owner.route(path, self.peer)
+        if isinstance(conn, tuple):
+            self._http(*conn)
+            return
+        assert self.transport is not None
+        self.transport.write(reply)
+        conn.ws = self
+        self.conn = conn
+        self.parser = wsp.FrameParser(MAX_MESSAGE)
+        log.info("call %s: %s connected", conn.call.id, conn.describe())
+        if rest:
+            self.data_received(rest)
+
+    def _http(self, status: int, text: str) -> None:
+        assert self.transport is not None
+        self.transport.write(wsp.http_error(status, text))
+        self.transport.close()
+
+    def _error(self, e: wsp.ProtocolError) -> None:
+        """Bytes no client may send: the call's tick closes us with `e.code` (and ends the call)."""
+        self.failed = True
+        if self.conn is not None:
+            self.owner.pending.append((self.conn, FAIL, (f"WebSocket error: {e}", e.code)))
+        elif self.transport is not None:
+            self.transport.close()
+
+    def close(self, code: int, reason: str) -> None:
+        """Our side closes: the close frame now, the socket when the peer answers (or after CLOSE_WAIT_S)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.sent_close:
+            return
+        self.sent_close = True
+        transport.write(wsp.close_frame(code, reason))
+        self._timer = asyncio.get_running_loop().call_later(self.CLOSE_WAIT_S, transport.close)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.websockets.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.conn is not None:
+            reason = "the connection closed"
+            if self.peer_code not in (None, 1000, 1001, 1005):
+                reason = f"the connection closed with code {self.peer_code}"
+            elif exc is not None:
+                reason += f": {exc}"
+            self.owner.pending.append((self.conn, CLOSE, reason))
 
 
 class AudioSocketProtocol(asyncio.Protocol):
@@ -682,7 +845,7 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def _fail(self, reason: str) -> None:
         assert self.conn is not None and self.transport is not None
-        self.owner.pending.append((self.conn, FAIL, reason))
+        self.owner.pending.append((self.conn, FAIL, (reason, 1008)))
         self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -37,8 +37,48 @@ FIELDS = {"twilio": {"media", "id"}, "websocket": {"media", "id", "channels", "e
           "audiosocket": {"media", "id"}}
 
 
+class StreamProc:
+    """One stream ingest process: its control socket, its ports and how many calls it serves."""
+
+    def __init__(self, index: int, sock: zmq.asyncio.Socket, hello: asyncio.Future) -> None:
+        self.index = index
+        self.sock = sock
+        self.hello = hello
+        self.proc: subprocess.Popen | None = None
+        self.websocket_port = 0
+        self.audiosocket_port = 0
+        self.calls = 0
+        self.dead = False
+        """It exited while the service runs: no new calls, its calls were hung up."""
+
+    def alive(self) -> bool:
+        return not self.dead and (self.proc is None or self.proc.poll() is None)
+
+
 class StreamBackend:
-    """The stream ingest process and its control channel (request/reply plus events)."""
+    """The stream ingest processes and their control channels (request/reply plus events).
+
+    Why one port per process (and not one shared port): a WebSocket URL or an AudioSocket
+    UUID belongs to one call, and the process that owns the call's rings must be the one
+    that reads its connection (the SPSC rule: one producer per ring). With a port per
+    process the address the API hands out names that process, and the kernel delivers the
+    connection there; nothing is handed on. The alternatives cost more and break more:
+    SO_REUSEPORT spreads connections by a hash of the peer's address, so half of them (with
+    two processes) land in the wrong process and must be passed on (the request read with
+    MSG_PEEK for the URL or the UUID frame, the socket sent over a Unix socket with
+    SCM_RIGHTS to the owner), which adds a mesh between the processes, a failure mode when
+    the owner is busy or gone, and a stage every connection pays; a single acceptor in
+    front is one more process on the media path whose death stops every stream. The cost of
+    ports: a fixed ``--websocket-listen HOST:PORT`` takes PORT..PORT+N-1 (the same for
+    AudioSocket), and a TLS proxy in front needs one route per process (``{proc}`` in
+    ``--websocket-url``).
+
+    A new call goes to the live process serving the fewest calls (as RTP calls do). A
+    process that exits hangs up only its own calls (their files end final, cause HANGUP,
+    ``hangup_reason`` ``stream_ingest_exited``); the other processes' calls go on and new
+    calls avoid it. When none is left the service stops, as it does when an RTP ingest
+    process exits (the process supervisor restarts it).
+    """
 
     def __init__(self, service: Any, api_error: type[Exception], entry_type: type) -> None:
         """`api_error` and `entry_type` are the service's ApiError and CallEntry (passed in, as
@@ -46,57 +86,66 @@ class StreamBackend:
         self.s = service
         self.api_error = api_error
         self.entry_type = entry_type
-        self.sock: zmq.asyncio.Socket | None = None
-        self.proc: subprocess.Popen | None = None
-        self.websocket_port = 0
-        self.audiosocket_port = 0
+        self.procs: list[StreamProc] = []
         self._reqs = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
-        self._hello: asyncio.Future | None = None
 
-    async def start(self, arena_path: str) -> None:
+    async def start(self, arena_path: str, count: int) -> None:
         s = self.s
         cfg = s.cfg
         loop = asyncio.get_running_loop()
-        endpoint = f"ipc://{os.path.join(s.run_dir, 'streams')}"
-        sock = s.zctx.socket(zmq.PAIR)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(endpoint)
-        self.sock = sock
-        self._hello = loop.create_future()
-        s._spawn(self._read())
-        cmd = [sys.executable, "-P", "-m", "wholecall.service.stream_proc", "--arena", arena_path,
-               "--control", endpoint, "--reorder-ms", str(cfg.reorder_ms), "--media-timeout", str(cfg.media_timeout),
-               "--websocket", cfg.websocket_listen or f"{cfg.host}:0",
-               "--audiosocket", cfg.audiosocket_listen or f"{cfg.host}:0", "--parent", str(os.getpid())]
-        self.proc = await loop.run_in_executor(
-            s.pool, lambda: subprocess.Popen(cmd, cwd=s.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
-        hello = await asyncio.wait_for(self._hello, 30)
-        self.websocket_port = hello["websocket_port"]
-        self.audiosocket_port = hello["audiosocket_port"]
-        announce(self.s.cfg.log_format, f"wholecall serve: streams: WebSocket {self.ws_base()}  AudioSocket "
-                 f"{self.audiosocket_host()}:{self.audiosocket_port}", "streams_listening",
-                 websocket=self.ws_base(), audiosocket=f"{self.audiosocket_host()}:{self.audiosocket_port}")
+        for k in range(count):
+            endpoint = f"ipc://{os.path.join(s.run_dir, f'streams-{k}')}"
+            sock = s.zctx.socket(zmq.PAIR)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(endpoint)
+            sp = StreamProc(k, sock, loop.create_future())
+            self.procs.append(sp)
+            s._spawn(self._read(sp))
+            cmd = [sys.executable, "-P", "-m", "wholecall.service.stream_proc", "--arena", arena_path,
+                   "--control", endpoint, "--reorder-ms", str(cfg.reorder_ms), "--media-timeout", str(cfg.media_timeout),
+                   "--websocket", _nth(cfg.websocket_listen or f"{cfg.host}:0", k),
+                   "--audiosocket", _nth(cfg.audiosocket_listen or f"{cfg.host}:0", k), "--parent", str(os.getpid())]
+            sp.proc = await loop.run_in_executor(
+                s.pool, lambda cmd=cmd: subprocess.Popen(cmd, cwd=s.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
+        hellos = await asyncio.wait_for(asyncio.gather(*(sp.hello for sp in self.procs)), 30)
+        for sp, hello in zip(self.procs, hellos):
+            sp.websocket_port = hello["websocket_port"]
+            sp.audiosocket_port = hello["audiosocket_port"]
+        announce(self.s.cfg.log_format, "wholecall serve: streams: " + ", ".join(
+            f"WebSocket {self.ws_base(sp)} AudioSocket {self.audiosocket_host()}:{sp.audiosocket_port}"
+            for sp in self.procs), "streams_listening", websocket=[self.ws_base(sp) for sp in self.procs],
+            audiosocket=[f"{self.audiosocket_host()}:{sp.audiosocket_port}" for sp in self.procs])
 
-    def ws_base(self) -> str:
+    @property
+    def pids(self) -> list[int]:
+        return [sp.proc.pid for sp in self.procs if sp.proc is not None and not sp.dead]
+
+    def ws_base(self, sp: StreamProc) -> str:
         cfg = self.s.cfg
         if cfg.websocket_url:
-            return cfg.websocket_url.rstrip("/")
+            return cfg.websocket_url.replace("{proc}", str(sp.index)).rstrip("/")
         host = (cfg.websocket_listen.rpartition(":")[0] if cfg.websocket_listen else "") or cfg.host
         if host in ("0.0.0.0", "::", "[::]"):
             host = cfg.rtp_host if cfg.rtp_host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"ws://{host}:{self.websocket_port}"
+        return f"ws://{host}:{sp.websocket_port}"
 
     def audiosocket_host(self) -> str:
         cfg = self.s.cfg
         host = (cfg.audiosocket_listen.rpartition(":")[0] if cfg.audiosocket_listen else "") or cfg.host
         return cfg.rtp_host if host in ("0.0.0.0", "::", "[::]") else host.strip("[]")
 
-    async def _read(self) -> None:
-        assert self.sock is not None
+    def pick(self) -> StreamProc:
+        """The process for a new call: the live one serving the fewest calls."""
+        live = [sp for sp in self.procs if sp.alive()]
+        if not live:
+            raise self.api_error(503, "Unavailable", "no stream ingest process is running")
+        return min(live, key=lambda sp: (sp.calls, sp.index))
+
+    async def _read(self, sp: StreamProc) -> None:
         while True:
             try:
-                raw = await self.sock.recv()
+                raw = await sp.sock.recv()
             except (zmq.ZMQError, asyncio.CancelledError):
                 return
             msg = msgpack.unpackb(raw)
@@ -109,9 +158,9 @@ class StreamBackend:
             op = msg.get("op")
             entry = self.s.calls.get(msg.get("call", ""))
             if op == "hello":
-                if self._hello is not None and not self._hello.done():
-                    self._hello.set_result(msg)
-            elif entry is None:
+                if not sp.hello.done():
+                    sp.hello.set_result(msg)
+            elif entry is None or not entry.stream or entry.shard != sp.index:
                 continue
             elif op == "digit":
                 entry.digits.append({"digit": msg["digit"], "leg": msg["leg"], "position": msg["position"],
@@ -123,15 +172,21 @@ class StreamBackend:
                 log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"])
                 self.s._spawn(self.s._hang_up(entry, "media_timeout"))
 
-    async def request(self, msg: dict, timeout: float = 10.0) -> dict:
+    async def request(self, msg: dict, timeout: float = 10.0, sp: StreamProc | None = None) -> dict:
+        """One request to `sp`, else to the process serving ``msg["call"]``."""
         ApiError = self.api_error
-        if self.sock is None:
-            raise ApiError(503, "Unavailable", "the stream ingest is not running")
+        if sp is None:
+            entry = self.s.calls.get(msg.get("call", ""))
+            if entry is None or not self.procs:
+                raise ApiError(503, "Unavailable", "the stream ingest is not running")
+            sp = self.procs[entry.shard]
+        if not sp.alive():
+            raise ApiError(503, "Unavailable", f"stream ingest process {sp.index} is not running")
         req = next(self._reqs)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         msg["req"] = req
-        await self.sock.send(msgpack.packb(msg))
+        await sp.sock.send(msgpack.packb(msg))
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -139,29 +194,60 @@ class StreamBackend:
             raise ApiError(503, "Unavailable", f"the stream ingest did not answer {msg['op']} in {timeout:.0f} s") from None
 
     async def counters(self) -> dict:
-        """The stream process's totals (messages, connections, errors, refused connections)."""
-        try:
-            return (await self.request({"op": "stats", "call": ""}, 2.0)).get("ingest", {})
-        except Exception as e:  # noqa: BLE001  (a health check reports, it does not fail)
-            return {"error": str(e)}
+        """The stream processes' totals summed (messages, connections, errors, refused
+        connections, CPU seconds), with ``processes`` (live) and ``dead``."""
+        async def one(sp: StreamProc) -> dict:
+            try:
+                return (await self.request({"op": "stats", "call": ""}, 2.0, sp)).get("ingest", {})
+            except Exception as e:  # noqa: BLE001  (a health check reports, it does not fail)
+                return {"error": str(e)} if sp.alive() else {}
+        replies = await asyncio.gather(*(one(sp) for sp in self.procs))
+        out: dict = {}
+        for r in replies:
+            for key, value in r.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[key] = out.get(key, 0) + value
+                elif key == "error":
+                    out.setdefault("error", value)
+        out["processes"] = sum(1 for sp in self.procs if sp.alive())
+        out["dead"] = sum(1 for sp in self.procs if sp.dead)
+        return out
 
     def alive(self) -> bool:
-        return self.proc is None or self.proc.poll() is None
+        """Whether any process is left to serve streamed calls."""
+        return any(sp.alive() for sp in self.procs) or not self.procs
+
+    def reap(self) -> list[StreamProc]:
+        """Processes found exited since the last look (marked dead; their calls are the caller's to hang up)."""
+        out = []
+        for sp in self.procs:
+            if not sp.dead and sp.proc is not None and sp.proc.poll() is not None:
+                sp.dead = True
+                out.append(sp)
+        return out
 
     async def close(self) -> None:
-        if self.sock is not None and self.proc is not None and self.proc.poll() is None:
-            try:
-                await self.sock.send(msgpack.packb({"op": "stop", "req": 0}))
-            except zmq.ZMQError:
-                pass
-        if self.proc is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.proc.wait, 3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.sock is not None:
-            self.sock.close(0)
+        for sp in self.procs:
+            if sp.proc is not None and sp.proc.poll() is None:
+                try:
+                    await sp.sock.send(msgpack.packb({"op": "stop", "req": 0}))
+                except zmq.ZMQError:
+                    pass
+        for sp in self.procs:
+            if sp.proc is not None:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, sp.proc.wait, 3)
+                except subprocess.TimeoutExpired:
+                    sp.proc.kill()
+                    sp.proc.wait()
+            sp.sock.close(0)
+
+
+def _nth(listen: str, k: int) -> str:
+    """HOST:PORT of process `k`: PORT+k, or any free port when PORT is 0."""
+    host, _, port = listen.rpartition(":")
+    p = int(port)
+    return f"{host}:{p + k if p else 0}"
 
 
 def check_body(body: dict, ApiError: Any) -> dict:
@@ -191,6 +277,7 @@ async def create_stream_call(s: Any, body: dict, cid: str) -> web.Response:
     ApiError, CallEntry = backend.api_error, backend.entry_type
     media = body["media"]
     settings = check_body(body, ApiError)
+    sp = backend.pick()
     assert s.ctl is not None
 
     def new_channel() -> Any:
@@ -212,29 +299,32 @@ async def create_stream_call(s: Any, body: dict, cid: str) -> web.Response:
     uuids = {"inbound": str(uuid.uuid4()), "outbound": str(uuid.uuid4())} if media == "audiosocket" else {}
     extra: dict[str, Any] = {}
     if media == "audiosocket":
-        extra["audiosocket"] = {"host": backend.audiosocket_host(), "port": backend.audiosocket_port,
+        extra["audiosocket"] = {"host": backend.audiosocket_host(), "port": sp.audiosocket_port,
                                 "uuid": uuids["inbound"], "uuid_outbound": uuids["outbound"]}
     else:
-        extra["websocket"] = f"{backend.ws_base()}/v1/media/{token}"
+        extra["websocket"] = f"{backend.ws_base(sp)}/v1/media/{token}"
         if media == "websocket" and settings["channels"] == 1:
-            extra["websocket_outbound"] = f"{backend.ws_base()}/v1/media/{token}/outbound"
-    entry = CallEntry(cid, ch, {}, False)
+            extra["websocket_outbound"] = f"{backend.ws_base(sp)}/v1/media/{token}/outbound"
+    entry = CallEntry(cid, ch, {}, False, shard=sp.index)
     entry.stream = {"media": media, **extra}
     s.calls[cid] = entry
+    sp.calls += 1
     try:
         reply = await backend.request({
             "op": "add", "call": cid, "kind": media, "token": token, "uuids": uuids, **settings,
             "legs": {"inbound": {"slot": ch.inbound.slot}, "outbound": {"slot": ch.outbound.slot}},
-        })
+        }, sp=sp)
     except BaseException:
         s.calls.pop(cid, None)
+        sp.calls -= 1
         await s.call_blocking(ch.close)
         raise
     if not reply.get("ok"):
         s.calls.pop(cid, None)
+        sp.calls -= 1
         await s.call_blocking(ch.close)
         raise ApiError(503, reply.get("error", "Error"), reply.get("detail", "the stream ingest refused the call"))
-    log.info("call %s created as Channel(%d), %s stream", cid, ch.id, media)
+    log.info("call %s created as Channel(%d), %s stream on stream process %d", cid, ch.id, media, sp.index)
     view = s.call_view(entry)
     return web.json_response({"id": view["id"], "state": view["state"], "legs": view["legs"], **extra}, status=201)
 

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .rtp_stress import _api, _cpu_s, _free_port
+from .rtp_stress import _api, _busy_s, _cpu_s, _free_port
 
 TICK_S = 0.02
 SID = "MZ" + "0" * 32
@@ -78,6 +78,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--calls", type=int, default=100, help="concurrent streamed calls (two tracks each)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long every call streams")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--stream-procs", type=int, default=0, help="stream ingest processes (default: serve's)")
     p.add_argument("--dir", default="", help="recordings directory (default: a temporary one, removed)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
@@ -89,6 +90,8 @@ def main(argv: list[str]) -> int:
            rec_dir, "--rtp-ports", "20000-20100", "--max-calls", str(n + 8), "--media-timeout", "0"]
     if a.workers:
         cmd += ["--workers", str(a.workers)]
+    if a.stream_procs:
+        cmd += ["--stream-procs", str(a.stream_procs)]
     log = open(os.path.join(tmp, "serve.log"), "w")  # noqa: SIM115  (the server's output for its lifetime)
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -107,7 +110,8 @@ def main(argv: list[str]) -> int:
                 print("the server did not come up; see", log.name, file=sys.stderr)
                 return 1
             time.sleep(0.2)
-        streams_pid = health["streams_pid"]
+        streams_pids = health["streams_pids"]
+        ingest_pids = health["ingest_pids"]
         worker_pids = [w["pid"] for w in health["workers"]]
 
         t0 = time.monotonic()
@@ -134,8 +138,11 @@ def main(argv: list[str]) -> int:
         # A quiet mu-law tone (never the zero code), the same 20 ms for every message.
         payload = base64.b64encode((np.arange(160) % 16 + 0xD0).astype(np.uint8).tobytes()).decode()
         ticks = int(a.seconds / TICK_S)
-        cpu0 = _cpu_s(streams_pid)
+        load0 = os.getloadavg()[0]
+        cpus0 = [_cpu_s(p) for p in streams_pids]
         wcpu0 = sum(_cpu_s(w) for w in worker_pids)
+        ocpu0 = sum(_cpu_s(p) for p in ingest_pids) + _cpu_s(server.pid)
+        busy0 = _busy_s()
         me0 = time.process_time()
         backlog: dict[int, bytes] = {}
         sent = 0
@@ -178,8 +185,15 @@ def main(argv: list[str]) -> int:
         send_s = time.monotonic() - t_start
         gen_cpu = time.process_time() - me0
         time.sleep(0.5)
-        cpu1 = _cpu_s(streams_pid)
+        cpus1 = [_cpu_s(p) for p in streams_pids]
         wcpu1 = sum(_cpu_s(w) for w in worker_pids)
+        ocpu1 = sum(_cpu_s(p) for p in ingest_pids) + _cpu_s(server.pid)
+        busy1 = _busy_s()
+        span = time.monotonic() - t_start
+        # Everything else the machine did meanwhile (other people's work), as a share of all CPUs.
+        ours = sum(cpus1) - sum(cpus0) + (wcpu1 - wcpu0) + (ocpu1 - ocpu0) + (time.process_time() - me0)
+        foreign = max(0.0, (busy1 - busy0) - ours) / (span * (os.cpu_count() or 1))
+        load1 = os.getloadavg()[0]
         stop = _frame(json.dumps({"event": "stop", "streamSid": SID, "stop": {"callSid": "CA"}}))
         for s in socks:
             s.setblocking(True)
@@ -211,16 +225,19 @@ def main(argv: list[str]) -> int:
                         bad += 1
                 except (RuntimeError, OSError, KeyError):
                     bad += 1
-        cpu = cpu1 - cpu0
+        cpu = sum(cpus1) - sum(cpus0)
         report = {
             "calls": n, "seconds": round(send_s, 2), "setup_s": round(setup_s, 2),
             "messages_sent": sent, "messages_per_s": round(sent / send_s), "messages_received": received,
             "late": late, "ring_overruns": overruns, "files_bad": bad, "not_hung_up_by_stop": not_hung_up,
-            "streams_cpu_s": round(cpu, 2), "streams_cpu_pct": round(100 * cpu / send_s, 1),
+            "stream_procs": len(streams_pids), "streams_cpu_s": round(cpu, 2),
+            "streams_cpu_pct": round(100 * cpu / send_s, 1),
+            "streams_cpu_pct_per_proc": [round(100 * (c1 - c0) / send_s, 1) for c0, c1 in zip(cpus0, cpus1)],
             "streams_us_per_message": round(1e6 * cpu / max(1, received), 2),
             "workers_cpu_pct": round(100 * (wcpu1 - wcpu0) / send_s, 1),
             "generator_cpu_pct": round(100 * gen_cpu / send_s, 1), "generator_late_ticks": late_ticks,
-            "send_stalls": stalled,
+            "send_stalls": stalled, "foreign_cpu_share": round(foreign, 3),
+            "load_avg_1min": [round(load0, 2), round(load1, 2)],
         }
         print(json.dumps(report, indent=1))
         if a.json:

@@ -61,3 +61,19 @@ def test_a_json_line_carries_the_fields_and_stays_one_line() -> None:
         (7, "RECORDING", "STOPPING", "a/b.wav", 3)
     assert first["msg"] == "Channel(7) recorder RECORDING -> STOPPING"
     assert second["event"] == "log" and "ValueError: two\nlines" in second["exc"]
+
+
+def test_stream_procs_flag_key_and_its_public_url(tmp_path) -> None:
+    from wholecall.service.config import stream_count
+
+    conf = tmp_path / "serve.toml"
+    conf.write_text('stream-procs = 3\nwebsocket_url = "wss://rec.example.com/s{proc}"\n')
+    cfg = load(["--config", str(conf)])
+    assert cfg.stream_procs == 3 and stream_count(cfg) == 3
+    assert load(["--config", str(conf), "--stream-procs", "2"]).stream_procs == 2
+    assert stream_count(load(["--websocket-url", "wss://rec.example.com"])) == 1  # one address: one process
+    assert stream_count(load([])) >= 1
+    with pytest.raises(ConfigError, match=r"websocket_url 'wss://rec.example.com' must contain \{proc\} with stream_procs 2"):
+        load(["--websocket-url", "wss://rec.example.com", "--stream-procs", "2"])
+    with pytest.raises(ConfigError, match="stream_procs must be a non-negative integer, got -1"):
+        load(["--stream-procs", "-1"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import struct
 import time
 import uuid
@@ -85,6 +86,20 @@ async def paced_ws(url: str, slots: list[list[str | bytes]], period: float = 0.0
         return {"type": "CLOSED", "code": ws.close_code, "reason": None}
 
 
+def ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client WebSocket frame written from RFC 6455 5.2, masked with a random key."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 def as_frame(kind: int, payload: bytes = b"") -> bytes:
     return struct.pack("!BH", kind, len(payload)) + payload
 
@@ -93,9 +108,9 @@ def as_uuid(u: str) -> bytes:
     return as_frame(0x01, uuid.UUID(u).bytes)
 
 
-async def paced_tcp(host: str, port: int, slots: list[list[bytes]], period: float = 0.02) -> bytes:
+async def paced_tcp(host: str, port: int, slots: list[list[bytes]], period: float = 0.02, wait: bool = True) -> bytes:
     """Send slot k's frames at t0 + k * period over one TCP connection; returns what came back
-    until the server closed (or 5 s passed)."""
+    until the server closed (or 5 s passed); `wait` False closes right after the last frame."""
     reader, writer = await asyncio.open_connection(host, port)
     t0 = time.monotonic()
     try:
@@ -106,6 +121,8 @@ async def paced_tcp(host: str, port: int, slots: list[list[bytes]], period: floa
             for f in frames:
                 writer.write(f)
             await writer.drain()
+        if not wait:
+            return b""
         try:
             return await asyncio.wait_for(reader.read(), 5)
         except TimeoutError:

@@ -199,6 +199,54 @@ def test_audiosocket_inbound_and_outbound_by_uuid_digits_and_hangup(server) -> N
         np.testing.assert_array_equal(x[s:s + len(pcm[leg]), column], pcm[leg])
 
 
+def test_audiosocket_higher_rate_kinds_are_resampled_by_the_projects_soxr_stream(server) -> None:
+    """0x12 (16 kHz) on the inbound leg and 0x16 (48 kHz) on the outbound leg, 20 ms frames:
+    each leg equals, sample for sample, the same soxr stream (the L16 path's settings) fed the
+    same frames and flushed at the end."""
+    soxr = pytest.importorskip("soxr")
+    call = create(server, media="audiosocket")
+    cid, a = call["id"], call["audiosocket"]
+    recording(server, cid, "as-wide.wav")
+    rng = np.random.default_rng(23)
+    kinds = {"in": (0x12, 16000), "out": (0x16, 48000)}
+    frames = {}
+    for leg, (_, rate) in kinds.items():
+        t = np.arange(rate) / rate
+        x = 9000 * np.sin(2 * np.pi * (300 if leg == "in" else 1100) * t) + rng.normal(0, 300, rate)
+        x = np.clip(x, -32768, 32767).astype(np.int16)
+        step = rate // 50
+        frames[leg] = [x[k:k + step] for k in range(0, len(x), step)]
+
+    def expect(leg: str) -> np.ndarray:
+        rs = soxr.ResampleStream(kinds[leg][1], 8000, 1, dtype="float32", quality="HQ")
+        parts = [rs.resample_chunk(f.astype(np.float32).reshape(-1, 1) / 32768.0) for f in frames[leg]]
+        parts.append(rs.resample_chunk(np.zeros((0, 1), np.float32), last=True))
+        y = np.concatenate([np.asarray(p).reshape(-1) for p in parts])
+        return np.clip(np.rint(y * 32768.0), -32768, 32767).astype(np.int16)
+
+    def slots(uid: str, leg: str) -> list[list[bytes]]:
+        kind = kinds[leg][0]
+        return [[as_uuid(uid)]] + [[as_frame(kind, f.astype("<i2").tobytes())] for f in frames[leg]]
+
+    async def both() -> None:
+        # The outbound connection just closes; the inbound one ends with a hang-up frame a
+        # little later: each resampler's tail lands either way.
+        await asyncio.gather(paced_tcp(a["host"], a["port"], slots(a["uuid"], "in") + [[], [], [as_frame(0x00)]]),
+                             paced_tcp(a["host"], a["port"], slots(a["uuid_outbound"], "out"), wait=False))
+    asyncio.run(both())
+    call = ended(server, cid)
+    assert call["recording"]["cause"] == "HANGUP", call
+    x, _ = sf.read(os.path.join(server.recordings, "as-wide.wav"), dtype="int16")
+    for column, leg in enumerate(("in", "out")):
+        want = expect(leg)
+        assert abs(len(want) - 8000) < 50
+        got = x[:, column]
+        s = first_sound(got)
+        np.testing.assert_array_equal(got[s:s + len(want)], want)
+        assert not got[s + len(want):].any()
+        assert call["media"]["inbound" if leg == "in" else "outbound"]["resyncs"] == 0
+
+
 def _errors(server) -> int:
     status, health = server.api("GET", "/healthz")
     assert status == 200
@@ -299,3 +347,56 @@ def test_stream_create_errors_name_the_field(server) -> None:
                        ({"media": "fax"}, "media must be")):
         status, err = server.api("POST", "/v1/calls", body)
         assert status == 422 and text in err["detail"], err
+
+
+def test_raw_rfc6455_client_random_masks_fragments_and_a_ping_between_them(server) -> None:
+    """Frames written by hand from RFC 6455: every frame with its own random mask, one media
+    message in three fragments with a ping between them (answered by a pong with its
+    payload), the rest whole; `stop` is answered by a close frame; the file is exact."""
+    import base64
+    import socket
+    import struct
+    from urllib.parse import urlparse
+
+    from stream_clients import ws_frame as client_frame
+
+    rng = np.random.default_rng(41)
+    call = create(server, media="twilio")
+    cid = call["id"]
+    recording(server, cid, "raw.wav")
+    u = urlparse(call["websocket"])
+    s = socket.create_connection((u.hostname, u.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {u.path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 101 ")
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    s.sendall(client_frame(1, connected().encode()) + client_frame(1, start(("inbound",)).encode()))
+    payloads = [ulaw_payload(rng) for _ in range(30)]
+    for k, p in enumerate(payloads):
+        text = media(k + 2, "inbound", k + 1, 20 * k, p).encode()
+        if k == 10:
+            a, b = len(text) // 3, 2 * len(text) // 3
+            s.sendall(client_frame(1, text[:a], fin=False) + client_frame(9, b"are you there")
+                      + client_frame(0, text[a:b], fin=False) + client_frame(0, text[b:]))
+        else:
+            s.sendall(client_frame(1, text))
+        time.sleep(0.02)
+    s.sendall(client_frame(1, stop().encode()))
+    got = rest
+    while chunk := s.recv(4096):  # the server closes the socket a while after its close frame
+        got += chunk
+    s.close()
+    pong = b"\x8a\x0dare you there"
+    assert got.startswith(pong), got[:40]  # the pong, unmasked (a server never masks)
+    close = got[len(pong):]
+    assert close[0] == 0x88 and struct.unpack("!H", close[2:4])[0] == 1000 and close[4:2 + close[1]] == b"stop"
+    call = ended(server, cid)
+    assert call["hangup_reason"] == "stop" and call["media"]["inbound"]["messages"] == 30
+    x, _ = sf.read(os.path.join(server.recordings, "raw.wav"), dtype="int16")
+    want = np.concatenate([ulaw(p) for p in payloads])
+    st = first_sound(x[:, 0])
+    np.testing.assert_array_equal(x[st:st + len(want), 0], want)
