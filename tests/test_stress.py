@@ -38,7 +38,19 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     assert files["verified"] == files["expected"] == n and files["invalid"] == 0
     assert files["causes"] == {"ABORTED": n}
     assert len(files["spot_checks"]) == 6 and files["spot_failed"] == 0
-    assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(n * 5, abs=1)
+    # Each probe records for less than the ramp's calls, so that it is also stopped while all
+    # 200 record: stop_steady times those stops (the ramp's end is the burst, kept apart).
+    assert 1 <= probes["seconds"] < 5
+    assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(200 * 5 + probes["started"] * probes["seconds"],
+                                                                      abs=1)
+    lat = report["latency_ms"]
+    assert 1 <= probes["stopped_with_all_recording"] <= probes["with_all_recording"]
+    assert lat["stop_steady"]["n"] == probes["stopped_with_all_recording"]
+    assert lat["stop_burst"]["n"] == 200 and lat["stop"]["n"] == n
+    # Every steady stop is traced hop by hop, worker stamps included, and the hops add up.
+    hops = lat["stop_hops_steady"]
+    assert set(hops) == {"checks", "to_worker", "wait_loop", "drain_finalise", "from_worker", "sidecar", "wake_up"}
+    assert all(h["n"] == probes["stopped_with_all_recording"] and h["p50"] >= 0 for h in hops.values())
     assert report["memory"]["rings_bytes_per_channel"] == 2 * 2 * report["memory"]["ring_samples"]
     # As root, the run's arena is on a private tmpfs with 2 MiB pages (tests/test_shm.py
     # checks that such a mount goes away).
