@@ -141,6 +141,15 @@ def run(settings: WorkerSettings) -> int:
     commands.heartbeat_s = settings.heartbeat_ms / 1000
     draining = False
     next_tick = time.monotonic()
+
+    def drain_stopped() -> None:
+        # Jobs whose stop was just applied end now, in a pass over their own rows, not at
+        # the next tick (100 ms apart at scale): stop() returns when the file is final.
+        pipe.drain(time.monotonic(), block=scale_block if len(pipe.jobs) >= scale_jobs else 1)
+        if pipe.ended or pipe.digits:
+            commands.send_all(pipe.digits + pipe.ended)
+            pipe.digits.clear()
+            pipe.ended.clear()
     try:
         while True:
             now = time.monotonic()
@@ -153,6 +162,8 @@ def run(settings: WorkerSettings) -> int:
                     log.warning("worker %d: the controller process is gone: finishing every file", index)
                     poller.unregister(lifeline)
                     orphaned = True
+                elif time.monotonic() < next_tick:
+                    drain_stopped()
             progress()
             if not commands.io_alive:
                 raise RuntimeError("the command I/O thread died")
@@ -174,6 +185,7 @@ def run(settings: WorkerSettings) -> int:
                 commands.send_all(pipe.digits + pipe.ended)
                 pipe.digits.clear()
                 pipe.ended.clear()
+                drain_stopped()  # stops read during the tick
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
                 # Many jobs: tick less often, and step through blocks of frames, so each step
                 # covers every job (producers write ~100 ms blocks; a 20 ms tick would split
