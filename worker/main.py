@@ -35,6 +35,7 @@ from wholecall.shm import Arena
 from wholecall.shm import layout as L
 
 from .commands import Commands
+from .descriptors import DESCRIPTORS
 from .dtmf import FRAME
 from .pipeline import SAMPLE_RATE, Pipeline, cpu_seconds, default_open_sink
 
@@ -63,6 +64,9 @@ def run(settings: WorkerSettings) -> int:
     index, cpu, priority, parent = settings.index, settings.cpu, settings.priority, settings.parent
     lifeline = settings.lifeline
     _raise_nofile(index)
+    # Recordings past this many hold no descriptor between writes (`worker.descriptors`).
+    budget = DESCRIPTORS.configure_from_limit()
+    log.debug("worker %d: %s recording descriptors kept open at most", index, budget)
     try:
         os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError) as e:

@@ -969,6 +969,9 @@ def _os_error_text(e: BaseException) -> str:
     return str(e)
 def close_kept(sink) -> None:
     """Let go of a resumed file without finishing or removing it (it stays as it is)."""
+    if isinstance(sink, FileSink):
+        sink.close_kept()  # gives its descriptor back to the budget (`worker.descriptors`)
+        return
     fd = getattr(sink, "_fd", None)
     if fd is not None:
         sink._fd = None
