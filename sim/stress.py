@@ -22,7 +22,7 @@ every file and reports what it cost:
 - memory per channel (rings from the arena layout, worker and controller buffers as
   measured), and the arena sized from the channel count;
 - with `--baseline`, the same recordings made the way a user would without wholecall
-  (one sox or ffmpeg process per call mixing the two legs, fed through pipes at real
+  (one sox, ffmpeg or GStreamer (gst-launch-1.0) process per call mixing the two legs, fed through pipes at real
   time in 20 ms frames) and the CPU ratio to ours;
 - with `--find-max`, short runs at growing channel counts up to the largest that loses
   nothing and keeps every worker under 90 % of its core.
@@ -872,7 +872,11 @@ class Run:
         }
 
 
-# -- baseline: one sox / ffmpeg process per call -----------------------------------------------------
+# -- baseline: one sox / ffmpeg / GStreamer process per call ---------------------------------------------
+
+#: The program each baseline tool runs as (Debian packages: sox, ffmpeg, gstreamer1.0-tools with
+#: gstreamer1.0-plugins-base for audiomixer/rawaudioparse and -good for alawenc/wavenc).
+BASELINE_EXE = {"sox": "sox", "ffmpeg": "ffmpeg", "gstreamer": "gst-launch-1.0"}
 
 
 def baseline_command(tool: str, fd_in: int, fd_out: int, path: str) -> list[str]:
@@ -886,7 +890,13 @@ def baseline_command(tool: str, fd_in: int, fd_out: int, path: str) -> list[str]
         return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *pcm, "-i", f"pipe:{fd_in}", *pcm,
                 "-i", f"pipe:{fd_out}", "-filter_complex", "amix=inputs=2:duration=longest:normalize=0",
                 "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1", path]
-    raise ValueError(f"no baseline for tool {tool!r} (use sox or ffmpeg)")
+    if tool == "gstreamer":
+        raw = ["rawaudioparse", "use-sink-caps=false", "format=pcm", "pcm-format=s16le", "sample-rate=8000",
+               "num-channels=1"]
+        return ["gst-launch-1.0", "-q", "audiomixer", "name=mix", "!", "audio/x-raw,format=S16LE,rate=8000,channels=1",
+                "!", "alawenc", "!", "wavenc", "!", "filesink", f"location={path}",
+                "fdsrc", f"fd={fd_in}", "!", *raw, "!", "mix.", "fdsrc", f"fd={fd_out}", "!", *raw, "!", "mix."]
+    raise ValueError(f"no baseline for tool {tool!r} (use {', '.join(BASELINE_EXE)})")
 
 
 def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out: str, quiet: bool = False) -> dict:
@@ -896,8 +906,9 @@ def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out:
     reading, mixing, encoding and writing; the feeding (this process) is not counted,
     just as the load generators are not counted in wholecall's worker figure.
     """
-    if not shutil.which(tool):
-        return {"tool": tool, "skipped": f"{tool} not installed"}
+    exe = BASELINE_EXE.get(tool, tool)
+    if not shutil.which(exe):
+        return {"tool": tool, "skipped": f"{exe} not installed"}
     d = tempfile.mkdtemp(prefix=f"baseline-{tool}-", dir=out)
     rng = np.random.default_rng(99)
     samples = int(seconds * RATE)
@@ -1196,9 +1207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--find-max", action="store_true", help="ramp the channel count to the largest sustainable")
     p.add_argument("--levels", type=int, nargs="+", default=FIND_MAX_LEVELS, help="channel counts for --find-max")
     p.add_argument("--baseline", type=int, nargs="?", const=100, default=0, metavar="CALLS",
-                   help="also record CALLS calls with one sox and one ffmpeg process per call (default 100)")
+                   help="also record CALLS calls with one sox, ffmpeg and GStreamer process per call (default 100)")
     p.add_argument("--baseline-seconds", type=float, default=None, help="length of baseline calls (default --seconds, max 60)")
-    p.add_argument("--baseline-tools", default="sox,ffmpeg", help="comma-separated (default %(default)s)")
+    p.add_argument("--baseline-tools", default="sox,ffmpeg,gstreamer", help="comma-separated (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 

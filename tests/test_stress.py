@@ -80,6 +80,40 @@ def test_sox_baseline_records_every_call_at_the_right_length(tmp_path):
     assert b["us_per_channel_second"] > 0
 
 
+@pytest.mark.skipif(not shutil.which("gst-launch-1.0"), reason="GStreamer (gstreamer1.0-tools) is not installed")
+def test_gstreamer_baseline_mixes_both_legs_to_alaw_at_the_right_length(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from wholecall.sim.stress import baseline_command
+    from wholecall.worker.codecs.g711 import alaw_decode, alaw_encode
+
+    progs, _ = load_programs()
+    b = run_baseline("gstreamer", 3, 1.0, progs, str(tmp_path), quiet=True)
+    assert b["exit_failures"] == 0 and b["files_ok"] == 3 and b["us_per_channel_second"] > 0
+    # The same work as sox and ffmpeg: both legs mixed, A-law, 8 kHz mono WAV.
+    import subprocess
+    legs = progs.span(0, 0, 8000)
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    path = str(tmp_path / "one.wav")
+    p = subprocess.Popen(baseline_command("gstreamer", r_in, r_out, path), pass_fds=(r_in, r_out))
+    os.close(r_in)
+    os.close(r_out)
+    for k in range(0, 8000, 160):  # interleaved, as the baseline feeds them
+        os.write(w_in, legs[0, k:k + 160].tobytes())
+        os.write(w_out, legs[1, k:k + 160].tobytes())
+    os.close(w_in)
+    os.close(w_out)
+    assert p.wait(30) == 0
+    assert sf.info(path).subtype == "ALAW" and sf.info(path).samplerate == 8000
+    got, _ = sf.read(path, dtype="int16")
+    mix = alaw_decode(alaw_encode(np.clip(legs[0].astype(np.int32) + legs[1], -32768, 32767).astype(np.int16)))
+    assert len(got) == 8000
+    # Within one A-law step of the exact mix: GStreamer's mixer rounds, ours saturates the same sum.
+    assert np.abs(got.astype(np.int32) - mix).max() <= 1024
+
+
 def test_profile_stacks_are_split_by_the_innermost_worker_frame():
     tick = "tick (/w/worker/pipeline.py:200)"
     assert classify_stack(f"<module> (worker/__main__.py:10);{tick};process (/w/worker/dtmf.py:300);"
