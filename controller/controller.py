@@ -203,7 +203,8 @@ class Controller:
                 return False
             lost = self.supervisor.lost.pop(msg.job_id, 0) if self.supervisor is not None else 0
             applied = rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost,
-                                    msg.origin, msg.end_pos, msg.heard)
+                                    msg.origin, msg.end_pos, msg.heard,
+                                    (msg.t_stop_received, msg.t_stop_applied, msg.t_queued))
             if applied:
                 self.counters.ended(msg.cause, msg.bytes, msg.error, lost)
             return applied

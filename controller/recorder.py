@@ -85,6 +85,31 @@ class StartTrace:
         return {name: 1000 * (b - a) for name, a, b in zip(self.HOPS, t, t[1:])}
 
 
+@dataclass(frozen=True)
+class StopTrace:
+    """Where the last stop() spent its time, as `StartTrace` for start(): CLOCK_MONOTONIC
+    readings, the worker's three included."""
+
+    called: float  # stop() entered
+    sent: float  # StopJob handed to the supervisor's I/O thread
+    worker_received: float  # the worker's I/O thread read it
+    worker_applied: float  # the worker loop applied it (between ticks)
+    worker_queued: float  # the job drained and its file finalised, JobEnded queued
+    delivered: float  # the controller's I/O thread handed JobEnded to this recorder
+    finished: float  # a finisher thread had hashed the file and written its sidecar
+    returned: float  # stop() returned
+
+    HOPS = ("checks", "to_worker", "wait_loop", "drain_finalise", "from_worker", "sidecar", "wake_up")
+
+    def hops_ms(self) -> dict[str, float]:
+        """Each hop in ms: checks and lock, controller to worker, the worker loop reaching
+        the stop (a tick in progress), draining and finalising the file, worker back to the
+        I/O thread, the finisher (hash, sidecar, fsyncs, with its queue), the API thread's wake-up."""
+        t = (self.called, self.sent, self.worker_received, self.worker_applied, self.worker_queued,
+             self.delivered, self.finished, self.returned)
+        return {name: 1000 * (b - a) for name, a, b in zip(self.HOPS, t, t[1:])}
+
+
 class WholeCallRecorder:
     """Records the whole call (both legs) of one `CallChannel` to a WAV file."""
 
@@ -112,6 +137,9 @@ class WholeCallRecorder:
         #: Timestamps of the last start() that succeeded (None before one has).
         self.last_start_trace: StartTrace | None = None
         self._started: tuple[float, JobStarted] | None = None
+        #: Timestamps of the last stop() whose job ended by it (None before one has).
+        self.last_stop_trace: StopTrace | None = None
+        self._stop_marks: list[float] = []  # stop(): called, sent; then the worker's and ours
         self._opts: RecordOptions | None = None
         self._notes: sc.JobNotes | None = None
         #: Set by an application (`wholecall serve` does) to add to each sidecar: a dict
@@ -257,11 +285,17 @@ class WholeCallRecorder:
     def stop(self) -> bool:
         """End the job with ABORTED; True once the file is finalised."""
         self._check_call()
+        called = time.monotonic()
         with self._cond:
             if not self._core.busy:
                 return True
+            self._stop_marks = [called]
             self._request_stop(Cause.ABORTED)
-        return self._wait_end(self._ctl.config.stop_timeout_s) is not None
+        ended = self._wait_end(self._ctl.config.stop_timeout_s) is not None
+        marks = self._stop_marks
+        if ended and len(marks) == 7 and marks[2] > 0:
+            self.last_stop_trace = StopTrace(*marks, time.monotonic())
+        return ended
 
     # -- extension: pause and resume (not in the spec) -------------------------------------
 
@@ -381,6 +415,8 @@ class WholeCallRecorder:
     def _send_stop(self, job_id: int, cause: states.Cause) -> None:
         end_pos = self._channel.position()
         self._supervisor().send(self._worker, StopJob(job_id=job_id, cause=cause, end_pos=end_pos))
+        if len(self._stop_marks) == 1:
+            self._stop_marks.append(time.monotonic())
 
     def _hangup(self, wait_s: float) -> None:
         """The call hung up: end a running job with HANGUP and wait (bounded) for the file."""
@@ -412,13 +448,18 @@ class WholeCallRecorder:
             return True
 
     def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
-                  lost_samples: int = 0, origin: int = -1, end_pos: int = -1, heard: bool = False) -> bool:
+                  lost_samples: int = 0, origin: int = -1, end_pos: int = -1, heard: bool = False,
+                  worker_times: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> bool:
         """The worker ended the job (I/O thread): its file is final. The rest (removing a
         too short file, or hashing it and writing its sidecar) is disk work for a
-        finisher thread (`sidecar.py`); the recorder reports the end after it."""
+        finisher thread (`sidecar.py`); the recorder reports the end after it.
+        `worker_times`: the worker's stop stamps (`JobEnded.t_stop_received` ...)."""
+        delivered = time.monotonic()
         with self._cond:
             if not self._core.will_end(job_id):
                 return False
+            if len(self._stop_marks) == 2:
+                self._stop_marks.extend((*worker_times, delivered))
             ch = self._channel_ref()
             if ch is not None:
                 ch.disarm(job_id)
@@ -466,9 +507,12 @@ class WholeCallRecorder:
             log.exception("Channel(%d): job %d: finishing %s failed", self._channel_id, job_id, path)
             error = (f"{error}; " if error else "") + f"sidecar not written: {e}"
             side = ""
+        finished = time.monotonic()
         with self._cond:
             if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
                 return
+            if len(self._stop_marks) == 6:
+                self._stop_marks.append(finished)
             self.last_result = JobResult(path, cause, nbytes, samples, duration_s, error, lost_samples, discarded,
                                          heard, side, paused)
             if lost_samples:

@@ -86,6 +86,7 @@ def nofile_shortfall(max_channels: int, limit: int) -> str:
     if limit != resource.RLIM_INFINITY and limit < need:
         return (f"the descriptor limit (RLIMIT_NOFILE) is {limit}, but a worker holding all "
                 f"max_channels={max_channels} recordings needs about {need} "
-                f"({max_channels} + {WORKER_FIXED_FDS} fixed); raise the hard limit (ulimit -Hn, "
-                f"LimitNOFILE= in the service) or lower max_channels")
+                f"({max_channels} + {WORKER_FIXED_FDS} fixed): past it a worker reopens plain recordings "
+                f"for each write (slower; encrypted ones still hold one each); raise the hard limit "
+                f"(ulimit -Hn, LimitNOFILE= in the service) or lower max_channels")
     return ""

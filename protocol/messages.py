@@ -181,6 +181,12 @@ class JobEnded(Message):
     origin: int = -1
     end_pos: int = -1  # leg position the job ended at (first sample not recorded); -1: unknown
     heard: bool = False  # a frame above the silence threshold was recorded (not while paused)
+    # For a job ended by a StopJob, the worker's CLOCK_MONOTONIC (as JobStarted's) when the
+    # stop was read, when the loop applied it, and when this event was queued: they split a
+    # stop()'s latency into transport, wait for the loop, drain + finalise. 0.0: not a stop.
+    t_stop_received: float = 0.0
+    t_stop_applied: float = 0.0
+    t_queued: float = 0.0
 
 
 @dataclass(frozen=True)

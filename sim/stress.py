@@ -15,11 +15,14 @@ every file and reports what it cost:
   default), during its last tenth (>= 90 % of the calls running, starts still arriving at
   the ramp's rate), and for *probe* calls: once all `--channels` calls record, a few more
   are started at `--probe-rate` (a steady call centre's turnover), so their start() is
-  timed with all N recordings running, apart from the ramp's own load;
+  timed with all N recordings running, apart from the ramp's own load; each probe records
+  for `--probe-seconds` (by default as long as lets the last one end before the first ramp
+  call does), so the probes are also stopped at `--probe-rate` with all N recording
+  (`stop_steady`); `stop` is every call's, `stop_burst` the ramp calls' end-of-run burst;
 - memory per channel (rings from the arena layout, worker and controller buffers as
   measured), and the arena sized from the channel count;
 - with `--baseline`, the same recordings made the way a user would without wholecall
-  (one sox or ffmpeg process per call mixing the two legs, fed through pipes at real
+  (one sox, ffmpeg or GStreamer (gst-launch-1.0) process per call mixing the two legs, fed through pipes at real
   time in 20 ms frames) and the CPU ratio to ours;
 - with `--find-max`, short runs at growing channel counts up to the largest that loses
   nothing and keeps every worker under 90 % of its core.
@@ -57,7 +60,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wholecall.controller.config import Config
-from wholecall.controller.recorder import StartTrace
+from wholecall.controller.recorder import StartTrace, StopTrace
 from wholecall.formats.codecs import CALL_RATE as RATE
 from wholecall.formats.codecs import FRAME
 from wholecall.shm.arena import SHM_DIR, huge_pages
@@ -76,6 +79,8 @@ CPU_LIMIT = 0.90
 SNR_FLOOR_DB = {"alaw": 20.0, "ulaw": 20.0, "s16bit": 50.0, "u8bit": 15.0, "ima": 8.0, "oki": 6.0}
 #: Probes start this long after the ramp's last start() returned.
 PROBE_SETTLE_S = 1.0
+#: By default the last probe is stopped this long before the first ramp call ends.
+PROBE_STOP_MARGIN_S = 2.0
 FIND_MAX_LEVELS = [500, 1000, 2000, 5000, 10000, 15000, 20000, 30000]
 
 
@@ -105,6 +110,7 @@ class StressConfig:
     arena_dir: str = ""  # "": a private tmpfs with 2 MiB pages when root (as deploy/ mounts one), else /dev/shm
     probes: int = -1  # extra calls started once all `channels` record (-1: channels // 50, 10..200)
     probe_rate: float = 20.0  # their start() rate, per second
+    probe_seconds: float = 0.0  # audio fed to each probe (0: the last one ends before the first ramp call)
     kill_worker_at: float = 0.0  # > 0: SIGKILL worker 0 this many seconds into the run (failover test)
 
 
@@ -123,6 +129,8 @@ class Call:
     stored: tuple[int, int] = (0, 0)
     overruns: tuple[int, int] = (0, 0)
     stop_ms: float = math.nan
+    stop_steady: bool = False  # stop() called with every ramp call still recording
+    stop_hops_ms: dict | None = None  # the recorder's StopTrace, per hop
     path: str = ""
     cause: str = ""
     lost: int = 0  # samples the rings overwrote before a worker takeover (JobResult.lost_samples)
@@ -217,6 +225,23 @@ def start_hops(calls: list[Call]) -> dict:
     """Percentiles of each hop of start() (see `StartTrace.hops_ms`) over these calls."""
     traced = [c.hops_ms for c in calls if c.hops_ms]
     return {hop: percentiles([h[hop] for h in traced]) for hop in StartTrace.HOPS} if traced else {}
+
+
+def stop_hops(calls: list[Call]) -> dict:
+    """Percentiles of each hop of stop() (see `StopTrace.hops_ms`) over these calls."""
+    traced = [c.stop_hops_ms for c in calls if c.stop_hops_ms]
+    return {hop: percentiles([h[hop] for h in traced]) for hop in StopTrace.HOPS} if traced else {}
+
+
+def probe_seconds(cfg: StressConfig, t_start: float, probe_t0: float, probes: int) -> float:
+    """How long each probe records: `cfg.probe_seconds`, or by default as long as lets the
+    last probe (started `probes / probe_rate` after `probe_t0`) be stopped
+    `PROBE_STOP_MARGIN_S` before the first ramp call ends (`cfg.seconds` after `t_start`),
+    at least 1 s and at most `cfg.seconds`."""
+    if cfg.probe_seconds > 0:
+        return cfg.probe_seconds
+    room = t_start + cfg.seconds - (probe_t0 + probes / cfg.probe_rate) - PROBE_STOP_MARGIN_S
+    return max(1.0, min(cfg.seconds, room))
 
 
 def machine() -> dict:
@@ -379,6 +404,7 @@ class Run:
         self.backlog_max = 0.0  # over the run
         self._io_stop = threading.Event()
         self.probes_skipped = 0  # probes not started: a ramp call had already ended
+        self.probe_samples = 0  # audio fed to each probe (set when the probes begin)
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -401,11 +427,13 @@ class Run:
         ccfg = Config(**settings)
         lay = Layout(2 * total, ccfg.ring_samples)
         nofile = raise_nofile()
-        # Each worker holds one open file per recording it runs (plus sockets, libraries).
+        # A worker keeps one open file per recording while its limit allows; past it, files
+        # are reopened for each write (`worker.descriptors`): slower, never refused.
         need = -(-total // ccfg.workers) + 256
         if nofile[0] < need:
-            raise RuntimeError(f"RLIMIT_NOFILE is {nofile[0]} (hard limit {nofile[1]}); {total} channels on "
-                               f"{ccfg.workers} workers need about {need}: raise the hard limit (ulimit -Hn)")
+            log.warning("RLIMIT_NOFILE is %d (hard limit %d); %d channels on %d workers would hold about %d: "
+                        "some recordings are reopened for each write", nofile[0], nofile[1], total, ccfg.workers,
+                        need)
         report: dict = {
             "command": "wholecall stress", "config": asdict(cfg), "machine": machine(),
             "clips": {"source": progs.source, "programs": progs.count, "seconds": progs.length / RATE},
@@ -461,6 +489,7 @@ class Run:
                 if self.ramp_end is None and self.started + self.start_failed == cfg.channels:
                     self.ramp_end = now
                     probe_t0 = now + PROBE_SETTLE_S
+                    self.probe_samples = round(probe_seconds(cfg, t_start, probe_t0, probes) * RATE)
                     if cfg.profile:
                         # Sample the workers in the steady state: all calls recording, none ended yet.
                         window = max(1.0, min(20.0, cfg.seconds - 2.0))
@@ -522,18 +551,25 @@ class Run:
         at_load = [c for c in ramp if c.running_at_start >= 0.9 * cfg.channels]
         # Probes whose start() began with every ramp call recording (a failed ramp start lowers that).
         steady = [c for c in self.calls if c.probe and c.running_at_start >= cfg.channels]
+        steady_stops = [c for c in steady if c.stop_steady]
         report["latency_ms"] = {
             "start": percentiles([c.start_ms for c in ramp]),
             "start_at_load": percentiles([c.start_ms for c in at_load]),
             "start_steady": percentiles([c.start_ms for c in steady]),
             "stop": percentiles([c.stop_ms for c in self.calls]),
+            # The ramp's calls all end together: the end-of-run burst, thousands of stop() at once.
+            "stop_burst": percentiles([c.stop_ms for c in ramp]),
+            # Probes stopped at --probe-rate while every ramp call records.
+            "stop_steady": percentiles([c.stop_ms for c in steady_stops]),
+            "stop_hops_steady": stop_hops(steady_stops),
             "start_hops": start_hops(ramp),
             "start_hops_at_load": start_hops(at_load),
             "start_hops_steady": start_hops(steady),
         }
         report["probes"] = {"planned": probes, "started": sum(1 for c in self.calls if c.probe and c.started),
                             "with_all_recording": len(steady), "skipped": self.probes_skipped,
-                            "rate_per_s": cfg.probe_rate}
+                            "stopped_with_all_recording": len(steady_stops),
+                            "seconds": round(self.probe_samples / RATE, 2), "rate_per_s": cfg.probe_rate}
         report["memory"] = {
             "ring_samples": ccfg.ring_samples, "ring_bytes_per_leg": ccfg.ring_samples * 2,
             "rings_bytes_per_channel": 2 * ccfg.ring_samples * 2,
@@ -604,6 +640,7 @@ class Run:
 
     def _stop(self, call: Call) -> None:
         rec = call.channel.WholeCallRecorder
+        call.stop_steady = self.first_done is None  # no ramp call has been fed to its end yet
         t = time.perf_counter()
         try:
             ok = rec.stop()
@@ -611,6 +648,8 @@ class Run:
             ok = False
             call.error = f"stop raised {type(e).__name__}: {e}"
         call.stop_ms = 1000 * (time.perf_counter() - t)
+        if ok and rec.last_stop_trace is not None:
+            call.stop_hops_ms = rec.last_stop_trace.hops_ms()
         res = rec.last_result
         if res is not None:
             call.path, call.cause, call.error = res.path, res.cause.name, call.error or res.error
@@ -650,21 +689,27 @@ class Run:
             except queue.Empty:
                 pass
             # One cohort per block: calls started within it begin feeding together, in step.
+            # Probes record for less (`probe_seconds`): a cohort is all ramp calls or all probes.
             if pending and (now >= window_end or len(pending) >= 4096):
-                cohort_id += 1
                 phase = int(rng.integers(self.programs.length))
-                for c in pending:
-                    c.phase = phase
-                    c.fed = True
-                slots = [s for c in pending for s in (c.channel.inbound.slot, c.channel.outbound.slot)]
-                lg.feed(cohort_id, [c.index for c in pending], slots, [c.program for c in pending], phase, samples)
+                for kind in (False, True):
+                    cohort = [c for c in pending if c.probe is kind]
+                    if not cohort:
+                        continue
+                    cohort_id += 1
+                    for c in cohort:
+                        c.phase = phase
+                        c.fed = True
+                    slots = [s for c in cohort for s in (c.channel.inbound.slot, c.channel.outbound.slot)]
+                    lg.feed(cohort_id, [c.index for c in cohort], slots, [c.program for c in cohort], phase,
+                            self.probe_samples if kind else samples)
                 pending = []
                 window_end = now + cfg.block_ms / 1000
             elif not pending:
                 window_end = now + cfg.block_ms / 1000
             for gen, msg in lg.poll(5):
                 if msg["t"] == "done":
-                    if self.first_done is None:
+                    if self.first_done is None and not all(self.calls[i].probe for i in msg["channels"]):
                         self.first_done = time.monotonic()
                         self.sampler.take(self.recording, self.arena)
                     self.lg_lag_ms = max(self.lg_lag_ms, msg["lag_ms"])
@@ -827,7 +872,11 @@ class Run:
         }
 
 
-# -- baseline: one sox / ffmpeg process per call -----------------------------------------------------
+# -- baseline: one sox / ffmpeg / GStreamer process per call ---------------------------------------------
+
+#: The program each baseline tool runs as (Debian packages: sox, ffmpeg, gstreamer1.0-tools with
+#: gstreamer1.0-plugins-base for audiomixer/rawaudioparse and -good for alawenc/wavenc).
+BASELINE_EXE = {"sox": "sox", "ffmpeg": "ffmpeg", "gstreamer": "gst-launch-1.0"}
 
 
 def baseline_command(tool: str, fd_in: int, fd_out: int, path: str) -> list[str]:
@@ -841,7 +890,13 @@ def baseline_command(tool: str, fd_in: int, fd_out: int, path: str) -> list[str]
         return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", *pcm, "-i", f"pipe:{fd_in}", *pcm,
                 "-i", f"pipe:{fd_out}", "-filter_complex", "amix=inputs=2:duration=longest:normalize=0",
                 "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1", path]
-    raise ValueError(f"no baseline for tool {tool!r} (use sox or ffmpeg)")
+    if tool == "gstreamer":
+        raw = ["rawaudioparse", "use-sink-caps=false", "format=pcm", "pcm-format=s16le", "sample-rate=8000",
+               "num-channels=1"]
+        return ["gst-launch-1.0", "-q", "audiomixer", "name=mix", "!", "audio/x-raw,format=S16LE,rate=8000,channels=1",
+                "!", "alawenc", "!", "wavenc", "!", "filesink", f"location={path}",
+                "fdsrc", f"fd={fd_in}", "!", *raw, "!", "mix.", "fdsrc", f"fd={fd_out}", "!", *raw, "!", "mix."]
+    raise ValueError(f"no baseline for tool {tool!r} (use {', '.join(BASELINE_EXE)})")
 
 
 def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out: str, quiet: bool = False) -> dict:
@@ -851,8 +906,9 @@ def run_baseline(tool: str, calls: int, seconds: float, programs: Programs, out:
     reading, mixing, encoding and writing; the feeding (this process) is not counted,
     just as the load generators are not counted in wholecall's worker figure.
     """
-    if not shutil.which(tool):
-        return {"tool": tool, "skipped": f"{tool} not installed"}
+    exe = BASELINE_EXE.get(tool, tool)
+    if not shutil.which(exe):
+        return {"tool": tool, "skipped": f"{exe} not installed"}
     d = tempfile.mkdtemp(prefix=f"baseline-{tool}-", dir=out)
     rng = np.random.default_rng(99)
     samples = int(seconds * RATE)
@@ -1029,15 +1085,17 @@ def summary(report: dict) -> str:
          f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}"),
         (f"  start ms during the ramp p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
          f"(its last tenth p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
-         f"ramp rate {report.get('run', {}).get('start_rate_achieved')}/s; stop ms p50 "
-         f"{lat.get('stop', {}).get('p50')} p99 {lat.get('stop', {}).get('p99')}"),
-        (f"  start ms with all {report['config']['channels']} recording ({report.get('probes', {}).get('with_all_recording')} "
-         f"probes at {report.get('probes', {}).get('rate_per_s')}/s): p50 {lat.get('start_steady', {}).get('p50')} "
-         f"p99 {lat.get('start_steady', {}).get('p99')}"),
+         f"ramp rate {report.get('run', {}).get('start_rate_achieved')}/s; stop ms in the end-of-run burst p50 "
+         f"{lat.get('stop_burst', {}).get('p50')} p99 {lat.get('stop_burst', {}).get('p99')}"),
+        (f"  with all {report['config']['channels']} recording, probes at {report.get('probes', {}).get('rate_per_s')}/s: "
+         f"start ms ({report.get('probes', {}).get('with_all_recording')}) p50 {lat.get('start_steady', {}).get('p50')} "
+         f"p99 {lat.get('start_steady', {}).get('p99')}; stop ms ({report.get('probes', {}).get('stopped_with_all_recording')}) "
+         f"p50 {lat.get('stop_steady', {}).get('p50')} p99 {lat.get('stop_steady', {}).get('p99')}"),
     ]
-    for name, key in (("the ramp's last tenth", "start_hops_at_load"), ("probes", "start_hops_steady")):
+    for name, key, what in (("the ramp's last tenth", "start_hops_at_load", "start"),
+                            ("probes", "start_hops_steady", "start"), ("probes", "stop_hops_steady", "stop")):
         if lat.get(key):
-            lines.append(f"  start per hop, {name}, ms p50/p99: " + ", ".join(
+            lines.append(f"  {what} per hop, {name}, ms p50/p99: " + ", ".join(
                 f"{hop} {v.get('p50')}/{v.get('p99')}" for hop, v in lat[key].items()))
     lines += [
         (f"  memory per channel: rings {report.get('memory', {}).get('rings_bytes_per_channel')} B, worker "
@@ -1134,7 +1192,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jobs per worker from which workers tick every 100 ms in blocks (default: the Controller's)")
     p.add_argument("--probes", type=int, default=d.probes,
                    help="calls started after the ramp, with all --channels recording (default: channels/50, 10..200)")
-    p.add_argument("--probe-rate", type=float, default=d.probe_rate, help="their start() rate (default %(default)s/s)")
+    p.add_argument("--probe-rate", type=float, default=d.probe_rate,
+                   help="their start() and stop() rate (default %(default)s/s)")
+    p.add_argument("--probe-seconds", type=float, default=d.probe_seconds,
+                   help="audio fed to each probe (default: the last probe is stopped before the first ramp call ends)")
     p.add_argument("--kill-worker-at", type=float, default=0.0, metavar="SECONDS",
                    help="SIGKILL worker 0 SECONDS into the run: its calls must be taken over without loss")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after --find-max's first failure")
@@ -1146,9 +1207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--find-max", action="store_true", help="ramp the channel count to the largest sustainable")
     p.add_argument("--levels", type=int, nargs="+", default=FIND_MAX_LEVELS, help="channel counts for --find-max")
     p.add_argument("--baseline", type=int, nargs="?", const=100, default=0, metavar="CALLS",
-                   help="also record CALLS calls with one sox and one ffmpeg process per call (default 100)")
+                   help="also record CALLS calls with one sox, ffmpeg and GStreamer process per call (default 100)")
     p.add_argument("--baseline-seconds", type=float, default=None, help="length of baseline calls (default --seconds, max 60)")
-    p.add_argument("--baseline-tools", default="sox,ffmpeg", help="comma-separated (default %(default)s)")
+    p.add_argument("--baseline-tools", default="sox,ffmpeg,gstreamer", help="comma-separated (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -1163,6 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
                        start_rate=a.start_rate, threads=a.threads, block_ms=a.block_ms, out=a.out, keep=a.keep,
                        profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms,
                        scale_jobs=a.scale_jobs, arena_dir=a.arena_dir, probes=a.probes, probe_rate=a.probe_rate,
+                       probe_seconds=a.probe_seconds,
                        kill_worker_at=a.kill_worker_at)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")

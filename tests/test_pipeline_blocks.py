@@ -36,7 +36,9 @@ def messages(tmp, progs) -> list[StartJob]:
     return msgs
 
 
-def record(tmp, block: int) -> tuple[dict, dict[int, bytes], list]:
+def record(tmp, block: int, drain: bool = False) -> tuple[dict, dict[int, bytes], list]:
+    """`drain`: every stop is followed at once by `Pipeline.drain` (as the worker does),
+    which must end the job there, before any further tick."""
     progs = load_programs()[0]  # espeak-ng speech, pauses and DTMF strings on either leg
     rng = np.random.default_rng(5)
     prog = rng.integers(progs.count, size=JOBS)
@@ -63,10 +65,16 @@ def record(tmp, block: int) -> tuple[dict, dict[int, bytes], list]:
                 written[j] += n
                 if j in stop_at and written[j] >= stop_at[j] and (j + 1) in pipe.by_id:
                     pipe.stop(j + 1, Cause.HANGUP, stop_at.pop(j))
+                    if drain:
+                        pipe.drain(now, block=block)
+                        assert (j + 1) not in pipe.by_id, "a drained stop must end its job"
             pipe.tick(now, block=block)
             now += 0.1
         for m in msgs:  # as the controller stops a call: at what its legs hold now
             pipe.stop(m.job_id, Cause.ABORTED, int(written[m.job_id - 1]))
+        if drain:
+            pipe.drain(now, block=block)
+            assert not pipe.jobs, "a drain pass ends every stopped job whose audio is in the rings"
         for _ in range(50):
             if not pipe.jobs:
                 break
@@ -95,6 +103,19 @@ def test_block_steps_record_the_same_files_as_frame_steps(tmp_path):
         assert files5[job_id] == data, f"job {job_id}: the block-stepped file differs"
     got, rate = sf.read(str(tmp_path / "b" / "j2.wav"), dtype="int16")
     assert rate == RATE and len(got) == 47_123  # a stop inside a frame ends the file there
+
+
+@pytest.mark.parametrize("block", [1, 5])
+def test_a_stop_drained_between_ticks_records_the_same_files_as_one_left_to_the_tick(tmp_path, block):
+    """The worker ends a stopped job in a pass over its rows alone, without waiting for the
+    next tick (stop() latency): the files and results must be exactly the tick's."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ends_t, files_t, digits_t = record(tmp_path / "a", block)
+    ends_d, files_d, digits_d = record(tmp_path / "b", block, drain=True)
+    assert ends_d == ends_t and digits_d == digits_t
+    for job_id, data in files_t.items():
+        assert files_d[job_id] == data, f"job {job_id}: the drained file differs"
 
 
 def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):

@@ -38,7 +38,19 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     assert files["verified"] == files["expected"] == n and files["invalid"] == 0
     assert files["causes"] == {"ABORTED": n}
     assert len(files["spot_checks"]) == 6 and files["spot_failed"] == 0
-    assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(n * 5, abs=1)
+    # Each probe records for less than the ramp's calls, so that it is also stopped while all
+    # 200 record: stop_steady times those stops (the ramp's end is the burst, kept apart).
+    assert 1 <= probes["seconds"] < 5
+    assert report["cpu"]["recorded_channel_seconds"] == pytest.approx(200 * 5 + probes["started"] * probes["seconds"],
+                                                                      abs=1)
+    lat = report["latency_ms"]
+    assert 1 <= probes["stopped_with_all_recording"] <= probes["with_all_recording"]
+    assert lat["stop_steady"]["n"] == probes["stopped_with_all_recording"]
+    assert lat["stop_burst"]["n"] == 200 and lat["stop"]["n"] == n
+    # Every steady stop is traced hop by hop, worker stamps included, and the hops add up.
+    hops = lat["stop_hops_steady"]
+    assert set(hops) == {"checks", "to_worker", "wait_loop", "drain_finalise", "from_worker", "sidecar", "wake_up"}
+    assert all(h["n"] == probes["stopped_with_all_recording"] and h["p50"] >= 0 for h in hops.values())
     assert report["memory"]["rings_bytes_per_channel"] == 2 * 2 * report["memory"]["ring_samples"]
     # As root, the run's arena is on a private tmpfs with 2 MiB pages (tests/test_shm.py
     # checks that such a mount goes away).
@@ -66,6 +78,40 @@ def test_sox_baseline_records_every_call_at_the_right_length(tmp_path):
     b = run_baseline("sox", 3, 1.0, progs, str(tmp_path), quiet=True)
     assert b["exit_failures"] == 0 and b["files_ok"] == 3
     assert b["us_per_channel_second"] > 0
+
+
+@pytest.mark.skipif(not shutil.which("gst-launch-1.0"), reason="GStreamer (gstreamer1.0-tools) is not installed")
+def test_gstreamer_baseline_mixes_both_legs_to_alaw_at_the_right_length(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from wholecall.sim.stress import baseline_command
+    from wholecall.worker.codecs.g711 import alaw_decode, alaw_encode
+
+    progs, _ = load_programs()
+    b = run_baseline("gstreamer", 3, 1.0, progs, str(tmp_path), quiet=True)
+    assert b["exit_failures"] == 0 and b["files_ok"] == 3 and b["us_per_channel_second"] > 0
+    # The same work as sox and ffmpeg: both legs mixed, A-law, 8 kHz mono WAV.
+    import subprocess
+    legs = progs.span(0, 0, 8000)
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    path = str(tmp_path / "one.wav")
+    p = subprocess.Popen(baseline_command("gstreamer", r_in, r_out, path), pass_fds=(r_in, r_out))
+    os.close(r_in)
+    os.close(r_out)
+    for k in range(0, 8000, 160):  # interleaved, as the baseline feeds them
+        os.write(w_in, legs[0, k:k + 160].tobytes())
+        os.write(w_out, legs[1, k:k + 160].tobytes())
+    os.close(w_in)
+    os.close(w_out)
+    assert p.wait(30) == 0
+    assert sf.info(path).subtype == "ALAW" and sf.info(path).samplerate == 8000
+    got, _ = sf.read(path, dtype="int16")
+    mix = alaw_decode(alaw_encode(np.clip(legs[0].astype(np.int32) + legs[1], -32768, 32767).astype(np.int16)))
+    assert len(got) == 8000
+    # Within one A-law step of the exact mix: GStreamer's mixer rounds, ours saturates the same sum.
+    assert np.abs(got.astype(np.int32) - mix).max() <= 1024
 
 
 def test_profile_stacks_are_split_by_the_innermost_worker_frame():

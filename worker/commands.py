@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import logging
 import threading
 import time
@@ -78,6 +79,9 @@ class Commands:
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening (loop only)
         self._held_pauses: dict[int, list[PauseJob]] = {}  # pauses and resumes for them, in order
         self._outbox: collections.deque[Message] = collections.deque()
+        #: job_id -> [when its StopJob was read (I/O thread), when the loop applied it]:
+        #: stamped on its JobEnded (`protocol.JobEnded.t_stop_received`).
+        self._stop_times: dict[int, list[float]] = {}
         # The loop waits on `wake` (commands or opened files for it); the I/O thread on
         # the socket and `_io_wake` (something to send, or time to stop).
         self.wake = WakePipe()
@@ -114,8 +118,18 @@ class Commands:
     def send_all(self, msgs: list[Message]) -> None:
         """Queue several events with one wake-up of the I/O thread (a tick's endings)."""
         if msgs:
+            if self._stop_times:
+                msgs = [self._stamp(m) if isinstance(m, JobEnded) else m for m in msgs]
             self._outbox.extend(msgs)
             self._io_wake.wake()
+
+    def _stamp(self, msg: JobEnded) -> JobEnded:
+        """A stopped job's end, with when its stop was read and applied, and now."""
+        times = self._stop_times.pop(msg.job_id, None)
+        if times is None:
+            return msg
+        return dataclasses.replace(msg, t_stop_received=times[0], t_stop_applied=times[1],
+                                   t_queued=time.monotonic())
 
     def receive_all(self) -> None:
         """Between ticks: apply the commands read so far and attach every opened file."""
@@ -237,6 +251,8 @@ class Commands:
             if isinstance(msg, StartJob):
                 self._begin(msg)
                 continue
+            if isinstance(msg, StopJob):
+                self._stop_times[msg.job_id] = [time.monotonic(), 0.0]
             with self._lock:
                 if isinstance(msg, Shutdown):
                     self._accepting = False  # a start read after it is refused at once
@@ -301,11 +317,15 @@ class Commands:
 
     def _apply(self, msg: Message) -> None:
         if isinstance(msg, StopJob):
+            times = self._stop_times.get(msg.job_id)
+            if times is not None:
+                times[1] = time.monotonic()
             with self._lock:
                 opening = msg.job_id in self._opening
             if opening:
                 self._held_stops[msg.job_id] = msg
             elif not self.pipe.stop(msg.job_id, msg.cause, msg.end_pos):
+                self._stop_times.pop(msg.job_id, None)
                 self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="stop for unknown job"))
         elif isinstance(msg, PauseJob):
             with self._lock:
@@ -363,6 +383,9 @@ class Commands:
                 for p in pauses:  # before the stop: they were asked for first
                     self.pipe.pause(p)
                 if stop is not None:
+                    times = self._stop_times.get(stop.job_id)
+                    if times is not None:
+                        times[1] = time.monotonic()
                     self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
                 elif self.shutdown:
                     self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)

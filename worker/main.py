@@ -35,6 +35,7 @@ from wholecall.shm import Arena
 from wholecall.shm import layout as L
 
 from .commands import Commands
+from .descriptors import DESCRIPTORS
 from .dtmf import FRAME
 from .pipeline import SAMPLE_RATE, Pipeline, cpu_seconds, default_open_sink
 
@@ -63,6 +64,9 @@ def run(settings: WorkerSettings) -> int:
     index, cpu, priority, parent = settings.index, settings.cpu, settings.priority, settings.parent
     lifeline = settings.lifeline
     _raise_nofile(index)
+    # Recordings past this many hold no descriptor between writes (`worker.descriptors`).
+    budget = DESCRIPTORS.configure_from_limit()
+    log.debug("worker %d: %s recording descriptors kept open at most", index, budget)
     try:
         os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError) as e:
@@ -141,6 +145,15 @@ def run(settings: WorkerSettings) -> int:
     commands.heartbeat_s = settings.heartbeat_ms / 1000
     draining = False
     next_tick = time.monotonic()
+
+    def drain_stopped() -> None:
+        # Jobs whose stop was just applied end now, in a pass over their own rows, not at
+        # the next tick (100 ms apart at scale): stop() returns when the file is final.
+        pipe.drain(time.monotonic(), block=scale_block if len(pipe.jobs) >= scale_jobs else 1)
+        if pipe.ended or pipe.digits:
+            commands.send_all(pipe.digits + pipe.ended)
+            pipe.digits.clear()
+            pipe.ended.clear()
     try:
         while True:
             now = time.monotonic()
@@ -153,6 +166,8 @@ def run(settings: WorkerSettings) -> int:
                     log.warning("worker %d: the controller process is gone: finishing every file", index)
                     poller.unregister(lifeline)
                     orphaned = True
+                elif time.monotonic() < next_tick:
+                    drain_stopped()
             progress()
             if not commands.io_alive:
                 raise RuntimeError("the command I/O thread died")
@@ -174,6 +189,7 @@ def run(settings: WorkerSettings) -> int:
                 commands.send_all(pipe.digits + pipe.ended)
                 pipe.digits.clear()
                 pipe.ended.clear()
+                drain_stopped()  # stops read during the tick
                 # Busy with a backlog: tick again at once; otherwise keep the cadence.
                 # Many jobs: tick less often, and step through blocks of frames, so each step
                 # covers every job (producers write ~100 ms blocks; a 20 ms tick would split

@@ -166,6 +166,7 @@ class Pipeline:
         self.progress: Callable[[], None] | None = None
         self._released: list[int] = []  # rows freed this tick, reusable from the next
         self._in_tick = False
+        self._stopping: set[int] = set()  # rows asked to end since the last `drain` (see there)
 
     # -- storage -----------------------------------------------------------------------
 
@@ -443,6 +444,7 @@ class Pipeline:
             job.cause = cause
         row = job.row
         self.end[row] = max(int(self.pos[row]), end_pos)
+        self._stopping.add(row)
         return True
 
     def pause(self, msg: PauseJob) -> bool:
@@ -549,14 +551,38 @@ class Pipeline:
                 self._free_rows.extend(self._released)
                 self._released.clear()
 
-    def _tick(self, now: float | None, block: int) -> int:
+    def drain(self, now: float | None = None, block: int = 1) -> int:
+        """Between ticks: advance only the jobs asked to end since the last call, to their
+        end if the tick's limits allow; returns frames processed.
+
+        A stop used to wait for the next tick (100 ms apart at scale) and then for the whole
+        tick before its job was finalised: stop() p99 138-195 ms at 10,000 channels. The
+        worker calls this as soon as it has applied stops, so a job ends in a pass over its
+        own rows alone. The skew history is left alone (it is one row per regular tick).
+        """
+        if not 1 <= block <= self.max_block:
+            raise ValueError(f"block must be 1 .. {self.max_block}, not {block}")
+        rows = sorted(r for r in self._stopping if r in self.jobs and self.end[r] >= 0)
+        self._stopping.clear()
+        if not rows:
+            return 0
+        self._in_tick = True
+        try:
+            return self._tick(now, block, np.array(rows, np.int64))
+        finally:
+            self._in_tick = False
+            if self._released:
+                self._free_rows.extend(self._released)
+                self._released.clear()
+
+    def _tick(self, now: float | None, block: int, only: np.ndarray | None = None) -> int:
         now = time.monotonic() if now is None else now
-        if self._rows_dirty:
+        if self._rows_dirty and only is None:
             # Once per tick, not per start: a burst of 1,000 starts costs one sort.
             self.rows = np.fromiter(self.jobs, np.int64, len(self.jobs))
             self.rows.sort()
             self._rows_dirty = False
-        rows = self.rows
+        rows = self.rows if only is None else only
         if not len(rows):
             return 0
         a = self.arena
@@ -572,9 +598,10 @@ class Pipeline:
             old_lead = self.hist[int(np.argmax(np.where(old, self.hist_t, -np.inf))), rows]
         else:  # the worker is younger than `skew`: wait for both legs
             old_lead = np.zeros(len(rows), np.int64)
-        self._hist_i = (self._hist_i + 1) % self.skew_ticks
-        self.hist[self._hist_i, rows] = lead
-        self.hist_t[self._hist_i] = now
+        if only is None:  # a drain pass leaves the history to the ticks
+            self._hist_i = (self._hist_i + 1) % self.skew_ticks
+            self.hist[self._hist_i, rows] = lead
+            self.hist_t[self._hist_i] = now
         allowed = np.maximum(np.minimum(w_in, w_out), old_lead)
         end = self.end[rows]
         draining = end >= 0
@@ -916,6 +943,7 @@ class Pipeline:
         # a job that ends normally was flushed by `_append_delayed` (~105 us per flush).
         del self.jobs[row]
         del self.by_id[job.msg.job_id]
+        self._stopping.discard(row)
         # Not reusable before the tick ends: a start served mid-tick must not take a row
         # the tick still holds in its arrays.
         (self._released if self._in_tick else self._free_rows).append(row)
@@ -941,6 +969,9 @@ def _os_error_text(e: BaseException) -> str:
     return str(e)
 def close_kept(sink) -> None:
     """Let go of a resumed file without finishing or removing it (it stays as it is)."""
+    if isinstance(sink, FileSink):
+        sink.close_kept()  # gives its descriptor back to the budget (`worker.descriptors`)
+        return
     fd = getattr(sink, "_fd", None)
     if fd is not None:
         sink._fd = None
