@@ -294,7 +294,7 @@ class WholeCallRecorder:
         ended = self._wait_end(self._ctl.config.stop_timeout_s) is not None
         marks = self._stop_marks
         if ended and len(marks) == 7 and marks[2] > 0:
-            self.last_stop_trace = StopTrace(*marks, time.monotonic())
+            self.last_stop_trace = StopTrace(*(marks + [time.monotonic()]))
         return ended
 
     # -- extension: pause and resume (not in the spec) -------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,7 +167,7 @@ def _start(msg: dict) -> Start:
     return Start(str(sid), str(start.get("callSid", "")), tuple(TRACKS[t] for t in tracks), params)
 
 
-def decode_payloads(payloads: list[str] | list[bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+def decode_payloads(payloads: Sequence[str | bytes]) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Many base64 mu-law payloads -> (all their samples concatenated, each one's length, errors).
 
     `errors` maps the index of every payload that is not strict base64 to the reason; its
