@@ -35,7 +35,6 @@ warnings and errors still show."""
 _quiet.setLevel(logging.WARNING)
 
 TEXT, BINARY = Opcode.TEXT, Opcode.BINARY
-_DATA = (Opcode.TEXT, Opcode.BINARY)
 
 
 class Refusal(NamedTuple):
@@ -52,11 +51,13 @@ class ServerConnection:
     connection with 1009.
     """
 
-    __slots__ = ("_frag", "_frag_op", "_p", "_reply", "_response", "error")
+    __slots__ = ("_closing", "_frag", "_frag_op", "_p", "_reply", "_response", "error")
 
     def __init__(self, max_size: int) -> None:
         self._p = ServerProtocol(max_size=max_size, logger=_quiet)
         self._response: Response | None = None
+        self._closing = False
+        """We sent our close: messages after it are dropped."""
         self._reply = b""
         """Our 400 to a request the library could not parse (it would only close)."""
         self._frag_op: Opcode | None = None
@@ -110,32 +111,30 @@ class ServerConnection:
         after we started closing are dropped. A protocol violation sets `error` and ends
         the parsing; the messages before it are still returned."""
         p = self._p
-        closing = p.state is not State.OPEN  # we had sent our close before these bytes
+        closing = self._closing  # we had sent our close before these bytes
         p.receive_data(data)
         out: list[tuple[Opcode, bytes]] = []
-        for frame in p.events_received():
-            if not isinstance(frame, Frame):  # pragma: no cover  (once open, only frames come)
-                continue
+        for frame in cast("list[Frame]", p.events_received()):  # once open, only frames come
             op = frame.opcode
-            data = cast(bytes, frame.data)  # a client's frame is unmasked into new bytes
-            if op is Opcode.CONT:
-                self._frag.append(data)
+            payload: bytes = frame.data  # type: ignore[assignment]  # a client's frame is unmasked into new bytes
+            if frame.fin and (op is TEXT or op is BINARY):  # the common case
+                if not closing:
+                    out.append((op, payload))
+            elif op is Opcode.CONT:
+                self._frag.append(payload)
                 if frame.fin:
                     if not closing and self._frag_op is not None:
                         out.append((self._frag_op, b"".join(self._frag)))
                     self._frag_op, self._frag = None, []
-            elif op in _DATA:
-                if frame.fin:
-                    if not closing:
-                        out.append((op, data))
-                else:
-                    self._frag_op, self._frag = op, [data]
+            elif op is TEXT or op is BINARY:
+                self._frag_op, self._frag = op, [payload]
         if p.parser_exc is not None and self.error is None and p.close_sent is not None:
             self.error = (p.close_sent.code, _reason(p.parser_exc))
         return out
 
     def close(self, code: int, reason: str = "") -> None:
         """Our side closes with `code` (queued in `out()`); nothing if a close was already sent."""
+        self._closing = True
         if self._p.state is State.OPEN:
             cut = reason.encode()[:123].decode(errors="ignore")  # a control frame carries 125 bytes
             self._p.send_close(code, cut)
@@ -153,6 +152,8 @@ class ServerConnection:
     def out(self) -> tuple[bytes, bool]:
         """``(bytes to write, close the socket after them)``."""
         writes = self._p.data_to_send()
+        if not writes and not self._reply:  # the common case: nothing to answer
+            return b"", False
         if self._reply:
             writes.insert(0, self._reply)
             self._reply = b""
