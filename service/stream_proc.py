@@ -6,12 +6,11 @@ It attaches the controller's arena by path and is the only writer of the rings o
 of its calls (the SPSC rule); audio never crosses ZeroMQ or HTTP. `wholecall serve
 --stream-procs N` runs N of them, each on its own ports (service.streams says why). WebSockets
 and AudioSocket are served by plain `asyncio.Protocol`s (`WebSocketProtocol` over the
-sans-I/O `ingest.websocket`, `AudioSocketProtocol`): a read costs one `data_received` call
-that queues whole frames, no task wake-up per message.
+`websockets` library's sans-I/O server, adapted by `ingest.websocket`; `AudioSocketProtocol`):
+a read costs one `data_received` call that queues whole messages, no task wake-up per message.
 
 Why a tick: a connection's protocol only appends what it received to one list. Every
-`tick_s` the whole list is worked through in arrival order: every WebSocket frame of the
-tick is unmasked in one numpy pass, each Twilio message is parsed (a `media` message in
+`tick_s` the whole list is worked through in arrival order: each Twilio message is parsed (a `media` message in
 Twilio's own layout by one regular expression, `ingest.twilio.fast_media`; anything else by
 `json`), every media payload of the tick is base64-decoded and mu-law-decoded as one batch
 (`ingest.twilio.decode_payloads`), sorted by leg and timestamp so that a leg's messages of
@@ -84,8 +83,8 @@ MAX_MESSAGE = 64 * 1024
 """Largest WebSocket message accepted (a 20 ms Twilio message is ~300 bytes); larger closes with 1009."""
 MAX_AHEAD_S = 2.0
 """Arrival-order audio further than this ahead of the call clock is dropped (a sender faster than real time)."""
-TEXT, BINARY, FRAME, CLOSE, FAIL, TEXT_M, BINARY_M = range(7)
-"""Kinds of queued input; TEXT_M and BINARY_M carry ``(payload, mask)``: unmasked per tick in one batch."""
+TEXT, BINARY, FRAME, CLOSE, FAIL = range(5)
+"""Kinds of queued input."""
 AS_RATES = tuple(sorted(AUDIO_RATES.values()))
 _ZEROS = np.zeros(8 * RATE, np.int16)
 _ZEROS.flags.writeable = False
@@ -404,12 +403,6 @@ class StreamIngest:
         items = self.pending.copy()  # the handlers hold `pending.append`: the list object stays
         self.pending.clear()
         self.stats["messages"] += len(items)
-        masked = [i for i, item in enumerate(items) if item[1] >= TEXT_M]
-        if masked:  # every WebSocket frame of the tick unmasked in one numpy pass
-            plain = wsp.unmask_batch([items[i][2] for i in masked])  # type: ignore[misc]
-            for i, data in zip(masked, plain):
-                conn, kind, _ = items[i]
-                items[i] = (conn, TEXT if kind == TEXT_M else BINARY, data)
         media: list[tuple[Conn, OutLeg, int, bytes]] = []
         for conn, kind, data in items:
             call = conn.call
@@ -636,12 +629,12 @@ class StreamIngest:
 
 
 class WebSocketProtocol(asyncio.Protocol):
-    """One WebSocket connection (RFC 6455, `ingest.websocket`): the opening request's URL picks
-    the call and leg; whole frames are queued still masked, for the tick to unmask in one
-    batch; pings are answered here, fragments joined here (both rare).
+    """One WebSocket connection (RFC 6455, the `websockets` library's sans-I/O server through
+    `ingest.websocket`): the opening request's URL picks the call and leg; whole messages are
+    queued for the tick; pings, the close handshake and protocol errors are the library's.
 
     Why a protocol and not a handler task: `data_received` is called by the loop for each
-    read, so a message costs no future, no queue and no task wake-up (see ingest.websocket).
+    read, so a message costs no future, no queue and no task wake-up.
     """
 
     CLOSE_WAIT_S = 1.0
@@ -651,15 +644,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
-        self.head = b""
-        self.parser: wsp.FrameParser | None = None
+        self.ws = wsp.ServerConnection(MAX_MESSAGE)
         self.conn: Conn | None = None
-        self.sent_close = False
         self.failed = False
-        self.peer_code: int | None = None
-        self.frag_op: int | None = None
-        self.frag: list[bytes] = []
-        self.frag_size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -669,106 +656,58 @@ class WebSocketProtocol(asyncio.Protocol):
         self.owner.websockets.add(self)
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None:
+        conn = self.conn
+        if conn is None:
             self._opening(data)
             return
-        if self.failed:
-            return
-        try:
-            frames = parser.feed(data)
-        except wsp.ProtocolError as e:
-            self._error(e)
-            return
-        conn = self.conn
-        append = self.owner.pending.append
-        for op, fin, payload, mask in frames:
-            if op == wsp.TEXT or op == wsp.BINARY:
-                if self.frag_op is not None:
-                    self._error(wsp.ProtocolError(1002, "a new message inside a fragmented one"))
-                    return
-                if self.sent_close:
-                    continue
-                if fin:
-                    append((conn, TEXT_M if op == wsp.TEXT else BINARY_M, (payload, mask)))
-                else:
-                    self.frag_op, self.frag, self.frag_size = op, [wsp.unmask(payload, mask)], len(payload)
-            elif op == wsp.CONT:
-                if self.frag_op is None:
-                    self._error(wsp.ProtocolError(1002, "a continuation frame with no message to continue"))
-                    return
-                self.frag.append(wsp.unmask(payload, mask))
-                self.frag_size += len(payload)
-                if self.frag_size > parser.max_size:
-                    self._error(wsp.ProtocolError(1009, f"message of {self.frag_size}+ bytes exceeds {parser.max_size}"))
-                    return
-                if fin:
-                    if not self.sent_close:
-                        append((conn, TEXT if self.frag_op == wsp.TEXT else BINARY, b"".join(self.frag)))
-                    self.frag_op, self.frag = None, []
-            elif op == wsp.PING:
-                if not self.sent_close:
-                    self.transport.write(wsp.frame(wsp.PONG, wsp.unmask(payload, mask)))  # type: ignore[union-attr]
-            elif op == wsp.CLOSE:
-                body = wsp.unmask(payload, mask)
-                self.peer_code = int.from_bytes(body[:2], "big") if len(body) >= 2 else 1005
-                if not self.sent_close:  # the peer closes first: answer (RFC 6455 5.5.1)
-                    self.sent_close = True
-                    code = self.peer_code if self.peer_code in (1000, 1001) or 3000 <= self.peer_code < 5000 else 1000
-                    self.transport.write(wsp.close_frame(code))  # type: ignore[union-attr]
-                self.transport.close()  # type: ignore[union-attr]
-                return
-            # a pong: nothing to do
+        ws = self.ws
+        messages = ws.receive(data)
+        if messages:
+            append = self.owner.pending.append
+            for op, payload in messages:
+                append((conn, TEXT if op == wsp.TEXT else BINARY, payload))
+        if ws.error is not None and not self.failed:  # the library sent the close; the tick counts it
+            self.failed = True
+            code, reason = ws.error
+            self.owner.pending.append((conn, FAIL, (f"WebSocket error: {reason}", code)))
+        self._flush()
 
     def _opening(self, data: bytes) -> None:
-        self.head += data
-        at = self.head.find(b"\r\n\r\n")
-        if at < 0:
-            if len(self.head) > wsp.MAX_HEAD:
-                self._http(431, f"the opening request exceeds {wsp.MAX_HEAD} bytes")
+        got = self.ws.opening(data)
+        if got is None:
+            self._flush()
             return
-        head, rest = self.head[:at], self.head[at + 4:]
-        self.head = b""
-        try:
-            path, headers = wsp.parse_request(head)
-            reply = wsp.accept(headers)
-        except wsp.HandshakeError as e:
-            self.owner._refuse(f"WebSocket from {self.peer}: handshake failed: {e}")
-            self._http(e.status, str(e))
-            return
-        conn = self.owner.route(path, self.peer)
-        if isinstance(conn, tuple):
-            self._http(*conn)
-            return
-        assert self.transport is not None
-        self.transport.write(reply)
-        conn.ws = self
-        self.conn = conn
-        self.parser = wsp.FrameParser(MAX_MESSAGE)
-        log.info("call %s: %s connected", conn.call.id, conn.describe())
-        if rest:
-            self.data_received(rest)
+        if isinstance(got, wsp.Refusal):
+            self.owner._refuse(f"WebSocket from {self.peer}: handshake refused ({got.status}): {got.reason}")
+        else:
+            conn = self.owner.route(got, self.peer)
+            if isinstance(conn, tuple):
+                self.ws.refuse(*conn)
+            else:
+                self.ws.accept()
+                conn.ws = self
+                self.conn = conn
+                log.info("call %s: %s connected", conn.call.id, conn.describe())
+        self._flush()
 
-    def _http(self, status: int, text: str) -> None:
-        assert self.transport is not None
-        self.transport.write(wsp.http_error(status, text))
-        self.transport.close()
-
-    def _error(self, e: wsp.ProtocolError) -> None:
-        """Bytes no client may send: the call's tick closes us with `e.code` (and ends the call)."""
-        self.failed = True
-        if self.conn is not None:
-            self.owner.pending.append((self.conn, FAIL, (f"WebSocket error: {e}", e.code)))
-        elif self.transport is not None:
-            self.transport.close()
+    def _flush(self) -> None:
+        """What the library has to send goes out; its end-of-stream closes the socket."""
+        data, eof = self.ws.out()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        if eof:
+            transport.close()
 
     def close(self, code: int, reason: str) -> None:
         """Our side closes: the close frame now, the socket when the peer answers (or after CLOSE_WAIT_S)."""
         transport = self.transport
-        if transport is None or transport.is_closing() or self.sent_close:
+        if transport is None or transport.is_closing() or not self.ws.open:
             return
-        self.sent_close = True
-        transport.write(wsp.close_frame(code, reason))
+        self.ws.close(code, reason)
+        self._flush()
         self._timer = asyncio.get_running_loop().call_later(self.CLOSE_WAIT_S, transport.close)
 
     def abort(self) -> None:
@@ -781,8 +720,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self._timer.cancel()
         if self.conn is not None:
             reason = "the connection closed"
-            if self.peer_code not in (None, 1000, 1001, 1005):
-                reason = f"the connection closed with code {self.peer_code}"
+            code = self.ws.peer_code
+            if code not in (None, 1000, 1001, 1005):
+                reason = f"the connection closed with code {code}"
             elif exc is not None:
                 reason += f": {exc}"
             self.owner.pending.append((self.conn, CLOSE, reason))

@@ -1,5 +1,7 @@
-"""The sans-I/O WebSocket server (RFC 6455) the stream process reads Twilio and L16 streams
-with, and the exact fast path for Twilio media messages, checked against the general one."""
+"""The WebSocket server adapter (RFC 6455, over the `websockets` library's sans-I/O server)
+the stream process reads Twilio and L16 streams with: its contract (routing before the 101,
+refusals with their status, whole messages, close codes for what a client must not send); and
+the exact fast path for Twilio media messages, checked against the general one."""
 
 from __future__ import annotations
 
@@ -30,55 +32,125 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | No
     return head + mask + masked
 
 
-def test_the_accept_key_is_rfc_6455s_example() -> None:
-    headers = {"upgrade": "websocket", "connection": "keep-alive, Upgrade", "sec-websocket-version": "13",
-               "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
-    reply = wsp.accept(headers)
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Unmasked server frames (RFC 6455 5.2) -> [(opcode, payload)]."""
+    out, at = [], 0
+    while at < len(data):
+        op, n = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if n == 126:
+            n, at = struct.unpack("!H", data[at:at + 2])[0], at + 2
+        elif n == 127:
+            n, at = struct.unpack("!Q", data[at:at + 8])[0], at + 8
+        out.append((op, data[at:at + n]))
+        at += n
+    return out
+
+
+UPGRADE = (b"GET /v1/media/abc?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def opened(max_size: int = 1 << 20) -> wsp.ServerConnection:
+    ws = wsp.ServerConnection(max_size)
+    assert ws.opening(UPGRADE) == "/v1/media/abc"
+    ws.accept()
+    ws.out()
+    return ws
+
+
+def test_the_path_comes_before_the_101_whose_accept_key_is_rfc_6455s_example() -> None:
+    ws = wsp.ServerConnection(1024)
+    assert ws.opening(UPGRADE[:30]) is None and ws.opening(UPGRADE[30:]) == "/v1/media/abc"
+    assert ws.out() == (b"", False)  # nothing sent until the caller has routed the path
+    ws.accept()
+    reply, eof = ws.out()
     assert reply.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in reply
-    path, parsed = wsp.parse_request(b"GET /v1/media/abc?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket")
-    assert path == "/v1/media/abc" and parsed["upgrade"] == "websocket"
+    assert not eof and ws.open
+
+
+def test_a_path_the_caller_refuses_gets_its_status_and_the_socket_closes() -> None:
+    ws = wsp.ServerConnection(1024)
+    assert ws.opening(UPGRADE) == "/v1/media/abc"
+    ws.refuse(404, "no call has this stream URL")
+    reply, eof = ws.out()
+    assert reply.startswith(b"HTTP/1.1 404 Not Found\r\n") and reply.endswith(b"\r\n\r\nno call has this stream URL\n")
+    assert eof and not ws.open
 
 
 @pytest.mark.parametrize("head, status, why", [
-    (b"POST /v1/media/a HTTP/1.1\r\nUpgrade: websocket", 405, "method POST"),
-    (b"GET /v1/media/a HTTP/1.0\r\nUpgrade: websocket", 400, "HTTP/1.0"),
-    (b"GET /v1/media/a HTTP/1.1\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13", 400, "Upgrade: websocket"),
-    (b"GET /v1/media/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8", 426, "13"),
+    (b"POST /v1/media/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade", 405, "POST"),
+    (b"GET /v1/media/a HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade", 505, "HTTP/1.0"),
+    (b"GET /v1/media/a HTTP/1.1\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13", 426, "Upgrade"),
+    (b"GET /v1/media/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n"
+     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", 426, "Sec-WebSocket-Version header: 8"),
     (b"GET /v1/media/a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-     b"Sec-WebSocket-Key: c2hvcnQ=", 400, "not 16 bytes"),
+     b"Sec-WebSocket-Key: c2hvcnQ=", 400, "Sec-WebSocket-Key"),
+    (b"HELLO", 400, "invalid HTTP request line"),
 ])
-def test_a_request_that_is_not_an_upgrade_gets_its_status(head: bytes, status: int, why: str) -> None:
-    with pytest.raises(wsp.HandshakeError, match=why) as e:
-        wsp.accept(wsp.parse_request(head)[1])
-    assert e.value.status == status
+def test_a_request_that_is_not_an_upgrade_is_refused_with_its_status(head: bytes, status: int, why: str) -> None:
+    ws = wsp.ServerConnection(1024)
+    got = ws.opening(head + b"\r\n\r\n")
+    assert isinstance(got, wsp.Refusal) and got.status == status and why in got.reason, got
+    reply, eof = ws.out()
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()) and eof
+    if status == 426 and b"Version: 8" in head:
+        assert b"Sec-WebSocket-Version: 13\r\n" in reply  # the version spoken (RFC 6455 4.2.2)
 
 
-def test_frames_of_every_length_split_anywhere_come_out_whole_and_unmask_in_one_batch() -> None:
+def test_messages_of_every_length_split_anywhere_come_out_whole_and_unmasked() -> None:
     rng = np.random.default_rng(3)
     payloads = [rng.integers(0, 256, n).astype(np.uint8).tobytes() for n in (0, 1, 2, 3, 5, 125, 126, 127, 300, 65535, 70000)]
-    wire = b"".join(client_frame(wsp.BINARY, p) for p in payloads)
+    wire = b"".join(client_frame(0x2, p) for p in payloads) + client_frame(0x1, b'{"event":"stop"}')
     for cut in (1, 7, 1000):
-        parser = wsp.FrameParser(1 << 20)
-        frames = []
+        ws = opened()
+        got = []
         for at in range(0, len(wire), cut):
-            frames += parser.feed(wire[at:at + cut])
-        assert [(op, bool(fin)) for op, fin, _, _ in frames] == [(wsp.BINARY, True)] * len(payloads)
-        assert wsp.unmask_batch([(p, m) for _, _, p, m in frames]) == payloads
-        assert [wsp.unmask(p, m) for _, _, p, m in frames] == payloads
+            got += ws.receive(wire[at:at + cut])
+        assert got == [(wsp.BINARY, p) for p in payloads] + [(wsp.TEXT, b'{"event":"stop"}')]
+        assert ws.out() == (b"", False) and ws.error is None
+
+
+def test_fragments_are_joined_and_a_ping_between_them_is_answered() -> None:
+    ws = opened()
+    wire = (client_frame(0x1, b"abc", fin=False) + client_frame(0x9, b"are you there") + client_frame(0x0, b"def", fin=False)
+            + client_frame(0x0, b"ghi"))
+    assert ws.receive(wire) == [(wsp.TEXT, b"abcdefghi")]
+    assert server_frames(ws.out()[0]) == [(0xA, b"are you there")]
+
+
+def test_the_peers_close_is_echoed_and_ours_is_answered() -> None:
+    ws = opened()
+    assert ws.receive(client_frame(0x1, b"last") + client_frame(0x8, struct.pack("!H", 1000) + b"bye")) == [(wsp.TEXT, b"last")]
+    data, eof = ws.out()
+    assert server_frames(data) == [(0x8, struct.pack("!H", 1000) + b"bye")] and eof and ws.peer_code == 1000
+    ws = opened()
+    ws.close(1008, "x" * 300)  # the reason is cut to fit a control frame
+    data, eof = ws.out()
+    [(op, body)] = server_frames(data)
+    assert (op, body[:2], len(body)) == (0x8, struct.pack("!H", 1008), 125) and not eof
+    assert ws.receive(client_frame(0x1, b"late")) == []  # after our close, messages are dropped
+    assert ws.receive(client_frame(0x8, struct.pack("!H", 1000))) == [] and ws.out() == (b"", True)
 
 
 @pytest.mark.parametrize("wire, code, why", [
-    (bytes([0x81, 0x05]) + b"hello", 1002, "unmasked"),
+    (bytes([0x81, 0x05]) + b"hello", 1002, "incorrect masking"),
     (bytes([0xC1, 0x80]) + b"\0\0\0\0", 1002, "reserved bits"),
-    (bytes([0x83, 0x80]) + b"\0\0\0\0", 1002, "unknown opcode 0x3"),
-    (bytes([0x89, 0xFE, 0x00, 0x7E]), 1002, "control frame over 125"),
-    (bytes([0x09, 0x80]) + b"\0\0\0\0", 1002, "fragmented"),
-    (bytes([0x81, 0xFF]) + struct.pack("!Q", 70000), 1009, "message of 70000 bytes exceeds 65536"),
-])
-def test_what_a_client_must_not_send_is_a_protocol_error_with_its_close_code(wire: bytes, code: int, why: str) -> None:
-    with pytest.raises(wsp.ProtocolError, match=why) as e:
-        wsp.FrameParser(65536).feed(wire)  # the oversized frame is refused before its payload arrives
-    assert e.value.code == code
+    (bytes([0x83, 0x80]) + b"\0\0\0\0", 1002, "invalid opcode"),
+    (bytes([0x89, 0xFE, 0x00, 0x7E]) + b"\0" * 130, 1002, "control frame too long"),
+    (bytes([0x09, 0x80]) + b"\0\0\0\0", 1002, "fragmented control frame"),
+    (client_frame(0x0, b"x"), 1002, "unexpected continuation frame"),
+    (client_frame(0x1, b"a", fin=False) + client_frame(0x1, b"b"), 1002, "expected a continuation frame"),
+    (bytes([0x81, 0xFF]) + struct.pack("!Q", 70000), 1009, "70000 bytes exceeds limit of 65536"),
+    (client_frame(0x2, bytes(40000), fin=False) + client_frame(0x0, bytes(40000)), 1009, "exceeds limit of 65536"),
+], ids=lambda v: "wire" if isinstance(v, bytes) else str(v))  # the wires carry random masks
+def test_what_a_client_must_not_send_closes_with_its_code_after_the_messages_before_it(wire: bytes, code: int, why: str) -> None:
+    ws = opened(65536)
+    assert ws.receive(client_frame(0x1, b"before") + wire) == [(wsp.TEXT, b"before")]
+    assert ws.error is not None and ws.error[0] == code and why in ws.error[1], ws.error
+    data, eof = ws.out()  # the oversized frame is refused before its payload arrives
+    assert server_frames(data)[0][0] == 0x8 and server_frames(data)[0][1][:2] == struct.pack("!H", code) and eof
+    assert not ws.open and ws.receive(client_frame(0x1, b"after")) == []
 
 
 def _media(track: str = "inbound", ts: str = "40", payload: str = "//79", sid_last: bool = False) -> dict:
