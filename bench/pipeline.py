@@ -27,7 +27,7 @@ from wholecall.worker.pipeline import Pipeline, default_open_sink  # noqa: E402
 
 def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool, fmt: str,
         library: bool = False, block: int = 5, paced: bool = False, huge: bool = True,
-        flush_ms: float = 1000) -> dict:
+        flush_ms: float = 1000, part_rows: int = 0) -> dict:
     tick = int(8 * tick_ms)
     cap = 1 << 16  # 8.2 s rings, as the controller makes them by default
     import contextlib
@@ -41,6 +41,9 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
     out = tempfile.mkdtemp(prefix="wholecall-bench-")
     pipe = Pipeline(arena, default_open_sink(), capacity=channels, tick_s=tick_ms / 1000, max_block=max(1, block),
                     flush_samples=int(8 * flush_ms))
+    if part_rows:  # the worker's ticks in parts (stops served between them; none here)
+        pipe.part_rows = part_rows
+        pipe.between_parts = lambda: None
     from wholecall.sim.signals import speech_like
 
     clip = speech_like(8.0, 140, 3)  # voiced, syllabic, with pauses: what the detector sees on calls
@@ -143,13 +146,14 @@ def main() -> None:
     p.add_argument("--library", action="store_true",
                    help="feed the stress run's clip library, each job at its own program, phase and ring offset")
     p.add_argument("--small-pages", action="store_true", help="the arena in /dev/shm (4 KiB pages), not a 2 MiB-page tmpfs")
-    p.add_argument("--flush-ms", type=float, default=1000, help="audio staged per job between file writes")
+    p.add_argument("--flush-ms", type=float, default=2000, help="audio staged per job between file writes")
+    p.add_argument("--part-rows", type=int, default=0, help="tick in parts of this many jobs, as the worker does (0: whole)")
     a = p.parse_args()
     print("| channels | tick ms | block | dtmf | µs CPU per channel-second |")
     print("| ---: | ---: | ---: | --- | ---: |")
     for n in a.channels:
         r = run(n, a.seconds, a.tick_ms, not a.no_dtmf, a.profile, a.format, a.library, a.block, a.paced, not a.small_pages,
-                a.flush_ms)
+                a.flush_ms, a.part_rows)
         print(f"| {n} | {a.tick_ms:g} | {a.block} | {r['dtmf']} | {r['us_per_channel_second']:.1f} |")
         if a.profile:
             print(r["profile"])

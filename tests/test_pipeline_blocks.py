@@ -36,9 +36,11 @@ def messages(tmp, progs) -> list[StartJob]:
     return msgs
 
 
-def record(tmp, block: int, drain: bool = False) -> tuple[dict, dict[int, bytes], list]:
+def record(tmp, block: int, drain: bool = False, parts: bool = False) -> tuple[dict, dict[int, bytes], list]:
     """`drain`: every stop is followed at once by `Pipeline.drain` (as the worker does),
-    which must end the job there, before any further tick."""
+    which must end the job there, before any further tick. `parts`: the ticks run in parts
+    of 2 jobs, and stops wait for the first gap between two parts (as the worker applies
+    stops read during a tick), where they are applied and drained."""
     progs = load_programs()[0]  # espeak-ng speech, pauses and DTMF strings on either leg
     rng = np.random.default_rng(5)
     prog = rng.integers(progs.count, size=JOBS)
@@ -46,6 +48,21 @@ def record(tmp, block: int, drain: bool = False) -> tuple[dict, dict[int, bytes]
     arena = Arena.create(2 * JOBS, 1 << 14)
     pipe = Pipeline(arena, default_open_sink(), capacity=4, flush_samples=4000, max_block=5)
     msgs = messages(tmp, progs)
+    queued: list[tuple[int, Cause, int]] = []
+    inside: list[int] = []  # jobs stopped and ended inside a tick
+
+    def between_parts() -> None:
+        for job_id, cause, end in queued:
+            assert pipe.stop(job_id, cause, end)
+        pipe.drain(now, block=block)
+        for job_id, _, _ in queued:
+            assert job_id not in pipe.by_id, "a stop applied between parts must end its job there"
+            inside.append(job_id)
+        queued.clear()
+
+    if parts:
+        pipe.part_rows = 2
+        pipe.between_parts = between_parts
     # Stops at odd positions (not frame multiples); the rest are aborted at the end.
     stop_at = {2: 47_123, 6: 61_001, 10: 80_000 + 37}
     written = np.zeros(JOBS, np.int64)
@@ -64,6 +81,9 @@ def record(tmp, block: int, drain: bool = False) -> tuple[dict, dict[int, bytes]
                     arena.write_pos[s] = written[j] + n
                 written[j] += n
                 if j in stop_at and written[j] >= stop_at[j] and (j + 1) in pipe.by_id:
+                    if parts:
+                        queued.append((j + 1, Cause.HANGUP, stop_at.pop(j)))
+                        continue
                     pipe.stop(j + 1, Cause.HANGUP, stop_at.pop(j))
                     if drain:
                         pipe.drain(now, block=block)
@@ -71,6 +91,9 @@ def record(tmp, block: int, drain: bool = False) -> tuple[dict, dict[int, bytes]
             pipe.tick(now, block=block)
             now += 0.1
         for m in msgs:  # as the controller stops a call: at what its legs hold now
+            if m.job_id in pipe.by_id and parts:
+                queued.append((m.job_id, Cause.ABORTED, int(written[m.job_id - 1])))
+                continue
             pipe.stop(m.job_id, Cause.ABORTED, int(written[m.job_id - 1]))
         if drain:
             pipe.drain(now, block=block)
@@ -80,6 +103,8 @@ def record(tmp, block: int, drain: bool = False) -> tuple[dict, dict[int, bytes]
                 break
             pipe.tick(now, block=block)
         assert not pipe.jobs
+        if parts:
+            assert not queued and len(inside) >= 4, inside
         ends = {e.job_id: (e.cause, e.samples, e.bytes) for e in pipe.ended}
         files = {m.job_id: open(m.path, "rb").read() for m in msgs}
         # The pipeline takes the bank's events and reports them per job, as leg positions.
@@ -116,6 +141,20 @@ def test_a_stop_drained_between_ticks_records_the_same_files_as_one_left_to_the_
     assert ends_d == ends_t and digits_d == digits_t
     for job_id, data in files_t.items():
         assert files_d[job_id] == data, f"job {job_id}: the drained file differs"
+
+
+@pytest.mark.parametrize("block", [1, 5])
+def test_a_stop_applied_between_the_parts_of_a_tick_records_the_same_files(tmp_path, block):
+    """At scale the worker ticks in parts and applies the stops read meanwhile between two
+    parts (stop() latency at 20,000 channels): the files must be exactly those of stops
+    applied between ticks."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ends_t, files_t, digits_t = record(tmp_path / "a", block)
+    ends_p, files_p, digits_p = record(tmp_path / "b", block, parts=True)
+    assert ends_p == ends_t and digits_p == digits_t
+    for job_id, data in files_t.items():
+        assert files_p[job_id] == data, f"job {job_id}: the file stopped between parts differs"
 
 
 def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):

@@ -154,6 +154,14 @@ def run(settings: WorkerSettings) -> int:
             commands.send_all(pipe.digits + pipe.ended)
             pipe.digits.clear()
             pipe.ended.clear()
+    def between_parts() -> None:
+        # Inside a tick, between two parts of its jobs: stops read meanwhile end their jobs
+        # now, so a stop waits for one part of the tick, not all of it.
+        commands.receive_all()
+        progress()
+        drain_stopped()
+
+    pipe.between_parts = between_parts
     try:
         while True:
             now = time.monotonic()
