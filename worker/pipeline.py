@@ -69,7 +69,10 @@ SAMPLE_RATE = CALL_RATE  # the name the pipeline's arithmetic reads best with
 #: Job rows of staging copied per slice when the pipeline grows (progress published between).
 _GROW_ROWS = 512
 #: Jobs per part of a tick when the worker serves stops between parts (`between_parts`).
-PART_ROWS = 2048
+#: Each part pays the step's fixed costs again (bench/pipeline.py at 10,000 jobs: two parts
+#: +3.6 us per channel-second, five +12): a worker of 5,000 jobs ticks whole, one of
+#: 10,000 (20,000 channels on two workers) in two parts.
+PART_ROWS = 5000
 #: Flushes (file writes, ~30 us each on ext4) between two calls of `Pipeline.between`.
 SERVE_EVERY_FLUSHES = 64
 #: Audio between two header refreshes of a file (DESIGN: "at least every few seconds").
