@@ -216,6 +216,54 @@ def _stage(mix, t, tables, dst_t, dst_c):
     return s / np.float32(FRAME)
 
 
+@_jit
+def silence_frames(sel, energy, fill, n, preroll, threshold, heard, initial_limit, max_limit, emitted, last_loud_end,
+                   run, audio, trim_leading, skip, done, taken):
+    """The silence detector (`SilenceTracker.step_energy`) over each job's B mixed frames
+    in order, for jobs `sel` whose frames' mean squares are `energy` (jobs x B) and whose
+    staging held fill[j] samples before them; a job stops taking frames at the one that
+    reaches a limit (`done`). taken[j]: frames job j took. A job's first loud frame sets
+    its `skip` (leading silence dropped, `preroll` kept) when it trims leading silence.
+
+    Compiled because it is a few scalar decisions per frame: in numpy it was B rounds of a
+    dozen array operations over all jobs, ~1.4 us per channel-second at 10,000 channels.
+    """
+    m, b = energy.shape
+    for j in range(m):
+        r = sel[j]
+        t = 0
+        for k in range(b):
+            at = fill[j] + k * n
+            loud = energy[j, k] > threshold[r]
+            h = heard[r]
+            trims = initial_limit[r] > 0
+            first = loud and not h
+            waiting = trims and not h and not first  # leading silence, held back
+            if waiting:
+                e = 0
+            elif first and trims:
+                e = min(at, preroll) + n
+            else:
+                e = emitted[r] + n
+            emitted[r] = e
+            hn = h or loud
+            heard[r] = hn
+            if loud:
+                last_loud_end[r] = e
+            rn = 0 if loud else run[r] + n
+            run[r] = rn
+            au = audio[r] + n
+            audio[r] = au
+            t += 1
+            if first and trim_leading[r]:
+                skip[r] = max(0, at - preroll)
+            if (not hn and initial_limit[r] > 0 and au >= initial_limit[r]) or \
+                    (hn and max_limit[r] > 0 and rn >= max_limit[r]):
+                done[r] = True
+                break
+        taken[j] = t
+
+
 def warm_up() -> None:
     """Load (or compile) every kernel for the types the worker calls it with.
 
@@ -243,3 +291,8 @@ def warm_up() -> None:
     mix_frames(src, mute, so[:, 0], so[:, 1], mk[:, 0], mk[:, 1], two, two, np.zeros(1, np.int8),
                np.zeros((1, 65536), np.uint8), np.zeros((2, 1, FRAME), np.int16), np.zeros((2, 1, FRAME), np.uint8),
                np.zeros((2, 2), np.float32))
+    f64 = np.zeros(2)
+    i64 = np.zeros(2, np.int64)
+    b2 = np.zeros(2, np.bool_)
+    silence_frames(two, np.zeros((2, 2), np.float32), i64, FRAME, FRAME, f64, b2, i64, i64, i64, i64, i64, i64, b2,
+                   i64, b2, i64)

@@ -783,9 +783,17 @@ class Pipeline:
         kernels.mix_frames(src, mute, s_in, s_out, m_in, m_out, sel, fslot, self.table, self._table_rows,
                            self.stage_t, self.stage_c, energy)
         taken = np.zeros(m, np.int64)
-        going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
         opos = self.opos[sel]
         paused = self._paused_frames(sel, opos, b) if self.pz[sel].any() else None
+        if paused is None:  # the common case, compiled; with pauses, the loop below
+            sil = self.silence
+            kernels.silence_frames(sel, energy, fill, FRAME, PREROLL_SAMPLES, sil.threshold, sil.heard,
+                                   sil.initial_limit, sil.max_limit, sil.emitted, sil.last_loud_end, sil.run,
+                                   sil.audio, self.trim_leading, self.skip, self.done, taken)
+            self.fill[sel] = fill + taken * FRAME
+            self.opos[sel] = opos + taken * FRAME
+            return
+        going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
         for k in range(b):
             at, before = sel[going], fill[going] + k * FRAME
             if paused is not None:
