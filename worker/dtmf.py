@@ -305,8 +305,11 @@ class DtmfBank:
         # memcpy each (about twice as fast as row-wise indexing).
         self._item = np.dtype((np.void, FRAME * self._type.itemsize))
         self._cap = 0
-        # Kept for pop_events(); bounded so that a caller that never pops does not leak.
-        self._events: deque[DtmfEvent] = deque(maxlen=EVENTS_KEPT)
+        # Kept for pop_events(), as (rows, digit indices, start samples) per `_log` call
+        # (no Python object per digit); bounded so that a caller that never pops does
+        # not leak: at most the last EVENTS_KEPT digits.
+        self._events: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._n_events = 0
         #: Digits whose onset lay before the oldest sample still held when they were
         #: confirmed (their start could not be muted). Stays 0 in every test here.
         self.onsets_cut = 0
@@ -378,9 +381,26 @@ class DtmfBank:
     def pop_events(self) -> list[DtmfEvent]:
         """Digits confirmed since the last call, in confirmation order (at most the last
         `EVENTS_KEPT`)."""
-        ev = list(self._events)
-        self._events.clear()
-        return ev
+        rows, digits, start = self.pop_event_arrays()
+        return [DtmfEvent(row=r, digit=DIGITS[d], start_sample=st)
+                for r, d, st in zip(rows.tolist(), digits.tolist(), start.tolist())]
+
+    def pop_event_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`pop_events` as arrays: rows, digits (indices into `DIGITS`) and start samples.
+
+        For the worker, which turns a tick's digits into messages itself: a
+        `DtmfEvent` per digit cost more than the rest of taking them.
+        """
+        ev = self._events
+        if not ev:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if len(ev) == 1:
+            rows, digits, start = ev[0]
+        else:
+            rows, digits, start = (np.concatenate(a) for a in zip(*ev))
+        ev.clear()
+        self._n_events = 0
+        return rows[-EVENTS_KEPT:], digits[-EVENTS_KEPT:], start[-EVENTS_KEPT:]
 
     # ------------------------------------------------------------------ per frame
     def process(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -691,8 +711,11 @@ class DtmfBank:
         oldest = np.maximum(FRAME * (n - LOOKAHEAD_FRAMES - (self._b - 1)), 0)
         self.onsets_cut += int((start + SEG <= oldest).sum())  # the tone went on into released audio
         start = np.maximum(start, oldest)
-        for r, dg, st in zip(rows.tolist(), digits.tolist(), start.tolist()):
-            self._events.append(DtmfEvent(row=r, digit=DIGITS[dg], start_sample=st))
+        ev = self._events
+        ev.append((np.array(rows, np.int64), np.array(digits, np.int64), np.array(start, np.int64)))
+        self._n_events += len(rows)
+        while self._n_events - len(ev[0][0]) >= EVENTS_KEPT:  # the oldest are no longer kept
+            self._n_events -= len(ev.popleft()[0])
         return start
 
     def _mask_on(self, rows: np.ndarray, n: np.ndarray, start: np.ndarray) -> None:
@@ -787,6 +810,8 @@ class DtmfBank:
         One compiled pass (`dtmf_runs.set_mutes`): in numpy each direction of each window
         was a dozen operations on a few rows.
         """
-        on = np.broadcast_to(np.asarray(on, np.bool_), rows.shape)
-        dtmf_runs.set_mutes(self._mflat, self._masked, self._elim, self._depth, np.asarray(rows, np.int64),
-                            np.asarray(n, np.int64), np.asarray(at, np.int64), np.ascontiguousarray(on))
+        # Fresh writable arrays of the types `dtmf_runs.warm_up` compiled for (numba types
+        # a read-only array apart, and would compile again in a tick).
+        on = np.full(len(rows), on, np.bool_) if isinstance(on, bool) else np.array(on, np.bool_)
+        dtmf_runs.set_mutes(self._mflat, self._masked, self._elim, self._depth, np.array(rows, np.int64),
+                            np.array(n, np.int64), np.array(at, np.int64), on)
