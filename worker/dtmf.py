@@ -102,7 +102,7 @@ import numpy as np
 from wholecall.formats.codecs import CALL_RATE as FS
 from wholecall.formats.codecs import FRAME  # samples per frame (20 ms): the worker's unit of work
 
-from . import kernels
+from . import dtmf_runs, kernels
 
 SUB = 40  # sub-block and hop of the fine analysis (5 ms)
 SUBS_PER_FRAME = FRAME // SUB
@@ -305,14 +305,18 @@ class DtmfBank:
         # memcpy each (about twice as fast as row-wise indexing).
         self._item = np.dtype((np.void, FRAME * self._type.itemsize))
         self._cap = 0
-        # Kept for pop_events(); bounded so that a caller that never pops does not leak.
-        self._events: deque[DtmfEvent] = deque(maxlen=EVENTS_KEPT)
+        # Kept for pop_events(), as (rows, digit indices, start samples) per `_log` call
+        # (no Python object per digit); bounded so that a caller that never pops does
+        # not leak: at most the last EVENTS_KEPT digits.
+        self._events: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
+        self._n_events = 0
         #: Digits whose onset lay before the oldest sample still held when they were
         #: confirmed (their start could not be muted). Stays 0 in every test here.
         self.onsets_cut = 0
         self._tone_ms = np.float32(dbm0_mean_square(MIN_TONE_DBM0))
         self._pre_min = np.float32(dbm0_mean_square(PRE_MIN_DBM0))
         self.ensure_capacity(capacity)
+        dtmf_runs.warm_up()  # numba's first call, here and not in the first tick
 
     # ------------------------------------------------------------------ state
     def ensure_capacity(self, rows: int) -> None:
@@ -377,9 +381,26 @@ class DtmfBank:
     def pop_events(self) -> list[DtmfEvent]:
         """Digits confirmed since the last call, in confirmation order (at most the last
         `EVENTS_KEPT`)."""
-        ev = list(self._events)
-        self._events.clear()
-        return ev
+        rows, digits, start = self.pop_event_arrays()
+        return [DtmfEvent(row=r, digit=DIGITS[d], start_sample=st)
+                for r, d, st in zip(rows.tolist(), digits.tolist(), start.tolist())]
+
+    def pop_event_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`pop_events` as arrays: rows, digits (indices into `DIGITS`) and start samples.
+
+        For the worker, which turns a tick's digits into messages itself: a
+        `DtmfEvent` per digit cost more than the rest of taking them.
+        """
+        ev = self._events
+        if not ev:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if len(ev) == 1:
+            rows, digits, start = ev[0]
+        else:
+            rows, digits, start = (np.concatenate(a) for a in zip(*ev))
+        ev.clear()
+        self._n_events = 0
+        return rows[-EVENTS_KEPT:], digits[-EVENTS_KEPT:], start[-EVENTS_KEPT:]
 
     # ------------------------------------------------------------------ per frame
     def process(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -634,132 +655,41 @@ class DtmfBank:
         ends = (FRAME * (n - frames + 1) + SUB * (_NW + 1))[:, None] + sp.hop_ends
         todo = ends > self._done[rows][:, None]
         self._done[rows] = ends[:, -1]
-        busy = (self._rd[rows] >= 0) | (valid & todo).any(axis=1)
-        if busy.any():
-            purity = (lo + hi) / np.maximum(ew, np.float32(1e-6))
-            self._runs(rows[busy], n[busy], ends[busy], todo[busy], valid[busy], digit[busy], adv[busy],
-                       purity[busy])
+        # The digit runs, window by window, in one compiled pass (`dtmf_runs.digit_runs`).
+        ev = dtmf_runs.digit_runs(rows, ends, todo, valid, digit, adv, np.ascontiguousarray(top),
+                                  np.ascontiguousarray(ew),
+                                  self._rd, self._rv, self._rg, self._ra, self._rb, self._racc, self._rpur,
+                                  self._active, WIN, N_DET, GAP_MAX, np.float32(PURITY_RUN), FREQ_TOL,
+                                  _HZ_PER_RAD, FREQS_HZ)
+        if len(ev[1]) or len(ev[6]):
+            self._apply_edges(rows, n, ev)
 
-    def _runs(self, rows: np.ndarray, n: np.ndarray, ends: np.ndarray, todo: np.ndarray,
-              valid: np.ndarray, digit: np.ndarray, adv: np.ndarray, purity: np.ndarray) -> None:
-        """Advance the digit runs of `rows` window by window (a fixed, small loop).
+    def _apply_edges(self, rows: np.ndarray, n: np.ndarray, ev: tuple) -> None:
+        """Find the edges of the digits `digit_runs` ended and confirmed; mute in order.
 
-        The run state is copied out once, updated in local arrays, and written back
-        once: per window only a handful of operations on arrays of the busy rows.
+        `ev` is what it returned: for the stops, then the confirmations, (window, row
+        positions, digits, reference window start, phase sums). Edges depend only on the
+        held audio, not on the mutes, so all of one direction are found in one `_edge`
+        call (its cost is mostly per call); the mutes then follow window order, a stop
+        before a confirmation at the same window, as the runs decided them. Digits are
+        logged in window order.
         """
-        rd, rv, rg = self._rd[rows], self._rv[rows], self._rg[rows]
-        ra, rb, racc, rpur = self._ra[rows], self._rb[rows], self._racc[rows], self._rpur[rows]
-        act = self._active[rows]
-        vt = valid & todo
-        any_valid = np.asarray(vt.any(axis=0))
-        any_todo = np.asarray(todo.any(axis=0))
-        # Nothing happens before a row's first window to do (with a run) or first valid one.
-        j0 = int(np.where(rd >= 0, todo.argmax(axis=1), vt.argmax(axis=1)).min())
-
-        # Digits that stop and digits confirmed, in window order. Their edges are found
-        # after the loop in one `_edge` call per direction (its cost is mostly per
-        # call), then the mutes are applied in the order the windows decided them.
-        ended: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        confirmed: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-
-        def stop(sel: np.ndarray) -> None:
-            fin = np.flatnonzero(sel & act)
-            if len(fin):
-                ended.append((j, fin, rd[fin], rb[fin] - WIN, racc[fin]))
-            rd[sel], rv[sel], rg[sel], racc[sel], rpur[sel], act[sel] = -1, 0, 0, 0, 0, False
-
-        for j in range(j0, ends.shape[1]):
-            if not any_todo[j]:
-                continue
-            run = rd >= 0
-            if not any_valid[j]:  # only gaps at this window
-                rg += run & todo[:, j]
-                over = run & (rg > GAP_MAX)
-                if over.any():
-                    stop(over)
-                continue
-            v = vt[:, j]
-            dj = digit[:, j]
-            other = v & (dj != rd)  # a valid window of another digit: a new run
-            rg = np.where(v, 0, rg + (run & todo[:, j]))
-            over = run & (other | (rg > GAP_MAX))
-            if over.any():
-                stop(over)
-            if other.any():
-                rd[other], rv[other], racc[other], rpur[other] = dj[other], 0, 0, 0
-                ra[other] = ends[other, j] - WIN
-            rv += v
-            rb = np.where(v, ends[:, j], rb)
-            racc += v[:, None] * adv[:, j]
-            rpur += v * purity[:, j]
-            cand = v & ~act & (rv >= N_DET) & (rpur >= rv * np.float32(PURITY_RUN))
-            if cand.any():
-                c = np.flatnonzero(cand)
-                dig = rd[c]
-                f = np.stack([FREQS_HZ[dig // 4], FREQS_HZ[dig % 4 + 4]], axis=-1)
-                dev = np.abs(np.angle(racc[c])) * _HZ_PER_RAD / f
-                c = c[(dev <= FREQ_TOL).all(axis=1)]
-                if len(c):
-                    confirmed.append((j, c, rd[c], ra[c], racc[c]))
-                    act[c] = True
-        self._rd[rows], self._rv[rows], self._rg[rows] = rd, rv, rg
-        self._ra[rows], self._rb[rows], self._racc[rows], self._rpur[rows] = ra, rb, racc, rpur
-        self._active[rows] = act
-        if ended or confirmed:
-            self._apply_edges(rows, n, ended, confirmed)
-
-    def _apply_edges(self, rows: np.ndarray, n: np.ndarray, ended: list, confirmed: list) -> None:
-        """Find the edges of the digits one `_runs` call ended and confirmed; mute in order.
-
-        Each entry is (window, row positions, digits, reference window start, phase
-        sums). Edges depend only on the held audio, not on the mutes, so all of one
-        direction are found together; the mutes then follow window order, a stop
-        before a confirmation at the same window, as the loop decided them.
-        """
-        edges = {}
-        for kind, items, direction in (("end", ended, +1), ("start", confirmed, -1)):
-            if not items:
-                continue
-            pos = np.concatenate([it[1] for it in items])
-            at = self._edge(rows[pos], n[pos], np.concatenate([it[2] for it in items]),
-                            np.concatenate([it[3] for it in items]), np.concatenate([it[4] for it in items]),
-                            direction, None)
-            bounds = np.cumsum([0] + [len(it[1]) for it in items])
-            edges[kind] = [at[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        every = np.concatenate([it[1] for it in ended + confirmed])
-        # Order matters only within a row: rows with one stop or confirmation here are
-        # muted in one call per direction, rows with several (a digit ended and the next
-        # confirmed in one block) in window order. Digits are logged in window order.
-        once = np.bincount(every, minlength=len(rows)) == 1
-        if ended:
-            pos = np.concatenate([it[1] for it in ended])
-            sel = once[pos]
-            if sel.any():
-                pos = pos[sel]
-                self._unmute(rows[pos], n[pos], np.concatenate(edges["end"])[sel])
-        if confirmed:
-            pos = np.concatenate([it[1] for it in confirmed])
-            start = self._log(rows[pos], n[pos], np.concatenate([it[2] for it in confirmed]),
-                              np.concatenate(edges["start"]))
-            sel = once[pos]
-            if sel.any():
-                self._mask_on(rows[pos[sel]], n[pos[sel]], start[sel])
-            bounds = np.cumsum([0] + [len(it[1]) for it in confirmed])
-            edges["start"] = [start[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        if once.all():
-            return
-        order = sorted([(it[0], 0, i) for i, it in enumerate(ended)] + [(it[0], 1, i) for i, it in enumerate(confirmed)])
-        for _, is_start, i in order:
-            pos = (confirmed if is_start else ended)[i][1]
-            at = edges["start" if is_start else "end"][i]
-            again = ~once[pos]
-            if not again.any():
-                continue
-            pos, at = pos[again], at[again]
-            if is_start:
-                self._mask_on(rows[pos], n[pos], at)
-            else:
-                self._unmute(rows[pos], n[pos], at)
+        e_j, e_pos, e_dig, e_ref, e_acc, c_j, c_pos, c_dig, c_ref, c_acc = ev
+        at_end = self._edge(rows[e_pos], n[e_pos], e_dig, e_ref, e_acc, +1, None) if len(e_pos) else e_ref
+        if len(c_pos):
+            at_start = self._log(rows[c_pos], n[c_pos], c_dig,
+                                 self._edge(rows[c_pos], n[c_pos], c_dig, c_ref, c_acc, -1, None))
+        else:
+            at_start = c_ref
+        if not len(c_pos):
+            self._set_mutes(rows[e_pos], n[e_pos], at_end, False)
+        elif not len(e_pos):
+            self._set_mutes(rows[c_pos], n[c_pos], at_start, True)
+        else:
+            order = np.argsort(np.concatenate([2 * e_j, 2 * c_j + 1]), kind="stable")
+            pos = np.concatenate([e_pos, c_pos])[order]
+            on = np.concatenate([np.zeros(len(e_pos), np.bool_), np.ones(len(c_pos), np.bool_)])[order]
+            self._set_mutes(rows[pos], n[pos], np.concatenate([at_end, at_start])[order], on)
 
     # ------------------------------------------------------------------ edges and muting
     def _confirm(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, first_start: np.ndarray,
@@ -781,15 +711,16 @@ class DtmfBank:
         oldest = np.maximum(FRAME * (n - LOOKAHEAD_FRAMES - (self._b - 1)), 0)
         self.onsets_cut += int((start + SEG <= oldest).sum())  # the tone went on into released audio
         start = np.maximum(start, oldest)
-        for r, dg, st in zip(rows.tolist(), digits.tolist(), start.tolist()):
-            self._events.append(DtmfEvent(row=r, digit=DIGITS[dg], start_sample=st))
+        ev = self._events
+        ev.append((np.array(rows, np.int64), np.array(digits, np.int64), np.array(start, np.int64)))
+        self._n_events += len(rows)
+        while self._n_events - len(ev[0][0]) >= EVENTS_KEPT:  # the oldest are no longer kept
+            self._n_events -= len(ev.popleft()[0])
         return start
 
     def _mask_on(self, rows: np.ndarray, n: np.ndarray, start: np.ndarray) -> None:
         """Mute from `start` (clipped by `_log`) to the newest sample held."""
-        el = self._elim[rows]
-        if el.any():
-            self._set_mask(rows[el], n[el], start[el], FRAME * (n[el] + 1), True)
+        self._set_mutes(rows, n, start, True)
 
     def _finish(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, last_end: np.ndarray,
                 acc: np.ndarray, limit: np.ndarray | None = None) -> None:
@@ -801,9 +732,7 @@ class DtmfBank:
 
     def _unmute(self, rows: np.ndarray, n: np.ndarray, end: np.ndarray) -> None:
         """Digits that stopped at `end`: unmute what follows."""
-        el = self._elim[rows]
-        if el.any():
-            self._set_mask(rows[el], n[el], end[el], FRAME * (n[el] + 1), False)
+        self._set_mutes(rows, n, end, False)
 
     def _held(self, rows: np.ndarray, n: np.ndarray, offs: np.ndarray, limit: np.ndarray | None) -> np.ndarray:
         """Samples at absolute indices `offs` (rows x k) from the ring; 0 where not held."""
@@ -874,24 +803,15 @@ class DtmfBank:
                 break
         return anchor - walked - SEG if back else anchor + walked + SEG
 
-    def _set_mask(self, rows: np.ndarray, n: np.ndarray, start: np.ndarray, stop: np.ndarray,
-                  value: bool) -> None:
-        """Set (or clear) the mute mask of samples [start, stop) held for each row.
+    def _set_mutes(self, rows: np.ndarray, n: np.ndarray, at: np.ndarray, on: np.ndarray | bool) -> None:
+        """Mute (`on`) or unmute the samples of rows[e] from at[e] to the newest one held
+        (frame n[e]), in the order given (a row may come twice), in rows that eliminate.
 
-        All held frames of all rows in one fancy index (the rows are unique): a loop over
-        the delay line's slots cost ten calls of a dozen numpy operations each.
+        One compiled pass (`dtmf_runs.set_mutes`): in numpy each direction of each window
+        was a dozen operations on a few rows.
         """
-        d = self._depth
-        f = n[:, None] - np.arange(d)  # (g, d): the frames held, newest first
-        base = FRAME * f
-        sel = (f >= 0) & (start[:, None] < base + FRAME) & (stop[:, None] > base)
-        if sel.any():
-            gi, k = np.nonzero(sel)
-            off = np.arange(FRAME) + base[gi, k][:, None]
-            inside = (off >= start[gi][:, None]) & (off < stop[gi][:, None])
-            slot = rows[gi] * d + f[gi, k] % d
-            if value:
-                self._mflat[slot] |= inside
-            else:
-                self._mflat[slot] &= ~inside
-        self._masked[rows] = self._mask[rows].any(axis=(1, 2))
+        # Fresh writable arrays of the types `dtmf_runs.warm_up` compiled for (numba types
+        # a read-only array apart, and would compile again in a tick).
+        on = np.full(len(rows), on, np.bool_) if isinstance(on, bool) else np.array(on, np.bool_)
+        dtmf_runs.set_mutes(self._mflat, self._masked, self._elim, self._depth, np.array(rows, np.int64),
+                            np.array(n, np.int64), np.array(at, np.int64), on)

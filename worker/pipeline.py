@@ -57,7 +57,7 @@ from wholecall.shm import layout as L
 
 from . import kernels
 from .crypto import EncryptedSink, open_sink
-from .dtmf import FRAME, DtmfBank
+from .dtmf import DIGITS, FRAME, DtmfBank
 from .pauses import PauseSchedule
 from .silence import PREROLL_SAMPLES, SilenceTracker
 from .sink import FileSink
@@ -81,6 +81,7 @@ SERVE_EVERY_FLUSHES = 64
 #: by the lag: a killed worker's files are repaired exactly by the controller, which
 #: knows them, and `wholecall repair` does the same after a whole-host crash.
 HEADER_REFRESH_SAMPLES = 5 * SAMPLE_RATE
+_LEG_NAMES = ("inbound", "outbound")  # by DTMF bank row % 2 (a job's legs are rows 2 * job row + 0, 1)
 
 
 @dataclass
@@ -525,18 +526,19 @@ class Pipeline:
 
     def _take_digits(self) -> None:
         """Queue the digits the DTMF bank confirmed this tick, per job, as leg positions."""
-        events = self.dtmf.pop_events()
-        if not events:
+        rows, digits, start = self.dtmf.pop_event_arrays()
+        if not len(rows):
             return
         per_job: dict[int, list] = {}
-        for ev in events:
-            job = self.jobs.get(ev.row // 2)
+        jobs = self.jobs
+        at = (self.base[rows // 2] + start).tolist()
+        for r, d, p in zip(rows.tolist(), digits.tolist(), at):
+            job = jobs.get(r >> 1)
             if job is None:
                 continue
-            leg = "outbound" if ev.row % 2 else "inbound"
-            per_job.setdefault(job.msg.job_id, []).append([ev.digit, leg, int(self.base[job.row]) + ev.start_sample])
-        for job_id, digits in per_job.items():
-            self.digits.append(JobDigits(job_id=job_id, digits=digits))
+            per_job.setdefault(job.msg.job_id, []).append([DIGITS[d], _LEG_NAMES[r & 1], p])
+        for job_id, digits_of_job in per_job.items():
+            self.digits.append(JobDigits(job_id=job_id, digits=digits_of_job))
 
     def abort_all(self, cause: Cause) -> None:
         for job in list(self.jobs.values()):

@@ -257,17 +257,17 @@ def test_int16_bank_decides_and_outputs_exactly_what_the_float32_bank_does():
 
 
 def test_back_to_back_digits_end_and_start_in_one_call_and_are_both_muted(monkeypatch):
-    """A digit ending and the next one confirmed on the same row in one `_runs` call
-    (keyed with 0-10 ms between them) must apply its mutes in window order: unmute the
-    first, then mute the second, or the second's start is let through (or the gap kept
-    muted forever). The spy only checks that this case is the one being exercised."""
+    """A digit ending and the next one confirmed on the same row in one `digit_runs`
+    call (keyed with 0-10 ms between them) must apply its mutes in window order: unmute
+    the first, then mute the second, or the second's start is let through (or the gap
+    kept muted forever). The spy only checks that this case is the one being exercised."""
     collided = []
     real = DtmfBank._apply_edges
 
-    def spy(self, rows, n, ended, confirmed):
-        every = np.concatenate([it[1] for it in ended + confirmed])
+    def spy(self, rows, n, ev):
+        every = np.concatenate([ev[1], ev[6]])  # row positions of the stops and confirmations
         collided.append(len(np.unique(every)) < len(every))
-        return real(self, rows, n, ended, confirmed)
+        return real(self, rows, n, ev)
 
     monkeypatch.setattr(DtmfBank, "_apply_edges", spy)
     rng = np.random.default_rng(9)
