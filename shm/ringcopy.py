@@ -12,6 +12,12 @@ The copies are loops over views (`out[i] = seg[i]`): numba's slice assignment
 (`out[:] = seg`) checks the two for overlap and goes through a temporary, and an index
 computed per sample with a wrap-around mask keeps LLVM from vectorising the loop.
 
+Each leg's block is 1,600 bytes somewhere in a multi-gigabyte arena, read from a row
+somewhere in a 20 MB library: nothing the hardware prefetcher can follow from one leg to
+the next. The loop asks for the source and ring lines of the leg `AHEAD` legs on while it
+copies this one: 3.0 -> 4.3 GB/s at 20,000 legs on 4 KiB pages, 5-10 % less CPU on the
+2 MiB pages stress mounts (bench/loadgen.py, 10,000 channels: ~8.3 -> ~7.7 us/ch-s).
+
 `cache`: compiled once per machine into __pycache__; `nogil`: a producer's other
 threads run while it copies. Imported lazily by shm.batch: most users of shm never call
 it, and numba costs ~0.3 s to import.
@@ -21,8 +27,40 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _jit = nb.njit(cache=True, nogil=True)
+AHEAD = 4  # legs ahead whose lines the loop asks the cache for
+LINE = 64  # bytes per cache line
+
+
+def _prefetcher(write: int):
+    """An intrinsic ``f(arr, i, j)`` that asks the cache for the line holding ``arr[i, j]``
+    (x86 prefetcht0, or prefetchw to write it): a hint that never stalls and never faults,
+    so an index past a row's end is harmless."""
+
+    @intrinsic
+    def prefetch(typingctx, arr, i, j):
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, list(args[1:]), wraparound=False)
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                "llvm.prefetch.p0i8")
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(write), i32(3), i32(1)])  # locality 3, data
+            return context.get_dummy_value()
+
+        return types.void(arr, i, j), codegen
+
+    return prefetch
+
+
+_prefetch_read = _prefetcher(0)
+_prefetch_write = _prefetcher(1)
 
 
 @_jit
@@ -74,7 +112,17 @@ def store_rows(data, write_pos, read_pos, job, overruns, slots, sources, rows, s
     cap = data.shape[1]
     mask = cap - 1
     skip_unrecorded = max(0, n - cap)  # a lapping writer keeps the last `cap` samples
+    step_s = LINE // sources.itemsize
+    step_d = LINE // data.itemsize
+    ahead = min(n, cap)
     for i in range(k):
+        if i + AHEAD < k:
+            sa = slots[i + AHEAD]
+            col = write_pos[sa] & mask
+            for j in range(0, ahead, step_s):
+                _prefetch_read(sources, rows[i + AHEAD], start + j)
+            for j in range(0, ahead, step_d):
+                _prefetch_write(data, sa, col + j)
         s = slots[i]
         w = write_pos[s]
         src = sources[rows[i]]
