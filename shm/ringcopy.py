@@ -15,8 +15,9 @@ computed per sample with a wrap-around mask keeps LLVM from vectorising the loop
 Each leg's block is 1,600 bytes somewhere in a multi-gigabyte arena, read from a row
 somewhere in a 20 MB library: nothing the hardware prefetcher can follow from one leg to
 the next. The loop asks for the source and ring lines of the leg `AHEAD` legs on while it
-copies this one: 3.0 -> 4.3 GB/s at 20,000 legs on 4 KiB pages, 5-10 % less CPU on the
-2 MiB pages stress mounts (bench/loadgen.py, 10,000 channels: ~8.3 -> ~7.7 us/ch-s).
+copies this one: 3.0 -> 4.3 GB/s at 20,000 legs on 4 KiB pages (/dev/shm); on the 2 MiB
+pages stress mounts the difference is within this shared machine's noise (+-10 %,
+bench/loadgen.py), where the loop runs at about the speed of a plain memcpy anyway.
 
 `cache`: compiled once per machine into __pycache__; `nogil`: a producer's other
 threads run while it copies. Imported lazily by shm.batch: most users of shm never call
