@@ -44,7 +44,7 @@ def busy_jiffies() -> tuple[int, int]:
 
 def cohorts(arena: Arena, channels: int, size: int, sources: np.ndarray, length: int, block: int,
             seconds: float, rng: np.random.Generator) -> list[Cohort]:
-    out = []
+    out: list[Cohort] = []
     for c0 in range(0, channels, size):
         ch = list(range(c0, min(channels, c0 + size)))
         msg = {"cohort": len(out), "channels": ch, "slots": [s for c in ch for s in (2 * c, 2 * c + 1)],
