@@ -26,6 +26,8 @@ position also sees the samples stored before it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .arena import Arena
@@ -34,6 +36,26 @@ from .arena import Arena
 #: is cheaper than a slice copy per column (a column group costs ~10 µs of numpy overhead,
 #: a sample ~4.5 ns more through a fancy index than through a slice).
 _MIN_LEGS_PER_GROUP = 2
+
+
+_store_rows: Callable[..., int] | None = None
+
+
+def _kernel() -> Callable[..., int]:
+    """`ringcopy.store_rows`, imported on first use: numba is heavy and most users of shm never need it."""
+    global _store_rows
+    if _store_rows is None:
+        from .ringcopy import store_rows
+
+        _store_rows = store_rows
+    return _store_rows
+
+
+def warm_up() -> None:
+    """Load the compiled `write_rows` path now (~0.5 s the first time in a process)."""
+    from .ringcopy import warm_up as _warm
+
+    _warm()
 
 
 class LegBatchWriter:
@@ -126,6 +148,44 @@ class LegBatchWriter:
             a.overruns[s[over]] += dropped[over]
         # Publish last: data above, then the positions (per-element atomic stores).
         a.write_pos[s] = w + stored
+        return stored
+
+    def write_rows(self, sources: np.ndarray, rows: np.ndarray, start: int, n: int) -> np.ndarray:
+        """Append ``sources[rows[i], start:start + n]`` to leg i for every leg; returns samples stored per leg.
+
+        Stores exactly what ``write(sources[rows, start:start + n])`` would (same rules for
+        recorded, unrecorded, full and overtaken rings), without building that block: each
+        leg's samples go from its source row straight into its ring in one compiled pass
+        (`shm.ringcopy`). For producers that play a library of clips, like the stress load
+        generator, whose every block otherwise crossed memory twice.
+        """
+        sources = np.asarray(sources)
+        if sources.dtype != np.int16:
+            raise TypeError(f"leg audio must be int16, got {sources.dtype}")
+        if sources.ndim != 2:
+            raise ValueError(f"sources must be 2-D (rows, samples), got shape {sources.shape}")
+        rows = np.asarray(rows)
+        if rows.size and not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"rows must be integers, got {rows.dtype}")
+        rows = rows.astype(np.int64, copy=False)
+        k = self.slots.size
+        if rows.shape != (k,):
+            raise ValueError(f"rows must have shape ({k},), one source row per leg, got {rows.shape}")
+        start, n = int(start), int(n)
+        if n < 0 or start < 0 or start + n > sources.shape[1]:
+            raise ValueError(f"samples [{start}, {start + n}) outside sources of {sources.shape[1]} samples")
+        if k == 0 or n == 0:
+            return np.zeros(k, np.int64)
+        store_rows = _kernel()
+        a = self.arena
+        new_pos = np.empty(k, np.int64)
+        stored = np.empty(k, np.int64)
+        bad = store_rows(a.data, a.write_pos, a.read_pos, a.job, a.overruns, self.slots, sources, rows,
+                         start, n, new_pos, stored)
+        if bad >= 0:
+            raise ValueError(f"row {int(rows[bad])} of leg {bad} outside sources of {sources.shape[0]} rows")
+        # Publish last: the kernel stored the data, then the positions (per-element atomic stores).
+        a.write_pos[self.slots] = new_pos
         return stored
 
     # -- scatter strategies ----------------------------------------------------------------

@@ -3,10 +3,10 @@
 `wholecall stress` needs producers that behave like a media server relaying RTP for
 thousands of calls, without costing more CPU than the recorder they load. One load
 generator process attaches the ring arena by name and feeds every leg assigned to it
-with `shm.LegBatchWriter`: one vectorised write per *cohort* (the calls whose feeding
-began on the same command, so their legs stay at the same ring column and the write is
-a row copy) per block of `block_ms` of audio. A leg is never waited for: a full ring
-drops audio and counts an overrun, as a real-time source must.
+with `shm.LegBatchWriter`: one compiled write per *cohort* (the calls whose feeding
+began on the same command, so their legs advance in step) per block of `block_ms` of
+audio, straight from each leg's source row into its ring (`write_rows`). A leg is never
+waited for: a full ring drops audio and counts an overrun, as a real-time source must.
 
 Audio comes from a small library of conversations ("programs"), each a pair of tracks
 (caller on the inbound leg, agent on the outbound leg) built from espeak-ng speech,
@@ -51,6 +51,7 @@ import zmq
 from wholecall.controller.procenv import media_env
 from wholecall.formats.codecs import CALL_RATE as RATE
 from wholecall.shm import Arena, LegBatchWriter
+from wholecall.shm.batch import warm_up
 
 log = logging.getLogger("wholecall.loadgen")
 
@@ -260,8 +261,9 @@ class Cohort:
         n = min(self.block, self.total - self.fed)
         self.lag = max(self.lag, now - self.next_due)
         start = (self.phase + self.fed) % self._length
-        # Sources are stored with one block of wrap-around, so this is always a plain slice.
-        self.writer.write(self._sources[self.rows, start:start + n])
+        # Sources are stored with one block of wrap-around, so a block is always a plain span
+        # of its row; it goes from there straight into the ring (one pass, no temporary).
+        self.writer.write_rows(self._sources, self.rows, start, n)
         self.fed += n
         return n
 
@@ -276,6 +278,7 @@ def run(arena_name: str, endpoint: str, programs_path: str, block_ms: float, pri
         except OSError as e:
             log.warning("load generator: cannot raise priority to nice -%d: %s", priority, e)
     arena = Arena.attach(arena_name)
+    warm_up()  # numba's start-up now, not in the first block (~0.5 s late for every leg)
     progs = Programs.load(programs_path)
     block = max(160, int(block_ms * RATE / 1000))
     flat = progs.audio.reshape(2 * progs.count, progs.length)
