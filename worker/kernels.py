@@ -6,8 +6,9 @@ rings, copy it into the DTMF delay line, convert it to float32 for the prescreen
 the delayed frames out again, mix, clip, measure energy, scatter into staging, encode.
 Each pass is cheap per sample but there were a dozen of them, each a separate trip to
 memory for ~30 MB per tick. These kernels do each chain in one pass, row by row, while
-the row is in cache. The decisions (silence, DTMF runs, flushes) stay in numpy: they
-touch a few numbers per row, not samples.
+the row is in cache. Decisions that touch a few numbers per frame are compiled too where
+numpy's per-call cost dominated (`silence_frames` here, the DTMF runs in `dtmf_runs.py`);
+flushes stay in Python.
 
 Every kernel here keeps the numbers exactly what the numpy code computed, except the
 float32 sums (energies, prescreen projections), whose rounding depends on the order of
