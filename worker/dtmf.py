@@ -655,6 +655,12 @@ class DtmfBank:
         ends = (FRAME * (n - frames + 1) + SUB * (_NW + 1))[:, None] + sp.hop_ends
         todo = ends > self._done[rows][:, None]
         self._done[rows] = ends[:, -1]
+        self._step_runs(rows, n, ends, todo, valid, digit, adv, top, ew)
+
+    def _step_runs(self, rows: np.ndarray, n: np.ndarray, ends: np.ndarray, todo: np.ndarray, valid: np.ndarray,
+                   digit: np.ndarray, adv: np.ndarray, top: np.ndarray, ew: np.ndarray) -> None:
+        """The digit runs over the windows `_fine` judged, then the mutes they decide (its
+        own method so that the tests' numpy reference can replace just this part)."""
         # The digit runs, window by window, in one compiled pass (`dtmf_runs.digit_runs`).
         ev = dtmf_runs.digit_runs(rows, ends, todo, valid, digit, adv, np.ascontiguousarray(top),
                                   np.ascontiguousarray(ew),

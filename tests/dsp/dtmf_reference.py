@@ -9,95 +9,24 @@ from __future__ import annotations
 import numpy as np
 
 from wholecall.worker.dtmf import (
-    _C_WIN,
     _HZ_PER_RAD,
-    _NF,
-    _NW,
-    _PAIR,
-    _PAIR2,
-    _ROT24,
-    _TOL_HZ,
     FRAME,
     FREQ_TOL,
     FREQS_HZ,
     GAP_MAX,
     N_DET,
-    PURITY,
     PURITY_RUN,
-    REL_PEAK_DB,
-    SEG,
-    SUB,
-    TWIST_NORMAL_DB,
-    TWIST_REVERSE_DB,
     WIN,
     DtmfBank,
-    _span,
 )
 
 
 class ReferenceBank(DtmfBank):
     """`DtmfBank` with the numpy digit runs and mutes of before the compiled kernels."""
 
-    def _fine(self, rows: np.ndarray, n: np.ndarray, frames: int = 4) -> None:
-        """Windows ending in frames n-frames+2 .. n of hot rows, and the digit runs they make.
-
-        Always the same windows (for one new frame: 12, plus one before them for the
-        phase advance), so a row that just became hot catches up on the two frames
-        before the one that tripped the prescreen; windows a row has already seen are
-        skipped by `_runs`.
-        (Small-axis reductions such as max/sort/any(axis=-1) cost ~6 us each in numpy,
-        so the per-group maxima below are written out as element-wise operations.)
-        """
-        h = len(rows)
-        d = self._depth
-        sp = _span(frames)
-        nwin = sp.nwin
-        span = self._flat[rows[:, None] * d + (n[:, None] + sp.last) % d].reshape(h, frames * FRAME)
-        span = span.astype(np.float32, copy=False)
-        # The overlapping windows as a strided view, copied once by the reshape.
-        win = np.ndarray((h, nwin, WIN), np.float32, span, 0, (frames * FRAME * 4, SUB * 4, 4))
-        z = (win.reshape(h * nwin, WIN) @ _C_WIN).reshape(h, nwin, 2 * _NF)
-        nseg = frames * FRAME // SEG
-        seg = span.reshape(h * nseg, SEG)
-        ew = (np.einsum("ij,ij->i", seg, seg).reshape(h, nseg) @ sp.e_win)[:, 1:]  # windows 1 ..
-        zr, zi = z[..., :_NF], z[..., _NF:]
-        p24 = zr * zr + zi * zi  # mean square at the 24 sub-bins
-        pw = np.maximum(np.maximum(p24[..., :8], p24[..., 8:16]), p24[..., 16:])[:, 1:]  # (h, 12, 8)
-        g = pw.reshape(h, nwin - 1, 2, 4)  # [..., group, bin]: both groups at once
-        a, b, c, e = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
-        ab, cd = np.maximum(a, b), np.maximum(c, e)
-        top = np.maximum(ab, cd)  # (h, nwin - 1, 2): strongest low, strongest high
-        second = np.maximum(np.minimum(ab, cd), np.maximum(np.minimum(a, b), np.minimum(c, e)))
-        bins = np.where(cd > ab, (e > c) + _PAIR2, (b > a) + _PAIR)  # (h, nwin - 1, 2) in 0..7
-        # Phase advance from window j-1 to j at the strongest sub-bin of each chosen
-        # bin -> the tone's deviation in Hz (a stationary tone advances by its own
-        # frequency whichever sub-bin looks at it).
-        at = (np.arange(h)[:, None, None] * nwin + sp.j1) * _NF + bins  # flat index, sub-bin 0
-        p = p24.reshape(-1)
-        pm, p0, pp = p[at], p[at + 8], p[at + 16]
-        k = at + np.where(pp > np.maximum(pm, p0), 16, 8 * (p0 > pm))
-        zc = (zr + 1j * zi).astype(np.complex64).reshape(-1)
-        adv = zc[k] * np.conj(zc[k - _NF]) * _ROT24[k % _NF]
-        hz = np.angle(adv) * np.float32(_HZ_PER_RAD)
+    def _step_runs(self, rows: np.ndarray, n: np.ndarray, ends: np.ndarray, todo: np.ndarray, valid: np.ndarray,
+                   digit: np.ndarray, adv: np.ndarray, top: np.ndarray, ew: np.ndarray) -> None:
         lo, hi = top[..., 0], top[..., 1]
-        tol = _TOL_HZ[bins]
-        rel = np.float32(10 ** (REL_PEAK_DB / 10))
-        valid = (
-            (lo >= self._tone_ms)
-            & (hi >= self._tone_ms)
-            & (hi <= lo * np.float32(10 ** (TWIST_REVERSE_DB / 10)))
-            & (lo <= hi * np.float32(10 ** (TWIST_NORMAL_DB / 10)))
-            & (lo + hi >= ew * np.float32(PURITY))
-            & (lo >= second[..., 0] * rel)
-            & (hi >= second[..., 1] * rel)
-            & (np.abs(hz[..., 0]) <= tol[..., 0])
-            & (np.abs(hz[..., 1]) <= tol[..., 1])
-        )
-        digit = (bins[..., 0] * 4 + bins[..., 1] - 4).astype(np.int16)
-        # Window j (1 ..) ends at sample FRAME * (n - frames + 1) + SUB * (j + 4) of the leg.
-        ends = (FRAME * (n - frames + 1) + SUB * (_NW + 1))[:, None] + sp.hop_ends
-        todo = ends > self._done[rows][:, None]
-        self._done[rows] = ends[:, -1]
         busy = (self._rd[rows] >= 0) | (valid & todo).any(axis=1)
         if busy.any():
             purity = (lo + hi) / np.maximum(ew, np.float32(1e-6))
