@@ -102,7 +102,7 @@ import numpy as np
 from wholecall.formats.codecs import CALL_RATE as FS
 from wholecall.formats.codecs import FRAME  # samples per frame (20 ms): the worker's unit of work
 
-from . import dtmf_runs, kernels
+from . import dtmf_fine, dtmf_runs, kernels
 
 SUB = 40  # sub-block and hop of the fine analysis (5 ms)
 SUBS_PER_FRAME = FRAME // SUB
@@ -191,48 +191,19 @@ _TOL_HZ = (FREQ_TOL_WINDOW * FREQS_HZ).astype(np.float32)
 # Windowed mean square of a window from the energies of its 10-sample segments
 # (w^2 averaged per segment; exact for steady signals).
 _W2 = ((_WINDOW**2).reshape(-1, SEG).mean(axis=1) / (_WINDOW**2).sum()).astype(np.float32)
-_PAIR = np.array([0, 4])  # offsets of the low and high group in the 8 bins
-_PAIR2 = _PAIR + 2
-
-
-@dataclass(frozen=True)
-class _Span:
-    """Constants of a fine analysis over the last `frames` frames of a row.
-
-    Window j covers sub-blocks j .. j+3 of the span; windows 1 .. nwin-1 are judged
-    (window 0 only gives window 1 its phase advance), so a span of f frames judges the
-    windows ending in its last f - 1 frames: 4 frames for one new frame (two frames of
-    catch-up before it), B + 3 for a block of B.
-    """
-
-    frames: int
-    nwin: int
-    last: np.ndarray  # frame offsets from the newest: -(frames - 1) .. 0
-    e_win: np.ndarray  # (segments, nwin): segment energies -> windowed mean square
-    j1: np.ndarray  # windows 1 .. nwin - 1, shaped for broadcasting
-    hop_ends: np.ndarray
-
-
-_SPANS: dict[int, _Span] = {}
-
-
-def _span(frames: int) -> _Span:
-    sp = _SPANS.get(frames)
-    if sp is None:
-        nwin = frames * SUBS_PER_FRAME - _NW + 1
-        e_win = np.zeros((frames * FRAME // SEG, nwin), np.float32)
-        for j in range(nwin):
-            e_win[j * SUB // SEG : j * SUB // SEG + WIN // SEG, j] = _W2
-        sp = _SPANS[frames] = _Span(frames, nwin, np.arange(1 - frames, 1), e_win,
-                                    np.arange(1, nwin)[None, :, None], SUB * np.arange(nwin - 1))
-    return sp
+# The window verdict's limits as the float32 numbers it compares with.
+_TWIST_REV = np.float32(10 ** (TWIST_REVERSE_DB / 10))
+_TWIST_NORM = np.float32(10 ** (TWIST_NORMAL_DB / 10))
+_PURITY32 = np.float32(PURITY)
+_REL32 = np.float32(10 ** (REL_PEAK_DB / 10))
+_HZ_PER_RAD32 = np.float32(_HZ_PER_RAD)
 
 
 # Edge walk (see DtmfBank._edge).
 _EDGE_REACH = 640  # at most this far beyond the valid windows (80 ms)
 _EDGE_CHUNK = 80  # samples walked per refit of the tone
 _WINDOW_FIT = (_WINDOW * 2 / _WINDOW.sum()).astype(np.float32)  # amplitude estimate weights
-_T_WIN = np.arange(WIN, dtype=np.float32)[:, None]
+_NO_LIMIT = np.iinfo(np.int64).max  # `dtmf_fine.edges`: no sample is out of reach
 
 
 @dataclass(frozen=True)
@@ -316,7 +287,8 @@ class DtmfBank:
         self._tone_ms = np.float32(dbm0_mean_square(MIN_TONE_DBM0))
         self._pre_min = np.float32(dbm0_mean_square(PRE_MIN_DBM0))
         self.ensure_capacity(capacity)
-        dtmf_runs.warm_up()  # numba's first call, here and not in the first tick
+        dtmf_runs.warm_up()  # numba's first calls, here and not in the first tick
+        dtmf_fine.warm_up()
 
     # ------------------------------------------------------------------ state
     def ensure_capacity(self, rows: int) -> None:
@@ -601,61 +573,23 @@ class DtmfBank:
         Always the same windows (for one new frame: 12, plus one before them for the
         phase advance), so a row that just became hot catches up on the two frames
         before the one that tripped the prescreen; windows a row has already seen are
-        skipped by `_runs`.
-        (Small-axis reductions such as max/sort/any(axis=-1) cost ~6 us each in numpy,
-        so the per-group maxima below are written out as element-wise operations.)
+        skipped by the runs (`todo`).
         """
-        h = len(rows)
-        d = self._depth
-        sp = _span(frames)
-        nwin = sp.nwin
-        span = self._flat[rows[:, None] * d + (n[:, None] + sp.last) % d].reshape(h, frames * FRAME)
-        span = span.astype(np.float32, copy=False)
-        # The overlapping windows as a strided view, copied once by the reshape.
-        win = np.ndarray((h, nwin, WIN), np.float32, span, 0, (frames * FRAME * 4, SUB * 4, 4))
-        z = (win.reshape(h * nwin, WIN) @ _C_WIN).reshape(h, nwin, 2 * _NF)
-        nseg = frames * FRAME // SEG
-        seg = span.reshape(h * nseg, SEG)
-        ew = (np.einsum("ij,ij->i", seg, seg).reshape(h, nseg) @ sp.e_win)[:, 1:]  # windows 1 ..
-        zr, zi = z[..., :_NF], z[..., _NF:]
-        p24 = zr * zr + zi * zi  # mean square at the 24 sub-bins
-        pw = np.maximum(np.maximum(p24[..., :8], p24[..., 8:16]), p24[..., 16:])[:, 1:]  # (h, 12, 8)
-        g = pw.reshape(h, nwin - 1, 2, 4)  # [..., group, bin]: both groups at once
-        a, b, c, e = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
-        ab, cd = np.maximum(a, b), np.maximum(c, e)
-        top = np.maximum(ab, cd)  # (h, nwin - 1, 2): strongest low, strongest high
-        second = np.maximum(np.minimum(ab, cd), np.maximum(np.minimum(a, b), np.minimum(c, e)))
-        bins = np.where(cd > ab, (e > c) + _PAIR2, (b > a) + _PAIR)  # (h, nwin - 1, 2) in 0..7
-        # Phase advance from window j-1 to j at the strongest sub-bin of each chosen
-        # bin -> the tone's deviation in Hz (a stationary tone advances by its own
-        # frequency whichever sub-bin looks at it).
-        at = (np.arange(h)[:, None, None] * nwin + sp.j1) * _NF + bins  # flat index, sub-bin 0
-        p = p24.reshape(-1)
-        pm, p0, pp = p[at], p[at + 8], p[at + 16]
-        k = at + np.where(pp > np.maximum(pm, p0), 16, 8 * (p0 > pm))
-        zc = (zr + 1j * zi).astype(np.complex64).reshape(-1)
-        adv = zc[k] * np.conj(zc[k - _NF]) * _ROT24[k % _NF]
-        hz = np.angle(adv) * np.float32(_HZ_PER_RAD)
-        lo, hi = top[..., 0], top[..., 1]
-        tol = _TOL_HZ[bins]
-        rel = np.float32(10 ** (REL_PEAK_DB / 10))
-        valid = (
-            (lo >= self._tone_ms)
-            & (hi >= self._tone_ms)
-            & (hi <= lo * np.float32(10 ** (TWIST_REVERSE_DB / 10)))
-            & (lo <= hi * np.float32(10 ** (TWIST_NORMAL_DB / 10)))
-            & (lo + hi >= ew * np.float32(PURITY))
-            & (lo >= second[..., 0] * rel)
-            & (hi >= second[..., 1] * rel)
-            & (np.abs(hz[..., 0]) <= tol[..., 0])
-            & (np.abs(hz[..., 1]) <= tol[..., 1])
-        )
-        digit = (bins[..., 0] * 4 + bins[..., 1] - 4).astype(np.int16)
+        valid, digit, adv, top, ew = self._windows(rows, n, frames)
+        nwin = valid.shape[1] + 1
         # Window j (1 ..) ends at sample FRAME * (n - frames + 1) + SUB * (j + 4) of the leg.
-        ends = (FRAME * (n - frames + 1) + SUB * (_NW + 1))[:, None] + sp.hop_ends
+        ends = (FRAME * (n - frames + 1) + SUB * (_NW + 1))[:, None] + SUB * np.arange(nwin - 1)
         todo = ends > self._done[rows][:, None]
         self._done[rows] = ends[:, -1]
         self._step_runs(rows, n, ends, todo, valid, digit, adv, top, ew)
+
+    def _windows(self, rows: np.ndarray, n: np.ndarray, frames: int) -> tuple[np.ndarray, ...]:
+        """The verdicts of the windows `_fine` judges: one compiled call
+        (`dtmf_fine.fine_windows`; its own method so that the tests' numpy reference
+        replaces just this)."""
+        return dtmf_fine.fine_windows(self._flat, self._depth, np.asarray(rows, np.int64), np.asarray(n, np.int64),
+                                      frames, _C_WIN, _W2, self._tone_ms, _TWIST_REV, _TWIST_NORM, _PURITY32,
+                                      _REL32, _TOL_HZ, _ROT24, _HZ_PER_RAD32)
 
     def _step_runs(self, rows: np.ndarray, n: np.ndarray, ends: np.ndarray, todo: np.ndarray, valid: np.ndarray,
                    digit: np.ndarray, adv: np.ndarray, top: np.ndarray, ew: np.ndarray) -> None:
@@ -740,16 +674,6 @@ class DtmfBank:
         """Digits that stopped at `end`: unmute what follows."""
         self._set_mutes(rows, n, end, False)
 
-    def _held(self, rows: np.ndarray, n: np.ndarray, offs: np.ndarray, limit: np.ndarray | None) -> np.ndarray:
-        """Samples at absolute indices `offs` (rows x k) from the ring; 0 where not held."""
-        frame = offs // FRAME
-        cur = n[:, None]  # the ring holds frames cur - depth + 1 .. cur
-        held = (frame >= 0) & (frame <= cur) & (frame > cur - self._depth)
-        if limit is not None:
-            held &= offs < limit[:, None]
-        x = self._flat[rows[:, None] * self._depth + frame % self._depth, offs % FRAME]
-        return np.where(held, x.astype(np.float32, copy=False), np.float32(0.0))
-
     def _edge(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, ref: np.ndarray, acc: np.ndarray,
               direction: int, limit: np.ndarray | None) -> np.ndarray:
         """First muted sample (direction < 0: onset) or first sample after the mute (end).
@@ -762,52 +686,18 @@ class DtmfBank:
         is let through if the next one carries it), and one more segment is muted as a
         guard. Being phase-locked, the test follows a tone under speech 10 dB down and
         stops at loud speech right next to it; the beat between the two tones, which
-        makes plain energy dip by up to 9 dB over a segment, does not matter.
+        makes plain energy dip by up to 9 dB over a segment, does not matter. The walk
+        starts inside the valid window and refits the tone on the 160 samples just
+        walked before each chunk of 80, so a slightly wrong frequency cannot drift off
+        the tone (`dtmf_fine.edges`, one compiled call).
         """
-        m = len(rows)
         f = FREQS_HZ[np.stack([digits // 4, digits % 4 + 4], axis=1)]  # (m, 2) nominal
         f = f + np.angle(acc) * _HZ_PER_RAD  # measured deviation
-        om = (2 * np.pi * f / FS).astype(np.float32)[:, None, :]  # rad/sample
-        back = direction < 0
-        # The walk starts inside the valid window (its second sub-block going back, its
-        # third going forward: both are surely tone) and goes chunk by chunk; before each
-        # chunk the tone is refitted on the 160 samples just walked (or the window), so
-        # a slightly wrong frequency cannot make the prediction drift off the tone.
-        anchor = ref + SUB if back else ref + WIN - SUB
-        walked = np.zeros(m, np.int64)
-        going = np.arange(m)
-        nseg = _EDGE_CHUNK // SEG
-        # One segment more than the chunk: a failing segment that still leans towards
-        # the tone (projection > 0) is bridged when the next one carries the tone again,
-        # since speech over a tone's edge makes single segments fail.
-        chunk = SEG * np.arange(nseg + 1)[:, None] + np.arange(SEG)  # (nseg + 1, SEG)
-        if back:
-            chunk = -1 - chunk[:, ::-1]  # segments before the front, nearest first
-        for _ in range(_EDGE_REACH // _EDGE_CHUNK):
-            r, nn, o = rows[going], n[going], om[going]
-            lim = None if limit is None else limit[going]
-            front = anchor[going] - walked[going] if back else anchor[going] + walked[going]
-            fit0 = np.minimum(front, ref[going]) if back else np.maximum(front - WIN, ref[going])
-            # Complex amplitude of each tone on the fit region (the trapezoid keeps the
-            # other tone >= 36 dB down); the tone goes on as Re(sum_k C_k e^{j w_k t}).
-            x = self._held(r, nn, fit0[:, None] + np.arange(WIN), lim)
-            ph = o * _T_WIN  # (g, WIN, 2), time from fit0
-            wx = (x * _WINDOW_FIT)[:, None, :]
-            cr = np.matmul(wx, np.cos(ph))[:, 0, :, None]  # (g, 2, 1): C = cr - j ci
-            ci = np.matmul(wx, np.sin(ph))[:, 0, :, None]
-            at = front[:, None] + chunk.reshape(-1)  # absolute sample indices
-            ph = o * (at - fit0[:, None])[..., None].astype(np.float32)
-            pred = (np.matmul(np.cos(ph), cr) + np.matmul(np.sin(ph), ci)).reshape(len(going), -1, SEG)
-            y = self._held(r, nn, at, lim).reshape(pred.shape)
-            c = (y * pred).sum(axis=2) / np.maximum((pred * pred).sum(axis=2), np.float32(1e-9))
-            strong = c > 0.5
-            tone = strong[:, :-1] | ((c[:, :-1] > 0) & strong[:, 1:])
-            run = np.logical_and.accumulate(tone, axis=1).sum(axis=1)
-            walked[going] += SEG * run
-            going = going[run == nseg]
-            if not len(going):
-                break
-        return anchor - walked - SEG if back else anchor + walked + SEG
+        om = np.ascontiguousarray((2 * np.pi * f / FS).astype(np.float32))  # rad/sample
+        lim = np.full(len(rows), _NO_LIMIT, np.int64) if limit is None else np.asarray(limit, np.int64)
+        return dtmf_fine.edges(self._flat, self._depth, np.asarray(rows, np.int64), np.asarray(n, np.int64), om,
+                               np.asarray(ref, np.int64), direction < 0, lim, _WINDOW_FIT, _EDGE_REACH,
+                               _EDGE_CHUNK)
 
     def _set_mutes(self, rows: np.ndarray, n: np.ndarray, at: np.ndarray, on: np.ndarray | bool) -> None:
         """Mute (`on`) or unmute the samples of rows[e] from at[e] to the newest one held

@@ -1,7 +1,8 @@
-"""The DTMF bank's digit runs and mutes as they were written in numpy before issue 25
-compiled them (`worker/dtmf_runs.py`): the reference test_dtmf_runs.py compares the
-compiled bank with, on the stress load. Only the methods that changed are here; the
-rest (prescreen, edges, delay line) is the bank's own.
+"""The DTMF bank's decisions as they were written in numpy before issue 25 compiled
+them: the digit runs and mutes (`worker/dtmf_runs.py`; `ReferenceBank`, compared with
+in test_dtmf_runs.py) and the fine analysis and edge walk (`worker/dtmf_fine.py`;
+`NumpyAnalysisBank`, compared with in test_dtmf_fine.py), on the stress load. Only the
+methods that changed are here; the rest (prescreen, delay line) is the bank's own.
 """
 
 from __future__ import annotations
@@ -9,13 +10,28 @@ from __future__ import annotations
 import numpy as np
 
 from wholecall.worker.dtmf import (
+    _C_WIN,
+    _EDGE_CHUNK,
+    _EDGE_REACH,
     _HZ_PER_RAD,
+    _NF,
+    _ROT24,
+    _TOL_HZ,
+    _W2,
+    _WINDOW_FIT,
     FRAME,
     FREQ_TOL,
     FREQS_HZ,
+    FS,
     GAP_MAX,
     N_DET,
+    PURITY,
     PURITY_RUN,
+    REL_PEAK_DB,
+    SEG,
+    SUB,
+    TWIST_NORMAL_DB,
+    TWIST_REVERSE_DB,
     WIN,
     DtmfBank,
 )
@@ -187,3 +203,116 @@ class ReferenceBank(DtmfBank):
             else:
                 self._mflat[slot] &= ~inside
         self._masked[rows] = self._mask[rows].any(axis=(1, 2))
+
+
+_PAIR = np.array([0, 4])  # offsets of the low and high group in the 8 bins
+_PAIR2 = _PAIR + 2
+_T_WIN = np.arange(WIN, dtype=np.float32)[:, None]
+
+
+def _energy_weights(frames: int) -> np.ndarray:
+    """(segments, windows): 10-sample segment energies -> each window's windowed mean square."""
+    nwin = (frames * FRAME - WIN) // SUB + 1
+    e_win = np.zeros((frames * FRAME // SEG, nwin), np.float32)
+    for j in range(nwin):
+        e_win[j * SUB // SEG: j * SUB // SEG + WIN // SEG, j] = _W2
+    return e_win
+
+
+class NumpyAnalysisBank(DtmfBank):
+    """`DtmfBank` with the numpy fine analysis and edge walk of before `dtmf_fine`."""
+
+    def _windows(self, rows: np.ndarray, n: np.ndarray, frames: int) -> tuple[np.ndarray, ...]:
+        h = len(rows)
+        d = self._depth
+        e_win = _energy_weights(frames)
+        nwin = e_win.shape[1]
+        last = np.arange(1 - frames, 1)
+        span = self._flat[rows[:, None] * d + (n[:, None] + last) % d].reshape(h, frames * FRAME)
+        span = span.astype(np.float32, copy=False)
+        # The overlapping windows as a strided view, copied once by the reshape.
+        win = np.ndarray((h, nwin, WIN), np.float32, span, 0, (frames * FRAME * 4, SUB * 4, 4))
+        z = (win.reshape(h * nwin, WIN) @ _C_WIN).reshape(h, nwin, 2 * _NF)
+        nseg = frames * FRAME // SEG
+        seg = span.reshape(h * nseg, SEG)
+        ew = (np.einsum("ij,ij->i", seg, seg).reshape(h, nseg) @ e_win)[:, 1:]  # windows 1 ..
+        zr, zi = z[..., :_NF], z[..., _NF:]
+        p24 = zr * zr + zi * zi  # mean square at the 24 sub-bins
+        pw = np.maximum(np.maximum(p24[..., :8], p24[..., 8:16]), p24[..., 16:])[:, 1:]  # (h, 12, 8)
+        g = pw.reshape(h, nwin - 1, 2, 4)  # [..., group, bin]: both groups at once
+        a, b, c, e = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
+        ab, cd = np.maximum(a, b), np.maximum(c, e)
+        top = np.maximum(ab, cd)  # (h, nwin - 1, 2): strongest low, strongest high
+        second = np.maximum(np.minimum(ab, cd), np.maximum(np.minimum(a, b), np.minimum(c, e)))
+        bins = np.where(cd > ab, (e > c) + _PAIR2, (b > a) + _PAIR)  # (h, nwin - 1, 2) in 0..7
+        at = (np.arange(h)[:, None, None] * nwin + np.arange(1, nwin)[None, :, None]) * _NF + bins
+        p = p24.reshape(-1)
+        pm, p0, pp = p[at], p[at + 8], p[at + 16]
+        k = at + np.where(pp > np.maximum(pm, p0), 16, 8 * (p0 > pm))
+        zc = (zr + 1j * zi).astype(np.complex64).reshape(-1)
+        adv = zc[k] * np.conj(zc[k - _NF]) * _ROT24[k % _NF]
+        hz = np.angle(adv) * np.float32(_HZ_PER_RAD)
+        lo, hi = top[..., 0], top[..., 1]
+        tol = _TOL_HZ[bins]
+        rel = np.float32(10 ** (REL_PEAK_DB / 10))
+        valid = (
+            (lo >= self._tone_ms)
+            & (hi >= self._tone_ms)
+            & (hi <= lo * np.float32(10 ** (TWIST_REVERSE_DB / 10)))
+            & (lo <= hi * np.float32(10 ** (TWIST_NORMAL_DB / 10)))
+            & (lo + hi >= ew * np.float32(PURITY))
+            & (lo >= second[..., 0] * rel)
+            & (hi >= second[..., 1] * rel)
+            & (np.abs(hz[..., 0]) <= tol[..., 0])
+            & (np.abs(hz[..., 1]) <= tol[..., 1])
+        )
+        digit = (bins[..., 0] * 4 + bins[..., 1] - 4).astype(np.int16)
+        return valid, digit, adv, top, ew
+
+    def _held(self, rows: np.ndarray, n: np.ndarray, offs: np.ndarray, limit: np.ndarray | None) -> np.ndarray:
+        """Samples at absolute indices `offs` (rows x k) from the ring; 0 where not held."""
+        frame = offs // FRAME
+        cur = n[:, None]  # the ring holds frames cur - depth + 1 .. cur
+        held = (frame >= 0) & (frame <= cur) & (frame > cur - self._depth)
+        if limit is not None:
+            held &= offs < limit[:, None]
+        x = self._flat[rows[:, None] * self._depth + frame % self._depth, offs % FRAME]
+        return np.where(held, x.astype(np.float32, copy=False), np.float32(0.0))
+
+    def _edge(self, rows: np.ndarray, n: np.ndarray, digits: np.ndarray, ref: np.ndarray, acc: np.ndarray,
+              direction: int, limit: np.ndarray | None) -> np.ndarray:
+        m = len(rows)
+        f = FREQS_HZ[np.stack([digits // 4, digits % 4 + 4], axis=1)]  # (m, 2) nominal
+        f = f + np.angle(acc) * _HZ_PER_RAD  # measured deviation
+        om = (2 * np.pi * f / FS).astype(np.float32)[:, None, :]  # rad/sample
+        back = direction < 0
+        anchor = ref + SUB if back else ref + WIN - SUB
+        walked = np.zeros(m, np.int64)
+        going = np.arange(m)
+        nseg = _EDGE_CHUNK // SEG
+        chunk = SEG * np.arange(nseg + 1)[:, None] + np.arange(SEG)  # (nseg + 1, SEG)
+        if back:
+            chunk = -1 - chunk[:, ::-1]  # segments before the front, nearest first
+        for _ in range(_EDGE_REACH // _EDGE_CHUNK):
+            r, nn, o = rows[going], n[going], om[going]
+            lim = None if limit is None else limit[going]
+            front = anchor[going] - walked[going] if back else anchor[going] + walked[going]
+            fit0 = np.minimum(front, ref[going]) if back else np.maximum(front - WIN, ref[going])
+            x = self._held(r, nn, fit0[:, None] + np.arange(WIN), lim)
+            ph = o * _T_WIN  # (g, WIN, 2), time from fit0
+            wx = (x * _WINDOW_FIT)[:, None, :]
+            cr = np.matmul(wx, np.cos(ph))[:, 0, :, None]  # (g, 2, 1): C = cr - j ci
+            ci = np.matmul(wx, np.sin(ph))[:, 0, :, None]
+            at = front[:, None] + chunk.reshape(-1)  # absolute sample indices
+            ph = o * (at - fit0[:, None])[..., None].astype(np.float32)
+            pred = (np.matmul(np.cos(ph), cr) + np.matmul(np.sin(ph), ci)).reshape(len(going), -1, SEG)
+            y = self._held(r, nn, at, lim).reshape(pred.shape)
+            c = (y * pred).sum(axis=2) / np.maximum((pred * pred).sum(axis=2), np.float32(1e-9))
+            strong = c > 0.5
+            tone = strong[:, :-1] | ((c[:, :-1] > 0) & strong[:, 1:])
+            run = np.logical_and.accumulate(tone, axis=1).sum(axis=1)
+            walked[going] += SEG * run
+            going = going[run == nseg]
+            if not len(going):
+                break
+        return anchor - walked - SEG if back else anchor + walked + SEG

@@ -1,0 +1,75 @@
+"""The compiled fine analysis and edge walk (`worker/dtmf_fine.py`, issue 25) decide what
+the numpy code they replaced decided (`dtmf_reference.NumpyAnalysisBank`), on the
+stress run's clip library: every output sample, mute bit and digit equal; the window
+levels equal to float32 rounding (only the order of the sums differs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dtmf_reference import NumpyAnalysisBank
+from test_dtmf_runs import _library_legs
+
+from wholecall.worker import dtmf_fine
+from wholecall.worker.dtmf import DtmfBank
+
+
+@pytest.mark.parametrize("max_block", [5, 1])
+def test_compiled_analysis_and_edges_decide_what_numpy_decided_on_the_stress_library(max_block: int) -> None:
+    """Both banks get the same legs in the same calls (random subsets and block sizes,
+    some legs not eliminating); after every call the outputs, the digits and every mute
+    bit are equal, and each call's window verdicts too."""
+    legs = 600
+    x = _library_legs(legs, 30.0, seed=7)
+    nfr = x.shape[1]
+    new = DtmfBank(capacity=legs, sample_type=np.int16, max_block=max_block)
+    ref = NumpyAnalysisBank(capacity=legs, sample_type=np.int16, max_block=max_block)
+    elim = np.arange(legs) % 5 != 0
+    for bank in (new, ref):
+        bank.reset(np.arange(legs), elim)
+    rng = np.random.default_rng(8)
+    pos = np.zeros(legs, np.int64)
+    digits = windows = 0
+    while (pos < nfr).any():
+        b = int(rng.integers(1, max_block + 1))
+        live = np.flatnonzero(pos + b <= nfr)
+        if not len(live):
+            b, live = 1, np.flatnonzero(pos < nfr)
+        pick = rng.permutation(live[rng.random(len(live)) < 0.8])
+        if not len(pick):
+            continue
+        blk = x[pick[:, None], pos[pick][:, None] + np.arange(b)]
+        hot = np.flatnonzero(new._hot > 0)
+        if len(hot):  # the verdicts on the windows of every hot row, before the call
+            n = np.maximum(new._n[hot] - 1, 0)
+            a, r = new._windows(hot, n, b + 3), ref._windows(hot, n, b + 3)
+            assert np.array_equal(a[0], r[0]) and np.array_equal(a[1], r[1])
+            for fa, fr in zip(a[2:], r[2:]):
+                np.testing.assert_allclose(fa, fr, rtol=2e-4, atol=1e-2)
+            windows += a[0].size
+        assert np.array_equal(new.process(pick, blk), ref.process(pick, blk))
+        ev = new.pop_events()
+        assert ev == ref.pop_events()
+        digits += len(ev)
+        assert np.array_equal(new._mask, ref._mask)
+        assert np.array_equal(new._active, ref._active) and np.array_equal(new._rd, ref._rd)
+        pos[pick] += b
+    assert np.array_equal(new.flush(np.arange(legs)), ref.flush(np.arange(legs)))
+    assert new.pop_events() == ref.pop_events()
+    assert digits >= 100, digits
+    assert windows >= 10_000, windows
+
+
+def test_the_compiled_kernels_are_loaded_once_for_both_sample_types() -> None:
+    """`DtmfBank()` loads them for the types it calls them with (`warm_up`): a tick then
+    never stalls every leg on numba's compiler, whether the bank holds int16 or float32."""
+    for t in (np.int16, np.float32):
+        x = _library_legs(64, 6.0, seed=9).astype(t)
+        bank = DtmfBank(capacity=64, sample_type=t, max_block=5)
+        compiled = (len(dtmf_fine.fine_windows.signatures), len(dtmf_fine.edges.signatures))
+        bank.reset(np.arange(64), np.ones(64, bool))
+        for k in range(0, x.shape[1], 5):
+            bank.process(np.arange(64), x[:, k:k + 5])
+        bank.flush(np.arange(64))
+        assert len(bank.pop_events()) > 0
+        assert (len(dtmf_fine.fine_windows.signatures), len(dtmf_fine.edges.signatures)) == compiled == (2, 2)
