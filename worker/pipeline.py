@@ -68,11 +68,12 @@ log = logging.getLogger("wholecall.worker")
 SAMPLE_RATE = CALL_RATE  # the name the pipeline's arithmetic reads best with
 #: Job rows of staging copied per slice when the pipeline grows (progress published between).
 _GROW_ROWS = 512
-#: Jobs per part of a tick when the worker serves stops between parts (`between_parts`).
-#: Each part pays the step's fixed costs again (bench/pipeline.py at 10,000 jobs: two parts
-#: +3.6 us per channel-second, five +12): a worker of 5,000 jobs ticks whole, one of
-#: 10,000 (20,000 channels on two workers) in two parts.
-PART_ROWS = 5000
+#: Jobs per part of a tick when the worker serves stops between parts (`between_parts`):
+#: a stop waits for the part in progress. Each part pays the step's fixed costs again; once
+#: the DTMF analysis was compiled (`worker.dtmf_fine`) that is ~0.3 us per channel-second
+#: per part at 10,000 jobs (bench/pipeline.py --library: 1 part 44.2, 10 parts 46.7; the
+#: numpy analysis made 10 parts cost +12), so a worker of 10,000 jobs ticks in five parts.
+PART_ROWS = 2000
 #: Flushes (file writes, ~30 us each on ext4) between two calls of `Pipeline.between`.
 SERVE_EVERY_FLUSHES = 64
 #: Audio between two header refreshes of a file (DESIGN: "at least every few seconds").
