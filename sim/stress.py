@@ -168,12 +168,12 @@ def raise_nofile() -> tuple[int, int]:
 _TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used; nan if it is gone."""
+def proc_cpu(pid: int, kernel_only: bool = False) -> float:
+    """CPU seconds (user + system, or system alone) a live process has used; nan if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TCK
+        return (int(fields[12]) + (0 if kernel_only else int(fields[11]))) / _TCK
     except (OSError, IndexError, ValueError):
         return math.nan
 
@@ -376,6 +376,7 @@ class Sampler:
         s = {"t": time.monotonic(), "recording": recording, "overruns": overruns, "backlog_ms": backlog,
              "workers": self._workers_cpu(pids), "loadgens": [proc_cpu(p) for p in self.loadgens],
              "controller": self_cpu(), "worker_anon": [proc_anon(p) for p in pids],
+             "worker_pids": pids, "worker_kernel": [proc_cpu(p, kernel_only=True) for p in pids],
              "system": system_cpu()}
         self.samples.append(s)
         return s
@@ -788,6 +789,11 @@ class Run:
                 "loadgen_us_per_channel_second": us(sum(b["loadgens"]) - sum(a["loadgens"]), chs),
                 "controller_us_per_channel_second": us(b["controller"] - a["controller"], chs),
             }
+            if a["worker_pids"] == b["worker_pids"]:
+                # The kernel's share (mostly the page cache's copy of each file write): it
+                # moves with the host's memory more than with our code (BENCHMARKS.md).
+                cpu["steady"]["worker_kernel_us_per_channel_second"] = us(
+                    sum(b["worker_kernel"]) - sum(a["worker_kernel"]), chs)
             span = b["system"][1] - a["system"][1]
             if span > 0:
                 ours = sum(b["workers"]) - sum(a["workers"]) + sum(b["loadgens"]) - sum(a["loadgens"]) \
@@ -1075,7 +1081,8 @@ def summary(report: dict) -> str:
         (f"channels {report['config']['channels']} x {report['config']['seconds']:g} s, format "
          f"{report['config']['file_format']}: {'OK' if report.get('ok') else 'FAILED'}"),
         (f"  worker CPU {cpu.get('worker_us_per_channel_second')} us per channel-second overall, "
-         f"{st.get('worker_us_per_channel_second')} steady (cores {st.get('worker_core_utilisation')}); "
+         f"{st.get('worker_us_per_channel_second')} steady (cores {st.get('worker_core_utilisation')}, "
+         f"kernel {st.get('worker_kernel_us_per_channel_second')}); "
          f"loadgen {cpu.get('loadgen_us_per_channel_second')}, controller+harness {cpu.get('controller_us_per_channel_second')}"),
         (f"  failover: worker killed at {report['failover']['killed']['at_s']} s holding "
          f"{report['failover']['killed']['calls']} calls, {report['failover']['takeovers']} taken over, "

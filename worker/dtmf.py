@@ -186,6 +186,17 @@ _SUB_HZ = (2.0 / 3.0) * _ACCEPT_HZ
 _FINE_HZ = np.concatenate([FREQS_HZ - _SUB_HZ, FREQS_HZ, FREQS_HZ + _SUB_HZ])  # 24
 _NF = len(_FINE_HZ)
 _C_WIN = _projection(_WINDOW, _FINE_HZ)  # (160, 48): cos x 24, -sin x 24
+# The same projection by sub-blocks (`dtmf_fine.fine_windows`): the window is a trapezoid
+# whose ramps are one sub-block each, so each sub-block's sums S0 = sum x e^{-jwu} and
+# S1 = sum u x e^{-jwu} (u: time in the sub-block) give every window that covers it, at
+# half the multiplications of projecting each window whole.
+_U = np.arange(SUB)
+assert _RAMP == SUB and WIN == 4 * SUB and np.allclose(_WINDOW[:SUB], (_U + 0.5) / SUB) \
+    and np.allclose(_WINDOW[-SUB:], (SUB - 0.5 - _U) / SUB), "the window is not the trapezoid fine_windows needs"
+_B0 = (np.sqrt(2.0) / _WINDOW.sum()) * np.exp(-2j * np.pi * _FINE_HZ[None, :] * _U[:, None] / FS)  # as _C_WIN's
+_C_SUB = np.concatenate([_B0.real, _B0.imag, _U[:, None] * _B0.real, _U[:, None] * _B0.imag], axis=1).astype(
+    np.float32)  # (40, 96): S0 (cos, -sin), S1 (u cos, -u sin)
+_ROT_SUB = np.exp(-2j * np.pi * _FINE_HZ[None, :] * SUB * np.arange(1, 4)[:, None] / FS).astype(np.complex64)
 _ROT24 = np.tile(_ROT, 3)  # phase advance is measured against the nominal frequency
 _TOL_HZ = (FREQ_TOL_WINDOW * FREQS_HZ).astype(np.float32)
 # Windowed mean square of a window from the energies of its 10-sample segments
@@ -588,7 +599,7 @@ class DtmfBank:
         (`dtmf_fine.fine_windows`; its own method so that the tests' numpy reference
         replaces just this)."""
         return dtmf_fine.fine_windows(self._flat, self._depth, np.asarray(rows, np.int64), np.asarray(n, np.int64),
-                                      frames, _C_WIN, _W2, self._tone_ms, _TWIST_REV, _TWIST_NORM, _PURITY32,
+                                      frames, _C_SUB, _ROT_SUB, _W2, self._tone_ms, _TWIST_REV, _TWIST_NORM, _PURITY32,
                                       _REL32, _TOL_HZ, _ROT24, _HZ_PER_RAD32)
 
     def _step_runs(self, rows: np.ndarray, n: np.ndarray, ends: np.ndarray, todo: np.ndarray, valid: np.ndarray,

@@ -43,16 +43,34 @@ def _span(flat, depth, row, newest, frames, span):
 
 
 @_jit
-def fine_windows(flat, depth, rows, n, frames, c_win, w2, tone_ms, twist_rev, twist_norm,  # noqa: PLR0913
+def _sub_sums(span, c_sub, sums, acc):
+    """Each sub-block's projections on the SUB x 4NF basis `c_sub` (the inner loop over
+    the basis' columns is the one that vectorises)."""
+    for q in range(sums.shape[0]):
+        acc[:] = 0.0
+        for u in range(SUB):
+            x = span[q * SUB + u]
+            for k in range(c_sub.shape[1]):
+                acc[k] += x * c_sub[u, k]
+        sums[q, :] = acc
+
+
+@_jit
+def fine_windows(flat, depth, rows, n, frames, c_sub, rot, w2, tone_ms, twist_rev, twist_norm,  # noqa: PLR0913
                  purity, rel, tol_hz, rot24, hz_per_rad):
     """Judge the windows ending in the last frames of each row (`DtmfBank._fine`).
 
     Row i's span is its frames n[i] - frames + 1 .. n[i] of the delay line `flat`
     (rows x depth slots). Window j covers samples SUB * j .. SUB * j + WIN of the span;
     windows 1 .. nwin - 1 are judged (window 0 gives window 1 its phase advance).
-    `c_win` (WIN, 2 * NF) projects a window on NF sub-bins (cos, -sin), three per DTMF
-    bin (sub-bin k, k + 8 and k + 16 belong to bin k); `w2` weights a window's 10-sample
-    segment energies into its windowed mean square.
+    Each window is projected on NF sub-bins, three per DTMF bin (sub-bin k, k + 8 and
+    k + 16 belong to bin k), through its sub-blocks: `c_sub` (SUB, 4 * NF) holds the
+    scaled cos and -sin at window-local time SUB + u, then the same times u; `rot`
+    (3, NF) turns a sub-block's sums to window offsets SUB, 2 SUB and 3 SUB. With the
+    trapezoid window (ramps of one sub-block: (u + 0.5) / SUB up, (SUB - 0.5 - u) / SUB
+    down), window j is (S1 + S0 / 2) / SUB of sub-block j, S0 of j + 1 and j + 2 turned,
+    and ((SUB - 1/2) S0 - S1) / SUB of j + 3 turned, each relative to its sub-block.
+    `w2` weights a window's 10-sample segment energies into its windowed mean square.
 
     Returns, each (rows, nwin - 1, ...): valid, digit (int16), the phase advance of
     each tone (complex64, x 2), the two tones' mean squares (float32, x 2) and the
@@ -60,10 +78,10 @@ def fine_windows(flat, depth, rows, n, frames, c_win, w2, tone_ms, twist_rev, tw
     """
     h = len(rows)
     length = frames * FRAME
-    nwin = (length - WIN) // SUB + 1
+    nsub = length // SUB
+    nwin = nsub - WIN // SUB + 1
     nj = nwin - 1
-    nf2 = c_win.shape[1]
-    nf = nf2 // 2
+    nf = rot.shape[1]
     valid = np.zeros((h, nj), np.bool_)
     digit = np.zeros((h, nj), np.int16)
     adv = np.zeros((h, nj, 2), np.complex64)
@@ -71,13 +89,18 @@ def fine_windows(flat, depth, rows, n, frames, c_win, w2, tone_ms, twist_rev, tw
     ew = np.zeros((h, nj), np.float32)
     span = np.empty(length, np.float32)
     eseg = np.empty(length // SEG, np.float32)
-    z = np.empty((nwin, nf2), np.float32)
+    sums = np.empty((nsub, 4 * nf), np.float32)  # per sub-block: S0 (re, im), S1 (re, im)
+    z = np.empty((nwin, 2 * nf), np.float32)
     p24 = np.empty((nwin, nf), np.float32)
-    acc = np.empty(nf2, np.float32)
+    acc = np.empty(4 * nf, np.float32)
     lo_hi = np.empty(2, np.float32)
     second = np.empty(2, np.float32)
     bins = np.empty(2, np.int64)
     pw = np.empty(4, np.float32)
+    rot_re, rot_im = rot.real.copy(), rot.imag.copy()
+    half = np.float32(0.5)
+    inv = np.float32(1.0 / SUB)
+    tail = np.float32(SUB - 0.5)
     for i in range(h):
         _span(flat, depth, rows[i], n[i], frames, span)
         for s in range(length // SEG):
@@ -86,17 +109,26 @@ def fine_windows(flat, depth, rows, n, frames, c_win, w2, tone_ms, twist_rev, tw
                 v = span[s * SEG + t]
                 e += v * v
             eseg[s] = e
+        _sub_sums(span, c_sub, sums, acc)
         for j in range(nwin):
-            acc[:] = 0.0
-            o = j * SUB
-            for t in range(WIN):
-                x = span[o + t]
-                for k in range(nf2):
-                    acc[k] += x * c_win[t, k]
-            for k in range(nf2):
-                z[j, k] = acc[k]
             for k in range(nf):
-                p24[j, k] = acc[k] * acc[k] + acc[k + nf] * acc[k + nf]
+                # Rising ramp: sub-block j as it is (its time is the window's); the flat
+                # top and the falling ramp turned to their offsets in the window.
+                re = (sums[j, 2 * nf + k] + half * sums[j, k]) * inv
+                im = (sums[j, 3 * nf + k] + half * sums[j, nf + k]) * inv
+                a, b = sums[j + 1, k], sums[j + 1, nf + k]
+                re += rot_re[0, k] * a - rot_im[0, k] * b
+                im += rot_re[0, k] * b + rot_im[0, k] * a
+                a, b = sums[j + 2, k], sums[j + 2, nf + k]
+                re += rot_re[1, k] * a - rot_im[1, k] * b
+                im += rot_re[1, k] * b + rot_im[1, k] * a
+                a = (tail * sums[j + 3, k] - sums[j + 3, 2 * nf + k]) * inv
+                b = (tail * sums[j + 3, nf + k] - sums[j + 3, 3 * nf + k]) * inv
+                re += rot_re[2, k] * a - rot_im[2, k] * b
+                im += rot_re[2, k] * b + rot_im[2, k] * a
+                z[j, k] = re
+                z[j, nf + k] = im
+                p24[j, k] = re * re + im * im
         for j in range(1, nwin):
             q = j - 1
             e = np.float32(0.0)
@@ -209,7 +241,8 @@ def warm_up() -> None:
     one = np.zeros(1, np.int64)
     for t in (np.int16, np.float32):
         flat = np.zeros((6, FRAME), t)
-        fine_windows(flat, 6, one, one + 5, 4, np.zeros((WIN, 48), np.float32), np.zeros(16, np.float32),
+        fine_windows(flat, 6, one, one + 5, 4, np.zeros((SUB, 96), np.float32), np.zeros((3, 24), np.complex64),
+                     np.zeros(16, np.float32),
                      np.float32(1), np.float32(1), np.float32(1), np.float32(1), np.float32(1),
                      np.zeros(8, np.float32), np.zeros(24, np.complex64), np.float32(1))
         edges(flat, 6, one, one + 5, np.zeros((1, 2), np.float32), one, True, one, np.zeros(WIN, np.float32),
