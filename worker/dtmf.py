@@ -335,6 +335,9 @@ class DtmfBank:
         grow("_rpur", (), np.float32)  # summed purity of the run's valid windows
         grow("_active", (), np.bool_)  # run confirmed as a digit: muting
         self._flat = self._buf.reshape(new * d, FRAME)
+        # `kernels.frames_in` streams frames into the slots with 16-byte stores.
+        if self._flat.ctypes.data % 16:
+            raise MemoryError("the delay line is not 16-byte aligned")
         self._mflat = self._mask.reshape(new * d, FRAME)
         self._frames = self._flat.view(self._item).reshape(new * d)
         self._cap = new

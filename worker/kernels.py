@@ -60,6 +60,49 @@ def _prefetch(typingctx, arr, i, j, k):
     return sig, codegen
 
 
+@intrinsic
+def _stream_frame(typingctx, dst, row, src, start):
+    """dst[row, :FRAME] = src[start:start + FRAME] with non-temporal (streaming) stores:
+    the delay line is read again only a tick later, long out of cache, so a store that
+    first reads the line in (an ordinary one) moves its bytes twice. `dst` rows must be
+    16-byte aligned (FRAME samples of 2 or 4 bytes: every row is, when row 0 is)."""
+    sig = types.void(dst, row, src, start)
+
+    def codegen(context, builder, signature, args):
+        dty, _, sty, _ = signature.args
+        darr = context.make_array(dty)(context, builder, args[0])
+        sarr = context.make_array(sty)(context, builder, args[2])
+        zero = context.get_constant(types.intp, 0)
+        dptr = cgutils.get_item_pointer(context, builder, dty, darr, [args[1], zero], wraparound=False)
+        sptr = cgutils.get_item_pointer(context, builder, sty, sarr, [args[3]], wraparound=False)
+        elt = context.get_value_type(dty.dtype)
+        lanes = 16 // context.get_abi_sizeof(elt)
+        vec = ir.VectorType(elt, lanes)
+        nt = builder.module.add_metadata([ir.IntType(32)(1)])
+        for k in range(FRAME // lanes):
+            off = ir.IntType(64)(k * lanes)
+            v = builder.load(builder.bitcast(builder.gep(sptr, [off]), vec.as_pointer()), align=1)
+            st = builder.store(v, builder.bitcast(builder.gep(dptr, [off]), vec.as_pointer()), align=16)
+            st.set_metadata("nontemporal", nt)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """sfence: streaming stores are weakly ordered; after it they are visible as any store."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse.sfence")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @_jit
 def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, bound, pre_min, twist, purity, fired):
     """Copy `b` frames per row from a ring into the delay-line slots `dst_slot` (row-major,
@@ -80,43 +123,37 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
     p = np.empty(nb2, np.float32)
     x = np.empty(pre_n, np.float32)
     step_r = LINE // ring.itemsize
-    step_d = LINE // dst.itemsize
     for r in range(m):
         if r + AHEAD < m:  # the ring block and the slots of a row ahead: in cache when it comes
             ra = r + AHEAD
             src0 = base[ra] + (pos[ra] & wrap_mask)
             for i in range(0, b * FRAME, step_r):
                 _prefetch(ring, src0 + i, 0, 0)
-            for k in range(b):
-                for i in range(0, FRAME, step_d):
-                    _prefetch(dst, dst_slot[ra * b + k], i, 0)
         for k in range(b):
-            out = dst[dst_slot[r * b + k]]
             s0 = pos[r] + k * FRAME
             lim = avail[r] - k * FRAME
             col = s0 & wrap_mask
+            e = np.float32(0.0)
             if lim >= FRAME and col + FRAME <= wrap_mask + 1:
+                # The whole frame in one piece: streamed to the delay line (`_stream_frame`);
+                # the prescreen reads the ring, in cache after the copy's loads.
                 src = base[r] + col
-                # A loop over a view, neither `out[i] = ring[src + i]` (numba cannot prove
-                # that index non-negative, and its wrap-around select per sample kept LLVM
-                # from vectorising the copy) nor `out[:] = ring[...]` (numba's slice
-                # assignment checks the two for overlap and goes through a temporary:
-                # 20 against 8.5 us per channel-second at 10,000 channels, bench in
-                # BENCHMARKS). `i` counts up from 0, so its index needs no select.
-                seg = ring[src:src + FRAME]
-                for i in range(FRAME):
-                    out[i] = seg[i]
+                _stream_frame(dst, dst_slot[r * b + k], ring, src)
+                for i in range(pre_n):
+                    v = np.float32(ring[src + i])
+                    x[i] = v
+                    e += v * v
             else:
+                out = dst[dst_slot[r * b + k]]
                 for i in range(FRAME):
                     if i < lim:
                         out[i] = ring[base[r] + ((s0 + i) & wrap_mask)]
                     else:
                         out[i] = 0
-            e = np.float32(0.0)
-            for i in range(pre_n):
-                v = np.float32(out[i])
-                x[i] = v
-                e += v * v
+                for i in range(pre_n):
+                    v = np.float32(out[i])
+                    x[i] = v
+                    e += v * v
             f = False
             if e * bound > pre_min:
                 for q in range(nb2):  # one dot product per basis vector: vectorised
@@ -136,6 +173,7 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
                 strong = max(lo, hi)
                 f = weak > pre_min and strong < weak * twist and weak + strong > e * purity
             fired[r, k] = f
+    _store_fence()
 
 
 @_jit
