@@ -248,3 +248,42 @@ def test_growing_past_capacity_publishes_progress_while_it_copies(tmp_path):
         pl._GROW_ROWS = old_rows
         pipe.close()
         arena.close()
+
+
+@pytest.mark.parametrize("block", [1, 5])
+def test_a_stop_drains_a_backlog_longer_than_a_tick_in_one_call(tmp_path, block):
+    """A worker that fell behind (its producer caught up in a burst) holds more of a job's
+    audio than one pass takes (`max_frames`): stop() must still end the job in one drain
+    call, not one tick per 500 ms of backlog, and the file must be the ticks' own."""
+    progs = load_programs()[0]
+    files = []
+    for how in ("drain", "ticks"):
+        d = tmp_path / how
+        d.mkdir()
+        arena = Arena.create(4, 1 << 16)
+        pipe = Pipeline(arena, default_open_sink(), capacity=4, flush_samples=16_000, max_block=5)
+        try:
+            msgs = messages(d, progs)[:2]
+            for m in msgs:
+                arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
+                assert pipe.start(m) == ""
+            pipe.tick(100.0, block=block)
+            n = 4 * RATE + 77  # 4 s: eight passes' worth
+            for s in range(4):
+                arena.data[s, :n] = progs.audio[s % progs.count, s % 2, 1000:1000 + n]
+                arena.write_pos[s] = n
+            for m in msgs:
+                assert pipe.stop(m.job_id, Cause.HANGUP, n)
+            if how == "drain":
+                pipe.drain(100.5, block=block)
+                assert not pipe.jobs, "one drain call ends every stopped job, whatever its backlog"
+            else:
+                for k in range(40):
+                    pipe.tick(100.6 + k / 10, block=block)
+                assert not pipe.jobs
+            files.append([open(m.path, "rb").read() for m in msgs])
+            assert len(files[-1][1]) > 4 * RATE  # the whole backlog is in the file
+        finally:
+            pipe.close()
+            arena.close()
+    assert files[0] == files[1]

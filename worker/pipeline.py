@@ -619,9 +619,22 @@ class Pipeline:
             return 0
         nested = self._in_tick
         self._in_tick = True
+        now = time.monotonic() if now is None else now
         try:
-            return self._tick(time.monotonic() if now is None else now, block, np.array(rows, np.int64),
-                              history=False)
+            # A pass advances a job by at most `max_frames` (what staging holds between two
+            # flushes); a job stopped while its worker is behind (a producer that caught up
+            # in a burst) has more, so pass again while the passes make progress: the stop
+            # then waits for its own backlog, not for one tick per `max_frames` of it.
+            total = 0
+            arr = np.array(rows, np.int64)
+            for _ in range(self.arena.capacity // (self.max_frames * FRAME) + 1):
+                done = self._tick(now, block, arr, history=False)
+                total += done
+                arr = arr[np.fromiter((r in self.jobs and self.pos[r] < self.end[r] for r in arr.tolist()), bool,
+                                      len(arr))]
+                if not done or not len(arr):
+                    break
+            return total
         finally:
             if not nested:
                 self._in_tick = False

@@ -1,0 +1,70 @@
+"""Kernel CPU of many files' appends, as the workers make them: 16 kB (2 s of A-law) per file
+per round, at an unaligned offset (after a WAV header), from a cold buffer per file.
+
+Why: in `wholecall stress` at 20,000 channels the workers' kernel time (almost all of it
+the page cache's copy of each pwrite) moved from 9 to 25 us per channel-second between
+runs of the same code. This separates the file system's cost from ours, and shows how it
+grows once the writes reach memory the VM has not touched for a while (BENCHMARKS.md).
+
+    python bench/file_appends.py --files 10000 --rounds 80 --dir /var/tmp/appends
+    python bench/file_appends.py --files 10000 --rounds 80 --dir /var/tmp/appends --pace 0.4
+
+Prints the process's system CPU per MB for every 10 rounds, then the whole run's; the
+files are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+import numpy as np
+
+CHUNK = 16_384  # bytes per append: a flush of 2 s of 8 kHz A-law, rounded to pages
+HEADER = 58  # an A-law WAV header: the appends start mid-block, as the recordings' do
+
+
+def run(files: int, rounds: int, where: str, pace: float) -> None:
+    os.makedirs(where, exist_ok=True)
+    src = np.random.default_rng(1).integers(0, 255, size=(files, CHUNK), dtype=np.uint8)
+    fds = [os.open(os.path.join(where, f"f{i}.wav"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+           for i in range(files)]
+    mb_round = files * CHUNK / 1e6
+    try:
+        t0 = last = os.times()
+        w0 = time.monotonic()
+        for r in range(rounds):
+            if pace:
+                time.sleep(pace)
+            for i, fd in enumerate(fds):
+                os.pwrite(fd, src[i], HEADER + r * CHUNK)
+            if (r + 1) % 10 == 0:
+                now = os.times()
+                print(f"rounds {r - 8:3d}-{r + 1:3d} ({(r + 1) * mb_round / 1000:5.1f} GB written): "
+                      f"{(now.system - last.system) / (10 * mb_round) * 1e6:6.0f} us system CPU per MB", flush=True)
+                last = now
+        end = os.times()
+        mb = rounds * mb_round
+        print(f"{mb:.0f} MB in {time.monotonic() - w0:.1f} s: {(end.system - t0.system) / mb * 1e6:.0f} us system "
+              f"and {(end.user - t0.user) / mb * 1e6:.0f} us user CPU per MB "
+              f"({(end.system + end.user - t0.system - t0.user) / mb * 8e3:.1f} us per channel-second at 8 kB/s)")
+    finally:
+        for fd in fds:
+            os.close(fd)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--files", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--dir", default="/var/tmp/wholecall-appends")
+    p.add_argument("--pace", type=float, default=0.0, help="seconds to sleep before each round (writeback keeps up)")
+    a = p.parse_args()
+    run(a.files, a.rounds, a.dir, a.pace)
+
+
+if __name__ == "__main__":
+    main()
