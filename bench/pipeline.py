@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 import tempfile
 import time
 
@@ -149,6 +151,9 @@ def main() -> None:
     p.add_argument("--flush-ms", type=float, default=2000, help="audio staged per job between file writes")
     p.add_argument("--part-rows", type=int, default=0, help="tick in parts of this many jobs, as the worker does (0: whole)")
     a = p.parse_args()
+    # A kill (SIGTERM) runs the `finally` clauses: the private tmpfs arena (2.6 GB of 2 MiB
+    # pages at 10,000 channels) is unmounted, not left behind as two killed runs left it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     print("| channels | tick ms | block | dtmf | µs CPU per channel-second |")
     print("| ---: | ---: | ---: | --- | ---: |")
     for n in a.channels:
