@@ -287,3 +287,31 @@ def test_a_stop_drains_a_backlog_longer_than_a_tick_in_one_call(tmp_path, block)
             pipe.close()
             arena.close()
     assert files[0] == files[1]
+
+
+def test_a_behind_worker_ticks_in_more_parts_so_stops_wait_for_as_much_work(tmp_path):
+    """Parts hold about `part_rows` blocks of work: when the jobs have five blocks each to
+    catch up on, a tick serves stops five times as often (stop() waits for one part)."""
+    progs = load_programs()[0]
+    arena = Arena.create(2 * JOBS, 1 << 16)
+    pipe = Pipeline(arena, default_open_sink(), capacity=JOBS, flush_samples=16_000, max_block=5)
+    calls = []
+    pipe.part_rows = 4
+    pipe.between_parts = lambda: calls.append(1)
+    try:
+        msgs = [m for m in messages(tmp_path, progs) if m.mode == "mixed"]
+        for m in msgs:
+            arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
+            assert pipe.start(m) == ""
+        written = 0
+        for backlog_frames, parts in ((5, -(-len(msgs) // 4)), (25, len(msgs))):
+            written += backlog_frames * 160
+            for m in msgs:
+                for s in (m.slot_in, m.slot_out):
+                    arena.write_pos[s] = written
+            calls.clear()
+            pipe.tick(100.0 + written / RATE, block=5)
+            assert len(calls) == parts - 1, (backlog_frames, len(calls))
+    finally:
+        pipe.close()
+        arena.close()

@@ -580,7 +580,7 @@ class Pipeline:
             parts = self.between_parts
             # Parts of equal size, at most `part_rows` each: a part's fixed costs (numpy
             # calls, the DTMF bank's per-call work) are paid once per part.
-            n = 1 if parts is None else -(-len(rows) // self.part_rows)
+            n = 1 if parts is None else self._parts(rows, block)
             total = 0
             for k in range(n):
                 part = rows[k * len(rows) // n:(k + 1) * len(rows) // n]
@@ -593,6 +593,20 @@ class Pipeline:
         finally:
             self._in_tick = False
             self._recycle()
+
+    def _parts(self, rows: np.ndarray, block: int) -> int:
+        """How many parts this tick takes: `part_rows` jobs' worth of blocks each.
+
+        A worker that is behind (a producer that caught up in a burst) advances its jobs
+        by up to `max_frames` in one tick, several blocks each; parts of `part_rows` jobs
+        would then each take that many times longer, and a stop read meanwhile would wait
+        for all of it (stop() p99 at 20,000 channels followed the backlog). So a part holds
+        about `part_rows` blocks of work, whatever each job has.
+        """
+        a = self.arena
+        have = np.minimum(a.write_pos[self.slot_in[rows]], a.write_pos[self.slot_out[rows]]) - self.pos[rows]
+        blocks = np.clip(have // (block * FRAME), 1, max(1, self.max_frames // block)).sum()
+        return max(1, min(len(rows), -(-int(blocks) // self.part_rows)))
 
     def _recycle(self) -> None:
         """Rows freed during a tick are reusable once it is over (a start served mid-tick
