@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -380,6 +381,38 @@ class Sampler:
              "system": system_cpu()}
         self.samples.append(s)
         return s
+
+
+class GcPauses:
+    """The cyclic collector's pauses in this process (the controller's, and the harness's
+    beside it): a full collection over hundreds of thousands of objects holds the GIL, so
+    every controller thread (its I/O, the finishers, the API) stops for it."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self._t0 = 0.0
+
+    def _cb(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], 1e3 * (time.perf_counter() - self._t0)))
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def summary(self) -> dict:
+        out: dict = {}
+        for g in (0, 1, 2):
+            ms = [d for gen, d in self.pauses if gen == g]
+            if ms:
+                out[f"gen{g}"] = {"collections": len(ms), "max_ms": round(max(ms), 1),
+                                  "total_ms": round(sum(ms), 1)}
+        return out
 
 
 class Run:
@@ -1068,7 +1101,10 @@ def collect_profile(runs: list[tuple[subprocess.Popen, str]], us_per_channel_sec
 def run_stress(cfg: StressConfig) -> dict:
     """One run at `cfg.channels`; the report dict (see the module docstring)."""
     os.makedirs(cfg.out, exist_ok=True)
-    return Run(cfg).execute()
+    with GcPauses() as gcp:
+        report = Run(cfg).execute()
+    report["controller_gc"] = gcp.summary()
+    return report
 
 
 def summary(report: dict) -> str:
@@ -1111,6 +1147,9 @@ def summary(report: dict) -> str:
          f"{report.get('memory', {}).get('arena_dir')}, "
          f"{'2 MiB' if report.get('memory', {}).get('arena_huge_pages') else '4 KiB'} pages"),
     ]
+    if report.get("controller_gc"):
+        lines.append("  controller process GC pauses: " + ", ".join(
+            f"{g} {v['collections']} x, max {v['max_ms']} ms" for g, v in report["controller_gc"].items()))
     for stage, v in cpu.get("stages", {}).items():
         lines.append(f"    {stage:34s} {100 * v['share']:5.1f} %  {v['us_per_channel_second']} us/ch-s")
     for b in report.get("baseline", []):
