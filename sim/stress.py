@@ -383,6 +383,10 @@ class Sampler:
         return s
 
 
+#: A full collection at least this long has the tracked objects counted by type (once a run).
+CENSUS_PAUSE_MS = 100.0
+
+
 class GcPauses:
     """The cyclic collector's pauses in this process (the controller's, and the harness's
     beside it): a full collection over hundreds of thousands of objects holds the GIL, so
@@ -390,13 +394,24 @@ class GcPauses:
 
     def __init__(self) -> None:
         self.pauses: list[tuple[int, float]] = []  # (generation, ms)
+        self.census: dict = {}
         self._t0 = 0.0
 
     def _cb(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._t0 = time.perf_counter()
-        else:
-            self.pauses.append((info["generation"], 1e3 * (time.perf_counter() - self._t0)))
+            return
+        ms = 1e3 * (time.perf_counter() - self._t0)
+        self.pauses.append((info["generation"], ms))
+        if info["generation"] == 2 and ms >= CENSUS_PAUSE_MS and not self.census:
+            # Once: what the long pause walked (the tracked objects by type), for the fix.
+            objs = gc.get_objects()
+            counts: dict[str, int] = {}
+            for o in objs:
+                k = f"{type(o).__module__}.{type(o).__qualname__}"
+                counts[k] = counts.get(k, 0) + 1
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:12]
+            self.census = {"tracked": len(objs), "pause_ms": round(ms, 1), "top": dict(top)}
 
     def __enter__(self) -> GcPauses:
         gc.callbacks.append(self._cb)
@@ -412,6 +427,8 @@ class GcPauses:
             if ms:
                 out[f"gen{g}"] = {"collections": len(ms), "max_ms": round(max(ms), 1),
                                   "total_ms": round(sum(ms), 1)}
+        if self.census:
+            out["census"] = self.census
         return out
 
 
@@ -1149,7 +1166,8 @@ def summary(report: dict) -> str:
     ]
     if report.get("controller_gc"):
         lines.append("  controller process GC pauses: " + ", ".join(
-            f"{g} {v['collections']} x, max {v['max_ms']} ms" for g, v in report["controller_gc"].items()))
+            f"{g} {v['collections']} x, max {v['max_ms']} ms" for g, v in report["controller_gc"].items()
+            if g != "census"))
     for stage, v in cpu.get("stages", {}).items():
         lines.append(f"    {stage:34s} {100 * v['share']:5.1f} %  {v['us_per_channel_second']} us/ch-s")
     for b in report.get("baseline", []):
