@@ -131,30 +131,19 @@ def test_block_steps_record_the_same_files_as_frame_steps(tmp_path):
 
 
 @pytest.mark.parametrize("block", [1, 5])
-def test_a_stop_drained_between_ticks_records_the_same_files_as_one_left_to_the_tick(tmp_path, block):
-    """The worker ends a stopped job in a pass over its rows alone, without waiting for the
-    next tick (stop() latency): the files and results must be exactly the tick's."""
+@pytest.mark.parametrize("how", ["drain", "parts"])
+def test_a_stop_ended_early_records_the_same_files_as_one_left_to_the_tick(tmp_path, block, how):
+    """stop() latency: the worker ends a stopped job in a pass over its rows alone, without
+    waiting for the next tick (`drain`), and at scale applies the stops read during a tick
+    between two of its parts (`parts`, 20,000 channels): either way the files and results
+    must be exactly those of stops left to the ticks."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     ends_t, files_t, digits_t = record(tmp_path / "a", block)
-    ends_d, files_d, digits_d = record(tmp_path / "b", block, drain=True)
-    assert ends_d == ends_t and digits_d == digits_t
+    ends_e, files_e, digits_e = record(tmp_path / "b", block, **{how: True})
+    assert ends_e == ends_t and digits_e == digits_t
     for job_id, data in files_t.items():
-        assert files_d[job_id] == data, f"job {job_id}: the drained file differs"
-
-
-@pytest.mark.parametrize("block", [1, 5])
-def test_a_stop_applied_between_the_parts_of_a_tick_records_the_same_files(tmp_path, block):
-    """At scale the worker ticks in parts and applies the stops read meanwhile between two
-    parts (stop() latency at 20,000 channels): the files must be exactly those of stops
-    applied between ticks."""
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    ends_t, files_t, digits_t = record(tmp_path / "a", block)
-    ends_p, files_p, digits_p = record(tmp_path / "b", block, parts=True)
-    assert ends_p == ends_t and digits_p == digits_t
-    for job_id, data in files_t.items():
-        assert files_p[job_id] == data, f"job {job_id}: the file stopped between parts differs"
+        assert files_e[job_id] == data, f"job {job_id}: the file stopped early ({how}) differs"
 
 
 def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):

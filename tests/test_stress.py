@@ -58,6 +58,29 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     assert mem["arena_dir"] != "private tmpfs" or mem["arena_huge_pages"]
     # Verified recordings are removed unless --keep.
     assert not any((tmp_path / "out").glob("recordings-*/*/*.wav"))
+    # The workers' kernel time is reported apart (part of their CPU), and the controller
+    # process's collector pauses beside it.
+    steady = report["cpu"].get("steady")
+    if steady and "worker_kernel_us_per_channel_second" in steady:
+        assert 0 <= steady["worker_kernel_us_per_channel_second"] <= steady["worker_us_per_channel_second"]
+    assert report["controller_gc"]["gen0"]["collections"] >= 1
+
+
+def test_gc_pauses_are_counted_per_generation_and_a_long_full_collection_is_taken_apart(monkeypatch):
+    """What the stress report's `controller_gc` rests on: every collection is timed by its
+    generation, and the first full one of at least CENSUS_PAUSE_MS counts the objects it walked."""
+    import gc
+
+    from wholecall.sim import stress
+
+    monkeypatch.setattr(stress, "CENSUS_PAUSE_MS", 0.0)
+    with stress.GcPauses() as pauses:
+        gc.collect(2)
+        gc.collect(2)
+    s = pauses.summary()
+    assert s["gen2"]["collections"] == 2 and s["gen2"]["max_ms"] >= 0
+    assert s["census"]["tracked"] > 1000 and "builtins.dict" in s["census"]["top"]
+    assert pauses._cb not in gc.callbacks
 
 
 @pytest.mark.parametrize("file_format", ["oki", "ima"])

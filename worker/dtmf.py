@@ -105,7 +105,6 @@ from wholecall.formats.codecs import FRAME  # samples per frame (20 ms): the wor
 from . import dtmf_fine, dtmf_runs, kernels
 
 SUB = 40  # sub-block and hop of the fine analysis (5 ms)
-SUBS_PER_FRAME = FRAME // SUB
 SEG = 10  # segment used to place a tone's edges (1.25 ms)
 LOOKAHEAD_FRAMES = 5  # recorder delay added by the bank (100 ms)
 
@@ -184,16 +183,16 @@ _NO_WRAP = (1 << 62) - 1  # `kernels.frames_in`'s wrap mask for a block that is 
 # k + 16 belong to DTMF bin k.
 _SUB_HZ = (2.0 / 3.0) * _ACCEPT_HZ
 _FINE_HZ = np.concatenate([FREQS_HZ - _SUB_HZ, FREQS_HZ, FREQS_HZ + _SUB_HZ])  # 24
-_NF = len(_FINE_HZ)
-_C_WIN = _projection(_WINDOW, _FINE_HZ)  # (160, 48): cos x 24, -sin x 24
-# The same projection by sub-blocks (`dtmf_fine.fine_windows`): the window is a trapezoid
+# Each window is projected on the 24 sub-bins (cos, -sin) as `_projection` scales them,
+# by sub-blocks (`dtmf_fine.fine_windows`): the window is a trapezoid
 # whose ramps are one sub-block each, so each sub-block's sums S0 = sum x e^{-jwu} and
 # S1 = sum u x e^{-jwu} (u: time in the sub-block) give every window that covers it, at
 # half the multiplications of projecting each window whole.
 _U = np.arange(SUB)
+assert (dtmf_fine.SUB, dtmf_fine.SEG, dtmf_fine.WIN) == (SUB, SEG, WIN)
 assert _RAMP == SUB and WIN == 4 * SUB and np.allclose(_WINDOW[:SUB], (_U + 0.5) / SUB) \
     and np.allclose(_WINDOW[-SUB:], (SUB - 0.5 - _U) / SUB), "the window is not the trapezoid fine_windows needs"
-_B0 = (np.sqrt(2.0) / _WINDOW.sum()) * np.exp(-2j * np.pi * _FINE_HZ[None, :] * _U[:, None] / FS)  # as _C_WIN's
+_B0 = (np.sqrt(2.0) / _WINDOW.sum()) * np.exp(-2j * np.pi * _FINE_HZ[None, :] * _U[:, None] / FS)
 _C_SUB = np.concatenate([_B0.real, _B0.imag, _U[:, None] * _B0.real, _U[:, None] * _B0.imag], axis=1).astype(
     np.float32)  # (40, 96): S0 (cos, -sin), S1 (u cos, -u sin)
 _ROT_SUB = np.exp(-2j * np.pi * _FINE_HZ[None, :] * SUB * np.arange(1, 4)[:, None] / FS).astype(np.complex64)

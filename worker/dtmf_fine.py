@@ -28,7 +28,7 @@ from wholecall.formats.codecs import FRAME
 
 _jit = nb.njit(cache=True, nogil=True)
 
-SUB = 40  # hop of the fine analysis (5 ms): dtmf.SUB
+SUB = 40  # hop of the fine analysis (5 ms): dtmf.SUB (dtmf.py asserts they agree)
 SEG = 10  # segment of the energies and of the edge walk: dtmf.SEG
 WIN = 160  # analysis window: dtmf.WIN
 
@@ -65,7 +65,7 @@ def fine_windows(flat, depth, rows, n, frames, c_sub, rot, w2, tone_ms, twist_re
     windows 1 .. nwin - 1 are judged (window 0 gives window 1 its phase advance).
     Each window is projected on NF sub-bins, three per DTMF bin (sub-bin k, k + 8 and
     k + 16 belong to bin k), through its sub-blocks: `c_sub` (SUB, 4 * NF) holds the
-    scaled cos and -sin at window-local time SUB + u, then the same times u; `rot`
+    scaled cos and -sin at time u in the sub-block, then the same times u; `rot`
     (3, NF) turns a sub-block's sums to window offsets SUB, 2 SUB and 3 SUB. With the
     trapezoid window (ramps of one sub-block: (u + 0.5) / SUB up, (SUB - 0.5 - u) / SUB
     down), window j is (S1 + S0 / 2) / SUB of sub-block j, S0 of j + 1 and j + 2 turned,

@@ -124,7 +124,7 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
     x = np.empty(pre_n, np.float32)
     step_r = LINE // ring.itemsize
     for r in range(m):
-        if r + AHEAD < m:  # the ring block and the slots of a row ahead: in cache when it comes
+        if r + AHEAD < m:  # the ring block of a row ahead: in cache when it comes (its slots are streamed)
             ra = r + AHEAD
             src0 = base[ra] + (pos[ra] & wrap_mask)
             for i in range(0, b * FRAME, step_r):

@@ -586,8 +586,7 @@ class Pipeline:
                 part = rows[k * len(rows) // n:(k + 1) * len(rows) // n]
                 if k:
                     parts()
-                    if self._released:  # ended in a drain between parts: not ours to advance
-                        part = part[np.fromiter((r in self.jobs for r in part.tolist()), bool, len(part))]
+                    part = self._kept(part)  # jobs ended in a drain between parts are not ours to advance
                 total += self._tick(now, block, part, history=True)
             return total
         finally:
@@ -607,6 +606,12 @@ class Pipeline:
         have = np.minimum(a.write_pos[self.slot_in[rows]], a.write_pos[self.slot_out[rows]]) - self.pos[rows]
         blocks = np.clip(have // (block * FRAME), 1, max(1, self.max_frames // block)).sum()
         return max(1, min(len(rows), -(-int(blocks) // self.part_rows)))
+
+    def _kept(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of `rows` (all holding a job when the tick or drain began) whose job is
+        still here: a row freed during a tick stays in `_released` until the tick is over,
+        never reused meanwhile, so this is one vectorised test, not a lookup per job."""
+        return rows[~np.isin(rows, self._released)] if self._released else rows
 
     def _recycle(self) -> None:
         """Rows freed during a tick are reusable once it is over (a start served mid-tick
@@ -644,8 +649,8 @@ class Pipeline:
             for _ in range(self.arena.capacity // (self.max_frames * FRAME) + 1):
                 done = self._tick(now, block, arr, history=False)
                 total += done
-                arr = arr[np.fromiter((r in self.jobs and self.pos[r] < self.end[r] for r in arr.tolist()), bool,
-                                      len(arr))]
+                arr = self._kept(arr)
+                arr = arr[self.pos[arr] < self.end[arr]]
                 if not done or not len(arr):
                     break
             return total
@@ -815,28 +820,29 @@ class Pipeline:
         taken = np.zeros(m, np.int64)
         opos = self.opos[sel]
         paused = self._paused_frames(sel, opos, b) if self.pz[sel].any() else None
-        if paused is None:  # the common case, compiled; with pauses, the loop below
+        if paused is None:  # the common case, compiled
             sil = self.silence
             kernels.silence_frames(sel, energy, fill, FRAME, PREROLL_SAMPLES, sil.threshold, sil.heard,
                                    sil.initial_limit, sil.max_limit, sil.emitted, sil.last_loud_end, sil.run,
                                    sil.audio, self.trim_leading, self.skip, self.done, taken)
-            self.fill[sel] = fill + taken * FRAME
-            self.opos[sel] = opos + taken * FRAME
-            return
+        else:
+            self._silence_paused(sel, energy, fill, opos, paused, taken)
+        self.fill[sel] = fill + taken * FRAME
+        self.opos[sel] = opos + taken * FRAME
+
+    def _silence_paused(self, sel: np.ndarray, energy: np.ndarray, fill: np.ndarray, opos: np.ndarray,
+                        paused: np.ndarray, taken: np.ndarray) -> None:
+        """`kernels.silence_frames` for a step with paused frames, frame by frame in numpy:
+        paused frames count toward neither silence limit and are never "heard"."""
         going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
-        for k in range(b):
+        for k in range(energy.shape[1]):
             at, before = sel[going], fill[going] + k * FRAME
-            if paused is not None:
-                # Paused frames count toward neither silence limit and are never "heard".
-                pk = paused[going, k]
-                self.silence.pass_over(at[pk], FRAME, self._keeps_paused(at[pk], opos[going][pk] + k * FRAME))
-                at_k = at[~pk]
-                first_k, ended_k = self.silence.step_energy(at_k, energy[going, k][~pk], FRAME, before[~pk])
-                first = np.zeros(len(at), bool)
-                ended = np.zeros(len(at), bool)
-                first[~pk], ended[~pk] = first_k, ended_k
-            else:
-                first, ended = self.silence.step_energy(at, energy[going, k], FRAME, before)
+            pk = paused[going, k]
+            self.silence.pass_over(at[pk], FRAME, self._keeps_paused(at[pk], opos[going][pk] + k * FRAME))
+            first_k, ended_k = self.silence.step_energy(at[~pk], energy[going, k][~pk], FRAME, before[~pk])
+            first = np.zeros(len(at), bool)
+            ended = np.zeros(len(at), bool)
+            first[~pk], ended[~pk] = first_k, ended_k
             taken[going] += 1
             if first.any():
                 lead = first & self.trim_leading[at]
@@ -846,8 +852,6 @@ class Pipeline:
                 going = np.flatnonzero(~self.done[sel])
                 if not len(going):
                     break
-        self.fill[sel] = fill + taken * FRAME
-        self.opos[sel] = opos + taken * FRAME
 
     def _table_index(self, table: np.ndarray | None) -> int:
         if table is None:
@@ -896,7 +900,7 @@ class Pipeline:
             if ending or job.cause in (Cause.SIZE, Cause.ERROR):
                 self._finish(job)
         if len(flushed):
-            going = flushed[np.fromiter((r in self.jobs for r in flushed.tolist()), bool, len(flushed))]
+            going = self._kept(flushed)
             self._publish(going)
 
     def _flush_codes(self, rows: np.ndarray) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from wholecall.worker.dtmf import (
-    _C_WIN,
     _EDGE_CHUNK,
     _EDGE_REACH,
+    _FINE_HZ,
     _HZ_PER_RAD,
-    _NF,
     _ROT24,
     _TOL_HZ,
     _W2,
+    _WINDOW,
     _WINDOW_FIT,
     FRAME,
     FREQ_TOL,
@@ -34,6 +34,7 @@ from wholecall.worker.dtmf import (
     TWIST_REVERSE_DB,
     WIN,
     DtmfBank,
+    _projection,
 )
 
 
@@ -205,6 +206,8 @@ class ReferenceBank(DtmfBank):
         self._masked[rows] = self._mask[rows].any(axis=(1, 2))
 
 
+_NF = len(_FINE_HZ)
+_C_WIN = _projection(_WINDOW, _FINE_HZ)  # (160, 48): each window projected whole, cos x 24, -sin x 24
 _PAIR = np.array([0, 4])  # offsets of the low and high group in the 8 bins
 _PAIR2 = _PAIR + 2
 _T_WIN = np.arange(WIN, dtype=np.float32)[:, None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dtmf_reference import NumpyAnalysisBank
-from test_dtmf_runs import _library_legs
+from test_dtmf_runs import _bank_pair, _library_legs, _random_calls
 
 from wholecall.worker import dtmf_fine
 from wholecall.worker.dtmf import DtmfBank
@@ -22,24 +22,9 @@ def test_compiled_analysis_and_edges_decide_what_numpy_decided_on_the_stress_lib
     bit are equal, and each call's window verdicts too."""
     legs = 600
     x = _library_legs(legs, 30.0, seed=7)
-    nfr = x.shape[1]
-    new = DtmfBank(capacity=legs, sample_type=np.int16, max_block=max_block)
-    ref = NumpyAnalysisBank(capacity=legs, sample_type=np.int16, max_block=max_block)
-    elim = np.arange(legs) % 5 != 0
-    for bank in (new, ref):
-        bank.reset(np.arange(legs), elim)
-    rng = np.random.default_rng(8)
-    pos = np.zeros(legs, np.int64)
+    new, ref = _bank_pair(NumpyAnalysisBank, legs, max_block, elim_every=5)
     digits = windows = 0
-    while (pos < nfr).any():
-        b = int(rng.integers(1, max_block + 1))
-        live = np.flatnonzero(pos + b <= nfr)
-        if not len(live):
-            b, live = 1, np.flatnonzero(pos < nfr)
-        pick = rng.permutation(live[rng.random(len(live)) < 0.8])
-        if not len(pick):
-            continue
-        blk = x[pick[:, None], pos[pick][:, None] + np.arange(b)]
+    for pick, b, blk in _random_calls(x, max_block, seed=8):
         hot = np.flatnonzero(new._hot > 0)
         if len(hot):  # the verdicts on the windows of every hot row, before the call
             n = np.maximum(new._n[hot] - 1, 0)
@@ -59,7 +44,6 @@ def test_compiled_analysis_and_edges_decide_what_numpy_decided_on_the_stress_lib
         digits += len(ev)
         assert np.array_equal(new._mask, ref._mask)
         assert np.array_equal(new._active, ref._active) and np.array_equal(new._rd, ref._rd)
-        pos[pick] += b
     assert np.array_equal(new.flush(np.arange(legs)), ref.flush(np.arange(legs)))
     assert new.pop_events() == ref.pop_events()
     assert digits >= 100, digits

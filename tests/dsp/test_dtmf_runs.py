@@ -27,6 +27,35 @@ def _library_legs(legs: int, seconds: float, seed: int) -> np.ndarray:
     return progs.audio[prog[:, None], leg[:, None], idx].reshape(legs, nfr, FRAME)
 
 
+def _bank_pair(ref_class: type, legs: int, max_block: int, elim_every: int) -> tuple[DtmfBank, DtmfBank]:
+    """A compiled bank and a reference one, every `elim_every`-th leg not eliminating."""
+    new = DtmfBank(capacity=legs, sample_type=np.int16, max_block=max_block)
+    ref = ref_class(capacity=legs, sample_type=np.int16, max_block=max_block)
+    elim = np.arange(legs) % elim_every != 0
+    for bank in (new, ref):
+        bank.reset(np.arange(legs), elim)
+    return new, ref
+
+
+def _random_calls(x: np.ndarray, max_block: int, seed: int):
+    """The calls a worker's banks get, at random: each a random ~80 % of the legs with audio
+    left, in random order, advanced by a random block of 1 .. max_block frames (draining
+    jobs make odd sizes). Yields (legs, block, frames) until every leg is through `x`."""
+    rng = np.random.default_rng(seed)
+    nfr = x.shape[1]
+    pos = np.zeros(len(x), np.int64)
+    while (pos < nfr).any():
+        b = int(rng.integers(1, max_block + 1))
+        live = np.flatnonzero(pos + b <= nfr)
+        if not len(live):
+            b, live = 1, np.flatnonzero(pos < nfr)
+        pick = rng.permutation(live[rng.random(len(live)) < 0.8])
+        if not len(pick):
+            continue
+        yield pick, b, x[pick[:, None], pos[pick][:, None] + np.arange(b)]
+        pos[pick] += b
+
+
 def _state(bank: DtmfBank) -> tuple:
     return (bank._mask, bank._masked, bank._rd, bank._rv, bank._rg, bank._ra, bank._rb, bank._racc, bank._rpur,
             bank._active, bank._done, bank._hot, bank._due, bank.onsets_cut)
@@ -39,26 +68,11 @@ def test_compiled_runs_and_mutes_equal_the_numpy_reference_on_the_stress_library
     every call the outputs, the digits, every mute bit and the run state are equal."""
     legs = 600
     x = _library_legs(legs, 30.0, seed=3)
-    nfr = x.shape[1]
-    new = DtmfBank(capacity=legs, sample_type=np.int16, max_block=max_block)
-    ref = ReferenceBank(capacity=legs, sample_type=np.int16, max_block=max_block)
-    elim = np.arange(legs) % 7 != 0
-    for bank in (new, ref):
-        bank.reset(np.arange(legs), elim)
-    rng = np.random.default_rng(4)
-    pos = np.zeros(legs, np.int64)
+    new, ref = _bank_pair(ReferenceBank, legs, max_block, elim_every=7)
     digits = together = 0
     real = DtmfBank._apply_edges
 
-    while (pos < nfr).any():
-        b = int(rng.integers(1, max_block + 1))
-        live = np.flatnonzero(pos + b <= nfr)
-        if not len(live):
-            b, live = 1, np.flatnonzero(pos < nfr)
-        pick = rng.permutation(live[rng.random(len(live)) < 0.8])
-        if not len(pick):
-            continue
-        blk = x[pick[:, None], pos[pick][:, None] + np.arange(b)]
+    for pick, _, blk in _random_calls(x, max_block, seed=4):
         seen = []
         DtmfBank._apply_edges = lambda self, rows, n, ev, seen=seen: (seen.append(ev), real(self, rows, n, ev))[1]
         try:
@@ -74,7 +88,6 @@ def test_compiled_runs_and_mutes_equal_the_numpy_reference_on_the_stress_library
         digits += len(ev_new)
         for a, r in zip(_state(new), _state(ref)):
             assert np.array_equal(a, r)
-        pos[pick] += b
     assert np.array_equal(new.flush(np.arange(legs)), ref.flush(np.arange(legs)))
     assert new.pop_events() == ref.pop_events()
     # The load exercised what matters: many digits, and a stop and a confirmation of one
