@@ -10,7 +10,11 @@ the heap, and not trimming it, makes the second tick reuse the first one's memor
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+
+log = logging.getLogger("wholecall.controller")
 
 #: glibc malloc tunables for the media processes (an existing GLIBC_TUNABLES is kept).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
@@ -47,3 +51,17 @@ def raise_threads(steps: int) -> int:
     for tid in tids:
         os.setpriority(os.PRIO_PROCESS, tid, -steps)
     return len(tids)
+
+
+def raise_current_thread(steps: int, what: str) -> bool:
+    """Raise the calling thread to nice -`steps` (a controller thread joining the workers'
+    level, as the supervisor's I/O thread does); logs why not and returns False without
+    CAP_SYS_NICE. 0 leaves it alone."""
+    if not steps:
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -steps)
+    except OSError as e:
+        log.warning("%s thread: cannot raise priority to nice -%d: %s", what, steps, e)
+        return False
+    return True

@@ -119,6 +119,7 @@ class StressConfig:
     #: it is. Not the default: at 20,000 channels the application then took the CPU the
     #: workers needed during the ramp and the rings overran (411 M samples, BENCHMARKS.md).
     app_priority: int = 0
+    gc_freeze_s: float = 0.0  # the controller's Config.gc_freeze_s (0: the collector left alone)
 
 
 @dataclass
@@ -486,6 +487,8 @@ class Run:
             settings["tick_ms"] = cfg.tick_ms
         if cfg.scale_jobs:
             settings["scale_jobs"] = cfg.scale_jobs
+        if cfg.gc_freeze_s:
+            settings["gc_freeze_s"] = cfg.gc_freeze_s
         ccfg = Config(**settings)
         lay = Layout(2 * total, ccfg.ring_samples)
         nofile = raise_nofile()
@@ -632,6 +635,10 @@ class Run:
             # Probes stopped at --probe-rate while every ramp call records.
             "stop_steady": percentiles([c.stop_ms for c in steady_stops]),
             "stop_hops_steady": stop_hops(steady_stops),
+            # The tail itself: its hops say which hop made each of the slowest stops slow.
+            "stop_steady_slowest": [{"ms": round(c.stop_ms, 1), "hops": {k: round(v, 1) for k, v in
+                                                                        (c.stop_hops_ms or {}).items()}}
+                                    for c in sorted(steady_stops, key=lambda c: -c.stop_ms)[:5]],
             "start_hops": start_hops(ramp),
             "start_hops_at_load": start_hops(at_load),
             "start_hops_steady": start_hops(steady),
@@ -1285,6 +1292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app-priority", type=int, default=0, metavar="N",
                    help="run this process (the application: API threads, controller) at nice -N; -1: the "
                         "workers' level; default 0: leave it")
+    p.add_argument("--gc-freeze-s", type=float, default=0.0, metavar="SECONDS",
+                   help="the controller freezes the surviving heap every SECONDS (Config.gc_freeze_s): full "
+                        "collections then walk only what came since; default 0: off")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after --find-max's first failure")
     p.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
     p.add_argument("--report", default=None, help="JSON report path (default OUT/stress-report.json)")
@@ -1312,7 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
                        profile=a.profile, spot_checks=a.spot_checks, quiet=a.quiet, tick_ms=a.tick_ms,
                        scale_jobs=a.scale_jobs, arena_dir=a.arena_dir, probes=a.probes, probe_rate=a.probe_rate,
                        probe_seconds=a.probe_seconds,
-                       kill_worker_at=a.kill_worker_at, app_priority=a.app_priority)
+                       kill_worker_at=a.kill_worker_at, app_priority=a.app_priority, gc_freeze_s=a.gc_freeze_s)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
     if a.find_max:

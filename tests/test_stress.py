@@ -51,6 +51,10 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     hops = lat["stop_hops_steady"]
     assert set(hops) == {"checks", "to_worker", "wait_loop", "drain_finalise", "from_worker", "sidecar", "wake_up"}
     assert all(h["n"] == probes["stopped_with_all_recording"] and h["p50"] >= 0 for h in hops.values())
+    slowest = lat["stop_steady_slowest"]
+    assert slowest and slowest[0]["ms"] == pytest.approx(lat["stop_steady"]["max"], abs=0.1)
+    assert [s["ms"] for s in slowest] == sorted((s["ms"] for s in slowest), reverse=True)
+    assert sum(slowest[0]["hops"].values()) == pytest.approx(slowest[0]["ms"], abs=0.5)
     assert report["memory"]["rings_bytes_per_channel"] == 2 * 2 * report["memory"]["ring_samples"]
     # As root, the run's arena is on a private tmpfs with 2 MiB pages (tests/test_shm.py
     # checks that such a mount goes away).

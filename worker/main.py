@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import logging
 import os
 import resource
@@ -133,6 +134,13 @@ def run(settings: WorkerSettings) -> int:
     orphaned = False
     if lifeline >= 0:
         poller.register(lifeline, zmq.POLLIN)
+    # Everything alive now (modules, numba's compiled kernels, the pipeline's arrays) lives
+    # as long as the worker: out of the cyclic collector's walks with it. Its full
+    # collections at 10,000 jobs walked ~177,000 objects for 120-220 ms, with the tick
+    # stopped; ~123,000 of them were these. A job's own objects are freed by reference
+    # counting (no cycles), so the collector only ever needs to see what came since.
+    gc.collect()
+    gc.freeze()
     commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
 
     def heartbeat() -> Heartbeat:
