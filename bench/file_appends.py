@@ -26,7 +26,15 @@ CHUNK = 16_384  # bytes per append: a flush of 2 s of 8 kHz A-law, rounded to pa
 HEADER = 58  # an A-law WAV header: the appends start mid-block, as the recordings' do
 
 
-def run(files: int, rounds: int, where: str, pace: float) -> None:
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far (every process and kernel thread:
+    writeback done by the kernel's flusher threads is not the writer's own CPU)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def run(files: int, rounds: int, where: str, pace: float, drop_behind: bool = False) -> None:
     os.makedirs(where, exist_ok=True)
     src = np.random.default_rng(1).integers(0, 255, size=(files, CHUNK), dtype=np.uint8)
     fds = [os.open(os.path.join(where, f"f{i}.wav"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -34,22 +42,29 @@ def run(files: int, rounds: int, where: str, pace: float) -> None:
     mb_round = files * CHUNK / 1e6
     try:
         t0 = last = os.times()
+        m0 = machine_busy_s()
         w0 = time.monotonic()
         for r in range(rounds):
             if pace:
                 time.sleep(pace)
             for i, fd in enumerate(fds):
                 os.pwrite(fd, src[i], HEADER + r * CHUNK)
+                if drop_behind:
+                    # Start writing this append back now and drop what earlier ones left in the
+                    # page cache (clean by now): the kernel reuses those pages for the next appends.
+                    os.posix_fadvise(fd, 0, (HEADER + (r + 1) * CHUNK) & ~4095, os.POSIX_FADV_DONTNEED)
             if (r + 1) % 10 == 0:
                 now = os.times()
                 print(f"rounds {r - 8:3d}-{r + 1:3d} ({(r + 1) * mb_round / 1000:5.1f} GB written): "
                       f"{(now.system - last.system) / (10 * mb_round) * 1e6:6.0f} us system CPU per MB", flush=True)
                 last = now
         end = os.times()
+        machine = machine_busy_s() - m0
         mb = rounds * mb_round
         print(f"{mb:.0f} MB in {time.monotonic() - w0:.1f} s: {(end.system - t0.system) / mb * 1e6:.0f} us system "
               f"and {(end.user - t0.user) / mb * 1e6:.0f} us user CPU per MB "
-              f"({(end.system + end.user - t0.system - t0.user) / mb * 8e3:.1f} us per channel-second at 8 kB/s)")
+              f"({(end.system + end.user - t0.system - t0.user) / mb * 8e3:.1f} us per channel-second at 8 kB/s); "
+              f"the whole machine {machine / mb * 1e6:.0f} us busy per MB")
     finally:
         for fd in fds:
             os.close(fd)
@@ -62,8 +77,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--dir", default="/var/tmp/wholecall-appends")
     p.add_argument("--pace", type=float, default=0.0, help="seconds to sleep before each round (writeback keeps up)")
+    p.add_argument("--drop-behind", action="store_true",
+                   help="after each append, fadvise(DONTNEED) the file up to it (writeback now, clean pages freed)")
     a = p.parse_args()
-    run(a.files, a.rounds, a.dir, a.pace)
+    run(a.files, a.rounds, a.dir, a.pace, a.drop_behind)
 
 
 if __name__ == "__main__":
