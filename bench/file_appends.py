@@ -34,11 +34,24 @@ def machine_busy_s() -> float:
     return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
-def run(files: int, rounds: int, where: str, pace: float, drop_behind: bool = False) -> None:
+def fallocate_keep_size(fd: int, length: int) -> None:
+    """Reserve `length` bytes of blocks without changing the file's size (unwritten extents)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, 1, 0, length) != 0:  # FALLOC_FL_KEEP_SIZE
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def run(files: int, rounds: int, where: str, pace: float, drop_behind: bool = False, prealloc: int = 0) -> None:
     os.makedirs(where, exist_ok=True)
     src = np.random.default_rng(1).integers(0, 255, size=(files, CHUNK), dtype=np.uint8)
     fds = [os.open(os.path.join(where, f"f{i}.wav"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
            for i in range(files)]
+    if prealloc:
+        for fd in fds:
+            fallocate_keep_size(fd, prealloc)
     mb_round = files * CHUNK / 1e6
     try:
         t0 = last = os.times()
@@ -79,8 +92,10 @@ def main() -> None:
     p.add_argument("--pace", type=float, default=0.0, help="seconds to sleep before each round (writeback keeps up)")
     p.add_argument("--drop-behind", action="store_true",
                    help="after each append, fadvise(DONTNEED) the file up to it (writeback now, clean pages freed)")
+    p.add_argument("--prealloc", type=int, default=0, metavar="BYTES",
+                   help="reserve this many bytes per file first (fallocate, size kept: unwritten extents)")
     a = p.parse_args()
-    run(a.files, a.rounds, a.dir, a.pace, a.drop_behind)
+    run(a.files, a.rounds, a.dir, a.pace, a.drop_behind, a.prealloc)
 
 
 if __name__ == "__main__":
