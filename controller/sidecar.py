@@ -1,7 +1,10 @@
 """The metadata sidecar of a finished recording: `<file>.json`, written after the file is final.
 
-Who writes it, and when. The worker's `JobEnded` means the audio file is final (closed,
-renamed, fsynced by the worker's finalise path). The supervisor's I/O thread delivers
+Who writes it, and when. The worker's `JobEnded` means the audio file is final: its last
+header written and closed (an encrypted one also fsynced and renamed by its finalise path;
+a plain one is not fsynced: its tail reaches the disk with the kernel's writeback, so
+after a power loss, not a process crash, the sidecar's bytes and sha256 may describe
+audio the disk did not get). The supervisor's I/O thread delivers
 that event; it must never hash a file or touch the disk, so the recorder hands the
 ending to the controller's *finisher* threads (`Config.finisher_threads`). A finisher
 hashes the file, builds the document below and writes it atomically (a temporary
