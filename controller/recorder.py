@@ -124,7 +124,7 @@ class WholeCallRecorder:
         # A channel is alive while it is open (the controller holds it) or while its user does.
         self._channel_ref = weakref.ref(channel)
         self._channel_id = channel.id
-        self._slots = list(channel.slots)
+        self._slots = channel.slots
         self._arena = channel.controller.arena
         self._ctl = channel.controller
         self._cond = threading.Condition()

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -278,7 +279,7 @@ class Arena:
             self.keys[s] = 0
         return got
 
-    def release(self, slots: list[int]) -> None:
+    def release(self, slots: Sequence[int]) -> None:
         if not self.owner:
             raise RuntimeError("only the arena owner frees slots")
         with self._lock:
@@ -325,7 +326,7 @@ class Arena:
             self.read_pos[s] = position
         return True
 
-    def disarm(self, slots: list[int], job_id: int) -> None:
+    def disarm(self, slots: Sequence[int], job_id: int) -> None:
         """Take `slots` back from `job_id` (a no-op for slots armed for another job since)."""
         for s in slots:
             if self.job[s] == job_id:
