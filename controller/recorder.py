@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 log = logging.getLogger("wholecall.controller")
+#: The stop trace of a recorder no stop() has traced yet: one shared empty list (see `_stop_marks`).
+_NO_MARKS: list[float] = []
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,9 @@ class WholeCallRecorder:
         self._started: tuple[float, JobStarted] | None = None
         #: Timestamps of the last stop() whose job ended by it (None before one has).
         self.last_stop_trace: StopTrace | None = None
-        self._stop_marks: list[float] = []  # stop(): called, sent; then the worker's and ours
+        # stop(): called, sent; then the worker's and ours. Shared and empty until a stop()
+        # makes its own (every append below is guarded by a length of at least one).
+        self._stop_marks: list[float] = _NO_MARKS
         self._opts: RecordOptions | None = None
         self._notes: sc.JobNotes | None = None
         #: Set by an application (`wholecall serve` does) to add to each sidecar: a dict
@@ -337,7 +341,7 @@ class WholeCallRecorder:
             notes = self._notes
             if notes is not None:
                 if mode:
-                    notes.pauses.append(sc.PauseSpan(mode, pos, now))
+                    notes.pauses = (*notes.pauses, sc.PauseSpan(mode, pos, now))
                 elif notes.paused:
                     notes.pauses[-1].end_pos, notes.pauses[-1].end_t = pos, now
             log.info("Channel(%d): recording %s at leg position %d", self._channel_id,
@@ -444,7 +448,7 @@ class WholeCallRecorder:
         with self._cond:
             if ev.job_id != self._core.job_id or self._notes is None:
                 return False
-            self._notes.digits.extend(ev.digits)
+            self._notes.digits = (*self._notes.digits, *ev.digits)
             return True
 
     def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,

@@ -26,7 +26,8 @@ import hashlib
 import hmac
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from wholecall.formats import encrypted as cf
@@ -63,15 +64,17 @@ class JobNotes:
     start_pos: int
     start_t: float
     min_seconds: float
-    pauses: list[PauseSpan] = field(default_factory=list)
-    digits: list[list] = field(default_factory=list)  # [digit, leg, leg position] from the worker
+    # Tuples, replaced as they grow (rarely: a pause, a digit): the empty one is shared,
+    # where two lists a call were two more objects for the cyclic collector to walk.
+    pauses: tuple[PauseSpan, ...] = ()
+    digits: tuple[list, ...] = ()  # [digit, leg, leg position] from the worker
 
     @property
     def paused(self) -> bool:
         return bool(self.pauses) and self.pauses[-1].end_pos is None
 
 
-def file_offset(pos: int, origin: int, pauses: list[PauseSpan], end_pos: int) -> int | None:
+def file_offset(pos: int, origin: int, pauses: Sequence[PauseSpan], end_pos: int) -> int | None:
     """Offset in 8 kHz samples in the file of leg position `pos`; None if `pos` is not in
     the file (before its first sample, inside a paused span, or after its end).
 

@@ -121,7 +121,7 @@ class JobRoute:
     #: Every PauseJob of the job, encoded, in order: a new owner gets them again, so a
     #: paused job stays paused across a takeover (the worker's `PauseSchedule` drops
     #: spans that end before the position it resumes from).
-    pauses: list[bytes] = field(default_factory=list)
+    pauses: tuple[bytes, ...] = ()  # a tuple, replaced as it grows: no list per job
     lost: int = 0  # samples the rings overwrote before takeovers, recorded as silence
     moves: int = 0
 
@@ -300,7 +300,7 @@ class Supervisor:
                     if isinstance(msg, StopJob):
                         route.stop = data
                     else:
-                        route.pauses.append(data)
+                        route.pauses = (*route.pauses, data)
         self._outbox.append((worker_index, job_id, data))
         self._wake.wake()
 
