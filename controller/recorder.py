@@ -129,7 +129,11 @@ class WholeCallRecorder:
         self._slots = channel.slots
         self._arena = channel.controller.arena
         self._ctl = channel.controller
-        self._cond = threading.Condition()
+        # Over a plain lock, not the default RLock: nothing here takes it twice (every wait
+        # is outside the `with` blocks), and an RLock-backed Condition keeps three more
+        # objects a call (the RLock's bound _release_save, _acquire_restore and _is_owned)
+        # for every full collection of the process to walk.
+        self._cond = threading.Condition(threading.Lock())
         self._core = RecorderCore(f"Channel({channel.id})")
         self._core.context["channel"] = channel.id
         self._worker = -1
