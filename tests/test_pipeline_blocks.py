@@ -417,11 +417,45 @@ def test_parts_cut_the_work_not_the_rows(tmp_path):
         for k, m in enumerate(msgs):
             for s in (m.slot_in, m.slot_out):
                 arena.write_pos[s] = (25 if k < 3 else 5) * 160
-        bounds = pipe._part_bounds(rows, 5)
+        bounds, plan = pipe._part_bounds(100.0, rows, 5)
         work = np.where(np.arange(len(rows)) < 3, 5, 1)
+        assert plan.tolist() == work.tolist()
         per_part = [int(work[a:b].sum()) for a, b in zip(bounds, bounds[1:])]
         assert bounds[0] == 0 and bounds[-1] == len(rows) and sum(per_part) == 23
         assert len(per_part) == 4 and max(per_part) <= 6 + 5, per_part  # by rows: 5 + 5 + 5 + 1 + 1 + 1 in one part
+    finally:
+        pipe.close()
+        arena.close()
+
+
+def test_a_part_advances_its_jobs_by_the_blocks_planned_not_by_what_came_since(tmp_path):
+    """Producers keep writing while a tick runs: the later parts of a tick found up to twice
+    the blocks the parts were cut for (a part of 1,686 jobs took 25 ms at 20,000 channels,
+    and stops waited for it). A running job advances by the blocks it had when the tick
+    began; the rest waits for the next tick, which takes it."""
+    progs = load_programs()[0]
+    arena = Arena.create(2 * JOBS, 1 << 16)
+    pipe = Pipeline(arena, default_open_sink(), capacity=JOBS, flush_samples=16_000, max_block=5)
+    pipe.part_rows = 4
+    try:
+        msgs = [m for m in messages(tmp_path, progs) if m.mode == "mixed"]
+        for m in msgs:
+            arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
+            assert pipe.start(m) == ""
+
+        def write(upto: int) -> None:
+            for m in msgs:
+                for s in (m.slot_in, m.slot_out):
+                    arena.write_pos[s] = upto
+
+        pipe.between_parts = lambda: write(3 * 800)  # two more blocks arrive after the first part
+        write(800)
+        pipe.tick(100.0, block=5)
+        rows = np.array(sorted(pipe.jobs), np.int64)
+        assert pipe.pos[rows].tolist() == [800] * len(rows)  # one block each, as planned
+        pipe.between_parts = lambda: None
+        pipe.tick(100.1, block=5)
+        assert pipe.pos[rows].tolist() == [3 * 800] * len(rows)  # the next tick took the rest
     finally:
         pipe.close()
         arena.close()
