@@ -139,8 +139,11 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
                 # the prescreen reads the ring, in cache after the copy's loads.
                 src = base[r] + col
                 _stream_frame(dst, dst_slot[r * b + k], ring, src)
+                # Through a view: `ring[src + i]` may be negative as far as numba knows, and
+                # its wrap-around select per sample kept the loop from vectorising.
+                seg = ring[src:src + pre_n]
                 for i in range(pre_n):
-                    v = np.float32(ring[src + i])
+                    v = np.float32(seg[i])
                     x[i] = v
                     e += v * v
             else:
