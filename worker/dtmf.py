@@ -460,9 +460,12 @@ class DtmfBank:
         d = self._depth
         n0 = self._n[rows]
         n = n0 + (b - 1)  # the newest frame of each row once this call's frames are in
-        base_r = rows[:, None] * d
-        ib = np.arange(b)
-        slot_in = (base_r + (n0[:, None] + ib) % d).reshape(-1)
+        # Where this call's frames go, and the frames received L frames ago that leave
+        # (one compiled pass: the two int64 modulos over rows x B were most of this
+        # method's own time).
+        slot_in = np.empty(m * b, np.int64)
+        slot_out = np.empty((m, b), np.int64)
+        kernels.delay_slots(rows, n0, d, b, LOOKAHEAD_FRAMES, slot_in, slot_out)
         hot = self._heat(rows, self._take_in(ring, base, pos, avail, wrap_mask, b, slot_in))
         was = self._masked[rows]
         if was.any():
@@ -503,7 +506,6 @@ class DtmfBank:
                 self._due[hr] = hn + 2 - ((self._rd[hr] >= 0) & ~self._active[hr])
 
         self._n[rows] = n0 + b
-        slot_out = base_r + (n0[:, None] - LOOKAHEAD_FRAMES + ib) % d  # received L frames ago
         return slot_out, self._masked[rows]
 
     def flush(self, rows: np.ndarray) -> np.ndarray:

@@ -176,6 +176,20 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
 
 
 @_jit
+def delay_slots(rows, n0, depth, b, lookahead, slot_in, slot_out):
+    """The DTMF delay line's slots (`DtmfBank._advance`): row r's frame f sits in slot
+    rows[r] * depth + f % depth. slot_in (row-major, `b` per row): the frames n0[r] ..
+    n0[r] + b - 1 arriving now; slot_out (rows x b): those received `lookahead` frames
+    before them, which leave now (for a young row, slots of its initial silence)."""
+    for r in range(rows.shape[0]):
+        first = rows[r] * depth
+        for k in range(b):
+            slot_in[r * b + k] = first + (n0[r] + k) % depth
+            f = n0[r] - lookahead + k
+            slot_out[r, k] = first + f % depth
+
+
+@_jit
 def _project8(x, c, p):
     """p[q] = x . c[q] for every row of `c` (a multiple of 8 rows: the DTMF prescreen's
     16, cos and sin of 8 tones). Eight dot products at a time, each sample loaded once
@@ -344,6 +358,7 @@ def warm_up() -> None:
     for dtype in (np.int16, np.float32):
         frames_in(ring.astype(dtype), one, one, one, 2 * FRAME - 1, 1, np.zeros((1, FRAME), dtype), one,
                   np.zeros((16, 80), np.float32), np.float32(1), np.float32(1), np.float32(1), np.float32(1), fired)
+    delay_slots(one, one, 10, 1, 5, np.zeros(1, np.int64), np.zeros((1, 1), np.int64))
     src = np.zeros((2, FRAME), np.int16)
     mute = np.zeros((2, FRAME), np.bool_)
     s_in = np.zeros((1, 1), np.int64)
