@@ -333,3 +333,33 @@ def test_reading_straight_from_rings_equals_processing_the_gathered_frames():
     ev = direct.pop_events()
     assert len(ev) > 3 and ev == gathered.pop_events()
     assert np.array_equal(direct.flush(rows), gathered.flush(rows))
+
+
+def test_the_compiled_slot_arithmetic_is_the_delay_lines():
+    """`kernels.delay_slots` against the formula it replaced: frame f of row r in slot
+    r * depth + f % depth (Python's modulo: a young row's outgoing frames are negative)."""
+    from wholecall.worker import kernels
+
+    rng = np.random.default_rng(3)
+    depth, look = 10, 5
+    for b in range(1, 6):
+        rows = rng.choice(1000, size=300, replace=False).astype(np.int64)
+        n0 = rng.integers(0, 40, size=300).astype(np.int64)  # young rows (n0 < look) included
+        slot_in, slot_out = np.empty(300 * b, np.int64), np.empty((300, b), np.int64)
+        kernels.delay_slots(rows, n0, depth, b, look, slot_in, slot_out)
+        ib = np.arange(b)
+        assert np.array_equal(slot_in, (rows[:, None] * depth + (n0[:, None] + ib) % depth).reshape(-1))
+        assert np.array_equal(slot_out, rows[:, None] * depth + (n0[:, None] - look + ib) % depth)
+
+
+def test_the_prescreen_projection_eight_rows_at_a_time_is_the_dot_products():
+    from wholecall.worker import kernels
+    from wholecall.worker.dtmf import _C_PRE_T
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        x = (rng.standard_normal(_C_PRE_T.shape[1]) * 3000).astype(np.float32)
+        p = np.empty(_C_PRE_T.shape[0], np.float32)
+        kernels._project8(x, _C_PRE_T, p)
+        want = _C_PRE_T.astype(np.float64) @ x.astype(np.float64)
+        assert np.allclose(p, want, rtol=1e-5, atol=1e-3 * np.abs(want).max())
