@@ -213,7 +213,7 @@ def test_the_warm_up_covers_every_kernel_signature_the_pipeline_calls(tmp_path):
     from wholecall.worker import kernels
 
     kernels.warm_up()
-    jit = [kernels.frames_in, kernels.mix_frames, kernels.delay_slots]
+    jit = [kernels.frames_in, kernels.mix_frames, kernels.delay_slots, kernels.silence_frames]
     before = [len(k.signatures) for k in jit]
     for block in (1, 5):
         (tmp_path / str(block)).mkdir()
