@@ -70,7 +70,12 @@ def info_command(argv: list[str]) -> int:
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as e:
-        print(f"wholecall info: cannot read {a.file}.json: {e}", file=sys.stderr)
+        why = str(e)
+        if os.path.isfile(a.file + ".json") and os.path.getsize(a.file + ".json") == 0:
+            # Written and renamed, then the machine went down before the syncer made its
+            # data durable (`controller.durability`).
+            why = "it is empty (the machine stopped before it was made durable)"
+        print(f"wholecall info: cannot read {a.file}.json: {why}", file=sys.stderr)
     disagreements = compare(facts, side) if isinstance(side, dict) else []
     json.dump({"file": facts, "sidecar": side, "disagreements": disagreements}, sys.stdout, indent=2)
     print()

@@ -27,6 +27,7 @@ from wholecall.shm.arena import _pid_alive, huge_pages
 from .channel import CallChannel
 from .config import Config
 from .counters import JobCounters
+from .durability import Syncer, sync_files
 from .errors import Error
 from .heapfreeze import HeapFreezer
 from .media import Conference, MusicOnHold
@@ -61,6 +62,8 @@ class Controller:
         #: Finisher threads: hash ended recordings and write their sidecars (`sidecar.py`).
         self._finisher: concurrent.futures.ThreadPoolExecutor | None = None
         self._freezer: HeapFreezer | None = None
+        #: Makes ended recordings durable behind stop() (`durability.py`); None before start().
+        self.syncer: Syncer | None = None
         #: Totals of finished recordings (by cause, bytes, failures) for metrics.
         self.counters = JobCounters()
 
@@ -91,6 +94,7 @@ class Controller:
             self._finisher = concurrent.futures.ThreadPoolExecutor(
                 max(1, cfg.finisher_threads), thread_name_prefix="finisher",
                 initializer=raise_current_thread, initargs=(cfg.worker_priority, "finisher"))
+            self.syncer = Syncer()
             self.supervisor = Supervisor(
                 cfg.workers, self._run_dir, self.arena.path, self._on_event, self._on_worker_lost,
                 tick_ms=cfg.tick_ms, heartbeat_ms=cfg.heartbeat_ms, stall_timeout_s=cfg.stall_timeout_s,
@@ -132,6 +136,9 @@ class Controller:
             if self._finisher is not None:
                 self._finisher.shutdown(wait=True)  # every ended job's sidecar written, its recorder told
                 self._finisher = None
+            if self.syncer is not None:
+                self.syncer.close()  # and every one of them durable
+                self.syncer = None
             if self.arena is not None:
                 self.arena.close()
                 self.arena = None
@@ -200,6 +207,25 @@ class Controller:
             except RuntimeError:  # shut down meanwhile
                 pass
         fn(*args)
+
+    def durable_later(self, *paths: str) -> None:
+        """Files of an ended recording, final now: fsync them (and their directory) behind
+        the caller (`durability.py`); at once, in this thread, when there is no syncer."""
+        syncer = self.syncer
+        if syncer is not None:
+            try:
+                syncer.add(*paths)
+                return
+            except RuntimeError:  # closed meanwhile
+                pass
+        sync_files(p for p in paths if p)
+
+    def wait_durable(self, timeout: float | None = None) -> bool:
+        """Wait until every recording that ended so far is durable: its file and sidecar,
+        and their directory, fsynced (`Config.sync_on_stop` off, the default: the syncer
+        does that behind `stop()`). False if `timeout` seconds were not enough."""
+        syncer = self.syncer
+        return True if syncer is None else syncer.wait(timeout)
 
     def _on_event(self, worker: int, msg: Message) -> bool:
         """Worker events, on the supervisor's I/O thread; False for one that applied to

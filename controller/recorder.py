@@ -25,6 +25,7 @@ from wholecall.shm import layout as L
 from . import sidecar as sc
 from . import states
 from .args import RecordOptions, check_min_seconds, check_pause_mode, check_start, check_timeout
+from .durability import fsync_path, sync_files
 from .errors import Error, Hangup
 from .recorder_core import JobReport, PauseRequest, RecorderCore
 from .states import CallState, Cause, Phase, RecorderState
@@ -510,11 +511,15 @@ class WholeCallRecorder:
                 paused = tuple(doc["paused"])
                 if exists and self._ctl.config.sidecars:
                     side = sc.sidecar_path(path)
-                    sc.write_atomic(side, doc, self._ctl.config.file_mode)
+                    if self._ctl.config.sync_on_stop:
+                        fsync_path(path)  # the audio on the disk before the sidecar that describes it
+                    sc.write_atomic(side, doc, self._ctl.config.file_mode, durable=self._ctl.config.sync_on_stop)
         except Exception as e:  # noqa: BLE001 - the job must still end
             log.exception("Channel(%d): job %d: finishing %s failed", self._channel_id, job_id, path)
             error = (f"{error}; " if error else "") + f"sidecar not written: {e}"
             side = ""
+        if not discarded and path:
+            self._durable(path, side)
         finished = time.monotonic()
         with self._cond:
             if not self._core.ended(JobReport(job_id, cause, nbytes, samples, duration_s, error)):
@@ -529,6 +534,19 @@ class WholeCallRecorder:
             if error:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel_id, job_id, cause.value, error)
             self._cond.notify_all()
+
+
+    def _durable(self, path: str, side: str) -> None:
+        """The final file and sidecar on the disk: now (`Config.sync_on_stop`), or by the
+        controller's syncer, behind the caller. A failure is logged, never the job's."""
+        try:
+            if self._ctl.config.sync_on_stop:
+                if not side:  # with one, both are on the disk already (`_finish`)
+                    sync_files((path,))
+            else:
+                self._ctl.durable_later(path, side)
+        except OSError:
+            log.exception("Channel(%d): could not make %s durable", self._channel_id, path)
 
 
 #: Taken and released between storing a pause gate's HOLD and reading the legs' positions:

@@ -142,7 +142,7 @@ class Service:
         try:
             self.ctl = Controller(workers=self.cfg.workers, recordings_dir=self.cfg.recordings_dir,
                                   max_channels=self.cfg.max_calls, arena_dir=self.cfg.arena_dir,
-                                  worker_priority=self.cfg.worker_priority)
+                                  worker_priority=self.cfg.worker_priority, sync_on_stop=self.cfg.sync_on_stop)
             await loop.run_in_executor(self.pool, self.ctl.start)
             assert self.ctl.arena is not None
             for k, (low, high) in enumerate(port_shards(self.cfg.rtp_low, self.cfg.rtp_high, ingest_count(self.cfg))):

@@ -61,6 +61,9 @@ class ServeConfig:
     """HOST:PORT of the AudioSocket server; empty: the listen host, any free port."""
     ingest_procs: int = 0
     """RTP ingest processes (legs sharded across them by port sub-range); 0 sizes it for the CPUs."""
+    sync_on_stop: bool = False
+    """A recording's file and sidecar fsynced before its stop is answered (Config.sync_on_stop);
+    off, the controller's syncer makes them durable milliseconds later."""
     stream_procs: int = 0
     """Stream ingest processes (Twilio, L16 WebSocket, AudioSocket), each with its own WebSocket
     and AudioSocket port; 0 sizes it for the CPUs (`stream_count`)."""
@@ -76,7 +79,7 @@ DEFAULTS = {
     "log_format": "text", "log_level": "", "ops_listen": "",
     "arena_dir": "/dev/shm", "worker_priority": 10,
     "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
-    "ingest_procs": 0, "stream_procs": 0,
+    "ingest_procs": 0, "stream_procs": 0, "sync_on_stop": False,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -108,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-procs", type=int,
                    help="stream ingest processes (Twilio, L16 WebSocket, AudioSocket), each with its own ports: "
                         "PORT+k of --websocket-listen/--audiosocket-listen (default: sized for the CPUs)")
+    p.add_argument("--sync-on-stop", action="store_const", const=True,
+                   help="answer a stop only once the file and its sidecar are fsynced (slower under load; "
+                        "default: fsynced by a background syncer milliseconds later)")
     return p
 
 
@@ -237,6 +243,8 @@ def build(values: dict[str, Any]) -> ServeConfig:
         raise ConfigError(f"worker_priority must be an integer from 0 to 20, got {wp!r}")
     if not os.path.isdir(str(values["arena_dir"])):
         raise ConfigError(f"arena_dir {values['arena_dir']!r} is not a directory (mount the arena's tmpfs first)")
+    if not isinstance(values["sync_on_stop"], bool):
+        raise ConfigError(f"sync_on_stop must be true or false, got {values['sync_on_stop']!r}")
     ops_host, ops_port = _host_port(values["ops_listen"], "ops_listen") if values["ops_listen"] else ("", 0)
     port_shards(low, high, values["ingest_procs"] or 1)
     return ServeConfig(
@@ -247,6 +255,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
         worker_priority=wp, **_stream_settings(values),
         ingest_procs=values["ingest_procs"], stream_procs=values["stream_procs"],
+        sync_on_stop=values["sync_on_stop"],
     )
 
 

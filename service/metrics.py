@@ -181,6 +181,21 @@ class ServiceCollector(Collector):
                                    "(recorded as silence).")
         lost.add_metric([], totals["lost_samples"])
         yield lost
+        syncer = ctl.syncer if ctl is not None else None
+        sync = syncer.snapshot() if syncer is not None else {"pending": 0, "failed": 0, "lag_s": 0.0}
+        pending = GaugeMetricFamily("wholecall_sync_pending",
+                                    "Recordings ended (final, stop() returned) and not yet fsynced.")
+        pending.add_metric([], sync["pending"])
+        yield pending
+        lag = GaugeMetricFamily("wholecall_sync_lag_seconds",
+                                "How long the oldest ended recording not yet fsynced has waited: what a power "
+                                "loss now could cost of its sidecar and tail.")
+        lag.add_metric([], sync["lag_s"])
+        yield lag
+        sync_failed = CounterMetricFamily("wholecall_sync_failures_total",
+                                          "Ended recordings whose fsync failed (logged with their paths).")
+        sync_failed.add_metric([], sync["failed"])
+        yield sync_failed
 
         stats = ctl.stats() if ctl is not None and ctl.supervisor is not None else {"workers": []}
         labels = ["worker", "cpu"]

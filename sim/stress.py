@@ -611,8 +611,17 @@ class Run:
         finally:
             if lg is not None:
                 lg.close()
+            syncer = ctl.syncer  # kept: close() drops it after its last batch
+            pending_at_close = syncer.snapshot()["pending"] if syncer is not None else 0
+            t_close = time.monotonic()
             ctl.close()
+            close_s = time.monotonic() - t_close
             arena_mount.close()
+        if syncer is not None:
+            # Recordings are final when stop() returns; the controller's syncer fsyncs them
+            # behind it (`controller.durability`). close() waits for the rest.
+            report["durability"] = {**syncer.snapshot(), "pending_at_close": pending_at_close,
+                                    "close_s": round(close_s, 2)}
         wall = time.monotonic() - t_start
         # -- figures ---------------------------------------------------------------------------
         ok_calls = [c for c in self.calls if c.started]
@@ -678,6 +687,8 @@ class Run:
                               "takeovers": takeovers, "lost_samples": sum(c.lost for c in self.calls)}
         if restarts > (1 if killed is not None else 0):
             failures.append(f"{restarts} worker restarts")
+        if report.get("durability", {}).get("failed"):
+            failures.append(f"{report['durability']['failed']} recordings could not be fsynced")
         failures.extend(self.errors)
         report["failures"] = failures
         report["ok"] = not failures
@@ -1193,6 +1204,10 @@ def summary(report: dict) -> str:
          f"{report.get('memory', {}).get('arena_dir')}, "
          f"{'2 MiB' if report.get('memory', {}).get('arena_huge_pages') else '4 KiB'} pages"),
     ]
+    if report.get("durability"):
+        d = report["durability"]
+        lines.append(f"  durability behind stop(): {d['synced']} recordings fsynced, {d['failed']} failed, longest wait "
+                     f"{d['max_lag_s']} s; {d['pending_at_close']} left at close(), which took {d['close_s']} s")
     if report.get("controller_gc"):
         lines.append("  controller process GC pauses: " + ", ".join(
             f"{g} {v['collections']} x, max {v['max_ms']} ms ({v.get('max_cpu_ms')} on CPU)"

@@ -22,6 +22,16 @@ def test_log_format_from_the_file_and_the_flag_wins(tmp_path) -> None:
     assert load([]).log_format == "text" and load([]).ops_host == ""
 
 
+def test_sync_on_stop_from_the_flag_or_the_file(tmp_path) -> None:
+    assert load([]).sync_on_stop is False and load(["--sync-on-stop"]).sync_on_stop is True
+    conf = tmp_path / "serve.toml"
+    conf.write_text("sync-on-stop = true\n")
+    assert load(["--config", str(conf)]).sync_on_stop is True
+    conf.write_text('sync_on_stop = "yes"\n')
+    with pytest.raises(ConfigError, match="sync_on_stop must be true or false, got 'yes'"):
+        load(["--config", str(conf)])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--log-format", "xml"], "log_format must be text or json, got 'xml'"),
     (["--log-level", "loud"], "log_level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'"),

@@ -118,6 +118,13 @@ def test_metrics_move_during_an_rtp_recording_and_json_logs_parse(tmp_path) -> N
         assert value(after, "wholecall_rtp_packets_lost_total", leg="inbound") == 1
         assert value(after, "wholecall_rtp_rejected_total", leg="inbound", reason="foreign_source") == 0
         assert value(after, "wholecall_recording_finalize_failures_total") == 0
+        # The ended recording is fsynced behind the answer, within moments.
+        deadline = time.monotonic() + 10
+        while value(after, "wholecall_sync_pending") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = scrape(ops)
+        assert value(after, "wholecall_sync_pending") == 0 and value(after, "wholecall_sync_lag_seconds") == 0
+        assert value(after, "wholecall_sync_failures_total") == 0
     finally:
         assert srv.terminate() == 0
 

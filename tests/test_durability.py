@@ -1,0 +1,113 @@
+"""Durability behind stop(): the syncer fsyncs ended recordings (file, sidecar, directory)
+in batches; `Config.sync_on_stop` does it before stop() returns; a failed fsync is counted
+and logged, never lost in silence, and never holds up the rest of a batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import feed, tone
+from wholecall.controller.durability import SYNCFS_BATCH, Syncer, sync_files, syncfs
+from wholecall.controller.sidecar import sha256_file
+
+
+def _files(tmp_path, n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        p = tmp_path / f"r{i}.wav"
+        p.write_bytes(b"RIFF" + bytes(100))
+        out.append(str(p))
+    return out
+
+
+def test_syncer_makes_every_added_recording_durable_and_counts_them(tmp_path):
+    s = Syncer()
+    try:
+        files = _files(tmp_path, 5)
+        for p in files:
+            s.add(p, p + ".json")  # the sidecar never written: nothing to sync there, not a failure
+        assert s.wait(10)
+        snap = s.snapshot()
+        assert snap["pending"] == 0 and snap["synced"] == 5 and snap["failed"] == 0
+        assert snap["lag_s"] == 0.0 and snap["max_lag_s"] >= 0.0
+    finally:
+        assert s.close(10)
+
+
+def test_a_failed_fsync_is_counted_and_the_rest_of_the_batch_synced(tmp_path, caplog):
+    files = _files(tmp_path, 3)
+    s = Syncer()
+    try:
+        # procfs refuses fsync (EINVAL): a real failure, not a stand-in.
+        batch = [(0.0, (files[0],)), (0.0, ("/proc/self/status",)), (0.0, (files[1], files[2]))]
+        assert s._sync(batch) == 1
+        assert "could not make /proc/self/status durable" in caplog.text
+    finally:
+        s.close(10)
+
+
+def test_a_burst_takes_one_syncfs_and_the_syncer_refuses_work_once_closed(tmp_path):
+    files = _files(tmp_path, SYNCFS_BATCH)
+    syncfs(files)  # one call for the filesystem of all of them
+    s = Syncer()
+    assert s._sync([(0.0, (p,)) for p in files]) == 0
+    assert s.close(10)
+    try:
+        s.add(files[0])
+    except RuntimeError as e:
+        assert "closed" in str(e)
+    else:
+        raise AssertionError("add() after close() must refuse")
+    sync_files(files[:2])  # the closing controller's path: inline
+
+
+def test_stop_returns_with_the_sidecar_final_and_the_syncer_makes_both_durable(make_controller):
+    ctl = make_controller(workers=1)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("d.wav", file_format="alaw")
+    feed(ch, tone(440, 0.5, 6000), tone(660, 0.5, 6000))
+    assert rec.stop()
+    res = rec.last_result
+    side = json.load(open(res.sidecar))  # complete the moment stop() returned
+    assert side["sha256"] == sha256_file(res.path) and side["bytes"] == os.path.getsize(res.path)
+    assert ctl.wait_durable(10)
+    snap = ctl.syncer.snapshot()
+    assert snap == {**snap, "pending": 0, "synced": 1, "failed": 0}
+    # An application that moves its recording away at once: nothing left here, no failure.
+    assert rec.start("gone.wav", file_format="alaw")
+    feed(ch, tone(440, 0.2, 6000), None)
+    assert rec.stop()
+    os.unlink(rec.last_result.path)
+    assert ctl.wait_durable(10)
+    assert ctl.syncer.snapshot()["failed"] == 0
+
+
+def test_sync_on_stop_makes_them_durable_before_stop_returns(make_controller):
+    ctl = make_controller(workers=1, sync_on_stop=True)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("s.wav", file_format="s16bit")
+    pcm = (np.arange(8000) % 200 - 100).astype(np.int16) * 50
+    feed(ch, pcm, None)
+    assert rec.stop()
+    assert os.path.getsize(rec.last_result.sidecar) > 0
+    assert ctl.syncer.snapshot()["synced"] == 0  # the finisher did it: nothing handed over
+
+
+def test_info_names_an_empty_sidecar(tmp_path):
+    import soundfile
+
+    path = str(tmp_path / "x.wav")
+    soundfile.write(path, np.zeros(800, np.int16), 8000, subtype="PCM_16")
+    open(path + ".json", "w").close()  # what a power loss right after stop() may leave
+    out = subprocess.run([sys.executable, "-m", "wholecall.cli.main", "info", path], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "it is empty (the machine stopped before it was made durable)" in out.stderr
