@@ -81,10 +81,12 @@ class Config:
     sync_on_stop: bool = False
     """Make a recording's file and sidecar durable (fsynced, with their directory) before
     `stop()`, `record()` or `wait_until_finished()` return. Off, they return once both are
-    final (complete and named, for every reader and across any process crash) and the
-    controller's syncer makes them durable right after, in batches
-    (`controller.durability`): at 20,000 calls the fsyncs alone cost stop() a p99 of
-    56-235 ms. `Controller.wait_durable()` waits for the syncer."""
+    final (complete and named, for every reader and across any process crash); the
+    controller's syncer makes the sidecar durable right after, in batches, and the audio
+    reaches the disk with the kernel's writeback (`controller.durability`): at 20,000
+    calls the sidecar's fsyncs alone cost stop() a p99 of 56-235 ms, and fsyncing every
+    ended recording's audio starved the workers. `Controller.wait_durable()` waits for
+    the syncer."""
     finisher_threads: int = 2
     """Threads that hash finished recordings and write their sidecars (never the
     supervisor's I/O thread: a large file's sha256 takes tens of milliseconds)."""

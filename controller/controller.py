@@ -62,7 +62,7 @@ class Controller:
         #: Finisher threads: hash ended recordings and write their sidecars (`sidecar.py`).
         self._finisher: concurrent.futures.ThreadPoolExecutor | None = None
         self._freezer: HeapFreezer | None = None
-        #: Makes ended recordings durable behind stop() (`durability.py`); None before start().
+        #: Makes ended recordings' sidecars durable behind stop() (`durability.py`); None before start().
         self.syncer: Syncer | None = None
         #: Totals of finished recordings (by cause, bytes, failures) for metrics.
         self.counters = JobCounters()
@@ -209,8 +209,9 @@ class Controller:
         fn(*args)
 
     def durable_later(self, *paths: str) -> None:
-        """Files of an ended recording, final now: fsync them (and their directory) behind
-        the caller (`durability.py`); at once, in this thread, when there is no syncer."""
+        """Files of an ended recording, final now (its sidecar): fsync them and their
+        directory behind the caller (`durability.py`); at once, in this thread, when there
+        is no syncer."""
         syncer = self.syncer
         if syncer is not None:
             try:
@@ -221,9 +222,9 @@ class Controller:
         sync_files(p for p in paths if p)
 
     def wait_durable(self, timeout: float | None = None) -> bool:
-        """Wait until every recording that ended so far is durable: its file and sidecar,
-        and their directory, fsynced (`Config.sync_on_stop` off, the default: the syncer
-        does that behind `stop()`). False if `timeout` seconds were not enough."""
+        """Wait until the sidecar of every recording that ended so far is durable, with its
+        directory (`Config.sync_on_stop` off, the default: the syncer fsyncs them behind
+        `stop()`). False if `timeout` seconds were not enough."""
         syncer = self.syncer
         return True if syncer is None else syncer.wait(timeout)
 

@@ -1,38 +1,37 @@
-"""Finished recordings made durable behind `stop()`, not in front of it.
+"""Finished recordings' sidecars made durable behind `stop()`, not in front of it.
 
 Why. `stop()` used to return only after the sidecar's two fsyncs (its temporary file, then
 its directory). Under the 160 MB/s of recording writes of 20,000 calls on ext4 (the
 kernel writes back ~1.6 GB in a burst every ~13 s), that pair alone measured p50 4 ms,
 p99 47 ms, max 96 ms on the CI machine, and the sidecar hop of `stop()` p99 56-235 ms:
-more than the whole 50 ms an IVR may wait (issue 25). Meanwhile the audio file the
-sidecar describes was not fsynced at all: a plain recording's tail waited for the
-kernel's writeback (`vm.dirty_expire_centisecs`, 30 s) however long `stop()` took.
+more than the whole 50 ms an IVR may wait (issue 25).
 
 What is promised now. `stop()`, `record()` and `wait_until_finished()` return when the
 file and its sidecar are *final*: complete, under their names, what every reader on the
 machine sees and what a crash of any of our processes leaves. A `Syncer` thread then
-makes them *durable*: fsync of the audio file and of the sidecar, then of each directory
-once, in the order the recordings ended; everything that queued while it synced is the
-next batch. A power loss or a kernel crash inside that window (its lag is in the metrics,
-`wholecall_sync_lag_seconds`; milliseconds at call rate) may leave the last recordings'
-sidecars empty or absent (`wholecall info` says so) and their audio as a crashed
-recording's (a data chunk longer than its header says, which `wholecall info` and
-readers of the crash-safe format handle). `Controller.wait_durable()` waits for every
-recording ended so far; `Controller.close()` returns only when all are durable.
-`Config.sync_on_stop` restores the old order, durability before `stop()` returns, for
-an application that must not acknowledge a call before that (and pays the p99 above).
+makes the sidecar *durable* (fsync of the sidecar, then of each directory once), in the
+order the recordings ended; everything that queued while it synced is the next batch. A
+power loss or a kernel crash inside that window (its lag is in the metrics,
+`wholecall_sync_lag_seconds`; milliseconds at call rate, seconds in a burst of
+thousands) may leave the last sidecars empty or absent; `wholecall info` says so.
+`Controller.wait_durable()` waits for every recording ended so far; `Controller.close()`
+returns only when all are durable. `Config.sync_on_stop` restores the old order,
+durability before `stop()` returns, and fsyncs the audio file as well, for an
+application that must not acknowledge a call before that (and pays the p99 above).
 
-A burst (thousands of recordings ending within seconds: shutdown, a worker failure, the
-end of a load test) would cost one fsync per file in a row. A batch of `SYNCFS_BATCH`
-recordings or more takes one syncfs(2) per filesystem instead: one pass writes what
-every queued file holds.
+The audio itself is left to the kernel's writeback, as it always was (a worker's files
+reach the disk within `vm.dirty_expire_centisecs`, 30 s). Syncing it here too was
+measured and not kept: an fsync of every ended recording's audio (a syncfs(2) for bursts)
+starved the workers. At 20,000 calls their largest backlog moved from the end of the
+start ramp (4.2-5.2 s, runs without it) into the end-of-run burst of stops (4.6-8.2 s),
+and one run overran its 8 s rings: forced flushes of data that the kernel would have
+written anyway held up the workers' own appends. Sidecars alone (a few hundred bytes
+each) left the backlog where it was (4.7 s, at the ramp's end).
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -41,24 +40,6 @@ import time
 from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
-
-#: From this many recordings in one batch, one syncfs(2) per filesystem instead of an
-#: fsync per file (a burst of stops).
-SYNCFS_BATCH = 64
-
-
-def _load_syncfs():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):  # not Linux (or no libc found): fsync per file always
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNCFS = _load_syncfs()
 
 
 def fsync_path(path: str, directory: bool = False) -> None:
@@ -85,27 +66,9 @@ def sync_files(paths: Iterable[str]) -> None:
         fsync_path(d, directory=True)
 
 
-def syncfs(paths: Iterable[str]) -> None:
-    """One syncfs(2) per filesystem holding `paths`: everything dirty there, ours included."""
-    devices: dict[int, str] = {}
-    for p in paths:
-        d = os.path.dirname(p) or "."
-        try:
-            devices.setdefault(os.stat(d).st_dev, d)
-        except FileNotFoundError:
-            continue
-    for d in devices.values():
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if _SYNCFS(fd) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, f"syncfs: {os.strerror(e)}", d)
-        finally:
-            os.close(fd)
-
-
 class Syncer:
-    """A thread that makes ended recordings durable, oldest first, in batches."""
+    """A thread that makes ended recordings' files durable, oldest first, in batches
+    (a batch costs about one journal commit: a file already committed syncs at once)."""
 
     def __init__(self, name: str = "syncer") -> None:
         self._cond = threading.Condition()
@@ -120,7 +83,7 @@ class Syncer:
         self._thread.start()
 
     def add(self, *paths: str) -> None:
-        """Queue the files of one ended recording (its audio, its sidecar)."""
+        """Queue the files of one ended recording (its sidecar)."""
         paths = tuple(p for p in paths if p)
         if not paths:
             return
@@ -178,13 +141,6 @@ class Syncer:
 
     def _sync(self, batch: list[tuple[float, tuple[str, ...]]]) -> int:
         """Sync one batch; returns how many of its recordings could not be made durable."""
-        paths = [p for _, ps in batch for p in ps]
-        if len(batch) >= SYNCFS_BATCH and _SYNCFS is not None:
-            try:
-                syncfs(paths)
-                return 0
-            except OSError as e:
-                log.warning("syncfs for %d recordings failed (%s); syncing them one by one", len(batch), e)
         failed = 0
         dirs: dict[str, list[int]] = {}
         for i, (_, ps) in enumerate(batch):

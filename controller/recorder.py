@@ -535,16 +535,16 @@ class WholeCallRecorder:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel_id, job_id, cause.value, error)
             self._cond.notify_all()
 
-
     def _durable(self, path: str, side: str) -> None:
-        """The final file and sidecar on the disk: now (`Config.sync_on_stop`), or by the
-        controller's syncer, behind the caller. A failure is logged, never the job's."""
+        """The final files on the disk: the audio and the sidecar now (`Config.sync_on_stop`),
+        else the sidecar by the controller's syncer, behind the caller, and the audio by the
+        kernel's writeback (`durability.py` has why). A failure is logged, never the job's."""
         try:
             if self._ctl.config.sync_on_stop:
                 if not side:  # with one, both are on the disk already (`_finish`)
                     sync_files((path,))
-            else:
-                self._ctl.durable_later(path, side)
+            elif side:
+                self._ctl.durable_later(side)
         except OSError:
             log.exception("Channel(%d): could not make %s durable", self._channel_id, path)
 

@@ -11,10 +11,10 @@ hashes the file, builds the document below and writes it atomically (a temporary
 file in the same directory, renamed), and only then applies the ending to the
 recorder: when `stop()`, `record()` or `wait_until_finished()` return, the file and its
 sidecar are both final, and a reader that sees `<file>.json` sees all of it. The
-controller's syncer makes both durable right after (`controller.durability`: the
-fsyncs cost stop() p99 56-235 ms at 20,000 calls); with `Config.sync_on_stop` the
-finisher does it first (the temporary file fsynced before its rename, then the
-directory). A recording discarded by `min_seconds` has its file removed there, and
+controller's syncer makes the sidecar durable right after (`controller.durability`:
+its fsyncs cost stop() p99 56-235 ms at 20,000 calls); with `Config.sync_on_stop` the
+finisher does that first, the audio file fsynced too (then the temporary file before
+its rename, then the directory). A recording discarded by `min_seconds` has its file removed there, and
 never gets a sidecar.
 
 The document is described by `formats/sidecar.schema.json` (JSON Schema 2020-12);

@@ -63,7 +63,7 @@ class ServeConfig:
     """RTP ingest processes (legs sharded across them by port sub-range); 0 sizes it for the CPUs."""
     sync_on_stop: bool = False
     """A recording's file and sidecar fsynced before its stop is answered (Config.sync_on_stop);
-    off, the controller's syncer makes them durable milliseconds later."""
+    off, the controller's syncer makes the sidecar durable milliseconds later."""
     stream_procs: int = 0
     """Stream ingest processes (Twilio, L16 WebSocket, AudioSocket), each with its own WebSocket
     and AudioSocket port; 0 sizes it for the CPUs (`stream_count`)."""
@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
                         "PORT+k of --websocket-listen/--audiosocket-listen (default: sized for the CPUs)")
     p.add_argument("--sync-on-stop", action="store_const", const=True,
                    help="answer a stop only once the file and its sidecar are fsynced (slower under load; "
-                        "default: fsynced by a background syncer milliseconds later)")
+                        "default: the sidecar fsynced by a background syncer milliseconds later)")
     return p
 
 

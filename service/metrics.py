@@ -184,16 +184,16 @@ class ServiceCollector(Collector):
         syncer = ctl.syncer if ctl is not None else None
         sync = syncer.snapshot() if syncer is not None else {"pending": 0, "failed": 0, "lag_s": 0.0}
         pending = GaugeMetricFamily("wholecall_sync_pending",
-                                    "Recordings ended (final, stop() returned) and not yet fsynced.")
+                                    "Recordings ended (final, stop() returned) whose sidecar is not yet fsynced.")
         pending.add_metric([], sync["pending"])
         yield pending
         lag = GaugeMetricFamily("wholecall_sync_lag_seconds",
-                                "How long the oldest ended recording not yet fsynced has waited: what a power "
-                                "loss now could cost of its sidecar and tail.")
+                                "How long the oldest ended recording whose sidecar is not yet fsynced has "
+                                "waited: what a power loss now could cost of sidecars.")
         lag.add_metric([], sync["lag_s"])
         yield lag
         sync_failed = CounterMetricFamily("wholecall_sync_failures_total",
-                                          "Ended recordings whose fsync failed (logged with their paths).")
+                                          "Ended recordings whose sidecar fsync failed (logged with their paths).")
         sync_failed.add_metric([], sync["failed"])
         yield sync_failed
 

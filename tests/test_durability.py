@@ -1,6 +1,7 @@
-"""Durability behind stop(): the syncer fsyncs ended recordings (file, sidecar, directory)
-in batches; `Config.sync_on_stop` does it before stop() returns; a failed fsync is counted
-and logged, never lost in silence, and never holds up the rest of a batch."""
+"""Durability behind stop(): the syncer fsyncs ended recordings' sidecars (and their
+directory) in batches; `Config.sync_on_stop` fsyncs audio and sidecar before stop()
+returns; a failed fsync is counted and logged, never lost in silence, and never holds up
+the rest of a batch."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import numpy as np
 
 from tests.conftest import feed, tone
-from wholecall.controller.durability import SYNCFS_BATCH, Syncer, sync_files, syncfs
+from wholecall.controller.durability import Syncer, sync_files
 from wholecall.controller.sidecar import sha256_file
 
 
@@ -51,9 +52,8 @@ def test_a_failed_fsync_is_counted_and_the_rest_of_the_batch_synced(tmp_path, ca
         s.close(10)
 
 
-def test_a_burst_takes_one_syncfs_and_the_syncer_refuses_work_once_closed(tmp_path):
-    files = _files(tmp_path, SYNCFS_BATCH)
-    syncfs(files)  # one call for the filesystem of all of them
+def test_a_burst_is_one_batch_and_the_syncer_refuses_work_once_closed(tmp_path):
+    files = _files(tmp_path, 200)
     s = Syncer()
     assert s._sync([(0.0, (p,)) for p in files]) == 0
     assert s.close(10)
@@ -66,7 +66,7 @@ def test_a_burst_takes_one_syncfs_and_the_syncer_refuses_work_once_closed(tmp_pa
     sync_files(files[:2])  # the closing controller's path: inline
 
 
-def test_stop_returns_with_the_sidecar_final_and_the_syncer_makes_both_durable(make_controller):
+def test_stop_returns_with_the_sidecar_final_and_the_syncer_makes_it_durable(make_controller):
     ctl = make_controller(workers=1)
     ch = ctl.incoming_call()
     ch.answer()
@@ -84,7 +84,7 @@ def test_stop_returns_with_the_sidecar_final_and_the_syncer_makes_both_durable(m
     assert rec.start("gone.wav", file_format="alaw")
     feed(ch, tone(440, 0.2, 6000), None)
     assert rec.stop()
-    os.unlink(rec.last_result.path)
+    os.unlink(rec.last_result.sidecar)
     assert ctl.wait_durable(10)
     assert ctl.syncer.snapshot()["failed"] == 0
 
