@@ -137,7 +137,10 @@ class Controller:
                 self._finisher.shutdown(wait=True)  # every ended job's sidecar written, its recorder told
                 self._finisher = None
             if self.syncer is not None:
-                self.syncer.close()  # and every one of them durable
+                # Every one of them durable, unless the disk hangs: then say so and go on.
+                if not self.syncer.close(self.config.stop_timeout_s):
+                    log.error("closing: %d sidecars were not made durable within %.0f s",
+                              self.syncer.snapshot()["pending"], self.config.stop_timeout_s)
                 self.syncer = None
             if self.arena is not None:
                 self.arena.close()

@@ -130,7 +130,11 @@ class Syncer:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._oldest = batch[0][0]
-            failed = self._sync(batch)
+            try:
+                failed = self._sync(batch)
+            except Exception:  # noqa: BLE001 - the thread must live on, or wait() never returns
+                log.exception("syncing %d recordings failed", len(batch))
+                failed = len(batch)
             done = time.monotonic()
             with self._cond:
                 self._done += len(batch)

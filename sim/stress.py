@@ -1206,7 +1206,7 @@ def summary(report: dict) -> str:
     ]
     if report.get("durability"):
         d = report["durability"]
-        lines.append(f"  durability behind stop(): {d['synced']} recordings fsynced, {d['failed']} failed, longest wait "
+        lines.append(f"  durability behind stop(): {d['synced']} sidecars fsynced, {d['failed']} failed, longest wait "
                      f"{d['max_lag_s']} s; {d['pending_at_close']} left at close(), which took {d['close_s']} s")
     if report.get("controller_gc"):
         lines.append("  controller process GC pauses: " + ", ".join(
