@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from wholecall.controller.config import Config
-from wholecall.controller.procenv import raise_threads
+from wholecall.controller.procenv import raise_current_thread, raise_threads
 from wholecall.controller.recorder import StartTrace, StopTrace
 from wholecall.formats.codecs import CALL_RATE as RATE
 from wholecall.formats.codecs import FRAME
@@ -547,7 +547,8 @@ class Run:
             starters = cf.ThreadPoolExecutor(cfg.threads, thread_name_prefix="start")
             stoppers = cf.ThreadPoolExecutor(max(4, cfg.threads // 4), thread_name_prefix="stop")
             self.stoppers = stoppers
-            io = threading.Thread(target=self._io_loop, args=(lg, rng), name="stress-io", daemon=True)
+            io = threading.Thread(target=self._io_loop, args=(lg, rng, ccfg.worker_priority), name="stress-io",
+                                  daemon=True)
             io.start()
             t_start = self.t_start = time.monotonic()
             deadline = t_start + cfg.channels / cfg.start_rate * 3 + probes / cfg.probe_rate + cfg.seconds + 120
@@ -759,8 +760,14 @@ class Run:
         except Exception as e:  # noqa: BLE001
             call.error = call.error or f"close raised {e}"
 
-    def _io_loop(self, lg: LoadGenerators, rng: np.random.Generator) -> None:
-        """Hands started calls to the load generators in cohorts; stops calls they finished feeding."""
+    def _io_loop(self, lg: LoadGenerators, rng: np.random.Generator, priority: int = 0) -> None:
+        """Hands started calls to the load generators in cohorts; stops calls they finished feeding.
+
+        At the workers' level (`priority`): this is the harness's own machinery, not the
+        application it stands in for. It wakes every 5 ms and reads the arena's backlog every
+        50 ms with the GIL held; at normal priority, preempted by the workers there, it held up
+        the controller's threads in the very latencies it measures (`procenv.raise_threads`)."""
+        raise_current_thread(priority, "stress I/O")
         cfg = self.cfg
         samples = round(cfg.seconds * RATE)
         cohort_id = 0
