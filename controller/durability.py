@@ -145,25 +145,25 @@ class Syncer:
 
     def _sync(self, batch: list[tuple[float, tuple[str, ...]]]) -> int:
         """Sync one batch; returns how many of its recordings could not be made durable."""
-        failed = 0
-        dirs: dict[str, list[int]] = {}
+        failed: set[int] = set()
+        dirs: dict[str, set[int]] = {}  # directory -> the recordings (batch indices) in it
         for i, (_, ps) in enumerate(batch):
             try:
                 for p in ps:
                     fsync_path(p)
             except OSError as e:
-                failed += 1
+                failed.add(i)
                 _log_failure(ps, e)
                 continue
             for p in ps:
-                dirs.setdefault(os.path.dirname(p) or ".", []).append(i)
+                dirs.setdefault(os.path.dirname(p) or ".", set()).add(i)
         for d, members in dirs.items():  # one fsync per directory for the whole batch
             try:
                 fsync_path(d, directory=True)
             except OSError as e:
-                failed += len(set(members))
+                failed |= members
                 _log_failure((d,), e)
-        return failed
+        return len(failed)
 
 
 def _log_failure(paths: Iterable[str], e: OSError) -> None:

@@ -167,35 +167,27 @@ class ServiceCollector(Collector):
         for cause, n in totals["ended"].items():
             ended.add_metric([cause], n)
         yield ended
-        written = CounterMetricFamily("wholecall_recording_bytes_total",
-                                      "Bytes of the recording files finished (the final file sizes).")
-        written.add_metric([], totals["bytes"])
-        yield written
-        failures = CounterMetricFamily(
+        # Unlabelled families take their one sample as `value` (prometheus_client).
+        yield CounterMetricFamily("wholecall_recording_bytes_total",
+                                  "Bytes of the recording files finished (the final file sizes).", value=totals["bytes"])
+        yield CounterMetricFamily(
             "wholecall_recording_finalize_failures_total",
-            "Recordings that ended with an error: their file could not be written or finalised.")
-        failures.add_metric([], totals["failed"])
-        yield failures
-        lost = CounterMetricFamily("wholecall_lost_samples_total",
-                                   "Samples overwritten in the rings before a worker takeover read them "
-                                   "(recorded as silence).")
-        lost.add_metric([], totals["lost_samples"])
-        yield lost
+            "Recordings that ended with an error: their file could not be written or finalised.",
+            value=totals["failed"])
+        yield CounterMetricFamily("wholecall_lost_samples_total",
+                                  "Samples overwritten in the rings before a worker takeover read them "
+                                  "(recorded as silence).", value=totals["lost_samples"])
         syncer = ctl.syncer if ctl is not None else None
         sync = syncer.snapshot() if syncer is not None else {"pending": 0, "failed": 0, "lag_s": 0.0}
-        pending = GaugeMetricFamily("wholecall_sync_pending",
-                                    "Recordings ended (final, stop() returned) whose sidecar is not yet fsynced.")
-        pending.add_metric([], sync["pending"])
-        yield pending
-        lag = GaugeMetricFamily("wholecall_sync_lag_seconds",
+        yield GaugeMetricFamily("wholecall_sync_pending",
+                                "Recordings ended (final, stop() returned) whose sidecar is not yet fsynced.",
+                                value=sync["pending"])
+        yield GaugeMetricFamily("wholecall_sync_lag_seconds",
                                 "How long the oldest ended recording whose sidecar is not yet fsynced has "
-                                "waited: what a power loss now could cost of sidecars.")
-        lag.add_metric([], sync["lag_s"])
-        yield lag
-        sync_failed = CounterMetricFamily("wholecall_sync_failures_total",
-                                          "Ended recordings whose sidecar fsync failed (logged with their paths).")
-        sync_failed.add_metric([], sync["failed"])
-        yield sync_failed
+                                "waited: what a power loss now could cost of sidecars.", value=sync["lag_s"])
+        yield CounterMetricFamily("wholecall_sync_failures_total",
+                                  "Ended recordings whose sidecar fsync failed (logged with their paths).",
+                                  value=sync["failed"])
 
         stats = ctl.stats() if ctl is not None and ctl.supervisor is not None else {"workers": []}
         labels = ["worker", "cpu"]

@@ -689,7 +689,7 @@ class Run:
         if restarts > (1 if killed is not None else 0):
             failures.append(f"{restarts} worker restarts")
         if report.get("durability", {}).get("failed"):
-            failures.append(f"{report['durability']['failed']} recordings could not be fsynced")
+            failures.append(f"{report['durability']['failed']} sidecars could not be fsynced")
         failures.extend(self.errors)
         report["failures"] = failures
         report["ok"] = not failures

@@ -173,7 +173,8 @@ _C_PRE = _projection(np.ones(PRE_N))
 # prescreen, so its projection is skipped (1 % over, for float32 rounding).
 _PRE_BOUND = np.float32(1.01 * (_C_PRE[:, :8] ** 2 + _C_PRE[:, 8:] ** 2).sum(axis=0).max())
 _C_PRE_T = np.ascontiguousarray(_C_PRE.T)  # what `kernels.frames_in` projects on
-assert _C_PRE_T.shape[0] % 8 == 0  # `kernels._project8` takes the rows eight at a time
+if _C_PRE_T.shape[0] % 8:  # `kernels._project8` takes the rows eight at a time, unchecked
+    raise ImportError(f"the prescreen basis has {_C_PRE_T.shape[0]} rows, not a multiple of 8")
 _PRE_TWIST = np.float32(10 ** (PRE_TWIST_DB / 10))
 _PRE_PURITY_PER_SAMPLE = np.float32(PRE_PURITY / PRE_N)
 _NO_WRAP = (1 << 62) - 1  # `kernels.frames_in`'s wrap mask for a block that is not a ring
