@@ -44,7 +44,8 @@ def fallocate_keep_size(fd: int, length: int) -> None:
         raise OSError(e, os.strerror(e))
 
 
-def run(files: int, rounds: int, where: str, pace: float, drop_behind: bool = False, prealloc: int = 0) -> None:
+def run(files: int, rounds: int, where: str, pace: float, drop_behind: bool = False, prealloc: int = 0,
+        drop_lag: int = 0) -> None:
     os.makedirs(where, exist_ok=True)
     src = np.random.default_rng(1).integers(0, 255, size=(files, CHUNK), dtype=np.uint8)
     fds = [os.open(os.path.join(where, f"f{i}.wav"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -66,6 +67,10 @@ def run(files: int, rounds: int, where: str, pace: float, drop_behind: bool = Fa
                     # Start writing this append back now and drop what earlier ones left in the
                     # page cache (clean by now): the kernel reuses those pages for the next appends.
                     os.posix_fadvise(fd, 0, (HEADER + (r + 1) * CHUNK) & ~4095, os.POSIX_FADV_DONTNEED)
+                elif drop_lag and r >= drop_lag and r % 5 == 0:
+                    # Every fifth round, drop what the file held `drop_lag` rounds back and
+                    # before: written back by the flusher long ago (dirty_expire), so clean.
+                    os.posix_fadvise(fd, 0, (HEADER + (r - drop_lag) * CHUNK) & ~4095, os.POSIX_FADV_DONTNEED)
             if (r + 1) % 10 == 0:
                 now = os.times()
                 print(f"rounds {r - 8:3d}-{r + 1:3d} ({(r + 1) * mb_round / 1000:5.1f} GB written): "
@@ -92,10 +97,12 @@ def main() -> None:
     p.add_argument("--pace", type=float, default=0.0, help="seconds to sleep before each round (writeback keeps up)")
     p.add_argument("--drop-behind", action="store_true",
                    help="after each append, fadvise(DONTNEED) the file up to it (writeback now, clean pages freed)")
+    p.add_argument("--drop-lag", type=int, default=0, metavar="ROUNDS",
+                   help="every fifth round, fadvise(DONTNEED) each file up to ROUNDS rounds back (clean by then)")
     p.add_argument("--prealloc", type=int, default=0, metavar="BYTES",
                    help="reserve this many bytes per file first (fallocate, size kept: unwritten extents)")
     a = p.parse_args()
-    run(a.files, a.rounds, a.dir, a.pace, a.drop_behind, a.prealloc)
+    run(a.files, a.rounds, a.dir, a.pace, a.drop_behind, a.prealloc, a.drop_lag)
 
 
 if __name__ == "__main__":

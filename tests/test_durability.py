@@ -75,6 +75,64 @@ def test_a_recording_whose_files_both_fail_counts_once(tmp_path):
         s.close(10)
 
 
+def _fsyncs_seen(monkeypatch) -> list[str]:
+    """Record the path of every fsync(2) this process makes, in order (the real call still
+    runs): the syscall observed, not our code replaced."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_a_failed_directory_fsync_fails_every_recording_in_it(tmp_path, monkeypatch, caplog):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    in_a, in_b = _files(a, 2), _files(b, 1)
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(a):
+            raise OSError(5, "Input/output error")  # the kernel lost the directory's pages
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    s = Syncer()
+    try:
+        batch = [(0.0, (in_a[0], in_a[0] + ".json")), (0.0, (in_b[0],)), (0.0, (in_a[1],))]
+        assert s._sync(batch) == 2  # both recordings in a; b's is durable
+        assert f"could not make {a} durable" in caplog.text
+        assert any(r.levelname == "CRITICAL" for r in caplog.records)  # EIO: data may be damaged on disk
+    finally:
+        monkeypatch.setattr(os, "fsync", real)
+        assert s.close(10)
+
+
+def test_sync_on_stop_fsyncs_the_audio_then_its_sidecar_and_directory_before_stop_returns(make_controller, monkeypatch):
+    ctl = make_controller(workers=1, sync_on_stop=True)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("d.wav", file_format="s16bit")
+    feed(ch, (np.arange(8000) % 200 - 100).astype(np.int16) * 50, None)
+    seen = _fsyncs_seen(monkeypatch)
+    assert rec.stop()
+    res = rec.last_result
+    got = list(seen)  # what had been fsynced when stop() returned
+    audio, side = os.path.realpath(res.path), os.path.realpath(res.sidecar)
+    assert audio in got, got
+    i = got.index(audio)
+    # The sidecar is fsynced under its temporary name, then renamed: its directory after it.
+    j = next(k for k, p in enumerate(got) if os.path.basename(p).startswith("." + os.path.basename(side)))
+    assert i < j < got.index(os.path.dirname(audio), j), got
+    assert ctl.syncer.snapshot()["synced"] == 0  # nothing left for the syncer
+
+
 def test_stop_returns_with_the_sidecar_final_and_the_syncer_makes_it_durable(make_controller):
     ctl = make_controller(workers=1)
     ch = ctl.incoming_call()
