@@ -95,6 +95,35 @@ def check_timeout(name: str, value: Any, allow_zero: bool) -> float | None:
     return float(value)
 
 
+#: directory path -> (its realpath, st_dev, st_ino) when last resolved: the recordings
+#: directory and the subdirectories names are made in (a few; cleared when it grows past 256).
+_DIRS: dict[str, tuple[str, int, int]] = {}
+
+
+def _real_dir(path: str) -> str | None:
+    """``os.path.realpath(path)`` of an existing directory (None if it cannot be stat'ed),
+    remembered while `path` and the remembered name still lead to the same directory: two
+    stats instead of an lstat per component and realpath's Python. A directory moved, or a
+    symlink on the way pointed elsewhere, is resolved anew."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    hit = _DIRS.get(path)
+    if hit is not None and (hit[1], hit[2]) == (st.st_dev, st.st_ino):
+        try:
+            again = os.stat(hit[0])
+            if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
+                return hit[0]
+        except OSError:
+            pass  # the remembered name is gone: resolve anew
+    real = os.path.realpath(path)
+    if len(_DIRS) >= 256:
+        _DIRS.clear()
+    _DIRS[path] = (real, st.st_dev, st.st_ino)
+    return real
+
+
 def resolve_filename(root: str, filename: Any) -> str:
     """The absolute path for `filename` under `root`; refuses escapes and existing files.
 
@@ -115,7 +144,19 @@ def resolve_filename(root: str, filename: Any) -> str:
         raise Error(f"filename {filename!r} is not valid UTF-8") from None
     if filename.endswith(("/", os.sep)):
         raise Error(f"filename {filename!r} names a directory")
-    root_real = os.path.realpath(root)
+    root_real = _real_dir(root) or os.path.realpath(root)
+    head, tail = os.path.split(filename)
+    if tail not in (".", ".."):
+        # A new name in an existing directory under the root: its real path is that
+        # directory's (remembered) plus the name, which is what the full check below would
+        # conclude after an lstat per component and realpath's Python (it was most of
+        # start()'s own time in the ramp of `wholecall stress`). Anything else, or any doubt
+        # (a missing directory, an escape, a name that exists), takes the full check.
+        parent = _real_dir(os.path.join(root_real, head)) if head else root_real
+        if parent is not None and os.path.commonpath([root_real, parent]) == root_real:
+            candidate = os.path.join(parent, tail)
+            if not os.path.lexists(candidate):
+                return candidate
     candidate = os.path.join(root_real, filename)
     real = os.path.realpath(candidate)
     if os.path.commonpath([root_real, real]) != root_real or real == root_real:

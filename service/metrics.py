@@ -126,27 +126,19 @@ class ServiceCollector(Collector):
     # -- the service and its calls -------------------------------------------------------------
 
     def _service(self, s: Service) -> Iterator[Metric]:
-        ready = GaugeMetricFamily("wholecall_ready", "1 when the service takes calls (healthz 200), else 0.")
-        ready.add_metric([], 1.0 if s.ready and not s.draining else 0.0)
-        yield ready
-        draining = GaugeMetricFamily("wholecall_draining", "1 while the service drains on SIGTERM.")
-        draining.add_metric([], 1.0 if s.draining else 0.0)
-        yield draining
+        # Unlabelled families take their one sample as `value` (prometheus_client).
+        yield GaugeMetricFamily("wholecall_ready", "1 when the service takes calls (healthz 200), else 0.",
+                                value=1.0 if s.ready and not s.draining else 0.0)
+        yield GaugeMetricFamily("wholecall_draining", "1 while the service drains on SIGTERM.",
+                                value=1.0 if s.draining else 0.0)
         live = [e for e in list(s.calls.values()) if not e.hung_up]
-        calls = GaugeMetricFamily("wholecall_calls_active", "Calls that exist and are not hung up.")
-        calls.add_metric([], len(live))
-        yield calls
+        yield GaugeMetricFamily("wholecall_calls_active", "Calls that exist and are not hung up.", value=len(live))
         recording = sum(1 for e in live if e.channel.WholeCallRecorder.state() is RecorderState.RECORDING)
-        recs = GaugeMetricFamily("wholecall_recordings_active", "Recordings in progress.")
-        recs.add_metric([], recording)
-        yield recs
-        sent = CounterMetricFamily("wholecall_webhooks_sent_total", "Webhook events delivered (2xx).")
-        sent.add_metric([], s.webhooks_sent)
-        yield sent
-        failed = CounterMetricFamily("wholecall_webhook_failures_total",
-                                     "Webhook events given up after every retry.")
-        failed.add_metric([], s.webhooks_failed)
-        yield failed
+        yield GaugeMetricFamily("wholecall_recordings_active", "Recordings in progress.", value=recording)
+        yield CounterMetricFamily("wholecall_webhooks_sent_total", "Webhook events delivered (2xx).",
+                                  value=s.webhooks_sent)
+        yield CounterMetricFamily("wholecall_webhook_failures_total", "Webhook events given up after every retry.",
+                                  value=s.webhooks_failed)
         free = GaugeMetricFamily("wholecall_recordings_free_bytes",
                                  "Bytes an unprivileged writer may still use on the recordings filesystem.")
         try:
