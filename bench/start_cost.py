@@ -5,11 +5,17 @@ Two measurements, both outside `wholecall stress` so nothing else competes:
 1. Controller process: N answered channels started, then stopped, one after another
    from one thread; CPU per call of every thread of this process (the API thread, the
    supervisor's I/O thread, ZeroMQ's own I/O thread), from /proc/self/task/*/stat.
+   With `--threads T`, also the same starts from T API threads at once (as the stress
+   ramp makes them): starts per second and the process's user and system CPU per start.
 2. Worker: `Pipeline.start` for N jobs in-process, on a disk directory and on tmpfs
    (file creation cost differs by two orders of magnitude on some machines), with the
    slowest individual starts (the per-row tables grow by doubling).
 
     OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 2000 --dir /tmp
+    OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 6000 --threads 64 --dir /root
+
+The directory matters on ext4 without a journal: within minutes of thousands of deletions
+nearby, creating a file costs ~1 ms (`bench/file_creates.py`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -75,6 +81,37 @@ def controller_costs(n: int, base: str) -> dict:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def concurrent_starts(n: int, base: str, threads: int) -> dict:
+    """`n` starts from `threads` API threads at once: rate, and the process's CPU per start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wholecall.controller import Controller
+
+    d = tempfile.mkdtemp(prefix="startcost-", dir=base)
+    try:
+        with Controller(workers=2, recordings_dir=d, max_channels=n, ring_ms=2048) as ctl:
+            chans = []
+            for _ in range(n):
+                ch = ctl.incoming_call()
+                ch.answer()
+                chans.append(ch)
+
+            def start(i: int) -> None:
+                assert chans[i].WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
+
+            with ThreadPoolExecutor(threads) as ex:  # threads made before the clock starts
+                list(ex.map(lambda _: None, range(threads)))
+                c0, t0 = os.times(), time.perf_counter()
+                list(ex.map(start, range(n)))
+                c1, t1 = os.times(), time.perf_counter()
+                list(ex.map(lambda ch: ch.WholeCallRecorder.stop(), chans))
+        return {"threads": threads, "starts_per_s": round(n / (t1 - t0)),
+                "user_us_per_start": round(1e6 * (c1.user - c0.user) / n),
+                "system_us_per_start": round(1e6 * (c1.system - c0.system) / n)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def worker_start_cost(n: int, base: str) -> dict:
     from wholecall.protocol import Cause, StartJob
     from wholecall.shm import Arena
@@ -114,8 +151,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--channels", type=int, default=2000)
     p.add_argument("--dir", default=tempfile.gettempdir(), help="disk directory for recordings")
+    p.add_argument("--threads", type=int, default=0, help="also measure starts from this many API threads at once")
     a = p.parse_args()
     print("controller process, per call:", controller_costs(a.channels, a.dir))
+    if a.threads:
+        print("controller process, concurrent starts:", concurrent_starts(a.channels, a.dir, a.threads))
     for base in (a.dir, "/dev/shm"):
         print("worker Pipeline.start:", worker_start_cost(a.channels, base))
 
