@@ -70,6 +70,7 @@ from wholecall.shm.layout import Layout
 
 from .arena_mount import private_arena_dir
 from .loadgen import LoadGenerators, Programs, load_programs
+from .topdir import spread_subdirectories
 
 log = logging.getLogger("wholecall.stress")
 
@@ -1165,6 +1166,7 @@ def collect_profile(runs: list[tuple[subprocess.Popen, str]], us_per_channel_sec
 def run_stress(cfg: StressConfig) -> dict:
     """One run at `cfg.channels`; the report dict (see the module docstring)."""
     os.makedirs(cfg.out, exist_ok=True)
+    spread_subdirectories(cfg.out)  # each run's recordings away from the blocks the last run freed
     with GcPauses() as gcp:
         report = Run(cfg).execute()
     report["controller_gc"] = gcp.summary()
