@@ -102,6 +102,8 @@ def main() -> None:
     p.add_argument("--prealloc", type=int, default=0, metavar="BYTES",
                    help="reserve this many bytes per file first (fallocate, size kept: unwritten extents)")
     a = p.parse_args()
+    if a.drop_lag < 0:
+        p.error("--drop-lag must be >= 0")
     run(a.files, a.rounds, a.dir, a.pace, a.drop_behind, a.prealloc, a.drop_lag)
 
 

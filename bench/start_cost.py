@@ -83,6 +83,7 @@ def controller_costs(n: int, base: str) -> dict:
 
 def concurrent_starts(n: int, base: str, threads: int) -> dict:
     """`n` starts from `threads` API threads at once: rate, and the process's CPU per start."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from wholecall.controller import Controller
@@ -99,8 +100,9 @@ def concurrent_starts(n: int, base: str, threads: int) -> dict:
             def start(i: int) -> None:
                 assert chans[i].WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
 
-            with ThreadPoolExecutor(threads) as ex:  # threads made before the clock starts
-                list(ex.map(lambda _: None, range(threads)))
+            with ThreadPoolExecutor(threads) as ex:
+                gate = threading.Barrier(threads)  # every thread made before the clock starts
+                list(ex.map(lambda _: gate.wait(), range(threads)))
                 c0, t0 = os.times(), time.perf_counter()
                 list(ex.map(start, range(n)))
                 c1, t1 = os.times(), time.perf_counter()

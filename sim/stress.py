@@ -1166,9 +1166,10 @@ def collect_profile(runs: list[tuple[subprocess.Popen, str]], us_per_channel_sec
 def run_stress(cfg: StressConfig) -> dict:
     """One run at `cfg.channels`; the report dict (see the module docstring)."""
     os.makedirs(cfg.out, exist_ok=True)
-    spread_subdirectories(cfg.out)  # each run's recordings away from the blocks the last run freed
+    spread = spread_subdirectories(cfg.out)  # each run's recordings away from the blocks the last run freed
     with GcPauses() as gcp:
         report = Run(cfg).execute()
+    report["out_topdir"] = spread
     report["controller_gc"] = gcp.summary()
     return report
 

@@ -8,7 +8,8 @@ file cost 0.8-1 ms instead of ~50 us, a core of worker CPU in a 1,000/s start ra
 (BENCHMARKS.md, eighth step; `bench/file_creates.py`). Under a directory marked "top of a
 hierarchy" (FS_TOPDIR_FL) ext4's Orlov allocator places each new subdirectory in a group of
 its own, so one run's clean-up no longer taxes the next. A hint only: file systems without
-the flag ignore it or refuse it, and nothing else changes.
+the flag refuse it, and nothing else changes. The flag stays on the directory (it only
+decides where new subdirectories go); `chattr -T DIR` removes it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import os
 
 log = logging.getLogger(__name__)
 
-FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long) on 64-bit Linux
-FS_IOC_SETFLAGS = 0x40086602  # _IOW('f', 2, long)
+# _IOR('f', 1, long) / _IOW('f', 2, long) as x86-64, arm64 and riscv64 number them; the
+# kernel copies an int either way. Elsewhere the calls fail and the hint is skipped.
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
 FS_TOPDIR_FL = 0x00020000
 
 
@@ -33,7 +36,7 @@ def spread_subdirectories(path: str) -> bool:
         log.debug("%s: cannot open to set the top-directory flag: %s", path, e)
         return False
     try:
-        flags = array.array("l", [0])
+        flags = array.array("i", [0])
         fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
         if flags[0] & FS_TOPDIR_FL:
             return True

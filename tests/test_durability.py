@@ -97,7 +97,7 @@ def test_a_failed_directory_fsync_fails_every_recording_in_it(tmp_path, monkeypa
     real = os.fsync
 
     def fsync(fd):
-        if os.readlink(f"/proc/self/fd/{fd}") == str(a):
+        if os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(a):
             raise OSError(5, "Input/output error")  # the kernel lost the directory's pages
         return real(fd)
 
@@ -106,7 +106,7 @@ def test_a_failed_directory_fsync_fails_every_recording_in_it(tmp_path, monkeypa
     try:
         batch = [(0.0, (in_a[0], in_a[0] + ".json")), (0.0, (in_b[0],)), (0.0, (in_a[1],))]
         assert s._sync(batch) == 2  # both recordings in a; b's is durable
-        assert f"could not make {a} durable" in caplog.text
+        assert f"could not make {a} durable" in caplog.text  # the directory as the recordings name it
         assert any(r.levelname == "CRITICAL" for r in caplog.records)  # EIO: data may be damaged on disk
     finally:
         monkeypatch.setattr(os, "fsync", real)
@@ -128,7 +128,9 @@ def test_sync_on_stop_fsyncs_the_audio_then_its_sidecar_and_directory_before_sto
     assert audio in got, got
     i = got.index(audio)
     # The sidecar is fsynced under its temporary name, then renamed: its directory after it.
-    j = next(k for k, p in enumerate(got) if os.path.basename(p).startswith("." + os.path.basename(side)))
+    tmps = [k for k, p in enumerate(got) if os.path.basename(p).startswith("." + os.path.basename(side))]
+    assert tmps, f"the sidecar was not fsynced under its temporary name before stop() returned: {got}"
+    j = tmps[0]
     assert i < j < got.index(os.path.dirname(audio), j), got
     assert ctl.syncer.snapshot()["synced"] == 0  # nothing left for the syncer
 

@@ -1,6 +1,6 @@
-"""`resolve_filename`'s fast path (a plain new name in a directory resolved before) gives
+"""`resolve_filename`'s fast path (a new name in an existing directory under the root) gives
 what the full check gives, and a recordings directory that is moved, replaced or re-pointed
-is resolved anew, never written through its old name."""
+is resolved anew, never written through its old name or out of the root."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_a_plain_name_lands_in_the_real_directory_behind_a_symlinked_root(tmp_pa
     real.mkdir(parents=True)
     root = tmp_path / "recordings"
     root.symlink_to(real)
-    for _ in range(2):  # the second call is served from the remembered root
+    for _ in range(2):
         assert resolve_filename(str(root), "a.wav") == os.path.join(os.path.realpath(real), "a.wav")
 
 
@@ -86,3 +86,26 @@ def test_a_subdirectory_pointed_out_of_the_root_after_use_is_refused(tmp_path):
     os.symlink(outside, root / "today")
     with pytest.raises(Error, match="outside"):
         resolve_filename(str(root), "today/b.wav")
+
+
+def test_a_subdirectory_moved_out_and_symlinked_back_is_refused(tmp_path):
+    # The same inode, now outside the root and reached through a symlink left in its place.
+    root, out = tmp_path / "rec", tmp_path / "out"
+    (root / "sub").mkdir(parents=True)
+    out.mkdir()
+    assert resolve_filename(str(root), "sub/a.wav") == str(root / "sub" / "a.wav")
+    (root / "sub").rename(out / "sub")
+    os.symlink(out / "sub", root / "sub")
+    with pytest.raises(Error, match="outside"):
+        resolve_filename(str(root), "sub/b.wav")
+
+
+def test_a_root_moved_and_symlinked_back_resolves_to_where_it_is_now(tmp_path):
+    root, elsewhere = tmp_path / "rec", tmp_path / "disk2" / "rec"
+    root.mkdir()
+    elsewhere.parent.mkdir()
+    assert resolve_filename(str(root), "a.wav") == str(root / "a.wav")
+    root.rename(elsewhere)
+    os.symlink(elsewhere, root)
+    assert resolve_filename(str(root), "b.wav") == str(elsewhere / "b.wav")
+
