@@ -305,12 +305,15 @@ class Commands:
         confirm = writer is not None and not (resume is not None and resume.confirmed)
         t_opened = time.monotonic()
         # One critical section: JobStarted is queued before the loop can attach (and so
-        # end) the job, and a JobStarted the controller sees is already attachable.
+        # end) the job, and a JobStarted the controller sees is already attachable: the
+        # job is in `_opened` before the message is queued (the I/O thread sends without
+        # this lock, so queued first it could reach the controller, and the loop serve,
+        # before the job was there to attach).
         with self._lock:
+            self._opened.append((msg, writer, err, resumed))
             if confirm:
                 self.send(JobStarted(job_id=msg.job_id, t_received=self._opening[msg.job_id],
                                      t_opened=t_opened, t_confirmed=time.monotonic()))
-            self._opened.append((msg, writer, err, resumed))
         self.wake.wake()
 
     # -- the loop's internals -------------------------------------------------------------
