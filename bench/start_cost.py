@@ -21,6 +21,7 @@ nearby, creating a file costs ~1 ms (`bench/file_creates.py`, BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shutil
@@ -56,7 +57,10 @@ def per_thread(before: dict[str, float], after: dict[str, float], n: int) -> dic
     return {k: round(1e6 * (v - before.get(k, 0.0)) / n) for k, v in after.items() if v - before.get(k, 0.0) > 0.005}
 
 
-def controller_costs(n: int, base: str) -> dict:
+@contextlib.contextmanager
+def answered_calls(n: int, base: str):
+    """A Controller (2 workers) recording into a new directory under `base`, and `n` answered
+    channels; the directory is removed afterwards."""
     from wholecall.controller import Controller
 
     d = tempfile.mkdtemp(prefix="startcost-", dir=base)
@@ -67,18 +71,23 @@ def controller_costs(n: int, base: str) -> dict:
                 ch = ctl.incoming_call()
                 ch.answer()
                 chans.append(ch)
-            a, t0 = threads_cpu(), time.perf_counter()
-            for i, ch in enumerate(chans):
-                assert ch.WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
-            start_wall = (time.perf_counter() - t0) / n
-            b = threads_cpu()
-            for ch in chans:
-                ch.WholeCallRecorder.stop()
-            c = threads_cpu()
-        return {"start_us_per_thread": per_thread(a, b, n), "stop_us_per_thread": per_thread(b, c, n),
-                "start_wall_ms": round(1e3 * start_wall, 3)}
+            yield chans
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def controller_costs(n: int, base: str) -> dict:
+    with answered_calls(n, base) as chans:
+        a, t0 = threads_cpu(), time.perf_counter()
+        for i, ch in enumerate(chans):
+            assert ch.WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
+        start_wall = (time.perf_counter() - t0) / n
+        b = threads_cpu()
+        for ch in chans:
+            ch.WholeCallRecorder.stop()
+        c = threads_cpu()
+    return {"start_us_per_thread": per_thread(a, b, n), "stop_us_per_thread": per_thread(b, c, n),
+            "start_wall_ms": round(1e3 * start_wall, 3)}
 
 
 def concurrent_starts(n: int, base: str, threads: int) -> dict:
@@ -86,32 +95,20 @@ def concurrent_starts(n: int, base: str, threads: int) -> dict:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from wholecall.controller import Controller
+    with answered_calls(n, base) as chans:
+        def start(i: int) -> None:
+            assert chans[i].WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
 
-    d = tempfile.mkdtemp(prefix="startcost-", dir=base)
-    try:
-        with Controller(workers=2, recordings_dir=d, max_channels=n, ring_ms=2048) as ctl:
-            chans = []
-            for _ in range(n):
-                ch = ctl.incoming_call()
-                ch.answer()
-                chans.append(ch)
-
-            def start(i: int) -> None:
-                assert chans[i].WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
-
-            with ThreadPoolExecutor(threads) as ex:
-                gate = threading.Barrier(threads)  # every thread made before the clock starts
-                list(ex.map(lambda _: gate.wait(), range(threads)))
-                c0, t0 = os.times(), time.perf_counter()
-                list(ex.map(start, range(n)))
-                c1, t1 = os.times(), time.perf_counter()
-                list(ex.map(lambda ch: ch.WholeCallRecorder.stop(), chans))
-        return {"threads": threads, "starts_per_s": round(n / (t1 - t0)),
-                "user_us_per_start": round(1e6 * (c1.user - c0.user) / n),
-                "system_us_per_start": round(1e6 * (c1.system - c0.system) / n)}
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+        with ThreadPoolExecutor(threads) as ex:
+            gate = threading.Barrier(threads)  # every thread made before the clock starts
+            list(ex.map(lambda _: gate.wait(), range(threads)))
+            c0, t0 = os.times(), time.perf_counter()
+            list(ex.map(start, range(n)))
+            c1, t1 = os.times(), time.perf_counter()
+            list(ex.map(lambda ch: ch.WholeCallRecorder.stop(), chans))
+    return {"threads": threads, "starts_per_s": round(n / (t1 - t0)),
+            "user_us_per_start": round(1e6 * (c1.user - c0.user) / n),
+            "system_us_per_start": round(1e6 * (c1.system - c0.system) / n)}
 
 
 def worker_start_cost(n: int, base: str) -> dict:
