@@ -3,6 +3,7 @@ file system has the flag; elsewhere the hint fails quietly."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -21,6 +22,8 @@ def _fs_type(path) -> str:
 def test_a_directory_on_ext4_is_marked_top_of_a_hierarchy(tmp_path):
     if "ext2/ext3" not in _fs_type(tmp_path):  # how stat(1) names ext2, ext3 and ext4 alike
         pytest.skip(f"{tmp_path} is not on ext2/3/4")
+    if shutil.which("lsattr") is None:
+        pytest.skip("lsattr (e2fsprogs) is not installed")
     before = _lsattr(tmp_path)
     assert spread_subdirectories(str(tmp_path))
     assert "T" not in before
