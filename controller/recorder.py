@@ -25,6 +25,7 @@ from wholecall.shm import layout as L
 from . import sidecar as sc
 from . import states
 from .args import RecordOptions, check_min_seconds, check_pause_mode, check_start, check_timeout
+from .condition import Condition
 from .durability import fsync_path, sync_files
 from .errors import Error, Hangup
 from .recorder_core import JobReport, PauseRequest, RecorderCore
@@ -134,7 +135,7 @@ class WholeCallRecorder:
         # is outside the `with` blocks), and an RLock-backed Condition keeps three more
         # objects a call (the RLock's bound _release_save, _acquire_restore and _is_owned)
         # for every full collection of the process to walk.
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition(threading.Lock())
         self._core = RecorderCore(f"Channel({channel.id})")
         self._core.context["channel"] = channel.id
         self._worker = -1

@@ -113,8 +113,7 @@ class WorkerHandle:
 class JobRoute:
     """What the supervisor keeps of a running job: where it is, and what a takeover needs."""
 
-    start: StartJob
-    data: bytes  # the StartJob, encoded (a ResumeJob carries it)
+    start: StartJob  # encoded again for a takeover's ResumeJob (rare): not kept as bytes per job
     owner: int  # worker index
     confirmed: bool = False  # JobStarted was delivered
     stop: bytes | None = None  # the last StopJob, encoded: a new owner gets it again
@@ -291,7 +290,7 @@ class Supervisor:
         if isinstance(msg, StartJob):
             job_id = msg.job_id
             with self._lock:
-                self.routes[job_id] = JobRoute(msg, data, worker_index)
+                self.routes[job_id] = JobRoute(msg, worker_index)
         elif isinstance(msg, (StopJob, PauseJob)):
             job_id = msg.job_id
             with self._lock:
@@ -543,7 +542,7 @@ class Supervisor:
         if lost:
             log.error("job %d: the rings overwrote %d samples (%.3f s) before the takeover: recorded as silence",
                       job_id, lost, lost / 8000)
-        msg = ResumeJob(start=route.data, pos=d.pos, samples=d.samples, audio=d.audio, run=d.run,
+        msg = ResumeJob(start=encode(route.start), pos=d.pos, samples=d.samples, audio=d.audio, run=d.run,
                         loud_end=d.loud_end, heard=d.heard, lost=lost, confirmed=route.confirmed)
         log.info("job %d: worker %d -> worker %d at leg position %d (%d samples in the file)",
                  job_id, dead, target.index, d.pos, d.samples)
