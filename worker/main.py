@@ -141,6 +141,10 @@ def run(settings: WorkerSettings) -> int:
     # counting (no cycles), so the collector only ever needs to see what came since.
     gc.collect()
     gc.freeze()
+    # Stamped again now: the supervisor judges a ready worker by its last stamp, and the
+    # start-up above (numba's kernels loaded, the pipeline's arrays, the collection) took
+    # over a second on a loaded machine, so a replacement was killed as stalled on arrival.
+    progress()
     commands.send(Hello(worker=index, pid=os.getpid(), cpu=cpu))
 
     def heartbeat() -> Heartbeat:
