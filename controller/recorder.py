@@ -477,6 +477,9 @@ class WholeCallRecorder:
             ch = self._channel_ref()
             if ch is not None:
                 ch.disarm(job_id)
+                # Not kept past its use: a caller dropping the call once stop() returns
+                # frees it then, not when this thread's frame is gone.
+                del ch
             elif self._arena is not None:  # closed and dropped before its job ended: the same slots
                 self._arena.disarm(self._slots, job_id)
             notes, opts, path = self._notes, self._opts, self._path
@@ -502,6 +505,7 @@ class WholeCallRecorder:
                     origin = notes.start_pos  # a takeover's worker does not know it; no leading trim: the start
                 ch = self._channel_ref()
                 end = end_pos if end_pos >= 0 or ch is None else ch.position()
+                del ch  # see _on_ended
                 extra = None
                 if self.sidecar_source is not None:
                     try:

@@ -243,18 +243,25 @@ class Supervisor:
         log.info("worker %d spawned pid=%d cpu=%d", index, proc.pid, cpu)
         return WorkerHandle(index, cpu, proc)
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def wait_ready(self, timeout: float, limit: float | None = None) -> None:
+        """Until every worker has said hello. A worker is late when it made no progress for
+        `timeout` seconds, or has not said hello within `limit` (10 x `timeout`): a machine's
+        first start compiles the audio kernels (25 s of CPU here, longer on a loaded box),
+        and a worker doing so stamps its progress (`worker.warmup`); only a silent one is hung."""
+        started = time.monotonic()
+        limit = 10 * timeout if limit is None else limit
         with self._ready:
             while not all(w.ready for w in self.workers):
-                left = deadline - time.monotonic()
                 dead = [w for w in self.workers if w.proc.poll() is not None]
                 if dead:
                     raise RuntimeError(f"worker {dead[0].index} exited with code {dead[0].proc.returncode} during start-up")
-                if left <= 0:
-                    late = [w.index for w in self.workers if not w.ready]
-                    raise TimeoutError(f"workers {late} did not report ready within {timeout:.0f} s")
-                self._ready.wait(min(left, 0.1))
+                waiting = [w for w in self.workers if not w.ready]
+                silent = [w.index for w in waiting if self.lag(w.index) > timeout]
+                if silent:
+                    raise TimeoutError(f"workers {silent} did not report ready: no progress for {timeout:.0f} s")
+                if time.monotonic() - started > limit:
+                    raise TimeoutError(f"workers {[w.index for w in waiting]} did not report ready within {limit:.0f} s")
+                self._ready.wait(0.1)
 
     def pick(self) -> WorkerHandle | None:
         """The least-loaded live worker."""

@@ -11,6 +11,19 @@ import pytest
 RATE = 8000
 
 
+def pytest_configure(config) -> None:
+    """Compile the audio kernels once, before any test starts a worker. On a fresh clone
+    numba's cache is cold, and the first workers would compile for 25 s of CPU (more with
+    every test process at it) while the tests' own timeouts run."""
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the session's main process has done it
+    from wholecall.shm.batch import warm_up
+    from wholecall.worker.warmup import load_kernels
+
+    load_kernels()
+    warm_up()
+
+
 def tone(freq: float, seconds: float, amp: float = 8000.0, rate: int = RATE) -> np.ndarray:
     t = np.arange(int(round(seconds * rate))) / rate
     return np.rint(amp * np.sin(2 * np.pi * freq * t)).astype(np.int16)

@@ -39,6 +39,7 @@ from .commands import Commands
 from .descriptors import DESCRIPTORS
 from .dtmf import FRAME
 from .pipeline import SAMPLE_RATE, Pipeline, cpu_seconds, default_open_sink
+from .warmup import load_kernels
 
 log = logging.getLogger("wholecall.worker")
 
@@ -104,6 +105,9 @@ def run(settings: WorkerSettings) -> int:
         record[L.W_PROGRESS_NS] = time.monotonic_ns()
 
     progress()
+    took = load_kernels(progress)  # compiled once per machine; alive (stamping) meanwhile
+    if took > 5:
+        log.info("worker %d: audio kernels ready after %.1f s (compiled: first start on this machine)", index, took)
     ctx = zmq.Context()
     sock = sockets.dealer(ctx, settings.endpoint, index)
     tick_s = settings.tick_ms / 1000
