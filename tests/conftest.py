@@ -18,9 +18,12 @@ def pytest_configure(config) -> None:
     if hasattr(config, "workerinput"):
         return  # an xdist worker: the session's main process has done it
     from wholecall.shm.batch import warm_up
+    from wholecall.worker import dtmf_fine, kernels
     from wholecall.worker.warmup import load_kernels
 
-    load_kernels()
+    load_kernels()  # what a worker loads; then the float32 banks' of the DSP tests
+    kernels.warm_up()
+    dtmf_fine.warm_up()
     warm_up()
 
 

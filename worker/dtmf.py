@@ -300,7 +300,7 @@ class DtmfBank:
         self._pre_min = np.float32(dbm0_mean_square(PRE_MIN_DBM0))
         self.ensure_capacity(capacity)
         dtmf_runs.warm_up()  # numba's first calls, here and not in the first tick
-        dtmf_fine.warm_up()
+        dtmf_fine.warm_up((self._type.type,))
 
     # ------------------------------------------------------------------ state
     def ensure_capacity(self, rows: int) -> None:

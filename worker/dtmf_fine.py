@@ -234,12 +234,14 @@ def edges(flat, depth, rows, n, om, ref, back, limit, window_fit, reach, chunk):
     return out
 
 
-def warm_up() -> None:
+def warm_up(sample_types: tuple[type, ...] = (np.int16, np.float32)) -> None:
     """Load (or compile) both kernels for the types `DtmfBank` calls them with (int16
-    and float32 delay lines). The first call of a kernel in a process costs ~0.5 s even
-    from the cache; a worker pays it when it builds its bank, not in its first tick."""
+    and float32 delay lines; a bank asks for its own). The first call of a kernel in a
+    process costs ~0.5 s even from the cache; a worker pays it when it builds its bank,
+    not in its first tick. Compiling costs ~7.8 s of CPU per type: the worker's banks are
+    int16, so a machine's first worker compiles that one only."""
     one = np.zeros(1, np.int64)
-    for t in (np.int16, np.float32):
+    for t in sample_types:
         flat = np.zeros((6, FRAME), t)
         fine_windows(flat, 6, one, one + 5, 4, np.zeros((SUB, 96), np.float32), np.zeros((3, 24), np.complex64),
                      np.zeros(16, np.float32),

@@ -345,8 +345,9 @@ def silence_frames(sel, energy, fill, n, preroll, threshold, heard, initial_limi
         taken[j] = t
 
 
-def warm_up() -> None:
-    """Load (or compile) every kernel for the types the worker calls it with.
+def warm_up(sample_types: tuple[type, ...] = (np.int16, np.float32)) -> None:
+    """Load (or compile) every kernel for the types the worker calls it with: int16
+    delay lines (`Pipeline`) and float32 ones (`sample_types`: what the caller uses).
 
     The first call of a kernel in a process costs ~0.5 s even from the cache (numba's
     own start-up); a worker pays it here, before it says hello, not in its first tick
@@ -355,7 +356,7 @@ def warm_up() -> None:
     ring = np.zeros(2 * FRAME, np.int16)
     one = np.zeros(1, np.int64)
     fired = np.zeros((1, 1), np.bool_)
-    for dtype in (np.int16, np.float32):
+    for dtype in sample_types:
         frames_in(ring.astype(dtype), one, one, one, 2 * FRAME - 1, 1, np.zeros((1, FRAME), dtype), one,
                   np.zeros((16, 80), np.float32), np.float32(1), np.float32(1), np.float32(1), np.float32(1), fired)
     delay_slots(one, one, 10, 1, 5, np.zeros(1, np.int64), np.zeros((1, 1), np.int64))

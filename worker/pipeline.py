@@ -136,7 +136,7 @@ class Pipeline:
         self.flush_samples = flush_samples
         self.stage_len = flush_samples + (max_frames_per_tick + 8) * FRAME
         self._ring = arena.data.reshape(-1)  # every ring, one after the other
-        kernels.warm_up()
+        kernels.warm_up((np.int16,))  # the delay line's type (`self.dtmf`)
         self.skew_s = skew_samples / SAMPLE_RATE
         # History of each job's leading-leg position, one row per tick, stamped with the
         # tick's time: enough rows to reach `skew` back at the shortest tick.

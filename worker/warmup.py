@@ -25,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 log = logging.getLogger("wholecall.worker")
 
 #: Seconds between progress stamps while kernels load or compile.
@@ -73,9 +75,9 @@ def load_kernels(progress: Callable[[], None] = lambda: None) -> float:
     stamper.start()
     try:
         with machine_lock():
-            kernels.warm_up()
+            kernels.warm_up((np.int16,))  # the pipeline's delay lines are int16
             dtmf_runs.warm_up()
-            dtmf_fine.warm_up()
+            dtmf_fine.warm_up((np.int16,))
     finally:
         stop.set()
         stamper.join()
