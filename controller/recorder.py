@@ -504,8 +504,10 @@ class WholeCallRecorder:
                 if origin < 0 and samples and not opts.ms_initial_silence:
                     origin = notes.start_pos  # a takeover's worker does not know it; no leading trim: the start
                 ch = self._channel_ref()
-                end = end_pos if end_pos >= 0 or ch is None else ch.position()
-                del ch  # see _on_ended
+                try:
+                    end = end_pos if end_pos >= 0 or ch is None else ch.position()
+                finally:
+                    del ch  # see _on_ended
                 extra = None
                 if self.sidecar_source is not None:
                     try:

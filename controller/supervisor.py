@@ -250,11 +250,14 @@ class Supervisor:
         and a worker doing so stamps its progress (`worker.warmup`); only a silent one is hung."""
         started = time.monotonic()
         limit = 10 * timeout if limit is None else limit
+        restarts = self.restarts
         with self._ready:
             while not all(w.ready for w in self.workers):
                 dead = [w for w in self.workers if w.proc.poll() is not None]
                 if dead:
                     raise RuntimeError(f"worker {dead[0].index} exited with code {dead[0].proc.returncode} during start-up")
+                if self.restarts != restarts:  # the I/O thread saw a death first and spawned anew
+                    raise RuntimeError(f"a worker died during start-up ({self.restarts - restarts} restarted)")
                 waiting = [w for w in self.workers if not w.ready]
                 silent = [w.index for w in waiting if self.lag(w.index) > timeout]
                 if silent:
@@ -566,7 +569,10 @@ class Supervisor:
         self._closing = True
         for w in self.workers:
             if w.alive and w.proc.poll() is None:
-                self.send(w.index, Shutdown())
+                if w.ready:
+                    self.send(w.index, Shutdown())
+                else:  # still starting (maybe waiting for a kernel compile): no socket hears a Shutdown yet
+                    w.proc.terminate()
         deadline = time.monotonic() + timeout
         for w in self.workers:
             try:

@@ -17,7 +17,8 @@ import pytest
 
 from wholecall.controller.supervisor import Supervisor
 from wholecall.shm import Arena
-from wholecall.worker.warmup import load_kernels, machine_lock
+from wholecall.worker import warmup
+from wholecall.worker.warmup import Stopped, load_kernels, machine_lock, marker_path
 
 
 @pytest.fixture
@@ -57,13 +58,13 @@ def supervisor(tmp_path):
 def test_workers_waiting_for_the_kernel_compile_stamp_progress_and_are_not_late(held_lock, supervisor):
     sup = supervisor()
     _until_both_stamp(sup)
-    time.sleep(2.5)  # past the 1 s start-up timeout below, measured from the spawn
+    time.sleep(3.5)  # past the 3 s start-up timeout below, measured from the spawn
     assert [w.ready for w in sup.workers] == [False, False]
     assert all(w.proc.poll() is None for w in sup.workers)
     lags = [sup.lag(w.index) for w in sup.workers]
     assert max(lags) < 1.5, f"waiting workers must stamp their progress, lags {lags}"
     held_lock()
-    sup.wait_ready(1.0)  # a deadline counted from the spawn would have failed already
+    sup.wait_ready(3.0, limit=120)  # a deadline counted from the spawn would have failed already
     assert all(w.ready for w in sup.workers)
 
 
@@ -77,11 +78,19 @@ def test_a_worker_silent_in_its_start_up_is_named_late(held_lock, supervisor):
     assert time.monotonic() - began < 30
 
 
+def test_a_worker_waiting_for_the_compile_still_stops_on_sigterm(held_lock, supervisor):
+    sup = supervisor()
+    _until_both_stamp(sup)
+    sup.workers[1].proc.terminate()
+    assert sup.workers[1].proc.wait(timeout=20) == 0  # not after the compile: at once, cleanly
+
+
 def _until_both_stamp(sup: Supervisor) -> None:
     """Until both workers are in their start-up's kernel load (stamping), not importing."""
     time.sleep(1.5)  # past the spawn's own stamp
     deadline = time.monotonic() + 60  # their imports may take a while on a loaded machine
-    while max(sup.lag(w.index) for w in sup.workers) > 1.0 and time.monotonic() < deadline:
+    while max(sup.lag(w.index) for w in sup.workers) > 1.0:
+        assert time.monotonic() < deadline, "the workers never reached their kernel load"
         time.sleep(0.05)
 
 
@@ -91,15 +100,34 @@ def test_start_up_has_a_hard_cap_even_while_workers_stamp(held_lock, supervisor)
         sup.wait_ready(30.0, limit=2.0)
 
 
-def test_the_compile_lock_is_taken_in_turn_and_loading_stamps_progress(tmp_path):
+def test_the_compile_lock_is_exclusive_and_its_wait_stamps_and_can_be_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(warmup, "STAMP_S", 0.01)
+    monkeypatch.setattr(warmup, "LOCK_POLL_S", 0.01)
     path = str(tmp_path / "k.lock")
+    stamps: list[float] = []
     with machine_lock(path) as held:
         assert held
-    stamps = []
-    took = load_kernels(lambda: stamps.append(time.monotonic()))  # cached by now: a load, not a compile
-    assert took >= 0 and all(b >= a for a, b in zip(stamps, stamps[1:]))
+        with pytest.raises(Stopped), machine_lock(path, should_stop=lambda: True):
+            pass  # another holder: not taken
+        with pytest.raises(Stopped):
+            load_kernels(lambda: stamps.append(time.monotonic()), should_stop=lambda: len(stamps) >= 3, lock=path)
+    assert len(stamps) >= 3  # stamped while it waited
+    assert not os.path.exists(marker_path(path))  # nothing was compiled under it
+
+
+def test_once_compiled_every_start_loads_without_the_lock(tmp_path):
+    path = str(tmp_path / "k.lock")
+    load_kernels(lock=path)  # the lock free: taken, kernels loaded, the marker left
+    assert os.path.exists(marker_path(path))
+    with machine_lock(path) as held:  # another process compiling something now
+        assert held
+        load_kernels(should_stop=lambda: True, lock=path)  # would raise Stopped if it waited
 
 
 def test_an_unusable_lock_file_does_not_stop_a_start(tmp_path):
     with machine_lock(str(tmp_path / "missing-dir" / "k.lock")) as held:
+        assert held is False
+    (tmp_path / "real").write_text("")
+    os.symlink(tmp_path / "real", tmp_path / "link.lock")  # never followed
+    with machine_lock(str(tmp_path / "link.lock")) as held:
         assert held is False

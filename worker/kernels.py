@@ -346,8 +346,8 @@ def silence_frames(sel, energy, fill, n, preroll, threshold, heard, initial_limi
 
 
 def warm_up(sample_types: tuple[type, ...] = (np.int16, np.float32)) -> None:
-    """Load (or compile) every kernel for the types the worker calls it with: int16
-    delay lines (`Pipeline`) and float32 ones (`sample_types`: what the caller uses).
+    """Load (or compile) every kernel for the delay-line types in `sample_types`: the
+    worker's `Pipeline` uses int16 only; float32 banks (the DSP tests', the bench's) add it.
 
     The first call of a kernel in a process costs ~0.5 s even from the cache (numba's
     own start-up); a worker pays it here, before it says hello, not in its first tick

@@ -39,7 +39,7 @@ from .commands import Commands
 from .descriptors import DESCRIPTORS
 from .dtmf import FRAME
 from .pipeline import SAMPLE_RATE, Pipeline, cpu_seconds, default_open_sink
-from .warmup import load_kernels
+from .warmup import Stopped, load_kernels
 
 log = logging.getLogger("wholecall.worker")
 
@@ -105,7 +105,11 @@ def run(settings: WorkerSettings) -> int:
         record[L.W_PROGRESS_NS] = time.monotonic_ns()
 
     progress()
-    took = load_kernels(progress)  # compiled once per machine; alive (stamping) meanwhile
+    try:  # compiled once per machine; alive (stamping) meanwhile
+        took = load_kernels(progress, should_stop=lambda: stopping or os.getppid() != parent)
+    except Stopped as e:
+        log.info("worker %d: %s: exiting", index, e)
+        return 0
     if took > 5:
         log.info("worker %d: audio kernels ready after %.1f s (compiled: first start on this machine)", index, took)
     ctx = zmq.Context()
