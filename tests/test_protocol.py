@@ -91,3 +91,18 @@ def test_a_cause_travels_by_name_and_an_unknown_one_is_refused():
     assert b"HANGUP" in wire and decode(wire).cause is Cause.HANGUP
     with pytest.raises(ProtocolError, match="stop.cause: expected Cause, got str"):
         decode(msgpack.packb(_body(StopJob(job_id=1, cause=Cause.ABORTED, end_pos=0), cause="BOGUS")))
+
+
+@pytest.mark.parametrize("msg", ALL, ids=lambda m: m.TYPE)
+def test_the_wire_map_holds_every_field_by_name(msg):
+    """The encoder reads all fields with one getter and leaves enums to msgpack's hook:
+    what it sends is still the version, the type and every field, causes by name."""
+    assert msgpack.unpackb(encode(msg), raw=False) == _body(msg)
+
+
+def test_an_int_for_a_float_field_becomes_a_float_and_a_float_for_an_int_field_is_refused():
+    got = decode(msgpack.packb(_body(JobStarted(job_id=7, t_received=1.0, t_opened=2.0, t_confirmed=3.0),
+                                     t_received=12)))
+    assert got.t_received == 12.0 and type(got.t_received) is float
+    with pytest.raises(ProtocolError, match="started.job_id: expected int, got float"):
+        decode(msgpack.packb(_body(JobStarted(job_id=7, t_received=1.0, t_opened=2.0, t_confirmed=3.0), job_id=7.0)))
