@@ -144,7 +144,10 @@ def resolve_filename(root: str, filename: Any) -> str:
         # start()'s own time in the ramp of `wholecall stress`). Anything else, or any doubt
         # (a missing directory, an escape, a name that exists), takes the full check.
         parent = _real_dir(os.path.join(root_real, head)) if head else root_real
-        if parent is not None and os.path.commonpath([root_real, parent]) == root_real:
+        # Both are the kernel's names for directories (absolute, no `.`, `..` or doubled
+        # separators), so "under the root" is a prefix ending at a separator (commonpath's
+        # Python was 7.5 us of a start()).
+        if parent is not None and (parent == root_real or parent.startswith(root_real.rstrip(os.sep) + os.sep)):
             candidate = os.path.join(parent, tail)
             if not os.path.lexists(candidate):
                 return candidate

@@ -109,3 +109,14 @@ def test_a_root_moved_and_symlinked_back_resolves_to_where_it_is_now(tmp_path):
     os.symlink(elsewhere, root)
     assert resolve_filename(str(root), "b.wav") == str(elsewhere / "b.wav")
 
+
+
+def test_a_subdirectory_linked_to_a_sibling_whose_name_starts_like_the_root_is_refused(tmp_path):
+    """"Under the root" is a path prefix ending at a separator: /x/rec2 is not under /x/rec."""
+    root, sibling = tmp_path / "rec", tmp_path / "rec2"
+    root.mkdir()
+    sibling.mkdir()
+    (root / "calls").symlink_to(sibling)
+    with pytest.raises(Error, match="outside the recordings directory"):
+        resolve_filename(str(root), "calls/a.wav")
+    assert not (sibling / "a.wav").exists()
