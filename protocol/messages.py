@@ -265,6 +265,11 @@ def _decode_plan(allowed: tuple[type, ...]) -> tuple[frozenset[type], bool, type
 _ENCODE = {kind: (tuple(fields), operator.attrgetter(*fields) if fields else None) for kind, fields in _FIELDS.items()}
 _DECODE = {kind: [(name, allowed, *_decode_plan(allowed)) for name, allowed in fields.items()]
            for kind, fields in _FIELDS.items()}
+#: Message types whose __init__ only stores the fields (no __post_init__, no slots): a
+#: decoded one is made by filling its __dict__, not through the frozen dataclass's
+#: object.__setattr__ per field (6 us of a StartJob's 16).
+_PLAIN = frozenset(cls for cls in _TYPES.values()
+                   if not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__"))
 
 
 def _check(value: Any, allowed: tuple[type, ...]) -> bool:
@@ -318,11 +323,11 @@ def decode(data: bytes) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r}")
     fields = _FIELDS[kind]
-    missing = fields.keys() - body.keys()
-    if missing:
-        raise ProtocolError(f"{kind}: missing field(s) {', '.join(sorted(missing))}")
-    extra = body.keys() - fields.keys()
-    if extra:
+    if body.keys() != fields.keys():  # compared in place; the differences only for the error
+        missing = fields.keys() - body.keys()
+        if missing:
+            raise ProtocolError(f"{kind}: missing field(s) {', '.join(sorted(missing))}")
+        extra = body.keys() - fields.keys()
         raise ProtocolError(f"{kind}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
     for name, allowed, exact, to_float, enum_type in _DECODE[kind]:
         value = body[name]
@@ -334,4 +339,8 @@ def decode(data: bytes) -> Message:
             body[name] = float(value)
         elif enum_type is not None and kind_of is str:
             body[name] = enum_type[value]
+    if cls in _PLAIN:  # every field checked and present: what the frozen __init__ would store
+        msg = object.__new__(cls)
+        msg.__dict__.update(body)
+        return msg
     return cls(**body)

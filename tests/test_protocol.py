@@ -46,7 +46,11 @@ ALL = [
 
 @pytest.mark.parametrize("msg", ALL, ids=lambda m: m.TYPE)
 def test_round_trip(msg):
-    assert decode(encode(msg)) == msg
+    got = decode(encode(msg))
+    assert got == msg and type(got) is type(msg)
+    field = dataclasses.fields(msg)[0].name if dataclasses.fields(msg) else "x"
+    with pytest.raises(dataclasses.FrozenInstanceError):  # made without __init__, still frozen
+        setattr(got, field, 1)
 
 
 @given(st.integers(0, 2**62), st.sampled_from(Cause), st.integers(0, 2**40))
