@@ -67,10 +67,12 @@ def _int(name: str, value: Any, maximum: int, why: str) -> int:
     after the recorder had changed state.
     """
     # numbers.Integral so numpy integers from an application's arithmetic are accepted;
-    # bool is an int to Python but never meant as a size or a duration.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise Error(f"{name} must be a non-negative integer, got {value!r}")
-    value = int(value)  # exact for any Integral (numpy's too), and what is returned
+    # bool is an int to Python but never meant as a size or a duration. A plain int (the
+    # common case) skips the ABC checks, a few us of every start().
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise Error(f"{name} must be a non-negative integer, got {value!r}")
+        value = int(value)  # exact for any Integral (numpy's too), and what is returned
     if value < 0:
         raise Error(f"{name} must be a non-negative integer, got {value}")
     if value > maximum:
