@@ -151,11 +151,12 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=2000)
     p.add_argument("--dir", default=tempfile.gettempdir(), help="disk directory for recordings")
     p.add_argument("--threads", type=int, default=0, help="also measure starts from this many API threads at once")
+    p.add_argument("--controller-only", action="store_true", help="skip the worker's Pipeline.start measurement")
     a = p.parse_args()
     print("controller process, per call:", controller_costs(a.channels, a.dir))
     if a.threads:
         print("controller process, concurrent starts:", concurrent_starts(a.channels, a.dir, a.threads))
-    for base in (a.dir, "/dev/shm"):
+    for base in () if a.controller_only else (a.dir, "/dev/shm"):
         print("worker Pipeline.start:", worker_start_cost(a.channels, base))
 
 
