@@ -193,6 +193,9 @@ def check_start(
 ) -> RecordOptions:
     if not isinstance(file_format, str) or file_format not in FORMATS:
         raise Error(f"file_format must be one of {', '.join(FORMATS)}; got {file_format!r}")
+    # A str subclass (an application's StrEnum) as the plain string it equals: that is
+    # what goes to the worker, whatever the subclass's own str() or name would say.
+    file_format = str.__str__(file_format)
     if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate not in RATES:
         raise Error(f"rate must be one of {', '.join(map(str, RATES))} Hz; got {rate!r}")
     rate = int(rate)
@@ -205,6 +208,7 @@ def check_start(
         raise Error(f"dtmf_elim must be True or False, got {dtmf_elim!r}")
     if not isinstance(recording_mode, str) or recording_mode not in MODES:
         raise Error(f"recording_mode must be 'mixed' or 'separate'; got {recording_mode!r}")
+    recording_mode = str.__str__(recording_mode)
     if recording_mode == "separate":
         if file_format not in SEPARATE_FORMATS:
             raise Error(

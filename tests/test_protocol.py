@@ -110,3 +110,12 @@ def test_an_int_for_a_float_field_becomes_a_float_and_a_float_for_an_int_field_i
     assert got.t_received == 12.0 and type(got.t_received) is float
     with pytest.raises(ProtocolError, match="started.job_id: expected int, got float"):
         decode(msgpack.packb(_body(JobStarted(job_id=7, t_received=1.0, t_opened=2.0, t_confirmed=3.0), job_id=7.0)))
+
+
+def test_a_cause_is_a_plain_enum_so_it_travels_by_name():
+    """msgpack packs str and int subclasses by value and hands only what it cannot pack
+    to the encoder's hook (names): Cause must stay a plain Enum for names on the wire."""
+    assert not issubclass(Cause, (str, int))
+    from wholecall.protocol.messages import _PLAIN, _TYPES
+
+    assert _PLAIN == frozenset(_TYPES.values())  # every type decodes without its __init__ today

@@ -71,3 +71,21 @@ def test_a_refused_start_changes_nothing_and_the_channel_still_records(ctl, answ
     assert rec.stop() and rec.cause() is rec.Cause.ABORTED
     assert time.monotonic() - t < 5
     answered.hang_up()
+
+
+def test_a_str_enum_for_format_and_mode_is_sent_as_the_plain_string():
+    import enum
+
+    from wholecall.controller.args import check_start
+    from wholecall.protocol import decode, encode
+
+    class Fmt(str, enum.Enum):  # noqa: UP042 - the mixin, whose str() is "Fmt.ALAW", not the value
+        ALAW = "alaw"
+
+    class Mode(str, enum.Enum):  # noqa: UP042 - as above
+        MIXED = "mixed"
+
+    opts = check_start("/tmp", "x.wav", Fmt.ALAW, 8000, 0, 0, 0, True, Mode.MIXED, None)
+    msg = decode(encode(opts.start_job(1, 1, 0, 1, 0)))
+    assert (msg.file_format, msg.mode) == ("alaw", "mixed")
+    assert type(msg.file_format) is str and type(opts.file_format) is str
