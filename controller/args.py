@@ -117,6 +117,13 @@ def _real_dir(path: str) -> str | None:
     return real if real.startswith("/") and not real.endswith(" (deleted)") else None
 
 
+def _within(root_real: str, path: str) -> bool:
+    """Whether `path` is `root_real` or under it. Both must be canonical (absolute, no `.`,
+    `..` or doubled separators: the kernel's names or realpath's), so it is a prefix ending
+    at a separator (os.path.commonpath's Python was 7.5 us of a start())."""
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
 def resolve_filename(root: str, filename: Any) -> str:
     """The absolute path for `filename` under `root`; refuses escapes and existing files.
 
@@ -146,16 +153,13 @@ def resolve_filename(root: str, filename: Any) -> str:
         # start()'s own time in the ramp of `wholecall stress`). Anything else, or any doubt
         # (a missing directory, an escape, a name that exists), takes the full check.
         parent = _real_dir(os.path.join(root_real, head)) if head else root_real
-        # Both are the kernel's names for directories (absolute, no `.`, `..` or doubled
-        # separators), so "under the root" is a prefix ending at a separator (commonpath's
-        # Python was 7.5 us of a start()).
-        if parent is not None and (parent == root_real or parent.startswith(root_real.rstrip(os.sep) + os.sep)):
+        if parent is not None and _within(root_real, parent):
             candidate = os.path.join(parent, tail)
             if not os.path.lexists(candidate):
                 return candidate
     candidate = os.path.join(root_real, filename)
     real = os.path.realpath(candidate)
-    if os.path.commonpath([root_real, real]) != root_real or real == root_real:
+    if not _within(root_real, real) or real == root_real:
         raise Error(f"filename {filename!r} is outside the recordings directory {root_real}")
     if os.path.lexists(candidate) or os.path.lexists(real):
         raise Error(f"filename {filename!r} already exists; recordings are never overwritten")

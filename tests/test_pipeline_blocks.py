@@ -207,18 +207,39 @@ def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_
         arena.close()
 
 
+_WARM_UP_PROBE = """
+import json
+import sys
+from pathlib import Path
+from wholecall.worker import dtmf_fine, dtmf_runs, kernels, pipeline
+from tests.test_pipeline_blocks import record
+
+pipeline.warm_up()  # what a worker loads before it says hello, and nothing else
+jit = [kernels.frames_in, kernels.mix_frames, kernels.delay_slots, kernels.silence_frames, dtmf_fine.fine_windows,
+       dtmf_fine.edges, dtmf_runs.digit_runs, dtmf_runs.set_mutes]
+before = [len(k.signatures) for k in jit]
+for block in (1, 5):
+    (Path(sys.argv[1]) / str(block)).mkdir()
+    record(Path(sys.argv[1]) / str(block), block)
+print(json.dumps([before, [len(k.signatures) for k in jit]]))
+"""
+
+
 def test_the_warm_up_covers_every_kernel_signature_the_pipeline_calls(tmp_path):
     """A signature the warm-up misses is compiled (or loaded) in the middle of a tick: a
-    stall of every leg of the worker of up to seconds. Both step sizes, every path."""
-    from wholecall.worker import kernels
+    stall of every leg of the worker of up to seconds. Both step sizes, every path. In a
+    process of its own: this one has loaded other signatures (the DSP tests' float32)."""
+    import json
+    import os
+    import subprocess
+    import sys
 
-    kernels.warm_up()
-    jit = [kernels.frames_in, kernels.mix_frames, kernels.delay_slots, kernels.silence_frames]
-    before = [len(k.signatures) for k in jit]
-    for block in (1, 5):
-        (tmp_path / str(block)).mkdir()
-        record(tmp_path / str(block), block)
-    assert [len(k.signatures) for k in jit] == before
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _WARM_UP_PROBE, str(tmp_path)], cwd=root, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before, after = json.loads(r.stdout.strip().splitlines()[-1])
+    assert after == before, "kernel signatures loaded by the ticks, not by the warm-up"
 
 
 def test_growing_past_capacity_publishes_progress_while_it_copies(tmp_path):

@@ -299,8 +299,13 @@ class DtmfBank:
         self._tone_ms = np.float32(dbm0_mean_square(MIN_TONE_DBM0))
         self._pre_min = np.float32(dbm0_mean_square(PRE_MIN_DBM0))
         self.ensure_capacity(capacity)
-        dtmf_runs.warm_up()  # numba's first calls, here and not in the first tick
-        dtmf_fine.warm_up((self._type.type,))
+        self.warm_up(self._type.type)  # numba's first calls, here and not in the first tick
+
+    @staticmethod
+    def warm_up(sample_type: type) -> None:
+        """Load (or compile) the kernels a bank of `sample_type` calls."""
+        dtmf_runs.warm_up()
+        dtmf_fine.warm_up((sample_type,))
 
     # ------------------------------------------------------------------ state
     def ensure_capacity(self, rows: int) -> None:

@@ -83,7 +83,16 @@ SERVE_EVERY_FLUSHES = 64
 #: by the lag: a killed worker's files are repaired exactly by the controller, which
 #: knows them, and `wholecall repair` does the same after a whole-host crash.
 HEADER_REFRESH_SAMPLES = 5 * SAMPLE_RATE
+#: The legs' type through the DTMF delay line (`DtmfBank`): half the bytes of float32 to move.
+DELAY_TYPE = np.int16
 _LEG_NAMES = ("inbound", "outbound")  # by DTMF bank row % 2 (a job's legs are rows 2 * job row + 0, 1)
+
+
+def warm_up() -> None:
+    """Load (or compile) every kernel a `Pipeline` calls, for the types it calls them with:
+    what a worker loads before it says hello (`worker.warmup`)."""
+    kernels.warm_up((DELAY_TYPE,))
+    DtmfBank.warm_up(DELAY_TYPE)
 
 
 @dataclass
@@ -136,7 +145,7 @@ class Pipeline:
         self.flush_samples = flush_samples
         self.stage_len = flush_samples + (max_frames_per_tick + 8) * FRAME
         self._ring = arena.data.reshape(-1)  # every ring, one after the other
-        kernels.warm_up((np.int16,))  # the delay line's type (`self.dtmf`)
+        kernels.warm_up((DELAY_TYPE,))
         self.skew_s = skew_samples / SAMPLE_RATE
         # History of each job's leading-leg position, one row per tick, stamped with the
         # tick's time: enough rows to reach `skew` back at the shortest tick.
@@ -144,8 +153,7 @@ class Pipeline:
         self.hist_t = np.full(self.skew_ticks, -np.inf)
         self.jobs: dict[int, Job] = {}  # by row
         self.by_id: dict[int, Job] = {}
-        # Legs stay int16 through the DTMF delay line: half the bytes of float32 to move.
-        self.dtmf = DtmfBank(capacity=2 * capacity, sample_type=np.int16, max_block=max_block)
+        self.dtmf = DtmfBank(capacity=2 * capacity, sample_type=DELAY_TYPE, max_block=max_block)
         self.max_block = max_block
         self.lookahead = self.dtmf.lookahead_frames
         self._free_rows: list[int] = []

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import numpy as np
+from .pipeline import warm_up
 
 log = logging.getLogger("wholecall.worker")
 
@@ -107,14 +107,6 @@ def _take(fd: int, path: str, should_stop: Callable[[], bool]) -> bool:
         time.sleep(LOCK_POLL_S)
 
 
-def _load() -> None:
-    from . import dtmf_fine, dtmf_runs, kernels
-
-    kernels.warm_up((np.int16,))  # the pipeline's delay lines are int16
-    dtmf_runs.warm_up()
-    dtmf_fine.warm_up((np.int16,))
-
-
 def load_kernels(progress: Callable[[], None] = lambda: None, should_stop: Callable[[], bool] = lambda: False,
                  lock: str | None = None) -> float:
     """Load every kernel the worker calls, compiling what the cache lacks (the first
@@ -133,10 +125,10 @@ def load_kernels(progress: Callable[[], None] = lambda: None, should_stop: Calla
         lock = lock or lock_path()
         marker = marker_path(lock)
         if os.path.exists(marker):
-            _load()  # compiled before on this machine: every process loads at once
+            warm_up()  # compiled before on this machine: every process loads at once
         else:
             with machine_lock(lock, should_stop) as held:
-                _load()  # compiles, unless the process we waited for just did
+                warm_up()  # compiles, unless the process we waited for just did
                 if held:
                     with contextlib.suppress(OSError), open(marker, "x"):
                         pass
