@@ -9,7 +9,9 @@ Two measurements, both outside `wholecall stress` so nothing else competes:
    ramp makes them): starts per second and the process's user and system CPU per start.
 2. Worker: `Pipeline.start` for N jobs in-process, on a disk directory and on tmpfs
    (file creation cost differs by two orders of magnitude on some machines), with the
-   slowest individual starts (the per-row tables grow by doubling).
+   slowest individual starts (the per-row tables grow by doubling); then the pipeline
+   side alone (`attach_many`, files already open) one job at a time and in batches of
+   16 and 64, as the worker attaches what its openers made since the last serve point.
 
     OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 2000 --dir /tmp
     OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 6000 --threads 64 --dir /root
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import os
 import shutil
@@ -122,10 +125,12 @@ def worker_start_cost(n: int, base: str) -> dict:
         pipe = Pipeline(arena, default_open_sink(), tick_s=0.02)
         walls = []
         c0 = time.process_time()
+        starts = []
         for i in range(n):
             msg = StartJob(job_id=i + 1, channel=i, slot_in=2 * i, slot_out=2 * i + 1, start_pos=0,
                            path=os.path.join(out, f"c{i}.wav"), file_format="alaw", rate=8000, max_bytes=0,
                            ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=True, mode="mixed", cipher=None)
+            starts.append(msg)
             t = time.perf_counter()
             err = pipe.start(msg)
             walls.append(time.perf_counter() - t)
@@ -136,11 +141,26 @@ def worker_start_cost(n: int, base: str) -> dict:
         pipe.abort_all(Cause.ABORTED)
         while pipe.jobs:
             pipe.tick()
+        # The pipeline side alone (files already open), one by one and in the worker's
+        # batches (`Pipeline.attach_many`: what the openers made since the last serve point).
+        attach = {}
+        for batch in (1, 16, 64):
+            msgs = [dataclasses.replace(m, job_id=m.job_id + n * batch, path=f"{m.path[:-4]}-{batch}.wav")
+                    for m in starts]
+            writers = [pipe.open_writer(m)[0] for m in msgs]
+            c1 = time.process_time()
+            for lo in range(0, n, batch):
+                pipe.attach_many([(m, w, None, -1) for m, w in zip(msgs[lo:lo + batch], writers[lo:lo + batch])])
+            attach[batch] = round(1e6 * (time.process_time() - c1) / n, 1)
+            pipe.abort_all(Cause.ABORTED)
+            while pipe.jobs:
+                pipe.tick()
         del pipe
         gc.collect()
         return {"dir": base, "cpu_us_per_start": round(1e6 * cpu / n), "wall_ms_p50": round(float(np.median(ms)), 3),
                 "wall_ms_p99": round(float(np.percentile(ms, 99)), 3),
-                "slowest_starts": {int(i) + 1: round(float(ms[i]), 1) for i in sorted(slow)}}
+                "slowest_starts": {int(i) + 1: round(float(ms[i]), 1) for i in sorted(slow)},
+                "attach_us_by_batch": attach}
     finally:
         arena.close()
         shutil.rmtree(out, ignore_errors=True)

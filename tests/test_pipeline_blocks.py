@@ -36,8 +36,10 @@ def messages(tmp, progs) -> list[StartJob]:
     return msgs
 
 
-def record(tmp, block: int, drain: bool = False, parts: bool = False) -> tuple[dict, dict[int, bytes], list]:
-    """`drain`: every stop is followed at once by `Pipeline.drain` (as the worker does),
+def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: bool = False
+           ) -> tuple[dict, dict[int, bytes], list]:
+    """`batched`: the jobs are attached five at a time (`Pipeline.attach_many`, as the
+    worker attaches what its openers made), growing the pipeline inside a batch. `drain`: every stop is followed at once by `Pipeline.drain` (as the worker does),
     which must end the job there, before any further tick. `parts`: the ticks run in parts
     of 2 jobs, and stops wait for the first gap between two parts (as the worker applies
     stops read during a tick), where they are applied and drained."""
@@ -78,7 +80,11 @@ def record(tmp, block: int, drain: bool = False, parts: bool = False) -> tuple[d
     try:
         for m in msgs:
             arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
-            assert pipe.start(m) == ""
+            if not batched:
+                assert pipe.start(m) == ""
+        for lo in range(0, JOBS if batched else 0, 5):
+            opened = [(m, pipe.open_writer(m)[0]) for m in msgs[lo:lo + 5]]
+            pipe.attach_many([(m, w, None, -1) for m, w in opened])
         now = 100.0
         for _ in range(110):  # 11 s of audio on average, in uneven chunks
             for j in range(JOBS):
@@ -137,6 +143,44 @@ def test_block_steps_record_the_same_files_as_frame_steps(tmp_path):
         assert files5[job_id] == data, f"job {job_id}: the block-stepped file differs"
     got, rate = sf.read(str(tmp_path / "b" / "j2.wav"), dtype="int16")
     assert rate == RATE and len(got) == 47_123  # a stop inside a frame ends the file there
+
+
+def test_jobs_attached_in_batches_record_the_same_files_as_jobs_started_one_by_one(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "batch").mkdir()
+    one = record(tmp_path / "one", 5)
+    batch = record(tmp_path / "batch", 5, batched=True)
+    assert one[0] == batch[0] and one[2] == batch[2] and one[2]  # causes, lengths; the digits heard
+    for job_id, data in one[1].items():
+        assert batch[1][job_id] == data, f"job {job_id}"
+
+
+def test_a_batch_with_a_job_the_worker_cannot_run_attaches_none_of_it(tmp_path):
+    import dataclasses
+
+    arena = Arena.create(8, 1 << 14)
+    pipe = Pipeline(arena, default_open_sink(), capacity=2)
+    try:
+        msgs = messages(tmp_path, None)[8:11]  # the second has no DTMF elimination
+        msgs = [dataclasses.replace(m, job_id=i + 1, slot_in=2 * i, slot_out=2 * i + 1) for i, m in enumerate(msgs)]
+        msgs[2] = dataclasses.replace(msgs[2], ms_max_silence=2**61)
+        writers = [pipe.open_writer(m)[0] for m in msgs[:2]]
+        free = list(pipe._free_rows)
+        with pytest.raises(ValueError, match="milliseconds_max_silence"):
+            pipe.attach_many([(m, w, None, -1) for m, w in zip(msgs, [*writers, writers[0]])])
+        assert pipe._free_rows == free and not pipe.jobs and not pipe.by_id
+        bank = pipe.dtmf
+        bank._n[:] = 7  # rows a previous job left behind: the batch must reset both legs of each
+        bank._elim[:] = True
+        pipe.attach_many([(m, w, None, -1) for m, w in zip(msgs, writers)])
+        assert sorted(pipe.by_id) == [1, 2]
+        for job_id, job in pipe.by_id.items():
+            legs = [2 * job.row, 2 * job.row + 1]
+            assert (bank._n[legs] == 0).all() and (bank._elim[legs] == job.msg.dtmf_elim).all(), job_id
+            assert arena.durable[job.msg.slot_in, :, 1].max() == job_id  # its durable record, published
+    finally:
+        pipe.close()
+        arena.close()
 
 
 @pytest.mark.parametrize("block", [1, 5])

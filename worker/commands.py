@@ -56,6 +56,9 @@ from .wavfile import WavWriter
 #: Files created at once. More than one so that one slow create does not hold up the
 #: starts behind it; few, because they all share the worker's CPU.
 OPENER_THREADS = 4
+#: Opened files attached in one `Pipeline.attach_many` (a takeover's thousands stamp
+#: progress between batches).
+ATTACH_BATCH = 64
 
 log = logging.getLogger("wholecall.worker")
 
@@ -351,46 +354,52 @@ class Commands:
         with self._lock:
             opened, self._opened = self._opened, []
         progress = self.pipe.progress
-        for i, (msg, writer, err, resumed) in enumerate(opened):
-            if progress is not None and i and i % 64 == 0:
+        for lo in range(0, len(opened), ATTACH_BATCH):
+            if progress is not None and lo:
                 # A takeover attaches thousands of jobs at one serve point (measured: 5,100
-                # in over 2 s): the worker is working, and must not look stalled meanwhile.
+                # in over 2 s before batches): the worker is working, and must not look stalled.
                 progress()
+            batch = opened[lo:lo + ATTACH_BATCH]
             try:
-                self._attach_one(msg, writer, err, resumed)
+                self._attach_batch(batch)
             except BaseException:
                 # Whatever was not attached stays where close() will find it.
                 with self._lock:
-                    self._opened[:0] = opened[i + 1:]
-                    self._opening.pop(msg.job_id, None)
-                if writer is not None and msg.job_id not in self.pipe.by_id and resumed is None:
-                    writer.abort()
+                    self._opened[:0] = opened[lo + ATTACH_BATCH:]
+                    for msg, writer, _, resumed in batch:
+                        self._opening.pop(msg.job_id, None)
+                        if writer is not None and msg.job_id not in self.pipe.by_id and resumed is None:
+                            writer.abort()
                 raise
 
-    def _attach_one(self, msg: StartJob, writer: WavWriter | None, err: str,
-                    resumed: tuple[ResumeJob, int] | None = None) -> None:
-        stop = self._held_stops.pop(msg.job_id, None)
-        pauses = self._held_pauses.pop(msg.job_id, [])
-        if writer is None:
-            self._refuse(msg, err)
-        else:
-            try:
-                if resumed is not None:
-                    self.pipe.attach(msg, writer, resumed[0], resumed[1])
-                else:
-                    self.pipe.attach(msg, writer)
-            except ValueError as e:  # a job this worker cannot run: refuse it alone
+    def _attach_batch(self, batch: list[tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]]) -> None:
+        """Attach the opened files of `batch` in one `Pipeline.attach_many`; a job that has no
+        file, or that this worker cannot run, is refused alone."""
+        good = []
+        for msg, writer, err, resumed in batch:
+            if writer is None:
+                self._refuse(msg, err)
+                continue
+            why = self.pipe.refusal(msg)
+            if why:  # a job this worker cannot run: refuse it alone
                 writer.abort()
-                self._refuse(msg, str(e))
-            else:
-                for p in pauses:  # before the stop: they were asked for first
-                    self.pipe.pause(p)
-                if stop is not None:
-                    times = self._stop_times.get(stop.job_id)
-                    if times is not None:
-                        times[1] = time.monotonic()
-                    self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
-                elif self.shutdown:
-                    self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)
+                self._refuse(msg, why)
+                continue
+            good.append((msg, writer, *(resumed or (None, -1))))
+        self.pipe.attach_many(good)
+        for msg, *_ in good:
+            stop = self._held_stops.pop(msg.job_id, None)
+            for p in self._held_pauses.pop(msg.job_id, []):  # before the stop: they were asked for first
+                self.pipe.pause(p)
+            if stop is not None:
+                times = self._stop_times.get(stop.job_id)
+                if times is not None:
+                    times[1] = time.monotonic()
+                self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
+            elif self.shutdown:
+                self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)
         with self._lock:
-            del self._opening[msg.job_id]  # only now: until here a duplicate start is refused
+            for msg, *_ in batch:
+                self._held_stops.pop(msg.job_id, None)  # a refused job's
+                self._held_pauses.pop(msg.job_id, None)
+                del self._opening[msg.job_id]  # only now: until here a duplicate start is refused

@@ -363,14 +363,47 @@ class Pipeline:
 
         With `resume` (failover, after `open_resumed`): read from leg position `pos`,
         with the silence state of the dead worker's durable record."""
-        why = self.refusal(msg)
-        if why:
-            raise ValueError(why)
-        stereo = msg.mode == "separate"
-        if not self._free_rows:
+        self.attach_many([(msg, writer, resume, pos)])
+
+    def attach_many(self, starts: list[tuple[StartJob, WavWriter, ResumeJob | None, int]]) -> None:
+        """`attach` for every (message, writer, resume, pos) of `starts`, all or none.
+
+        Why a batch: a row's own set-up is a few scalar stores, but resetting its DTMF
+        legs and publishing its durable record are numpy calls whose cost is per call,
+        not per row (~40 of the ~70 us one attach took). The worker attaches what its
+        openers made since the last serve point in one go, dozens at a time in a ramp.
+
+        Raises ValueError, before anything changed, when a message is one this worker
+        cannot run (`refusal`); the caller refuses that job alone and attaches the rest.
+        """
+        for msg, *_ in starts:
+            why = self.refusal(msg)
+            if why:
+                raise ValueError(why)
+        if not starts:
+            return
+        while len(self._free_rows) < len(starts):  # the only step that can fail: before any row is taken
             self._alloc(self._cap * 2)
+        rows = np.empty(len(starts), np.int64)
+        elim = np.empty(len(starts), np.bool_)
+        now = time.monotonic()
+        for i, (msg, writer, resume, pos) in enumerate(starts):
+            rows[i] = self._attach_row(msg, writer, now)
+            elim[i] = msg.dtmf_elim
+            if resume is not None:
+                self._resume(self.jobs[rows[i]], resume, pos)
+        legs = np.empty(2 * len(rows), np.int64)  # a job row's DTMF legs are rows 2r and 2r + 1
+        legs[0::2] = 2 * rows
+        legs[1::2] = legs[0::2] + 1
+        self.dtmf.reset(legs, np.repeat(elim, 2))
+        self._rows_dirty = True
+        self._publish(rows)
+
+    def _attach_row(self, msg: StartJob, writer: WavWriter, now: float) -> int:
+        """Take a free row for the job and set its state (not its DTMF legs nor its record)."""
+        stereo = msg.mode == "separate"
         row = self._free_rows.pop()
-        job = Job(msg, row, writer, stereo, time.monotonic())
+        job = Job(msg, row, writer, stereo, now)
         self.jobs[row] = job
         self.by_id[msg.job_id] = job
         self.slot_in[row] = msg.slot_in
@@ -392,7 +425,6 @@ class Pipeline:
         self.silence.reset(
             row, self.silence_dbfs, ms * to_samples(msg.ms_initial_silence), ms * to_samples(msg.ms_max_silence)
         )
-        self.dtmf.reset(np.array([2 * row, 2 * row + 1]), np.array([msg.dtmf_elim, msg.dtmf_elim]))
         self.jid[row] = msg.job_id
         self.written[row] = writer.input_samples
         self.base[row] = msg.start_pos
@@ -401,10 +433,7 @@ class Pipeline:
         self.pz[row] = False
         self.origin[row] = msg.start_pos if writer.input_samples else -1
         self.loud[row] = False
-        if resume is not None:
-            self._resume(job, resume, pos)
-        self._rows_dirty = True
-        self._publish(np.array([row]))
+        return row
 
     def _resume(self, job: Job, r: ResumeJob, pos: int) -> None:
         """Carry a dead worker's state into a freshly attached row (see the module docstring)."""
