@@ -11,7 +11,9 @@ Two measurements, both outside `wholecall stress` so nothing else competes:
    (file creation cost differs by two orders of magnitude on some machines), with the
    slowest individual starts (the per-row tables grow by doubling); then the pipeline
    side alone (`attach_many`, files already open) one job at a time and in batches of
-   16 and 64, as the worker attaches what its openers made since the last serve point.
+   16 and 64, as the worker attaches what its openers made since the last serve point;
+   and what ending a job costs the worker's loop (`stop` + `drain`), one by one and 16
+   at a time.
 
     OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 2000 --dir /tmp
     OPENBLAS_NUM_THREADS=1 python bench/start_cost.py --channels 6000 --threads 64 --dir /root
@@ -166,6 +168,50 @@ def worker_start_cost(n: int, base: str) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def worker_stop_cost(n: int, base: str) -> dict:
+    """What ending a job costs the worker's loop: `Pipeline.stop` then `drain` (the end of
+    its audio, the DTMF look-ahead's last frames, the file's header, close), one job at a
+    time as stops come one by one, and 16 at a time as in a burst. Each job has 0.5 s of
+    audio (silence) in its rings; no file-system cost to speak of on tmpfs."""
+    from wholecall.protocol import Cause, StartJob
+    from wholecall.shm import Arena
+    from wholecall.worker.pipeline import Pipeline, default_open_sink
+
+    out = tempfile.mkdtemp(prefix="stopcost-", dir=base)
+    arena = Arena.create(2 * n, 16384)
+    try:
+        pipe = Pipeline(arena, default_open_sink(), tick_s=0.1, capacity=n, max_block=5)
+        result = {"dir": base}
+        for batch in (1, 16):
+            for i in range(n):
+                msg = StartJob(job_id=i + 1 + n * batch, channel=i, slot_in=2 * i, slot_out=2 * i + 1, start_pos=0,
+                               path=os.path.join(out, f"s{batch}-{i}.wav"), file_format="alaw", rate=8000,
+                               max_bytes=0, ms_max_silence=5000, ms_initial_silence=0, dtmf_elim=True, mode="mixed",
+                               cipher=None)
+                arena.job[2 * i] = arena.job[2 * i + 1] = msg.job_id
+                arena.write_pos[2 * i] = arena.write_pos[2 * i + 1] = 0
+                assert not pipe.start(msg)
+            now = 100.0
+            for t in range(5):
+                arena.write_pos[:] = (t + 1) * 800
+                pipe.tick(now, block=5)
+                now += 0.1
+            c0 = time.process_time()
+            for lo in range(0, n, batch):
+                for i in range(lo, min(n, lo + batch)):
+                    pipe.stop(i + 1 + n * batch, Cause.ABORTED, 4000)
+                pipe.drain(now, block=5)
+                pipe.ended.clear()
+            result[f"us_per_stop_by_{batch}"] = round(1e6 * (time.process_time() - c0) / n, 1)
+            assert not pipe.jobs
+        del pipe
+        gc.collect()
+        return result
+    finally:
+        arena.close()
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--channels", type=int, default=2000)
@@ -178,6 +224,7 @@ def main() -> None:
         print("controller process, concurrent starts:", concurrent_starts(a.channels, a.dir, a.threads))
     for base in () if a.controller_only else (a.dir, "/dev/shm"):
         print("worker Pipeline.start:", worker_start_cost(a.channels, base))
+        print("worker Pipeline.stop + drain:", worker_stop_cost(a.channels, base))
 
 
 if __name__ == "__main__":

@@ -331,7 +331,7 @@ class Supervisor:
             w.pending.append(data)
             return
         try:
-            self.sock.send_multipart([sockets.worker_identity(w.index), data])
+            sockets.send_frames(self.sock, sockets.worker_identity(w.index), data)
         except zmq.ZMQError as e:
             # ROUTER_MANDATORY: not connected (it died, or is reconnecting). Keep it.
             log.warning("worker %d not reachable (%s): message kept", w.index, e)
@@ -340,7 +340,7 @@ class Supervisor:
     def _send_pending(self, w: WorkerHandle) -> None:
         while w.pending and w.alive:
             try:
-                self.sock.send_multipart([sockets.worker_identity(w.index), w.pending[0]])
+                sockets.send_frames(self.sock, sockets.worker_identity(w.index), w.pending[0])
             except zmq.ZMQError as e:
                 log.warning("worker %d not reachable (%s): %d messages kept", w.index, e, len(w.pending))
                 return
@@ -405,9 +405,8 @@ class Supervisor:
 
     def _drain(self, limit: int = 10_000) -> None:
         for _ in range(limit):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = sockets.recv_ready(self.sock)
+            if frames is None:
                 return
             self._receive(frames)
 

@@ -237,8 +237,8 @@ class Commands:
 
     def _read_commands(self) -> None:
         for_loop = False
-        while self.sock.poll(0, zmq.POLLIN):
-            msg = self._decode(self.sock.recv_multipart()[-1])
+        while (frames := sockets.recv_ready(self.sock)) is not None:
+            msg = self._decode(frames[-1])
             if msg is None:
                 continue
             if isinstance(msg, ResumeJob):

@@ -543,11 +543,9 @@ class DtmfBank:
             if on.any():
                 r = rows[on]
                 self._finish(r, n_next[on], self._rd[r], self._rb[r], self._racc[r], limit=end_of_audio[on])
-        held = np.empty((len(rows), L, FRAME), self._type)
-        for j in range(L):
-            f = self._n[rows] - L + j  # oldest held frame first
-            slot = rows * d + f % d
-            held[:, j] = np.where(self._mflat[slot], self._type.type(0), self._flat[slot])
+        f = self._n[rows][:, None] - L + np.arange(L)  # each row's held frames, oldest first
+        slot = rows[:, None] * d + f % d
+        held = np.where(self._mflat[slot], self._type.type(0), self._flat[slot])  # (rows, L, FRAME)
         self.reset(rows, self._elim[rows])
         return held
 
