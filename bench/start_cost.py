@@ -4,7 +4,8 @@ Two measurements, both outside `wholecall stress` so nothing else competes:
 
 1. Controller process: N answered channels started, then stopped, one after another
    from one thread; CPU per call of every thread of this process (the API thread, the
-   supervisor's I/O thread, ZeroMQ's own I/O thread), from /proc/self/task/*/stat.
+   supervisor's I/O thread, ZeroMQ's own I/O thread), from /proc/self/task/*/stat, and
+   the worker processes' (less their background ticking, approximately).
    With `--threads T`, also the same starts from T API threads at once (as the stress
    ramp makes them): starts per second and the process's user and system CPU per start.
 2. Worker: `Pipeline.start` for N jobs in-process, on a disk directory and on tmpfs
@@ -76,23 +77,47 @@ def answered_calls(n: int, base: str):
                 ch = ctl.incoming_call()
                 ch.answer()
                 chans.append(ch)
-            yield chans
+            yield ctl, chans
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TCK
+
+
 def controller_costs(n: int, base: str) -> dict:
-    with answered_calls(n, base) as chans:
-        a, t0 = threads_cpu(), time.perf_counter()
+    """Per call, one after another: each controller thread's CPU, and the workers' (their
+    processes' CPU less what they spend ticking without calls and with every call idle,
+    measured for a second each: an approximation, reported as such)."""
+    with answered_calls(n, base) as (ctl, chans):
+        pids = [w.proc.pid for w in ctl.supervisor.workers]
+
+        def workers() -> float:
+            return sum(process_cpu(p) for p in pids)
+
+        w0 = workers()
+        time.sleep(1.0)
+        idle = workers() - w0
+        a, t0, wa = threads_cpu(), time.perf_counter(), workers()
         for i, ch in enumerate(chans):
             assert ch.WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
-        start_wall = (time.perf_counter() - t0) / n
-        b = threads_cpu()
+        t1 = time.perf_counter()
+        b, wb = threads_cpu(), workers()
+        time.sleep(1.0)
+        busy = workers() - wb
+        b2, t2, wb2 = threads_cpu(), time.perf_counter(), workers()
         for ch in chans:
             ch.WholeCallRecorder.stop()
-        c = threads_cpu()
-    return {"start_us_per_thread": per_thread(a, b, n), "stop_us_per_thread": per_thread(b, c, n),
-            "start_wall_ms": round(1e3 * start_wall, 3)}
+        t3 = time.perf_counter()
+        c, wc = threads_cpu(), workers()
+    background = (idle + busy) / 2  # per second: the calls grow from none to all, then shrink
+    return {"start_us_per_thread": per_thread(a, b, n), "stop_us_per_thread": per_thread(b2, c, n),
+            "start_wall_ms": round(1e3 * (t1 - t0) / n, 3),
+            "workers_us_per_start": round(1e6 * (wb - wa - background * (t1 - t0)) / n),
+            "workers_us_per_stop": round(1e6 * (wc - wb2 - background * (t3 - t2)) / n)}
 
 
 def concurrent_starts(n: int, base: str, threads: int) -> dict:
@@ -100,7 +125,7 @@ def concurrent_starts(n: int, base: str, threads: int) -> dict:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    with answered_calls(n, base) as chans:
+    with answered_calls(n, base) as (_, chans):
         def start(i: int) -> None:
             assert chans[i].WholeCallRecorder.start(f"{i // 1000:03d}/c{i}.wav", milliseconds_max_silence=5000)
 

@@ -959,15 +959,24 @@ class Pipeline:
         due_rows = rows[due].tolist()
         if plain.any():
             self._flush_codes(rows[plain], due_rows)
+        every = self.serve_every_flushes
+        appended: set[int] = set()
+        ahead = 0  # due_rows[:ahead] have had their ends looked at
         for i, row in enumerate(due_rows):
-            if i % self.serve_every_flushes == self.serve_every_flushes - 1:
+            if i % every == every - 1:
                 self._serve_flushes(due_rows, i)
+            if i >= ahead:
+                # Up to the next serve point that may apply stops, nothing changes whether a
+                # job ends here: the look-ahead of every one that does goes out in one step.
+                ahead = len(due_rows) if not self._serving_parts else i + every - (i + 1) % every
+                appended.update(self._append_delayed(due_rows[i:ahead]))
             job = self.jobs[row]
             if self.done[row] and job.cause is None:
                 job.cause = Cause.SILENCE
             ending = bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row]))
             if ending and job.cause != Cause.SILENCE:
-                self._append_delayed(job)
+                if row not in appended:
+                    self._append_delayed([row], check=False)
                 cut = min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
                 self.fill[row] -= cut
                 self.opos[row] -= cut
@@ -1032,25 +1041,42 @@ class Pipeline:
         if self.between is not None:
             self.between()
 
-    def _append_delayed(self, job: Job) -> None:
-        """At the end of a job, the DTMF look-ahead still holds its last frames."""
-        row = job.row
-        held = self.dtmf.flush(np.array([2 * row, 2 * row + 1]))  # (2, L, FRAME)
-        n = int(min(self.lookahead, self.fed[row]))
-        if n == 0:
-            return
-        y_in, y_out = held[0, -n:], held[1, -n:]
-        self.fed[row] = 0  # flushed: nothing more to take from the bank
-        sel = np.array([row])
-        if self.fill[row] + n * FRAME <= self.stage_len:
-            # All in one step, as a tick's block (block steps record what frame steps do);
-            # a frame at a time cost ~4 x 50 us of numpy calls per stop.
-            self._emit(sel, y_in[None], y_out[None])
-            return
-        for k in range(n):
-            if self.fill[row] + FRAME > self.stage_len:
-                self._flush(job)
-            self._emit(sel, y_in[None, k:k + 1], y_out[None, k:k + 1])
+    def _append_delayed(self, rows: list[int], check: bool = True) -> list[int]:
+        """At the end of jobs, the DTMF look-ahead still holds their last frames: into
+        staging, all in one step where it has room (a block, as a tick's; a frame at a time
+        it cost 5 rounds of numpy calls per job). With `check`, only the rows of `rows`
+        whose job ends now other than by silence (as `_flush_and_end` decides); returns
+        the rows done."""
+        if check:
+            rows = [r for r in rows if self._ends_with_look_ahead(r)]
+        if not rows:
+            return rows
+        sel = np.array(rows, np.int64)
+        legs = np.empty(2 * len(sel), np.int64)
+        legs[0::2] = 2 * sel
+        legs[1::2] = legs[0::2] + 1
+        held = self.dtmf.flush(legs).reshape(len(sel), 2, self.lookahead, FRAME)
+        n = np.minimum(self.lookahead, self.fed[sel])
+        self.fed[sel] = 0  # flushed: nothing more to take from the bank
+        whole = (n == self.lookahead) & (self.fill[sel] + n * FRAME <= self.stage_len)
+        if whole.any():
+            self._emit(sel[whole], held[whole, 0], held[whole, 1])
+        for i in np.flatnonzero(~whole).tolist():  # a young job, or staging without room
+            row, k0 = rows[i], self.lookahead - int(n[i])
+            for k in range(k0, self.lookahead):
+                if self.fill[row] + FRAME > self.stage_len:
+                    self._flush(self.jobs[row])
+                self._emit(sel[i:i + 1], held[i:i + 1, 0, k:k + 1], held[i:i + 1, 1, k:k + 1])
+        return rows
+
+    def _ends_with_look_ahead(self, row: int) -> bool:
+        """Whether `_flush_and_end` ends this row's job now other than by silence (what
+        it leaves in the DTMF look-ahead then belongs in the file)."""
+        cause = self.jobs[row].cause
+        if self.done[row] and cause is None:
+            cause = Cause.SILENCE
+        ending = self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row])
+        return bool(ending) and cause != Cause.SILENCE
 
     def _flush(self, job: Job) -> None:
         row = job.row
