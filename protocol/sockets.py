@@ -94,7 +94,9 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def send_frames(sock: zmq.Socket, *frames: bytes) -> None:
-    """Send one multipart message (raises zmq.ZMQError as `send_multipart` does)."""
+    """Send one multipart message of at least one frame (raises zmq.ZMQError as
+    `send_multipart` does). A plain `zmq.Socket`'s methods: a subclass's overrides
+    (zmq.asyncio, zmq.green) are bypassed, so these helpers are for plain sockets only."""
     for f in frames[:-1]:
         _RAW.send(sock, f, _SNDMORE)
     _RAW.send(sock, frames[-1], 0)

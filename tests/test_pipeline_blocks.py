@@ -17,6 +17,7 @@ import soundfile as sf
 
 from wholecall.protocol import Cause, StartJob
 from wholecall.shm import Arena
+from wholecall.shm import layout as L
 from wholecall.sim.loadgen import load_programs
 from wholecall.worker.pipeline import Pipeline, default_open_sink
 
@@ -177,7 +178,7 @@ def test_a_batch_with_a_job_the_worker_cannot_run_attaches_none_of_it(tmp_path):
         for job_id, job in pipe.by_id.items():
             legs = [2 * job.row, 2 * job.row + 1]
             assert (bank._n[legs] == 0).all() and (bank._elim[legs] == job.msg.dtmf_elim).all(), job_id
-            assert arena.durable[job.msg.slot_in, :, 1].max() == job_id  # its durable record, published
+            assert arena.durable[job.msg.slot_in, :, L.D_JOB].max() == job_id  # its durable record, published
     finally:
         pipe.close()
         arena.close()

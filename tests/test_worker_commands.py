@@ -323,3 +323,38 @@ def test_attach_refuses_what_it_cannot_represent_without_taking_a_row(rig):
         pipe.attach(msg, None)
     assert pipe._free_rows == free and not pipe.jobs and not pipe.by_id
     assert pipe.start(msg).startswith("job 5 refused: milliseconds_max_silence")
+
+
+def test_the_loop_is_woken_for_an_opened_file_only_when_something_waits_for_it(rig):
+    """An opened file joins at the loop's next tick anyway, so its opener does not wake the
+    loop (a round of the worker's main thread per start); a stop held for it while its file
+    was being made, or a failed create, must not wait for that tick."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    import select
+
+    def woken(timeout_s: float) -> bool:
+        ready = bool(select.select([commands.wake.fileno()], [], [], timeout_s)[0])
+        commands.wake.drain()
+        return ready
+
+    def until_opened(job_id: int) -> None:
+        pump(5.0, until=lambda: any(isinstance(e, JobStarted) and e.job_id == job_id for e in events), loop=False)
+
+    command(start_msg(1, str(tmp / "plain.wav"), 0))
+    until_opened(1)
+    assert not woken(0.3), "a plain start woke the loop"
+    disk.hold["held.wav"] = gate = threading.Event()
+    command(start_msg(2, str(tmp / "held.wav"), 2))
+    command(StopJob(job_id=2, cause=Cause.HANGUP, end_pos=0))
+    assert woken(5.0)  # the I/O thread's stop: the loop holds it (the file is still being made)
+    commands.receive_all()
+    assert 2 in commands._held_stops
+    gate.set()
+    assert woken(5.0), "the opener did not wake the loop for the stop held for its job"
+    commands.receive_all()
+    assert 2 not in commands._held_stops and (2 not in pipe.by_id or pipe.end[pipe.by_id[2].row] == 0)
+    command(start_msg(3, str(tmp / "missing" / "x.wav"), 4))  # its directory does not exist
+    assert woken(5.0), "a failed create did not wake the loop"
+    commands.receive_all()
+    pump(5.0, until=lambda: ended(events, 3) is not None, loop=False)
+    assert ended(events, 3).cause is Cause.ERROR

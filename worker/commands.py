@@ -60,6 +60,9 @@ OPENER_THREADS = 4
 #: progress between batches).
 ATTACH_BATCH = 64
 
+#: A file an opener made for a job: (start, writer or None, error, (resume, leg position) of a takeover or None).
+Opened = tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]
+
 log = logging.getLogger("wholecall.worker")
 
 
@@ -76,7 +79,7 @@ class Commands:
         self._lock = threading.Lock()  # guards the four fields below, shared by all threads
         self._opening: dict[int, float] = {}  # job_id -> when its start was read; file being created
         # Filled by the openers: (start, writer, error, (resume, leg position) for a takeover).
-        self._opened: list[tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]] = []
+        self._opened: list[Opened] = []
         self._accepting = True  # False once a Shutdown was read or the openers are shut down
         self._inbox: list[Message] = []  # commands for the loop, in arrival order
         self._held_stops: dict[int, StopJob] = {}  # stops for jobs still opening (loop only)
@@ -85,7 +88,7 @@ class Commands:
         #: job_id -> [when its StopJob was read (I/O thread), when the loop applied it]:
         #: stamped on its JobEnded (`protocol.JobEnded.t_stop_received`).
         self._stop_times: dict[int, list[float]] = {}
-        # The loop waits on `wake` (commands or opened files for it); the I/O thread on
+        # The loop waits on `wake` (commands, or an opened file it must see now); the I/O thread on
         # the socket and `_io_wake` (something to send, or time to stop).
         self.wake = WakePipe()
         self._io_wake = WakePipe()
@@ -293,9 +296,10 @@ class Commands:
     # -- openers ------------------------------------------------------------------------
 
     def _open(self, msg: StartJob, resume: ResumeJob | None = None) -> None:
-        """Opener thread: create the file (may block on the disk), confirm, wake the loop.
-        A takeover reopens the dead worker's file instead, and confirms only a job whose
-        start the controller has not seen confirmed."""
+        """Opener thread: create the file (may block on the disk), confirm; wake the loop
+        only when the job has something urgent (see below). A takeover reopens the dead
+        worker's file instead, and confirms only a job whose start the controller has not
+        seen confirmed."""
         resumed = None
         try:
             if resume is None:
@@ -317,13 +321,17 @@ class Commands:
             if confirm:
                 self.send(JobStarted(job_id=msg.job_id, t_received=self._opening[msg.job_id],
                                      t_opened=t_opened, t_confirmed=time.monotonic()))
-        if writer is None:
-            self.wake.wake()  # the refusal goes out now, not at the next tick
-        # An opened file is not worth waking the loop for: a job joins the pipeline at the
-        # tick after its attach whenever that happens before it (the loop attaches at every
-        # tick and serve point), it reads its rings from `start_pos` (nothing is lost), and a
-        # stop for it is applied right after its attach. Each wake was a loop round of the
-        # worker's main thread per start (~100-300 us of CPU on these VMs).
+            # An opened file alone is not worth waking the loop for: the job joins the
+            # pipeline at the tick after its attach whenever that happens before it (the loop
+            # attaches at every tick and serve point) and reads its rings from `start_pos`;
+            # each wake was a round of the worker's main thread per start (~100-300 us of CPU
+            # on these VMs). A failed open (its refusal) and a stop or pause already held for
+            # the job (a start given up, a call hung up meanwhile, a takeover's last stop)
+            # must not wait for a tick: for them it wakes the loop. Held under this lock by
+            # `_apply`, so a stop is either seen here or finds the job in `_opened` itself.
+            urgent = writer is None or msg.job_id in self._held_stops or msg.job_id in self._held_pauses
+        if urgent:
+            self.wake.wake()
 
     # -- the loop's internals -------------------------------------------------------------
 
@@ -332,19 +340,19 @@ class Commands:
             times = self._stop_times.get(msg.job_id)
             if times is not None:
                 times[1] = time.monotonic()
-            with self._lock:
+            with self._lock:  # held under the lock: `_open` wakes the loop for what is held
                 opening = msg.job_id in self._opening
-            if opening:
-                self._held_stops[msg.job_id] = msg
-            elif not self.pipe.stop(msg.job_id, msg.cause, msg.end_pos):
+                if opening:
+                    self._held_stops[msg.job_id] = msg
+            if not opening and not self.pipe.stop(msg.job_id, msg.cause, msg.end_pos):
                 self._stop_times.pop(msg.job_id, None)
                 self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="stop for unknown job"))
         elif isinstance(msg, PauseJob):
             with self._lock:
                 opening = msg.job_id in self._opening
-            if opening:
-                self._held_pauses.setdefault(msg.job_id, []).append(msg)
-            elif not self.pipe.pause(msg):
+                if opening:
+                    self._held_pauses.setdefault(msg.job_id, []).append(msg)
+            if not opening and not self.pipe.pause(msg):
                 self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="pause for unknown job"))
         elif isinstance(msg, Shutdown):
             self.shutdown = True
@@ -369,30 +377,27 @@ class Commands:
             try:
                 self._attach_batch(batch)
             except BaseException:
-                # Whatever was not attached stays where close() will find it.
+                # What was neither attached nor refused goes back where close() finds it
+                # (it aborts the file, or keeps a taken-over one, and reports the job).
                 with self._lock:
-                    self._opened[:0] = opened[lo + ATTACH_BATCH:]
-                    for msg, writer, _, resumed in batch:
-                        self._opening.pop(msg.job_id, None)
-                        if writer is not None and msg.job_id not in self.pipe.by_id and resumed is None:
-                            writer.abort()
+                    left = [o for o in batch if o[0].job_id in self._opening and o[0].job_id not in self.pipe.by_id]
+                    self._opened[:0] = left + opened[lo + ATTACH_BATCH:]
+                    for msg, *_ in batch:
+                        if msg.job_id in self.pipe.by_id:
+                            self._opening.pop(msg.job_id, None)
                 raise
 
-    def _attach_batch(self, batch: list[tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]]) -> None:
-        """Attach the opened files of `batch` in one `Pipeline.attach_many`; a job that has no
-        file, or that this worker cannot run, is refused alone."""
+    def _attach_batch(self, batch: list[Opened]) -> None:
+        """Attach the opened files of `batch` in one `Pipeline.attach_many` (each passed
+        `Pipeline.refusal` in `_begin`); a job whose file could not be made is refused alone."""
         good = []
         for msg, writer, err, resumed in batch:
             if writer is None:
                 self._refuse(msg, err)
-                continue
-            why = self.pipe.refusal(msg)
-            if why:  # a job this worker cannot run: refuse it alone
-                writer.abort()
-                self._refuse(msg, why)
-                continue
-            good.append((msg, writer, *(resumed or (None, -1))))
-        self.pipe.attach_many(good)
+                self._done_opening(msg.job_id)
+            else:
+                good.append((msg, writer, *(resumed or (None, -1))))
+        self.pipe.attach_many(good, checked=True)
         for msg, *_ in good:
             stop = self._held_stops.pop(msg.job_id, None)
             for p in self._held_pauses.pop(msg.job_id, []):  # before the stop: they were asked for first
@@ -404,8 +409,11 @@ class Commands:
                 self.pipe.stop(stop.job_id, stop.cause, stop.end_pos)
             elif self.shutdown:
                 self.pipe.stop(msg.job_id, Cause.ABORTED, msg.start_pos)
+            self._done_opening(msg.job_id)
+
+    def _done_opening(self, job_id: int) -> None:
+        """The job is attached or refused: only now may a start with its id be taken again."""
         with self._lock:
-            for msg, *_ in batch:
-                self._held_stops.pop(msg.job_id, None)  # a refused job's
-                self._held_pauses.pop(msg.job_id, None)
-                del self._opening[msg.job_id]  # only now: until here a duplicate start is refused
+            self._held_stops.pop(job_id, None)  # a refused job's
+            self._held_pauses.pop(job_id, None)
+            del self._opening[job_id]

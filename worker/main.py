@@ -1,7 +1,7 @@
 """The worker process: pinned to one CPU, owns a set of jobs, reports their causes.
 
-Loop: wait for commands or opened files until the next tick is due, run the pipeline
-tick, queue what it produced (ended events), heartbeat. `worker.commands` owns the
+Loop: wait for commands (or an opened file with a stop already held for it) until the next
+tick is due, run the pipeline tick, queue what it produced (ended events), heartbeat. `worker.commands` owns the
 socket on its own I/O thread, creates files on opener threads and confirms starts from
 there; the loop attaches opened files (also mid-tick) and applies stops between ticks.
 A malformed command is reported as a `WorkerError` and dropped; it never stops the loop. The worker exits when the

@@ -111,6 +111,14 @@ class Job:
     pauses: PauseSchedule | None = None
 
 
+
+def _bank_legs(rows: np.ndarray) -> np.ndarray:
+    """The DTMF bank's rows of job rows `rows`: 2r (leg in) and 2r + 1 (leg out), interleaved."""
+    legs = np.empty(2 * len(rows), np.int64)
+    legs[0::2] = 2 * rows
+    legs[1::2] = legs[0::2] + 1
+    return legs
+
 class Pipeline:
     """All jobs of one worker. Not thread-safe: the worker loop is its only caller."""
 
@@ -174,7 +182,7 @@ class Pipeline:
         #: in each, and every `SERVE_EVERY_FLUSHES` flushes): the worker attaches newly
         #: opened jobs there and keeps its heartbeat going, so a tick of 10,000 channels
         #: neither delays new jobs by a whole tick nor looks like a hung worker.
-        #: It may call `attach()` or `start()` (new rows join at the next tick), never
+        #: It may call `attach()`, `attach_many()` or `start()` (new rows join at the next tick), never
         #: `stop()` (a stop mid-step would see positions the step has not stored yet;
         #: `between_parts` is where stops go).
         self.between: Callable[[], None] | None = None
@@ -366,8 +374,9 @@ class Pipeline:
         with the silence state of the dead worker's durable record."""
         self.attach_many([(msg, writer, resume, pos)])
 
-    def attach_many(self, starts: list[tuple[StartJob, WavWriter, ResumeJob | None, int]]) -> None:
-        """`attach` for every (message, writer, resume, pos) of `starts`, all or none.
+    def attach_many(self, starts: list[tuple[StartJob, WavWriter, ResumeJob | None, int]], checked: bool = False
+                    ) -> None:
+        """`attach` for every (message, writer, resume, pos) of `starts`.
 
         Why a batch: a row's own set-up is a few scalar stores, but resetting its DTMF
         legs and publishing its durable record are numpy calls whose cost is per call,
@@ -375,30 +384,32 @@ class Pipeline:
         openers made since the last serve point in one go, dozens at a time in a ramp.
 
         Raises ValueError, before anything changed, when a message is one this worker
-        cannot run (`refusal`); the caller refuses that job alone and attaches the rest.
+        cannot run (`refusal`; `checked`: the caller has asked already). A takeover whose
+        lost audio cannot be written (`_resume`) raises after the rows before it are
+        attached and published; its own row is attached but not published.
         """
-        for msg, *_ in starts:
-            why = self.refusal(msg)
-            if why:
-                raise ValueError(why)
+        if not checked:
+            for msg, *_ in starts:
+                why = self.refusal(msg)
+                if why:
+                    raise ValueError(why)
         if not starts:
             return
-        while len(self._free_rows) < len(starts):  # the only step that can fail: before any row is taken
-            self._alloc(self._cap * 2)
-        rows = np.empty(len(starts), np.int64)
-        elim = np.empty(len(starts), np.bool_)
+        need = len(starts) - len(self._free_rows)
+        if need > 0:  # before any row is taken
+            self._alloc(max(self._cap * 2, self._cap + need))
         now = time.monotonic()
-        for i, (msg, writer, resume, pos) in enumerate(starts):
-            rows[i] = self._attach_row(msg, writer, now)
-            elim[i] = msg.dtmf_elim
-            if resume is not None:
-                self._resume(self.jobs[rows[i]], resume, pos)
-        legs = np.empty(2 * len(rows), np.int64)  # a job row's DTMF legs are rows 2r and 2r + 1
-        legs[0::2] = 2 * rows
-        legs[1::2] = legs[0::2] + 1
-        self.dtmf.reset(legs, np.repeat(elim, 2))
+        rows = np.array([self._attach_row(msg, writer, now) for msg, writer, _, _ in starts], np.int64)
+        self.dtmf.reset(_bank_legs(rows), np.repeat([msg.dtmf_elim for msg, *_ in starts], 2))
         self._rows_dirty = True
-        self._publish(rows)
+        done = 0
+        try:
+            for i, (_, _, resume, pos) in enumerate(starts):
+                if resume is not None:
+                    self._resume(self.jobs[int(rows[i])], resume, pos)
+                done = i + 1
+        finally:
+            self._publish(rows[:done])
 
     def _attach_row(self, msg: StartJob, writer: WavWriter, now: float) -> int:
         """Take a free row for the job and set its state (not its DTMF legs nor its record)."""
@@ -809,9 +820,7 @@ class Pipeline:
         slots[0::2], slots[1::2] = self.slot_in[sel], self.slot_out[sel]
         written = np.empty(2 * m, np.int64)
         written[0::2], written[1::2] = w_in, w_out
-        bank_rows = np.empty(2 * m, np.int64)
-        bank_rows[0::2] = 2 * sel
-        bank_rows[1::2] = 2 * sel + 1
+        bank_rows = _bank_legs(sel)
         p2 = np.repeat(p, 2)
         cap = self.arena.capacity
         # The bank reads both legs straight from the rings into its delay lines, and
@@ -943,6 +952,11 @@ class Pipeline:
         return len(self._tables)
 
     def _flush_and_end(self, rows: np.ndarray) -> None:
+        """Write the staged audio of the jobs in `rows` that is due (a full flush, an
+        end, a size limit) and end the jobs that end now, serving between flushes.
+
+        A job that ends other than by silence first gets what the DTMF look-ahead still
+        holds of it (`_append_delayed`), for all such jobs of a stretch together."""
         fill = self.fill[rows]
         finished = (self.end[rows] >= 0) & (self.pos[rows] >= self.end[rows])
         # A job whose staged audio would fill the file is flushed now, so SIZE ends it
@@ -961,21 +975,17 @@ class Pipeline:
             self._flush_codes(rows[plain], due_rows)
         every = self.serve_every_flushes
         appended: set[int] = set()
-        ahead = 0  # due_rows[:ahead] have had their ends looked at
+        ahead = 0  # due_rows[:ahead] have had their look-ahead appended where they end
         for i, row in enumerate(due_rows):
             if i % every == every - 1:
                 self._serve_flushes(due_rows, i)
             if i >= ahead:
-                # Up to the next serve point that may apply stops, nothing changes whether a
-                # job ends here: the look-ahead of every one that does goes out in one step.
-                ahead = len(due_rows) if not self._serving_parts else i + every - (i + 1) % every
+                ahead = self._stretch_end(i, len(due_rows))
                 appended.update(self._append_delayed(due_rows[i:ahead]))
             job = self.jobs[row]
-            if self.done[row] and job.cause is None:
-                job.cause = Cause.SILENCE
-            ending = bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row]))
+            ending, job.cause = self._end_of(row)
             if ending and job.cause != Cause.SILENCE:
-                if row not in appended:
+                if row not in appended:  # defensive: a stretch ends where stops may come
                     self._append_delayed([row], check=False)
                 cut = min(int(self.pad[row]), int(self.fill[row] - self.skip[row]))
                 self.fill[row] -= cut
@@ -1041,6 +1051,16 @@ class Pipeline:
         if self.between is not None:
             self.between()
 
+    def _stretch_end(self, i: int, n: int) -> int:
+        """The end of the stretch of a flush loop's rows starting at `i` (of `n`) in which
+        no stop can be applied: up to the next serve point that serves stops (every
+        `serve_every_flushes` rows, inside a tick's part), or all of them (a drain's
+        flushes serve no stops). Whether a job ends cannot change inside one."""
+        if not self._serving_parts:
+            return n
+        every = self.serve_every_flushes
+        return min(n, i + every - (i + 1) % every)
+
     def _append_delayed(self, rows: list[int], check: bool = True) -> list[int]:
         """At the end of jobs, the DTMF look-ahead still holds their last frames: into
         staging, all in one step where it has room (a block, as a tick's; a frame at a time
@@ -1048,14 +1068,11 @@ class Pipeline:
         whose job ends now other than by silence (as `_flush_and_end` decides); returns
         the rows done."""
         if check:
-            rows = [r for r in rows if self._ends_with_look_ahead(r)]
+            rows = [r for r in rows if (e := self._end_of(r))[0] and e[1] != Cause.SILENCE]
         if not rows:
             return rows
         sel = np.array(rows, np.int64)
-        legs = np.empty(2 * len(sel), np.int64)
-        legs[0::2] = 2 * sel
-        legs[1::2] = legs[0::2] + 1
-        held = self.dtmf.flush(legs).reshape(len(sel), 2, self.lookahead, FRAME)
+        held = self.dtmf.flush(_bank_legs(sel)).reshape(len(sel), 2, self.lookahead, FRAME)
         n = np.minimum(self.lookahead, self.fed[sel])
         self.fed[sel] = 0  # flushed: nothing more to take from the bank
         whole = (n == self.lookahead) & (self.fill[sel] + n * FRAME <= self.stage_len)
@@ -1069,14 +1086,13 @@ class Pipeline:
                 self._emit(sel[i:i + 1], held[i:i + 1, 0, k:k + 1], held[i:i + 1, 1, k:k + 1])
         return rows
 
-    def _ends_with_look_ahead(self, row: int) -> bool:
-        """Whether `_flush_and_end` ends this row's job now other than by silence (what
-        it leaves in the DTMF look-ahead then belongs in the file)."""
+    def _end_of(self, row: int) -> tuple[bool, Cause | None]:
+        """Whether the job in `row` ends at this flush, and its cause then: SILENCE where
+        the worker decided the end and nothing else was asked first."""
         cause = self.jobs[row].cause
         if self.done[row] and cause is None:
             cause = Cause.SILENCE
-        ending = self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row])
-        return bool(ending) and cause != Cause.SILENCE
+        return bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row])), cause
 
     def _flush(self, job: Job) -> None:
         row = job.row
@@ -1164,7 +1180,7 @@ class Pipeline:
             if a.job[s] == job.msg.job_id:
                 a.job[s] = 0
         # The bank's rows are not flushed here: `attach` resets them for the next job, and
-        # a job that ends normally was flushed by `_append_delayed` (~105 us per flush).
+        # a job that ends normally was flushed by `_append_delayed`.
         del self.jobs[row]
         del self.by_id[job.msg.job_id]
         self._stopping.discard(row)
