@@ -358,3 +358,45 @@ def test_the_loop_is_woken_for_an_opened_file_only_when_something_waits_for_it(r
     commands.receive_all()
     pump(5.0, until=lambda: ended(events, 3) is not None, loop=False)
     assert ended(events, 3).cause is Cause.ERROR
+
+
+def test_files_opened_together_are_attached_together_each_with_what_was_held_for_it(rig):
+    """Four starts whose files are made at once land in one batch (`Pipeline.attach_many`):
+    a failed create is refused alone, stops held while the files were being made end their
+    own jobs at their own positions, and the job nobody stopped goes on recording."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    tone = (np.sin(np.arange(RATE) * 0.05) * 8000).astype(np.int16)
+    names = ["a.wav", "b.wav", "c.wav"]
+    gates = {n: threading.Event() for n in names}
+    disk.hold.update(gates)
+    for i, name in enumerate(names):
+        command(start_msg(1 + i, str(tmp / name), 2 * i))
+    for slot in range(6):
+        feed(arena, slot, tone)
+    command(StopJob(job_id=1, cause=Cause.HANGUP, end_pos=3000))
+    command(StopJob(job_id=3, cause=Cause.ABORTED, end_pos=5000))
+    deadline = time.monotonic() + 5
+    while {1, 3} - set(commands._held_stops) and time.monotonic() < deadline:
+        commands.receive_all()  # the stops are read and held: the files are still being made
+        time.sleep(0.005)
+    assert {1, 3} <= set(commands._held_stops)
+    command(start_msg(4, str(tmp / "missing" / "d.wav"), 6))  # fails at once: its directory does not exist
+    deadline = time.monotonic() + 5
+    while not commands._opened and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for gate in gates.values():
+        gate.set()
+    deadline = time.monotonic() + 5
+    while len(commands._opened) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(commands._opened) == 4  # all opened before the loop attaches any: one batch
+    commands.receive_all()
+    assert not commands._opened and not commands._held_stops
+    assert sorted(pipe.by_id) == [1, 2, 3] and set(commands._opening) == set()
+    pump(5.0, until=lambda: all(ended(events, j) for j in (1, 3, 4)))
+    assert ended(events, 4).cause is Cause.ERROR and "missing" in ended(events, 4).error
+    assert (ended(events, 1).cause, ended(events, 1).samples) == (Cause.HANGUP, 3000)
+    assert (ended(events, 3).cause, ended(events, 3).samples) == (Cause.ABORTED, 5000)
+    assert ended(events, 2) is None and 2 in pipe.by_id
+    got, rate = sf.read(str(tmp / "a.wav"), dtype="int16")
+    assert rate == RATE and np.array_equal(got, (tone[:3000].astype(np.int32) * 2).clip(-32768, 32767))
