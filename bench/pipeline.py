@@ -124,13 +124,15 @@ def run(channels: int, seconds: float, tick_ms: float, dtmf: bool, profile: bool
             result["profile"] = s.getvalue()
         return result
     finally:
-        pipe.close()
-        del pipe
-        arena.close()
-        mounts.close()
         import shutil
 
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)  # first: nothing below may leave the recordings behind
+        pipe.close()
+        del pipe
+        try:
+            arena.close()
+        finally:
+            mounts.close()  # the private tmpfs is unmounted even if the arena refuses to close
 
 
 def main() -> None:

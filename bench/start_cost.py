@@ -41,6 +41,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu(stat: str) -> float:
+    """User + system CPU seconds from the text of a /proc/<pid>[/task/<tid>]/stat file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TCK
+
+
 def threads_cpu() -> dict[str, float]:
     """CPU seconds per thread of this process, named by Python thread name where there is one."""
     import threading
@@ -54,8 +60,7 @@ def threads_cpu() -> dict[str, float]:
         except OSError:
             continue
         name = names.get(int(tid)) or s[s.index("(") + 1:s.rindex(")")]
-        fields = s.rsplit(")", 1)[1].split()
-        out[f"{name}[{tid}]"] = (int(fields[11]) + int(fields[12])) / TCK
+        out[f"{name}[{tid}]"] = stat_cpu(s)
     return out
 
 
@@ -84,8 +89,7 @@ def answered_calls(n: int, base: str):
 
 def process_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TCK
+        return stat_cpu(f.read())
 
 
 def controller_costs(n: int, base: str) -> dict:
@@ -189,8 +193,8 @@ def worker_start_cost(n: int, base: str) -> dict:
                 "slowest_starts": {int(i) + 1: round(float(ms[i]), 1) for i in sorted(slow)},
                 "attach_us_by_batch": attach}
     finally:
+        shutil.rmtree(out, ignore_errors=True)  # first: a close() refused (views still held) must not leave the files
         arena.close()
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def worker_stop_cost(n: int, base: str) -> dict:
@@ -233,8 +237,8 @@ def worker_stop_cost(n: int, base: str) -> dict:
         gc.collect()
         return result
     finally:
+        shutil.rmtree(out, ignore_errors=True)  # first: a close() refused (views still held) must not leave the files
         arena.close()
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def main() -> None:

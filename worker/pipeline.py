@@ -111,13 +111,13 @@ class Job:
     pauses: PauseSchedule | None = None
 
 
-
 def _bank_legs(rows: np.ndarray) -> np.ndarray:
     """The DTMF bank's rows of job rows `rows`: 2r (leg in) and 2r + 1 (leg out), interleaved."""
     legs = np.empty(2 * len(rows), np.int64)
     legs[0::2] = 2 * rows
     legs[1::2] = legs[0::2] + 1
     return legs
+
 
 class Pipeline:
     """All jobs of one worker. Not thread-safe: the worker loop is its only caller."""
@@ -1067,8 +1067,10 @@ class Pipeline:
         it cost 5 rounds of numpy calls per job). With `check`, only the rows of `rows`
         whose job ends now other than by silence (as `_flush_and_end` decides); returns
         the rows done."""
-        if check:
-            rows = [r for r in rows if (e := self._end_of(r))[0] and e[1] != Cause.SILENCE]
+        if check and rows:
+            r = np.array(rows, np.int64)
+            ending = self.done[r] | ((self.end[r] >= 0) & (self.pos[r] >= self.end[r]))  # as `_end_of`, in one go
+            rows = [row for row in r[ending].tolist() if self._end_of(row)[1] != Cause.SILENCE]
         if not rows:
             return rows
         sel = np.array(rows, np.int64)
