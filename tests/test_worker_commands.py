@@ -400,3 +400,24 @@ def test_files_opened_together_are_attached_together_each_with_what_was_held_for
     assert ended(events, 2) is None and 2 in pipe.by_id
     got, rate = sf.read(str(tmp / "a.wav"), dtype="int16")
     assert rate == RATE and np.array_equal(got, (tone[:3000].astype(np.int32) * 2).clip(-32768, 32767))
+
+
+def test_a_stop_held_for_a_start_whose_file_cannot_be_made_ends_it_with_its_timings_and_is_forgotten(rig):
+    """The stop's read/applied times go on the refused start's JobEnded like any stopped
+    job's, and leave the worker's table of stop times (which every tick's endings consult)."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    disk.hold["gone.wav"] = gate = threading.Event()
+    command(start_msg(5, str(tmp / "missing" / "gone.wav"), 0))  # blocks, then fails: no such directory
+    command(StopJob(job_id=5, cause=Cause.HANGUP, end_pos=0))
+    deadline = time.monotonic() + 5
+    while 5 not in commands._held_stops and time.monotonic() < deadline:
+        commands.receive_all()
+        time.sleep(0.005)
+    assert 5 in commands._held_stops
+    gate.set()
+    pump(5.0, until=lambda: ended(events, 5) is not None)
+    end = ended(events, 5)
+    assert end.cause is Cause.ERROR and "missing" in end.error
+    assert end.t_stop_received > 0 and end.t_stop_applied >= end.t_stop_received
+    assert not commands._stop_times and not commands._held_stops and not commands.busy
+    assert not (tmp / "missing").exists()

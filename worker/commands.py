@@ -359,8 +359,11 @@ class Commands:
         else:
             self.send(WorkerError(worker=self.index, job_id=0, message=f"unexpected command {msg.TYPE}"))
 
-    def _refuse(self, msg: StartJob, why: str) -> None:
-        self.send(JobEnded(job_id=msg.job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0, error=why))
+    def _refuse(self, msg: StartJob, why: str, stopped: bool = False) -> None:
+        """End a start that never recorded. `stopped`: its StopJob was read meanwhile (held by
+        the loop), so its timings go on this end as on any stopped job's, and leave `_stop_times`."""
+        end = JobEnded(job_id=msg.job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0, error=why)
+        self.send(self._stamp(end) if stopped else end)
 
     def _attach_opened(self) -> None:
         if not self._opened:
@@ -393,7 +396,7 @@ class Commands:
         good = []
         for msg, writer, err, resumed in batch:
             if writer is None:
-                self._refuse(msg, err)
+                self._refuse(msg, err, stopped=msg.job_id in self._held_stops)
                 self._done_opening(msg.job_id)
             else:
                 good.append((msg, writer, *(resumed or (None, -1))))
