@@ -11,6 +11,8 @@ and stops at positions that are not frame multiples.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -37,10 +39,21 @@ def messages(tmp, progs) -> list[StartJob]:
     return msgs
 
 
-def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: bool = False
+#: `late`: these jobs start at what their legs hold in the tick where job LATE_WITH is stopped.
+LATE = range(8, JOBS)
+LATE_WITH = 7
+YOUNG = 500  # samples the youngest late job records: fewer than its DTMF look-ahead holds
+
+
+def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: bool = False, late: bool = False
            ) -> tuple[dict, dict[int, bytes], list]:
     """`batched`: the jobs are attached five at a time (`Pipeline.attach_many`, as the
-    worker attaches what its openers made), growing the pipeline inside a batch. `drain`: every stop is followed at once by `Pipeline.drain` (as the worker does),
+    worker attaches what its openers made), growing the pipeline inside a batch. `late`:
+    the jobs of LATE start in the tick where job LATE_WITH is stopped (one of them is stopped
+    while its DTMF delay line is still filling); batched, they are attached in one batch
+    inside that tick (at a `between`, as the worker attaches mid-tick) once LATE_WITH's row
+    was freed there (not reusable before the next tick), beside rows freed earlier, and the
+    pipeline must grow. `drain`: every stop is followed at once by `Pipeline.drain` (as the worker does),
     which must end the job there, before any further tick. `parts`: the ticks run in parts
     of 2 jobs, and stops wait for the first gap between two parts (as the worker applies
     stops read during a tick), where they are applied and drained."""
@@ -75,19 +88,33 @@ def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: b
         pipe.part_rows = 2
         pipe.between_parts = between_parts
         pipe.serve_every_flushes = 1  # and inside every flush loop, after each flush
+    pending: list[StartJob] = []  # late jobs to attach at the next `between`
+    grew: list[tuple[int, int]] = []  # (rows before, after) of the mid-tick batch
+
+    def between() -> None:
+        if pending and pipe._released:
+            assert pipe._in_tick
+            before = pipe._cap
+            pipe.attach_many([(m, pipe.open_writer(m)[0], None, -1) for m in pending])
+            grew.append((before, pipe._cap))
+            pending.clear()
+
+    pipe.between = between
     # Stops at odd positions (not frame multiples); the rest are aborted at the end.
     stop_at = {2: 47_123, 6: 61_001, 10: 80_000 + 37}
     written = np.zeros(JOBS, np.int64)
     try:
+        first = [m for j, m in enumerate(msgs) if not (late and j in LATE)]
         for m in msgs:
             arena.job[m.slot_in] = arena.job[m.slot_out] = m.job_id
-            if not batched:
-                assert pipe.start(m) == ""
-        for lo in range(0, JOBS if batched else 0, 5):
-            opened = [(m, pipe.open_writer(m)[0]) for m in msgs[lo:lo + 5]]
+        for m in first if not batched else []:
+            assert pipe.start(m) == ""
+        for lo in range(0, len(first) if batched else 0, 5):
+            opened = [(m, pipe.open_writer(m)[0]) for m in first[lo:lo + 5]]
             pipe.attach_many([(m, w, None, -1) for m, w in opened])
         now = 100.0
         for _ in range(110):  # 11 s of audio on average, in uneven chunks
+            late_now = False
             for j in range(JOBS):
                 n = int(rng.integers(0, 1700))
                 idx = (phase[j] + written[j] + np.arange(n)) % progs.length
@@ -97,6 +124,7 @@ def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: b
                     arena.write_pos[s] = written[j] + n
                 written[j] += n
                 if j in stop_at and written[j] >= stop_at[j] and (j + 1) in pipe.by_id:
+                    late_now = late_now or (late and j + 1 == LATE_WITH)
                     if parts:
                         queued.append((j + 1, Cause.HANGUP, stop_at.pop(j)))
                         continue
@@ -104,7 +132,17 @@ def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: b
                     if drain:
                         pipe.drain(now, block=block)
                         assert (j + 1) not in pipe.by_id, "a drained stop must end its job"
+            if late_now:
+                for j in LATE:
+                    msgs[j] = dataclasses.replace(msgs[j], start_pos=int(written[j]))
+                stop_at[JOBS - 1] = int(written[JOBS - 1]) + YOUNG  # its delay line still filling
+                if batched:
+                    pending.extend(msgs[j] for j in LATE)
+                else:
+                    for j in LATE:
+                        assert pipe.start(msgs[j]) == ""
             pipe.tick(now, block=block)
+            assert not pending, "the late batch was not attached inside the tick"
             now += 0.1
         for m in msgs:  # as the controller stops a call: at what its legs hold now
             if m.job_id in pipe.by_id and parts:
@@ -121,6 +159,8 @@ def record(tmp, block: int, drain: bool = False, parts: bool = False, batched: b
         assert not pipe.jobs
         if parts:
             assert not queued and not held and len(inside) >= 4, inside
+        if late and batched:
+            assert len(grew) == 1 and grew[0][1] > grew[0][0], grew  # the pipeline grew inside the tick
         ends = {e.job_id: (e.cause, e.samples, e.bytes) for e in pipe.ended}
         files = {m.job_id: open(m.path, "rb").read() for m in msgs}
         # The pipeline takes the bank's events and reports them per job, as leg positions.
@@ -156,9 +196,23 @@ def test_jobs_attached_in_batches_record_the_same_files_as_jobs_started_one_by_o
         assert batch[1][job_id] == data, f"job {job_id}"
 
 
-def test_a_batch_with_a_job_the_worker_cannot_run_attaches_none_of_it(tmp_path):
-    import dataclasses
+def test_a_batch_attached_inside_a_tick_records_what_the_same_jobs_started_between_ticks_record(tmp_path):
+    """The worker attaches what its openers made at the serve points inside a tick, where
+    rows freed by that tick's endings wait for reuse and the arrays may have to grow under
+    the tick's feet; a job stopped a few frames after such an attach ends while its DTMF
+    delay line is still young. None of it may change a byte."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "batch").mkdir()
+    one = record(tmp_path / "one", 5, late=True)
+    batch = record(tmp_path / "batch", 5, parts=True, batched=True, late=True)
+    assert one[0] == batch[0] and one[2] == batch[2]
+    assert one[0][JOBS][:2] == (Cause.HANGUP, YOUNG), one[0][JOBS]  # the young job's end
+    assert {one[0][j + 1][0].name for j in LATE} >= {"HANGUP", "ABORTED"}
+    for job_id, data in one[1].items():
+        assert batch[1][job_id] == data, f"job {job_id}"
 
+
+def test_a_batch_with_a_job_the_worker_cannot_run_attaches_none_of_it(tmp_path):
     arena = Arena.create(8, 1 << 14)
     pipe = Pipeline(arena, default_open_sink(), capacity=2)
     try:
