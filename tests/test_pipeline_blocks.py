@@ -265,7 +265,9 @@ def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):
         arena.close()
 
 
-@pytest.mark.parametrize("file_format", ["alaw", "s16bit"])  # the batched G.711 flush and the general one
+# The batched G.711 flush (through `write_codes`: a FileSink subclass is not written directly;
+# tests/test_pipeline_code_writes.py fills a real file system under the direct writes) and the general one.
+@pytest.mark.parametrize("file_format", ["alaw", "s16bit"])
 def test_a_failing_disk_ends_the_job_with_error_and_a_valid_file(tmp_path, file_format):
     """The disk fills after 2 s of audio: the job ends ERROR, naming the write, and the
     file holds what was written before, with a header that says so."""
@@ -314,7 +316,8 @@ from wholecall.worker import dtmf_fine, dtmf_runs, kernels, pipeline
 from tests.test_pipeline_blocks import record
 
 pipeline.warm_up()  # what a worker loads before it says hello, and nothing else
-jit = [kernels.frames_in, kernels.mix_frames, kernels.delay_slots, kernels.silence_frames, dtmf_fine.fine_windows,
+jit = [kernels.frames_in, kernels.mix_frames, kernels.delay_slots, kernels.silence_frames, kernels.pwrite_rows,
+       dtmf_fine.fine_windows,
        dtmf_fine.edges, dtmf_runs.digit_runs, dtmf_runs.set_mutes]
 before = [len(k.signatures) for k in jit]
 for block in (1, 5):

@@ -175,6 +175,32 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
     _store_fence()
 
 
+#: pwrite(2) itself, called from compiled code (resolved in the C library at link time,
+#: so the kernel below caches like the others).
+_pwrite = types.ExternalFunction("pwrite", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
+
+
+@_jit
+def pwrite_rows(fds, stage, rows, n, offsets, wrote):
+    """wrote[i] = pwrite(fds[i], the first `n` bytes of stage[rows[i]], n, offsets[i]):
+    what the system call returned (short, or -1 on an error), -1 without a call where
+    fds[i] < 0. `stage` must be C-contiguous (each row's bytes in one piece).
+
+    Why compiled: a flush of 10,000 G.711 recordings is 10,000 writes every 2 s, and the
+    Python around each (the writer's checks, the sink's loop, os.pwrite's argument
+    handling) was ~2 us of the ~15 a write took (the system call copying 16 kB into the
+    page cache is the rest). The caller accounts each
+    recording's write and takes any row not written whole through the writer again
+    (pwrite is positional: writing the same bytes at the same offset twice is harmless),
+    which also raises the error with its errno.
+    """
+    for i in range(rows.shape[0]):
+        if fds[i] < 0:
+            wrote[i] = -1
+        else:
+            wrote[i] = _pwrite(np.int32(fds[i]), stage[rows[i]].ctypes.data, n, offsets[i])
+
+
 @_jit
 def delay_slots(rows, n0, depth, b, lookahead, slot_in, slot_out):
     """The DTMF delay line's slots (`DtmfBank._advance`): row r's frame f sits in slot
@@ -360,6 +386,7 @@ def warm_up(sample_types: tuple[type, ...] = (np.int16, np.float32)) -> None:
         frames_in(ring.astype(dtype), one, one, one, 2 * FRAME - 1, 1, np.zeros((1, FRAME), dtype), one,
                   np.zeros((16, 80), np.float32), np.float32(1), np.float32(1), np.float32(1), np.float32(1), fired)
     delay_slots(one, one, 10, 1, 5, np.zeros(1, np.int64), np.zeros((1, 1), np.int64))
+    pwrite_rows(one - 1, np.zeros((1, 1, FRAME), np.uint8), one, FRAME, one, one.copy())  # no fd: no call
     src = np.zeros((2, FRAME), np.int16)
     mute = np.zeros((2, FRAME), np.bool_)
     s_in = np.zeros((1, 1), np.int64)

@@ -1006,23 +1006,43 @@ class Pipeline:
         `flush_samples`, nothing to skip, not ending): its codes, staged encoded by
         `kernels.mix_frames`, with one `write_codes` per job. `then`: the rows the caller
         flushes next (held from stops served meanwhile, as these are)."""
-        nslot = self.flush_samples // FRAME
         seq = rows.tolist()
+        every = self.serve_every_flushes
         done = 0  # rows[:done] are accounted for
-        for i, row in enumerate(seq):
-            if i % self.serve_every_flushes == self.serve_every_flushes - 1:
+        i = 0
+        while i < len(seq):
+            if i % every == every - 1:
                 # A drain there sees the rows flushed so far as they are: staging emptied.
                 self._flushed_codes(rows[done:i])
                 done = i
                 self._serve_flushes(seq + then if then else seq, i)
-            job = self.jobs[row]
+            j = min(len(seq), i + every - (i + 1) % every)  # up to the next serve point
+            self._write_codes_rows(rows[i:j])
+            i = j
+        self._flushed_codes(rows[done:])
+
+    def _write_codes_rows(self, rows: np.ndarray) -> None:
+        """One flush of the codes of each job in `rows`: the plain files that hold their
+        descriptor in one compiled loop of pwrite(2) (`kernels.pwrite_rows`: ~2 us less
+        per write than one `write_codes` each), the others, and any not written whole
+        there, through `write_codes` (which raises the error)."""
+        nslot = self.flush_samples // FRAME
+        jobs = [self.jobs[row] for row in rows.tolist()]
+        targets = [job.writer.codes_target(self.flush_samples) for job in jobs]
+        fds = np.fromiter((t[0] for t in targets), np.int64, len(jobs))
+        offsets = np.fromiter((t[1] for t in targets), np.int64, len(jobs))
+        wrote = np.empty(len(jobs), np.int64)
+        kernels.pwrite_rows(fds, self.stage_c, rows, self.flush_samples, offsets, wrote)
+        for job, n in zip(jobs, wrote.tolist()):
             try:
-                job.writer.write_codes(self.stage_c[row, :nslot].reshape(-1))  # a view: no copy
+                if n == self.flush_samples:
+                    job.writer.codes_written(n)
+                else:
+                    job.writer.write_codes(self.stage_c[job.row, :nslot].reshape(-1))  # a view: no copy
             except Exception as e:  # disk full, I/O error: the job fails, the file stays valid so far
                 log.error("job %d: write failed: %s", job.msg.job_id, e)
                 job.cause, job.error = Cause.ERROR, f"write failed: {_os_error_text(e)}"
                 self._finish(job)
-        self._flushed_codes(rows[done:])
 
     def _flushed_codes(self, rows: np.ndarray) -> None:
         """`_flush_codes` wrote one flush of each of `rows`: one byte per input sample, so
@@ -1213,6 +1233,8 @@ def _os_error_text(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno is not None:
         return f"{errno.errorcode.get(e.errno, e.errno)} ({e.strerror})"
     return str(e)
+
+
 def close_kept(sink) -> None:
     """Let go of a resumed file without finishing or removing it (it stays as it is)."""
     if isinstance(sink, FileSink):

@@ -85,6 +85,17 @@ class FileSink:
             self._fd = None
 
     @property
+    def direct_fd(self) -> int:
+        """The descriptor this sink holds, for a caller that writes through it directly
+        (`WavWriter.codes_target`) and then reports the new end (`extended`); -1 when
+        the file is transient (each operation reopens it, checked)."""
+        return -1 if self._fd is None else self._fd
+
+    def extended(self, end: int) -> None:
+        """Bytes up to `end` were written through `direct_fd`."""
+        self._size = max(self._size, end)
+
+    @property
     def transient(self) -> bool:
         """The file holds no descriptor between operations (the budget was spent)."""
         return self._open and self._fd is None

@@ -30,6 +30,7 @@ frame count we report is the one every reader sees.
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from wholecall.formats.wav import RIFF_LIMIT, check_channels, header, header_byt
 
 from .codecs import make_encoder
 from .resample import StreamResampler
-from .sink import Sink
+from .sink import FileSink, Sink
 
 #: Input (8 kHz) frames between header refreshes inside one long write().
 REFRESH_INPUT_FRAMES = CALL_RATE
@@ -180,10 +181,35 @@ class WavWriter:
         if not n:
             return 0
         self._put(codes)
+        self._took_codes(n)
+        return n
+
+    def codes_target(self, n: int) -> tuple[int, int]:
+        """(descriptor, offset) where the caller may write `n` codes of `byte_table`
+        itself, then `codes_written(n)`; (-1, 0) where they must go through `write_codes`
+        (not a plain file holding its descriptor, closed, trimmed, or they do not all fit).
+
+        Why: the pipeline writes a flush of thousands of G.711 recordings in one compiled
+        loop of system calls (`kernels.pwrite_rows`), not one `write_codes` each."""
+        sink = self.sink
+        if (type(sink) is not FileSink or self._table is None or self._trimmed or self._aborted
+                or self._result is not None or n > self.room):
+            return -1, 0
+        fd = sink.direct_fd
+        return (fd, self._header_len + self._data_bytes) if fd >= 0 else (-1, 0)
+
+    def codes_written(self, n: int) -> None:
+        """`n` codes were written whole at `codes_target(n)`'s offset: account for them as
+        `write_codes` does (and refresh the header when due)."""
+        end = self._header_len + self._data_bytes + n
+        cast(FileSink, self.sink).extended(end)
+        self._data_bytes += n
+        self._took_codes(n)
+
+    def _took_codes(self, n: int) -> None:
         self._frames += n
         self.input_samples += n
         self._refresh_if_due()
-        return n
 
     def truncate(self, input_samples: int) -> None:
         """Cut the recording back to about `input_samples` 8 kHz frames (to drop a silent tail).
