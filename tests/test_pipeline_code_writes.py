@@ -37,10 +37,12 @@ def legs(seed: int) -> np.ndarray:
     return rng.integers(-24000, 24000, (JOBS, 2, SECONDS * RATE), dtype=np.int16)
 
 
-def record(tmp, audio: np.ndarray, transient: set[int], full_dir=None) -> tuple[dict, dict]:
+def record(tmp, audio: np.ndarray, transient: set[int], full_dir=None, serve_log: list | None = None
+           ) -> tuple[dict, dict]:
     """Record JOBS calls (A-law and mu-law, in turn) fed `audio`; jobs in `transient`
-    hold no descriptor; job 1's file is in `full_dir` when given. Returns the ends and
-    the files' bytes by job id."""
+    hold no descriptor; job 1's file is in `full_dir` when given. With `serve_log`, the
+    flush loops serve every 2 flushes, and what they write and serve is logged there.
+    Returns the ends and the files' bytes by job id."""
     no_budget = Descriptors(0)
 
     def sinks(path, cipher, mode):
@@ -51,6 +53,19 @@ def record(tmp, audio: np.ndarray, transient: set[int], full_dir=None) -> tuple[
     arena = Arena.create(2 * JOBS, 1 << 14)
     pipe = Pipeline(arena, sinks, capacity=JOBS, flush_samples=FLUSH, max_block=5)
     paths = {}
+    if serve_log is not None:
+        pipe.serve_every_flushes = 2
+        write_rows, serve = pipe._write_codes_rows, pipe._serve_flushes
+
+        def logged_write(rows):
+            serve_log.append(("write", len(rows)))
+            write_rows(rows)
+
+        def logged_serve(seq, i):
+            serve_log.append(("serve", i))
+            serve(seq, i)
+
+        pipe._write_codes_rows, pipe._serve_flushes = logged_write, logged_serve
     try:
         for j in range(1, JOBS + 1):
             where = full_dir if (j == 1 and full_dir is not None) else tmp
@@ -104,15 +119,70 @@ def test_flushes_written_in_one_compiled_loop_are_the_files_write_codes_makes(tm
     assert sum(calls) == 4 * (SECONDS * RATE // FLUSH - 1), calls
     monkeypatch.setattr(WavWriter, "codes_target", lambda self, n: (-1, 0))  # one write_codes each
     ends_ref, files_ref = record(tmp_path / "slow", audio, transient=set())
-    assert {j: (e.cause, e.samples, e.bytes) for j, e in ends.items()} == \
-        {j: (e.cause, e.samples, e.bytes) for j, e in ends_ref.items()}
-    assert all(e.cause is Cause.HANGUP and e.samples == SECONDS * RATE for e in ends.values())
+    assert {j: (e.cause, e.samples, e.bytes, e.origin) for j, e in ends.items()} == \
+        {j: (e.cause, e.samples, e.bytes, e.origin) for j, e in ends_ref.items()}
+    # origin: the leg position of each file's first sample (the sidecar places digits by it).
+    assert all((e.cause, e.samples, e.origin) == (Cause.HANGUP, SECONDS * RATE, 0) for e in ends.values()), ends
     for j in files:
         assert files[j] == files_ref[j], f"job {j}"
     for j in range(1, JOBS + 1):
         got, rate = sf.read(tmp_path / "fast" / f"j{j}.wav", dtype="int16")  # decoded by libsndfile
         assert rate == RATE
         np.testing.assert_array_equal(got, g711_mix(audio[j - 1], j), err_msg=f"job {j}")
+
+
+def test_rows_the_loop_did_not_write_whole_are_written_again_through_their_writers(tmp_path, monkeypatch):
+    """A short write (half of it, as on a file system filling up) and a failed one (-1)
+    are written again whole by `write_codes` at the same offset: the files are the same."""
+    audio = legs(4)
+    real = kernels.pwrite_rows
+
+    def half_or_none(fds, stage, rows, n, offsets, wrote):
+        real(fds, stage, rows, n // 2, offsets, wrote)
+        wrote[::2] = -1  # as if these calls had failed (EINTR, EIO) before writing anything
+
+    monkeypatch.setattr(kernels, "pwrite_rows", half_or_none)
+    (tmp_path / "a").mkdir()
+    ends, files = record(tmp_path / "a", audio, transient=set())
+    monkeypatch.setattr(kernels, "pwrite_rows", real)
+    (tmp_path / "b").mkdir()
+    ends_ref, files_ref = record(tmp_path / "b", audio, transient=set())
+    assert {j: (e.cause, e.samples, e.bytes, e.origin) for j, e in ends.items()} == \
+        {j: (e.cause, e.samples, e.bytes, e.origin) for j, e in ends_ref.items()}
+    assert files == files_ref
+
+
+def test_a_writer_told_of_direct_writes_keeps_its_header_as_write_codes_does(tmp_path):
+    """`codes_written` refreshes the header when due, as `write_codes` does: compared after
+    every write, header included (a file must be readable at every moment)."""
+    import os
+
+    a = WavWriter(FileSink(str(tmp_path / "a.wav")), "alaw", RATE, refresh_samples=3000)
+    b = WavWriter(FileSink(str(tmp_path / "b.wav")), "alaw", RATE, refresh_samples=3000)
+    codes = np.random.default_rng(5).integers(0, 256, 20_000, dtype=np.uint8)
+    for lo in range(0, len(codes), 1000):
+        chunk = codes[lo:lo + 1000]
+        a.write_codes(chunk)
+        fd, offset = b.codes_target(len(chunk))
+        assert fd >= 0 and os.pwrite(fd, chunk, offset) == len(chunk)
+        b.codes_written(len(chunk))
+        assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes(), lo
+        assert (a.input_samples, a.room, b.sink.size()) == (b.input_samples, b.room, a.sink.size())
+    assert b.codes_target(b.room + 1) == (-1, 0)  # what does not fit goes through write_codes
+    a.close()
+    b.close()
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()
+
+
+def test_a_flush_loop_serves_before_the_same_rows_and_writes_the_stretches_between(tmp_path):
+    """Serve points (where the worker attaches starts and applies stops mid-tick) fall
+    before every second flush here, as they did when each row was written alone; the
+    rows between two of them are written together."""
+    log: list = []
+    ends, _ = record(tmp_path, legs(3), transient=set(), serve_log=log)
+    assert all(e.cause is Cause.HANGUP for e in ends.values())
+    loops = " ".join(f"{k[0]}{v}" for k, v in log)  # e.g. "w1 s1 w2 s3 w2 s5 w1" for one loop of six rows
+    assert loops.count("w1 s1 w2 s3 w2 s5 w1") == SECONDS * RATE // FLUSH - 1, loops
 
 
 def g711_mix(both: np.ndarray, job_id: int) -> np.ndarray:
@@ -125,7 +195,7 @@ def g711_mix(both: np.ndarray, job_id: int) -> np.ndarray:
 
 def test_a_flush_the_file_system_cannot_take_ends_that_job_alone_with_error(tmp_path):
     audio = legs(2)
-    with small_tmpfs(tmp_path / "small", "12k") as small:  # three pages: the second flush does not fit
+    with small_tmpfs(tmp_path / "small", "12k") as small:  # three pages: the fourth flush does not fit
         ends, files = record(tmp_path, audio, transient=set(), full_dir=small)
         bad = ends[1]
         assert bad.cause is Cause.ERROR and "No space left on device" in bad.error, bad

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from wholecall.protocol import Cause, StartJob
 from wholecall.shm import Arena
+from wholecall.worker.codecs import g711
 from wholecall.worker.pipeline import Pipeline, default_open_sink
 
 RATE = 8000
@@ -28,15 +29,18 @@ def leg_signal(slot: int, start: int, n: int) -> np.ndarray:
     return (((p * (7 + 2 * slot)) % 2001) - 1000).astype(np.int16) * (1 + slot % 3)
 
 
-def start_msg(job_id: int, path: str, slot: int, pos: int) -> StartJob:
+def start_msg(job_id: int, path: str, slot: int, pos: int, file_format: str = "s16bit") -> StartJob:
     return StartJob(job_id=job_id, channel=job_id, slot_in=slot, slot_out=slot + 1, start_pos=pos, path=path,
-                    file_format="s16bit", rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0,
+                    file_format=file_format, rate=RATE, max_bytes=0, ms_max_silence=0, ms_initial_silence=0,
                     dtmf_elim=True, mode="mixed", cipher=None)
 
 
-@pytest.mark.parametrize("flush_samples,block", [(800, 1), (8000, 1), (8000, 5)])
+# A-law: flushes on the plain path (`_flush_codes`), written in stretches between serve points.
+@pytest.mark.parametrize("flush_samples,block,file_format",
+                         [(800, 1, "s16bit"), (8000, 1, "s16bit"), (8000, 5, "s16bit"), (800, 1, "alaw"),
+                          (8000, 5, "alaw")])
 def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path, monkeypatch, flush_samples,
-                                                                        block):
+                                                                        block, file_format):
     import wholecall.worker.pipeline
     monkeypatch.setattr(wholecall.worker.pipeline, "SERVE_EVERY_FLUSHES", 2)  # serve between flushes of this few jobs too
     arena = Arena.create(SLOTS, 1 << 15)
@@ -48,7 +52,7 @@ def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path
         job_id = len(jobs) + 1
         path = str(tmp_path / f"job{job_id}.wav")
         pos = written[slot]
-        assert pipe.start(start_msg(job_id, path, slot, pos)) == ""
+        assert pipe.start(start_msg(job_id, path, slot, pos, file_format)) == ""
         jobs[job_id] = (slot, pos, path)
 
     def serve() -> None:
@@ -76,11 +80,13 @@ def test_jobs_started_at_every_serve_point_leave_running_jobs_bit_exact(tmp_path
         assert not pipe.jobs
         ends = {e.job_id: e for e in pipe.ended}
         for job_id, (slot, pos, path) in jobs.items():
-            assert ends[job_id].cause is Cause.ABORTED
+            assert ends[job_id].cause is Cause.ABORTED and ends[job_id].origin == pos
             got, rate = sf.read(path, dtype="int16")
             n = written[slot] - pos
             mix = leg_signal(slot, pos, n).astype(np.int32) + leg_signal(slot + 1, pos, n)
             want = np.clip(mix, -32768, 32767).astype(np.int16)
+            if file_format == "alaw":
+                want = g711.alaw_decode(g711.alaw_encode(want))
             assert rate == RATE and len(got) == n, (job_id, len(got), n)
             assert np.array_equal(got, want), f"job {job_id} (started at {pos}) differs from its legs' mix"
     finally:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -59,6 +60,29 @@ def test_sidecar_describes_the_final_file(make_controller, tmp_path):
     info = subprocess.run([sys.executable, "-m", "wholecall.cli.main", "info", res.path], capture_output=True, text=True)
     assert info.returncode == 1
     assert {d["field"] for d in json.loads(info.stdout)["disagreements"]} >= {"sha256", "bytes"}
+
+
+@pytest.mark.parametrize("file_format", ["alaw", "ulaw"])
+def test_a_digit_in_a_g711_recordings_first_flush_is_placed_in_the_file(make_controller, file_format):
+    """A G.711 recording fed in real time writes its flushes (here every 200 ms) on the
+    worker's plain path, which once left the file's origin to its last flush: a digit
+    keyed before that got no offset at all."""
+    ctl = make_controller(workers=1, flush_ms=200)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("long.wav", file_format=file_format, dtmf_elim=True)
+    digit = np.concatenate([dtmf_tone("5", 100), np.zeros(1200, np.int16)])
+    inbound = np.concatenate([tone(440, 0.5, 6000), digit, tone(440, 1.0, 6000)])
+    for i in range(0, len(inbound), 800):  # 100 ms at a time, in real time
+        feed(ch, inbound[i:i + 800], np.zeros(len(inbound[i:i + 800]), np.int16))
+        time.sleep(0.1)
+    assert rec.stop()
+    res = rec.last_result
+    assert res.samples == len(inbound)
+    side = json.load(open(res.path + ".json"))
+    assert [d["digit"] for d in side["digits"]] == ["5"]
+    assert side["digits"][0]["offset_s"] is not None and abs(side["digits"][0]["offset_s"] - 0.5) < 0.03
 
 
 def test_min_seconds_discards_and_audio_detected(make_controller):

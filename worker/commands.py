@@ -360,8 +360,8 @@ class Commands:
             self.send(WorkerError(worker=self.index, job_id=0, message=f"unexpected command {msg.TYPE}"))
 
     def _refuse(self, msg: StartJob, why: str, stopped: bool = False) -> None:
-        """End a start that never recorded. `stopped`: its StopJob was read meanwhile (held by
-        the loop), so its timings go on this end as on any stopped job's, and leave `_stop_times`."""
+        """End a start that never recorded. `stopped`: its StopJob was read meanwhile, so its
+        timings go on this end as on any stopped job's, and leave `_stop_times`."""
         end = JobEnded(job_id=msg.job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0, error=why)
         self.send(self._stamp(end) if stopped else end)
 
@@ -396,7 +396,8 @@ class Commands:
         good = []
         for msg, writer, err, resumed in batch:
             if writer is None:
-                self._refuse(msg, err, stopped=msg.job_id in self._held_stops)
+                # Its stop may be read (timed) and not applied yet: it is stamped all the same.
+                self._refuse(msg, err, stopped=msg.job_id in self._stop_times)
                 self._done_opening(msg.job_id)
             else:
                 good.append((msg, writer, *(resumed or (None, -1))))

@@ -176,7 +176,8 @@ def frames_in(ring, base, pos, avail, wrap_mask, b, dst, dst_slot, c_pre_t, boun
 
 
 #: pwrite(2) itself, called from compiled code (resolved in the C library at link time,
-#: so the kernel below caches like the others).
+#: so the kernel below caches like the others). Its off_t is 64 bits on the 64-bit Linux
+#: the workers run on.
 _pwrite = types.ExternalFunction("pwrite", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
 
 

@@ -1004,8 +1004,8 @@ class Pipeline:
     def _flush_codes(self, rows: np.ndarray, then: list[int]) -> None:
         """Write one flush of each job in `rows` (mono G.711 at 8 kHz, staging exactly
         `flush_samples`, nothing to skip, not ending): its codes, staged encoded by
-        `kernels.mix_frames`, with one `write_codes` per job. `then`: the rows the caller
-        flushes next (held from stops served meanwhile, as these are)."""
+        `kernels.mix_frames`, in stretches between serve points (`_write_codes_rows`).
+        `then`: the rows the caller flushes next (held from stops served meanwhile, as these are)."""
         seq = rows.tolist()
         every = self.serve_every_flushes
         done = 0  # rows[:done] are accounted for
@@ -1046,7 +1046,11 @@ class Pipeline:
 
     def _flushed_codes(self, rows: np.ndarray) -> None:
         """`_flush_codes` wrote one flush of each of `rows`: one byte per input sample, so
-        each file's room shrank by exactly what it took."""
+        each file's room shrank by exactly what it took. A file's first flush sets its
+        origin, as `_flush` does (without it a G.711 file's origin was its last flush's
+        position, and the sidecar placed no digit keyed before that)."""
+        fresh = rows[self.origin[rows] < 0]
+        self.origin[fresh] = self.opos[fresh] - self.fill[fresh]  # the plain path skips nothing
         self.room[rows] -= self.flush_samples
         self.written[rows] += self.flush_samples
         self.fill[rows] = 0
