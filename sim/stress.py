@@ -337,8 +337,35 @@ def spot_check(path: str, programs: Programs, program: int, phase: int, expected
         e_in = float(np.sum(want[:n][dtmf] ** 2))
         residue = round(10 * math.log10(max(1e-9, float(np.sum(got[:n][dtmf] ** 2))) / max(1e-9, e_in)), 1)
     floor = SNR_FLOOR_DB.get(file_format, 6.0)
-    return {"path": path, "snr_db": round(snr, 1), "floor_db": floor, "ok": snr >= floor,
-            "dtmf_residue_db": residue}
+    side = sidecar_digits(path, dtmf)
+    return {"path": path, "snr_db": round(snr, 1), "floor_db": floor, "ok": snr >= floor and not side["unplaced"],
+            "dtmf_residue_db": residue, "sidecar_digits": side}
+
+
+def _spot_line(spots: list[dict]) -> str:
+    """The content checks in the printed summary, with what their sidecars said of the digits."""
+    side = [s.get("sidecar_digits", {}) for s in spots]
+    return (f"  content checks {len(spots)}, failed {sum(1 for s in spots if not s['ok'])}; their sidecars list "
+            f"{sum(d.get('listed', 0) for d in side)} digits, {sum(d.get('unplaced', 0) for d in side)} without an "
+            f"offset, {sum(d.get('in_dtmf', 0) for d in side)} within 100 ms of the legs' DTMF")
+
+
+def sidecar_digits(path: str, dtmf: np.ndarray) -> dict:
+    """The sidecar's in-band digits against the DTMF the legs carried (`dtmf`, per sample of
+    the file). A stress call records from its first sample with nothing paused or trimmed,
+    so every digit heard is in the file and must have an offset there (`unplaced` counts
+    those without: a G.711 file's origin was once wrong, and its digits had none). Where
+    the offsets fall is counted, not judged (`in_dtmf`: within 100 ms of DTMF the legs
+    carried), since speech can be taken for a digit now and then."""
+    try:
+        with open(path + ".json") as f:
+            listed = [d for d in json.load(f).get("digits", ()) if d.get("source") == "inband"]
+    except FileNotFoundError:
+        return {"listed": 0, "unplaced": 0, "in_dtmf": 0, "sidecar": False}
+    near = RATE // 10
+    placed = [round(d["offset_s"] * RATE) for d in listed if d.get("offset_s") is not None]
+    in_dtmf = sum(1 for i in placed if dtmf[max(0, i - near):i + near].any())
+    return {"listed": len(listed), "unplaced": len(listed) - len(placed), "in_dtmf": in_dtmf, "sidecar": True}
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -964,7 +991,9 @@ class Run:
             for c in self._spot_sample([c for c, r in zip(jobs, results) if r["ok"]]):
                 spots.append(spot_check(c.path, self.programs, c.program, c.phase, max(c.stored), cfg.file_format))
         for s in spots:
-            if not s["ok"]:
+            if s["sidecar_digits"]["unplaced"]:
+                problems.append(f"{s['path']}: {s['sidecar_digits']['unplaced']} digits of its sidecar have no offset")
+            elif not s["ok"]:
                 problems.append(f"{s['path']}: content SNR {s['snr_db']} dB under {s['floor_db']} dB")
         report["overruns"] = int(overruns)
         report["lost_samples"] = int(lost)
@@ -1193,6 +1222,7 @@ def summary(report: dict) -> str:
          if report.get("failover", {}).get("killed") else "") +
         (f"  overruns {report.get('overruns')}, lost samples {report.get('lost_samples')}, files verified "
          f"{f.get('verified')}/{f.get('expected')}, causes {f.get('causes')}"),
+        _spot_line(f.get("spot_checks") or []),
         (f"  start ms during the ramp p50 {lat.get('start', {}).get('p50')} p99 {lat.get('start', {}).get('p99')} "
          f"(its last tenth p50 {lat.get('start_at_load', {}).get('p50')} p99 {lat.get('start_at_load', {}).get('p99')}), "
          f"ramp rate {report.get('run', {}).get('start_rate_achieved')}/s; stop ms in the end-of-run burst p50 "

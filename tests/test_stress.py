@@ -38,6 +38,11 @@ def test_stress_200_channels_lose_nothing_and_every_file_is_valid(tmp_path):
     assert files["verified"] == files["expected"] == n and files["invalid"] == 0
     assert files["causes"] == {"ABORTED": n}
     assert len(files["spot_checks"]) == 6 and files["spot_failed"] == 0
+    # Half the checked calls carry DTMF: their sidecars list digits, each with its offset in
+    # the file (5 s of A-law fed in real time: flushes on the worker's plain path).
+    digits = [s["sidecar_digits"] for s in files["spot_checks"]]
+    assert all(d["sidecar"] for d in digits) and sum(d["listed"] for d in digits) >= 1, digits
+    assert sum(d["unplaced"] for d in digits) == 0 and sum(d["in_dtmf"] for d in digits) >= 1, digits
     # Each probe records for less than the ramp's calls, so that it is also stopped while all
     # 200 record: stop_steady times those stops (the ramp's end is the burst, kept apart).
     assert 1 <= probes["seconds"] < 5
