@@ -200,6 +200,9 @@ def test_a_flush_the_file_system_cannot_take_ends_that_job_alone_with_error(tmp_
         bad = ends[1]
         assert bad.cause is Cause.ERROR and "No space left on device" in bad.error, bad
         info = sf.info(str(small / "j1.wav"))
+        # What the failed write got onto the disk before ENOSPC is cut off: the file is what
+        # its recording says it is.
+        assert (small / "j1.wav").stat().st_size == bad.bytes
         got, _ = sf.read(small / "j1.wav", dtype="int16")
         assert info.frames == len(got) and 0 < len(got) < SECONDS * RATE and len(got) % FLUSH == 0
         np.testing.assert_array_equal(got, g711_mix(audio[0], 1)[:len(got)])

@@ -10,6 +10,7 @@ truncated (the silent tail of a SILENCE-ended recording is cut off at the end).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from typing import Protocol
@@ -138,14 +139,27 @@ class FileSink:
         if fd is None:
             fd, kept = self._reopen()
         try:
+            start = offset
             while view:
                 done = os.pwrite(fd, view, offset)
                 view = view[done:]
                 offset += done
+        except OSError:
+            self._cut_back(fd, max(self._size, start))
+            raise
         finally:
             if not kept:
                 os.close(fd)
         self._size = max(self._size, offset)
+
+    def _cut_back(self, fd: int, end: int) -> None:
+        """A failed write (a full disk) may have left some of its bytes past `end`, where
+        nobody accounts for them: the file would be larger than its recording says
+        (`JobEnded.bytes`, the sidecar's `bytes`). Cut them off; best effort, the write's
+        own error is what the caller hears."""
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)
 
     def truncate(self, size: int) -> None:
         fd = self._fd

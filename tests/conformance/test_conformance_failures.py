@@ -143,6 +143,8 @@ def test_file_that_cannot_be_written_ends_the_job_with_error(solo):
     assert "write failed" in rec.last_result.error
     info = read_info(rec.last_result.path)
     assert info.data_offset + info.data_size <= os.path.getsize(rec.last_result.path) <= 20000
+    # Nothing of the failed write is left past what the result says (the sidecar says the same).
+    assert os.path.getsize(rec.last_result.path) == rec.last_result.bytes
     data, _ = read(rec.last_result.path)
     assert len(data) == info.data_size and np.abs(data.astype(int)).max() > 1000
 
