@@ -135,6 +135,9 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
     {"digit", "leg", "position"}, positions on the legs' clock)."""
     extra = extra or {}
     digits = []
+    # The file's length in 8 kHz samples: `end_pos` is how far the worker read, which
+    # for a job ended by max_bytes or a silence limit is past the file's last sample.
+    in_file = samples * CALL_RATE // rate if rate else samples
     sources = [("inband", d[0], d[1], int(d[2])) for d in notes.digits]
     sources += [("rfc4733", str(d["digit"]), str(d["leg"]), int(d["position"])) for d in extra.get("digits", ())]
     for source, digit, leg, pos in sorted(sources, key=lambda s: s[3]):
@@ -142,6 +145,8 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
                for p in notes.pauses):
             continue  # keyed while paused: a card number must not reach the recording's metadata either
         off = file_offset(pos, origin, notes.pauses, end_pos)
+        if off is not None and off >= in_file:
+            off = None  # read by the worker but past the file's end (a size or silence limit cut it there)
         digits.append({"digit": digit, "source": source, "leg": leg,
                        "offset_s": None if off is None else round(off / CALL_RATE, 6)})
     paused = []

@@ -254,6 +254,55 @@ def test_a_stop_ended_early_records_the_same_files_as_one_left_to_the_tick(tmp_p
         assert files_e[job_id] == data, f"job {job_id}: the file stopped early ({how}) differs"
 
 
+@pytest.mark.parametrize("limit", ["silence", "size"])
+def test_a_stop_read_late_does_not_override_a_limit_reached_before_its_end(tmp_path, limit):
+    """A worker behind its producers reads a hang-up whose end position lies past the point
+    where the recording's silence (or size) limit was reached: the limit ends it, with the
+    file and cause it gets when the audio arrives in real time (the stop's cause had won)."""
+    n = 3 * RATE
+    tone = (6000 * np.sin(2 * np.pi * 440 * np.arange(n) / RATE)).astype(np.int16)
+    legs = np.zeros((2, n), np.int16)
+    legs[0, :RATE] = tone[:RATE]  # 1 s of tone, then silence
+    if limit == "size":
+        legs[0] = tone  # loud throughout: only the size limit can end it early
+
+    def run(name: str, late_stop: bool) -> tuple:
+        arena = Arena.create(2, 1 << 15)
+        pipe = Pipeline(arena, default_open_sink(), capacity=1, flush_samples=4000, max_block=5)
+        msg = StartJob(job_id=1, channel=0, slot_in=0, slot_out=1, start_pos=0, path=str(tmp_path / name),
+                       file_format="s16bit", rate=RATE, max_bytes=44 + 2 * 12_000 if limit == "size" else 0,
+                       ms_max_silence=500 if limit == "silence" else 0, ms_initial_silence=0, dtmf_elim=True,
+                       mode="mixed", cipher=None)
+        try:
+            arena.job[0] = arena.job[1] = 1
+            assert pipe.start(msg) == ""
+            step = n if late_stop else 800  # all of it at once, or 100 ms a tick
+            for t in range(0, n, step):
+                for leg in (0, 1):
+                    arena.data[leg, (t + np.arange(step)) & (arena.capacity - 1)] = legs[leg, t:t + step]
+                    arena.write_pos[leg] = t + step
+                if late_stop:
+                    assert pipe.stop(1, Cause.HANGUP, n)  # read before the worker saw any of it
+                pipe.tick(100.0 + t / RATE, block=5)
+            for k in range(50):
+                if not pipe.jobs:
+                    break
+                if k == 0 and not late_stop:
+                    pipe.stop(1, Cause.HANGUP, n)  # in real time the limit has ended it by now
+                pipe.tick(200.0 + k, block=5)
+            (end,) = pipe.ended
+            return end.cause, end.samples, (tmp_path / name).read_bytes()
+        finally:
+            pipe.close()
+            arena.close()
+
+    real_time = run("rt.wav", late_stop=False)
+    late = run("late.wav", late_stop=True)
+    assert real_time[0] is (Cause.SILENCE if limit == "silence" else Cause.SIZE)
+    assert late[:2] == real_time[:2] and late[2] == real_time[2]
+    assert real_time[1] < n
+
+
 def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):
     arena = Arena.create(2, 1 << 12)
     pipe = Pipeline(arena, default_open_sink(), capacity=1, max_block=3)

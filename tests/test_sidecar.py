@@ -85,6 +85,20 @@ def test_a_digit_in_a_g711_recordings_first_flush_is_placed_in_the_file(make_con
     assert side["digits"][0]["offset_s"] is not None and abs(side["digits"][0]["offset_s"] - 0.5) < 0.03
 
 
+def test_a_digit_read_past_the_files_end_has_no_offset_in_it():
+    """A job ended by max_bytes or a silence limit: the worker read (and heard a digit in)
+    audio past the file's last sample, and `end_pos` is how far it read. Such a digit is
+    listed without an offset, not at one past the end of the file."""
+    from wholecall.controller import sidecar as sc
+
+    notes = sc.JobNotes(start_pos=0, start_t=0.0, min_seconds=0.0, digits=(["5", "inbound", 4000],
+                                                                          ["7", "inbound", 21000]))
+    doc = sc.build(path="/x/a.wav", notes=notes, end_t=1.0, channel=1, job_id=1, cause="SIZE", error="",
+                   file_format="alaw", rate=8000, mode="mixed", nbytes=58 + 20000, samples=20000, duration_s=2.5,
+                   sha256="", origin=0, end_pos=24000, audio_detected=True, lost_samples=0, cipher=None)
+    assert [(d["digit"], d["offset_s"]) for d in doc["digits"]] == [("5", 0.5), ("7", None)]
+
+
 def test_min_seconds_discards_and_audio_detected(make_controller):
     ctl = make_controller(workers=1)
     ch = ctl.incoming_call()

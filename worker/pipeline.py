@@ -105,6 +105,11 @@ class Job:
     stereo: bool
     started_at: float
     cause: Cause | None = None  # decided end cause, once known
+    #: The cause a stop asked for: the job's cause only once its end position is reached.
+    #: A silence or size limit reached in the audio before that position is the cause
+    #: instead, however late the stop was read (a worker behind its producers decides as
+    #: one in real time would).
+    stop_cause: Cause | None = None
     error: str = ""
     extra: dict = field(default_factory=dict)
     #: Pause and resume requests applied to this job (None until the first one).
@@ -510,8 +515,8 @@ class Pipeline:
         job = self.by_id.get(job_id)
         if job is None:
             return False
-        if job.cause is None:
-            job.cause = cause
+        if job.stop_cause is None:
+            job.stop_cause = cause
         row = job.row
         self.end[row] = max(int(self.pos[row]), end_pos)
         self._stopping.add(row)
@@ -1114,11 +1119,16 @@ class Pipeline:
 
     def _end_of(self, row: int) -> tuple[bool, Cause | None]:
         """Whether the job in `row` ends at this flush, and its cause then: SILENCE where
-        the worker decided the end and nothing else was asked first."""
-        cause = self.jobs[row].cause
-        if self.done[row] and cause is None:
+        the silence limit was reached (always before a stop's end position: no audio past
+        it is read), else the stop's once its end position is reached."""
+        job = self.jobs[row]
+        stopped = bool(self.end[row] >= 0 and self.pos[row] >= self.end[row])
+        cause = job.cause
+        if cause is None and self.done[row]:
             cause = Cause.SILENCE
-        return bool(self.done[row] or (self.end[row] >= 0 and self.pos[row] >= self.end[row])), cause
+        elif cause is None and stopped:
+            cause = job.stop_cause
+        return bool(self.done[row]) or stopped, cause
 
     def _flush(self, job: Job) -> None:
         row = job.row
