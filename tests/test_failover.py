@@ -293,6 +293,42 @@ def test_silence_causes_survive_a_takeover(make_controller):
     assert ctl.stats()["restarts"] == 1
 
 
+def test_a_separate_recordings_audio_detected_survives_a_takeover(make_controller):
+    """A separate-mode (stereo) job has no silence detector: whether it heard audio is its
+    own flag, which the durable record must carry, or a call loud before the kill and quiet
+    after it would end as if nothing had been said (audio_detected False)."""
+    ctl = make_controller(workers=2)
+    rng = np.random.default_rng(5)
+    inbound = np.zeros(5 * RATE, np.int16)
+    inbound[RATE // 2:3 * RATE // 2] = rng.integers(-9000, 9000, RATE, dtype=np.int16)  # 0.5-1.5 s, then quiet
+    chans = []
+    for side in range(2):
+        ch = ctl.incoming_call()
+        ch.answer()
+        assert ch.WholeCallRecorder.start(f"sep{side}.wav", file_format="s16bit", recording_mode="separate",
+                                          dtmf_elim=False)
+        chans.append(ch)
+    assert {ch.WholeCallRecorder._worker for ch in chans} == {0, 1}
+    pid = ctl.supervisor.workers[0].proc.pid
+    t0 = time.monotonic()
+    for i in range(0, len(inbound), FRAME):
+        for ch in chans:
+            ch.inbound.write(inbound[i:i + FRAME])
+            ch.outbound.write(np.zeros(FRAME, np.int16))
+        if i == int(2.8 * RATE) // FRAME * FRAME:  # after the 2 s flush published the job's state
+            os.kill(pid, signal.SIGKILL)
+        delay = t0 + (i + FRAME) / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    for ch in chans:
+        assert ch.WholeCallRecorder.stop()
+        res = ch.WholeCallRecorder.last_result
+        assert res.audio_detected is True, res
+        data = sf.read(res.path, dtype="int16")[0]
+        assert np.array_equal(data[:len(inbound), 0], inbound[:len(data)])
+    assert ctl.stats()["restarts"] == 1 and ctl.stats()["takeovers"] == 1
+
+
 def test_envelope_recording_moves_with_the_body_key_the_arena_holds(make_controller):
     """An envelope recording's body key is wrapped under the recipient's public key, which
     only the private key (never held by wholecall) unwraps; the worker keeps a copy in the

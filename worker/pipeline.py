@@ -459,6 +459,7 @@ class Pipeline:
         back = int(r.samples - self.written[row])  # audio the file lost (a cut-short write): read again
         heard = bool(r.heard)
         sil.heard[row] = heard
+        self.loud[row] = heard and job.stereo  # a separate job's audio_detected (`_attach_row` cleared it)
         sil.audio[row] = max(0, r.audio - back)
         sil.run[row] = max(0, r.run - back)
         sil.emitted[row] = self.written[row]
@@ -507,7 +508,9 @@ class Pipeline:
         rec[slots, c, L.D_AUDIO] = sil.audio[rows] - fill
         rec[slots, c, L.D_RUN] = sil.run[rows]
         rec[slots, c, L.D_LOUD_END] = sil.last_loud_end[rows]
-        rec[slots, c, L.D_FLAGS] = sil.heard[rows].astype(np.int64) * L.D_HEARD
+        # Heard: the silence detector's for a mixed job, `loud` for a separate one (which
+        # has no detector); a takeover must not lose either (audio_detected).
+        rec[slots, c, L.D_FLAGS] = (sil.heard[rows] | self.loud[rows]).astype(np.int64) * L.D_HEARD
         rec[slots, c, L.D_SEQ] = seq
 
     def stop(self, job_id: int, cause: Cause, end_pos: int) -> bool:
