@@ -303,6 +303,55 @@ def test_a_stop_read_late_does_not_override_a_limit_reached_before_its_end(tmp_p
     assert real_time[1] < n
 
 
+@pytest.mark.parametrize("case", ["heard", "silence"])
+def test_a_file_filled_by_max_bytes_ends_the_same_however_its_audio_arrives(tmp_path, case):
+    """Frames past the point where max_bytes fills the file are not recorded, so they are not
+    judged either: a silent file whose call turns loud right after it is full did not hear
+    audio ("heard"), and a silence limit that only the frames past it would reach does not
+    end the job ("silence": 1 s limit, reached 50 ms after the file is full). In real time
+    the job has ended before those frames arrive; read in one burst they were judged."""
+    n = 3 * RATE
+    full_at = 20_000 if case == "heard" else 19_600
+    legs = np.zeros((2, n), np.int16)
+    rng = np.random.default_rng(9)
+    if case == "heard":
+        legs[0, full_at:] = rng.integers(-9000, 9000, n - full_at, dtype=np.int16)  # loud once the file is full
+    else:
+        legs[0, :12_000] = rng.integers(-9000, 9000, 12_000, dtype=np.int16)  # silent from 1.5 s: limit at 2.5 s
+
+    def run(name: str, step: int) -> tuple:
+        arena = Arena.create(2, 1 << 15)
+        pipe = Pipeline(arena, default_open_sink(), capacity=1, flush_samples=4000, max_block=5)
+        msg = StartJob(job_id=1, channel=0, slot_in=0, slot_out=1, start_pos=0, path=str(tmp_path / name),
+                       file_format="s16bit", rate=RATE, max_bytes=44 + 2 * full_at,
+                       ms_max_silence=1000 if case == "silence" else 0, ms_initial_silence=0, dtmf_elim=False,
+                       mode="mixed", cipher=None)
+        try:
+            arena.job[0] = arena.job[1] = 1
+            assert pipe.start(msg) == ""
+            for k, t in enumerate(range(0, n, step)):
+                for leg in (0, 1):
+                    arena.data[leg, (t + np.arange(step)) & (arena.capacity - 1)] = legs[leg, t:t + step]
+                    arena.write_pos[leg] = t + step
+                pipe.tick(100.0 + k * 0.1, block=5)
+                if not pipe.jobs:
+                    break
+            for k in range(100):  # a burst takes several ticks to be read
+                if not pipe.jobs:
+                    break
+                pipe.tick(200.0 + k * 0.1, block=5)
+            (end,) = pipe.ended
+            return end.cause, end.samples, end.heard, (tmp_path / name).read_bytes()
+        finally:
+            pipe.close()
+            arena.close()
+
+    real_time = run("rt.wav", 800)
+    burst = run("burst.wav", n)
+    assert real_time[:3] == (Cause.SIZE, full_at, case == "silence")
+    assert burst[:3] == real_time[:3] and burst[3] == real_time[3]
+
+
 def test_a_block_larger_than_the_pipeline_was_built_for_is_refused(tmp_path):
     arena = Arena.create(2, 1 << 12)
     pipe = Pipeline(arena, default_open_sink(), capacity=1, max_block=3)

@@ -326,12 +326,15 @@ def _stage(mix, t, tables, dst_t, dst_c):
 
 @_jit
 def silence_frames(sel, energy, fill, n, preroll, threshold, heard, initial_limit, max_limit, emitted, last_loud_end,
-                   run, audio, trim_leading, skip, done, taken):
+                   run, audio, trim_leading, skip, room, done, taken):
     """The silence detector (`SilenceTracker.step_energy`) over each job's B mixed frames
     in order, for jobs `sel` whose frames' mean squares are `energy` (jobs x B) and whose
     staging held fill[j] samples before them; a job stops taking frames at the one that
-    reaches a limit (`done`). taken[j]: frames job j took. A job's first loud frame sets
-    its `skip` (leading silence dropped, `preroll` kept) when it trims leading silence.
+    reaches a limit (`done`), and before one that starts where its file is full (staged
+    past `skip` reaching room[j], the input samples max_bytes leaves: not recorded, so
+    neither heard nor counted toward a silence limit, however many frames a tick brought).
+    taken[j]: frames job j took. A job's first loud frame sets its `skip` (leading silence
+    dropped, `preroll` kept) when it trims leading silence.
 
     Compiled because it is a few scalar decisions per frame: in numpy it was B rounds of a
     dozen array operations over all jobs, ~1.4 us per channel-second at 10,000 channels.
@@ -342,8 +345,10 @@ def silence_frames(sel, energy, fill, n, preroll, threshold, heard, initial_limi
         t = 0
         for k in range(b):
             at = fill[j] + k * n
-            loud = energy[j, k] > threshold[r]
             h = heard[r]
+            if (h or not trim_leading[r]) and at - skip[r] >= room[j]:
+                break  # the file is full (leading silence still held back is not in it yet)
+            loud = energy[j, k] > threshold[r]
             trims = initial_limit[r] > 0
             first = loud and not h
             waiting = trims and not h and not first  # leading silence, held back
@@ -406,4 +411,4 @@ def warm_up(sample_types: tuple[type, ...] = (np.int16, np.float32)) -> None:
     i64 = np.zeros(2, np.int64)
     b2 = np.zeros(2, np.bool_)
     silence_frames(two, np.zeros((2, 2), np.float32), i64, FRAME, FRAME, f64, b2, i64, i64, i64, i64, i64, i64, b2,
-                   i64, b2, i64)
+                   i64, i64, b2, i64)

@@ -83,6 +83,7 @@ SERVE_EVERY_FLUSHES = 64
 #: by the lag: a killed worker's files are repaired exactly by the controller, which
 #: knows them, and `wholecall repair` does the same after a whole-host crash.
 HEADER_REFRESH_SAMPLES = 5 * SAMPLE_RATE
+_UNLIMITED = 1 << 62  # room beyond any file (`kernels.silence_frames` for a resampled file)
 #: The legs' type through the DTMF delay line (`DtmfBank`): half the bytes of float32 to move.
 DELAY_TYPE = np.int16
 _LEG_NAMES = ("inbound", "outbound")  # by DTMF bank row % 2 (a job's legs are rows 2 * job row + 0, 1)
@@ -232,6 +233,9 @@ class Pipeline:
         self.trim_leading = g("trim_leading", dtype=bool)
         self.done = g("done", dtype=bool)  # worker decided to end (SILENCE)
         self.room = g("room")  # input samples that still fit in the file (max_bytes)
+        # The file's rate is the call's: `room` counts input samples exactly (a resampled
+        # file's fills a little later than its rounded-up estimate says).
+        self.exact = g("exact", dtype=bool)
         self.table = g("table", dtype=np.int8)  # 1 + index in self._tables of the writer's byte table; 0: none
         self.base = g("base")  # leg position of the job's first frame fed to the DTMF bank
         self.written = g("written")  # input samples in the file (the durable record's `samples`)
@@ -434,6 +438,7 @@ class Pipeline:
         self.stereo[row] = stereo
         self.done[row] = False
         self.room[row] = self._room(writer)
+        self.exact[row] = writer.rate == SAMPLE_RATE
         self.table[row] = self._table_index(writer.byte_table)
         self.hist[:, row] = msg.start_pos
         ms = 0 if stereo else 1
@@ -918,9 +923,10 @@ class Pipeline:
         paused = self._paused_frames(sel, opos, b) if self.pz[sel].any() else None
         if paused is None:  # the common case, compiled
             sil = self.silence
+            room = np.where(self.exact[sel], self.room[sel], _UNLIMITED)
             kernels.silence_frames(sel, energy, fill, FRAME, PREROLL_SAMPLES, sil.threshold, sil.heard,
                                    sil.initial_limit, sil.max_limit, sil.emitted, sil.last_loud_end, sil.run,
-                                   sil.audio, self.trim_leading, self.skip, self.done, taken)
+                                   sil.audio, self.trim_leading, self.skip, room, self.done, taken)
         else:
             self._silence_paused(sel, energy, fill, opos, paused, taken)
         self.fill[sel] = fill + taken * FRAME
