@@ -135,6 +135,7 @@ class Durable:
     run: int = 0
     loud_end: int = 0
     heard: bool = False
+    origin: int = -1
 
 
 def read_durable(arena: Arena, slot_in: int, job_id: int, start_pos: int) -> Durable:
@@ -145,8 +146,9 @@ def read_durable(arena: Arena, slot_in: int, job_id: int, start_pos: int) -> Dur
             best = copy
     if best is None:
         return Durable(start_pos)
+    flags = int(best[L.D_FLAGS])
     return Durable(int(best[L.D_RESUME]), int(best[L.D_SAMPLES]), int(best[L.D_AUDIO]), int(best[L.D_RUN]),
-                   int(best[L.D_LOUD_END]), bool(best[L.D_FLAGS] & L.D_HEARD))
+                   int(best[L.D_LOUD_END]), bool(flags & L.D_HEARD), (flags >> L.D_ORIGIN_SHIFT) - 1)
 
 
 #: A worker whose last progress is older than this is reported degraded (never killed for it).
@@ -552,7 +554,7 @@ class Supervisor:
             log.error("job %d: the rings overwrote %d samples (%.3f s) before the takeover: recorded as silence",
                       job_id, lost, lost / 8000)
         msg = ResumeJob(start=encode(route.start), pos=d.pos, samples=d.samples, audio=d.audio, run=d.run,
-                        loud_end=d.loud_end, heard=d.heard, lost=lost, confirmed=route.confirmed)
+                        loud_end=d.loud_end, heard=d.heard, lost=lost, confirmed=route.confirmed, origin=d.origin)
         log.info("job %d: worker %d -> worker %d at leg position %d (%d samples in the file)",
                  job_id, dead, target.index, d.pos, d.samples)
         self._deliver(target, encode(msg))

@@ -101,6 +101,7 @@ class ResumeJob(Message):
     heard: bool  # audio had been heard (initial silence is over)
     lost: int  # samples overwritten in the rings before the takeover, recorded as silence
     confirmed: bool  # JobStarted was already delivered: do not send another
+    origin: int = -1  # leg position of the file's first sample; -1: nothing written yet
 
 
 @dataclass(frozen=True)

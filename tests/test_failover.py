@@ -378,3 +378,52 @@ def test_envelope_recording_moves_with_the_body_key_the_arena_holds(make_control
         np.testing.assert_array_equal(got, audio[id(ch)].T)  # 0 missing, 0 wrong, across the kill
         assert not ctl.arena.keys[ch.inbound.slot].any()  # the key lived no longer than the job
     assert ctl.stats()["takeovers"] >= 1 and ctl.stats()["restarts"] == 1
+
+
+def test_a_recording_that_held_back_its_leading_silence_keeps_its_origin_across_a_takeover(make_controller):
+    """A job with milliseconds_initial_silence begins its file where audio is first heard,
+    not at its start. A takeover's worker once took the job's start for the file's first
+    sample, so every digit the sidecar placed was off by the silence held back (here 1 s).
+    The same call on the survivor and on the killed worker must give the same file and the
+    same sidecar."""
+    import json
+
+    from wholecall.controller.media import dtmf_tone
+
+    ctl = make_controller(workers=2)
+    rng = np.random.default_rng(11)
+    speech = lambda s: rng.integers(-6000, 6000, int(s * RATE), dtype=np.int16)  # noqa: E731
+    digit = np.concatenate([dtmf_tone("5", 100), np.zeros(1200, np.int16)])
+    inbound = np.concatenate([np.zeros(RATE, np.int16), speech(0.5), digit, speech(3.0)])
+    chans = []
+    for side in range(2):
+        ch = ctl.incoming_call()
+        ch.answer()
+        assert ch.WholeCallRecorder.start(f"held{side}.wav", file_format="s16bit", dtmf_elim=True,
+                                          milliseconds_initial_silence=5000)
+        chans.append(ch)
+    assert {ch.WholeCallRecorder._worker for ch in chans} == {0, 1}
+    pid = ctl.supervisor.workers[0].proc.pid
+    t0 = time.monotonic()
+    for i in range(0, len(inbound), FRAME):
+        for ch in chans:
+            ch.inbound.write(inbound[i:i + FRAME])
+            ch.outbound.write(np.zeros(FRAME, np.int16))
+        if i == int(3.4 * RATE) // FRAME * FRAME:  # after a flush published the job's state with audio in it
+            os.kill(pid, signal.SIGKILL)
+        delay = t0 + (i + FRAME) / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    files, sides = [], []
+    for ch in chans:
+        assert ch.WholeCallRecorder.stop()
+        res = ch.WholeCallRecorder.last_result
+        files.append(sf.read(res.path, dtype="int16")[0])
+        sides.append(json.load(open(res.path + ".json")))
+    assert ctl.stats()["takeovers"] == 1
+    assert len(files[0]) > 0 and np.array_equal(files[0], files[1])
+    offsets = [[(d["digit"], d["offset_s"]) for d in side["digits"]] for side in sides]
+    assert offsets[0] == offsets[1], offsets
+    [(name, offset)] = offsets[0]
+    lead = len(inbound) - len(files[0])  # the silence held back (whole frames of it)
+    assert name == "5" and offset is not None and abs(offset - (RATE + 0.5 * RATE - lead) / RATE) < 0.03, (offset, lead)

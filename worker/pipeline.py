@@ -469,6 +469,8 @@ class Pipeline:
         sil.run[row] = max(0, r.run - back)
         sil.emitted[row] = self.written[row]
         sil.last_loud_end[row] = min(r.loud_end, int(self.written[row]))
+        if self.written[row] and r.origin >= 0:
+            self.origin[row] = r.origin  # not the job's start when its leading silence was held back
         a = self.arena
         # Audio the producers overwrote before the takeover: silence of exactly that length.
         newest = max(int(a.write_pos[job.msg.slot_in]), int(a.write_pos[job.msg.slot_out]))
@@ -515,7 +517,8 @@ class Pipeline:
         rec[slots, c, L.D_LOUD_END] = sil.last_loud_end[rows]
         # Heard: the silence detector's for a mixed job, `loud` for a separate one (which
         # has no detector); a takeover must not lose either (audio_detected).
-        rec[slots, c, L.D_FLAGS] = (sil.heard[rows] | self.loud[rows]).astype(np.int64) * L.D_HEARD
+        rec[slots, c, L.D_FLAGS] = ((sil.heard[rows] | self.loud[rows]).astype(np.int64) * L.D_HEARD
+                                    | (self.origin[rows] + 1) << L.D_ORIGIN_SHIFT)
         rec[slots, c, L.D_SEQ] = seq
 
     def stop(self, job_id: int, cause: Cause, end_pos: int) -> bool:
