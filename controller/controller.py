@@ -241,12 +241,14 @@ class Controller:
         if isinstance(msg, JobEnded):
             with self._lock:
                 rec = self._jobs.pop(msg.job_id, None)
+            moved = self.supervisor.moved.pop(msg.job_id, None) if self.supervisor is not None else None
             if rec is None:
                 return False
-            lost = self.supervisor.lost.pop(msg.job_id, 0) if self.supervisor is not None else 0
+            lost = moved.lost if moved is not None else 0
             applied = rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost,
                                     msg.origin, msg.end_pos, msg.heard,
-                                    (msg.t_stop_received, msg.t_stop_applied, msg.t_queued))
+                                    (msg.t_stop_received, msg.t_stop_applied, msg.t_queued),
+                                    moved.resumed if moved is not None else ())
             if applied:
                 self.counters.ended(msg.cause, msg.bytes, msg.error, lost)
             return applied

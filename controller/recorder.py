@@ -463,11 +463,12 @@ class WholeCallRecorder:
 
     def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
                   lost_samples: int = 0, origin: int = -1, end_pos: int = -1, heard: bool = False,
-                  worker_times: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> bool:
+                  worker_times: tuple[float, float, float] = (0.0, 0.0, 0.0), resumed: tuple[int, ...] = ()) -> bool:
         """The worker ended the job (I/O thread): its file is final. The rest (removing a
         too short file, or hashing it and writing its sidecar) is disk work for a
         finisher thread (`sidecar.py`); the recorder reports the end after it.
-        `worker_times`: the worker's stop stamps (`JobEnded.t_stop_received` ...)."""
+        `worker_times`: the worker's stop stamps (`JobEnded.t_stop_received` ...);
+        `resumed`: where takeovers went on reading (`sidecar.heard_once`)."""
         delivered = time.monotonic()
         with self._cond:
             if not self._core.will_end(job_id):
@@ -483,6 +484,8 @@ class WholeCallRecorder:
             elif self._arena is not None:  # closed and dropped before its job ended: the same slots
                 self._arena.disarm(self._slots, job_id)
             notes, opts, path = self._notes, self._opts, self._path
+            if notes is not None and resumed:
+                notes.resumed = resumed
         self._ctl.finish(self._finish, job_id, cause, nbytes, samples, duration_s, error, lost_samples, origin,
                          end_pos, heard, notes, opts, path)
         return True

@@ -43,6 +43,9 @@ SCHEMA_ID = "wholecall-sidecar/1"
 #: the detector reports onsets a guard early (`worker.dtmf`), and a digit that runs into
 #: a pause is one the pause was asked for (PCI DSS favours leaving it out).
 ONSET_SLACK = 160
+#: After a takeover, the rest of a tone that began before the resume point is confirmed
+#: again by the new worker, at an onset at most this far past that point.
+TAIL_SLACK = 320
 SUFFIX = ".json"
 
 
@@ -73,6 +76,7 @@ class JobNotes:
     # where two lists a call were two more objects for the cyclic collector to walk.
     pauses: tuple[PauseSpan, ...] = ()
     digits: tuple[list, ...] = ()  # [digit, leg, leg position] from the worker
+    resumed: tuple[int, ...] = ()  # leg positions where a takeover's worker went on reading
 
     @property
     def paused(self) -> bool:
@@ -95,6 +99,29 @@ def file_offset(pos: int, origin: int, pauses: Sequence[PauseSpan], end_pos: int
         if p.mode == "skip" and end <= pos:
             off -= max(0, end - max(p.start_pos, origin))
     return off
+
+
+def heard_once(digits: Sequence[list], resumed: Sequence[int]) -> list[list]:
+    """In-band digits less those heard twice across takeovers, in leg order.
+
+    A takeover's worker reads again from the dead one's last durable position what the
+    dead one may already have analysed: a digit with its onset past that point is then
+    confirmed by both (the same onset, within a frame), and the rest of a tone that began
+    before it is confirmed again just after it. Either is the digit already listed. A
+    real second press of the same key cannot start within a frame of the first (a digit
+    lasts 40 ms at least), nor, but for a press within 40 ms of the resume point right
+    after the same key's, look like a tone's rest."""
+    kept: list[list] = []
+    last: dict[str, list] = {}  # leg -> the digit last kept on it
+    for d in sorted(digits, key=lambda d: int(d[2])):
+        prev = last.get(d[1])
+        if prev is not None and prev[0] == d[0]:
+            q, p = int(prev[2]), int(d[2])
+            if p - q <= ONSET_SLACK or any(q < r <= p <= r + TAIL_SLACK for r in resumed):
+                continue
+        kept.append(d)
+        last[d[1]] = d
+    return kept
 
 
 def key_fingerprint(cipher: dict | None) -> dict | None:
@@ -138,7 +165,8 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
     # The file's length in 8 kHz samples: `end_pos` is how far the worker read, which
     # for a job ended by max_bytes or a silence limit is past the file's last sample.
     in_file = samples * CALL_RATE // rate if rate else samples
-    sources = [("inband", d[0], d[1], int(d[2])) for d in notes.digits]
+    inband = heard_once(notes.digits, notes.resumed) if notes.resumed else notes.digits
+    sources = [("inband", d[0], d[1], int(d[2])) for d in inband]
     sources += [("rfc4733", str(d["digit"]), str(d["leg"]), int(d["position"])) for d in extra.get("digits", ())]
     for source, digit, leg, pos in sorted(sources, key=lambda s: s[3]):
         if any(p.start_pos <= pos + ONSET_SLACK and pos < (end_pos if p.end_pos is None else p.end_pos)

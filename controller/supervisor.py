@@ -123,6 +123,7 @@ class JobRoute:
     pauses: tuple[bytes, ...] = ()  # a tuple, replaced as it grows: no list per job
     lost: int = 0  # samples the rings overwrote before takeovers, recorded as silence
     moves: int = 0
+    resumed: tuple[int, ...] = ()  # leg positions each takeover's worker read from (sidecar digits)
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,9 @@ class Supervisor:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.workers: list[WorkerHandle] = []
         self.routes: dict[int, JobRoute] = {}  # job id -> route; guarded by _lock
-        #: Samples lost to ring overruns before takeovers, per job that ended (the controller pops them).
-        self.lost: dict[int, int] = {}
+        #: The route of each job that ended after a takeover: what it lost to ring overruns
+        #: and where it resumed (the controller pops them).
+        self.moved: dict[int, JobRoute] = {}
         self._outbox: collections.deque[tuple[int, int, bytes]] = collections.deque()  # (worker, job id, data)
         self._wake = WakePipe()
         # The lifeline: workers get the read end; the write end is never inherited (os.pipe
@@ -458,8 +460,8 @@ class Supervisor:
                         route.confirmed = True
                 else:
                     self.routes.pop(msg.job_id, None)
-                    if route is not None and route.lost:
-                        self.lost[msg.job_id] = route.lost
+                    if route is not None and route.moves:
+                        self.moved[msg.job_id] = route
                     w.jobs.discard(msg.job_id)
         try:
             applied = self.on_event(index, msg)
@@ -548,6 +550,7 @@ class Supervisor:
             route.owner = target.index
             route.lost += lost
             route.moves += 1
+            route.resumed += (d.pos + lost,)
             target.jobs.add(job_id)
         self.takeovers += 1
         if lost:

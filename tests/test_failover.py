@@ -427,3 +427,49 @@ def test_a_recording_that_held_back_its_leading_silence_keeps_its_origin_across_
     [(name, offset)] = offsets[0]
     lead = len(inbound) - len(files[0])  # the silence held back (whole frames of it)
     assert name == "5" and offset is not None and abs(offset - (RATE + 0.5 * RATE - lead) / RATE) < 0.03, (offset, lead)
+
+
+def test_digits_read_again_by_a_takeovers_worker_are_listed_once(make_controller):
+    """A takeover's worker reads again, from the dead one's last durable position, audio
+    the dead one had already analysed: a digit after that point was confirmed by both, and
+    the rest of a tone running across it confirmed again (the sidecar listed such a digit
+    twice). Ten digits keyed around the kill, in three phases so that the resume point
+    falls inside a tone in some call: each call's sidecar lists the ten once, in order, 0.2 s
+    apart, on the killed worker as on the survivor."""
+    import json
+
+    from wholecall.controller.media import dtmf_tone
+
+    ctl = make_controller(workers=2)
+    rng = np.random.default_rng(13)
+    speech = lambda n: rng.integers(-6000, 6000, n, dtype=np.int16)  # noqa: E731
+    keyed = np.concatenate([np.concatenate([dtmf_tone(k, 100), np.zeros(800, np.int16)]) for k in "1234567890"])
+    chans = []
+    for phase in (0, 560, 1120):  # 0, 70 and 140 ms later, twice: one call of each on each worker
+        inbound = np.concatenate([speech(int(1.5 * RATE) + phase), keyed, speech(int(1.5 * RATE) - phase)])
+        for side in range(2):
+            ch = ctl.incoming_call()
+            ch.answer()
+            assert ch.WholeCallRecorder.start(f"keys{phase}-{side}.wav", file_format="alaw", dtmf_elim=True)
+            chans.append((ch, inbound, (int(1.5 * RATE) + phase) / RATE))
+    assert {ch.WholeCallRecorder._worker for ch, _, _ in chans} == {0, 1}
+    pid = ctl.supervisor.workers[0].proc.pid
+    n = len(chans[0][1])
+    t0 = time.monotonic()
+    for i in range(0, n, FRAME):
+        for ch, inbound, _ in chans:
+            ch.inbound.write(inbound[i:i + FRAME])
+            ch.outbound.write(np.zeros(FRAME, np.int16))
+        if i == int(3.6 * RATE) // FRAME * FRAME:  # a flush (every 2 s) published a position among the digits
+            os.kill(pid, signal.SIGKILL)
+        delay = t0 + (i + FRAME) / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    for ch, _, first in chans:
+        assert ch.WholeCallRecorder.stop()
+        res = ch.WholeCallRecorder.last_result
+        digits = json.load(open(res.path + ".json"))["digits"]
+        assert "".join(d["digit"] for d in digits) == "1234567890", (res.path, digits)
+        offsets = np.array([d["offset_s"] for d in digits])
+        assert np.all(np.abs(offsets - first - 0.2 * np.arange(10)) < 0.03), (res.path, offsets)
+    assert ctl.stats()["takeovers"] == 3

@@ -145,3 +145,16 @@ def test_encrypted_sidecar_names_the_key_never_holds_it(make_controller):
     assert side["encryption"]["scheme"] == "aes-cbc" and len(side["encryption"]["key_fingerprint"]) == 32
     assert key.lower() not in text.lower() and iv.lower() not in text.lower()
     assert side["sha256"] == sha256_file(rec.last_result.path)
+
+
+def test_digits_heard_again_after_a_takeover_are_listed_once():
+    """`heard_once`: resumed at 10,000, the new worker confirmed again a 5 whose onset was
+    past that point (the same onset) and the rest of a 7 that began before it (an onset
+    just after it); a real second 7 later and the other leg's 7 stay."""
+    from wholecall.controller import sidecar as sc
+
+    old = [["3", "inbound", 9000], ["7", "inbound", 9500], ["5", "inbound", 10600]]
+    new = [["7", "inbound", 10000], ["7", "outbound", 10040], ["5", "inbound", 10600], ["7", "inbound", 12000]]
+    assert sc.heard_once(old + new, (10000,)) == [old[0], old[1], new[1], old[2], new[3]]
+    # Without a takeover at that point the same 7s are two presses.
+    assert len(sc.heard_once(old + new, (4000,))) == 6
