@@ -435,7 +435,7 @@ def test_digits_read_again_by_a_takeovers_worker_are_listed_once(make_controller
     the rest of a tone running across it confirmed again (the sidecar listed such a digit
     twice). Ten digits keyed around the kill, in three phases so that the resume point
     falls inside a tone in some call: each call's sidecar lists the ten once, in order, 0.2 s
-    apart, on the killed worker as on the survivor."""
+    apart, on the killed worker as on the survivor, whose files are the same sample for sample."""
     import json
 
     from wholecall.controller.media import dtmf_tone
@@ -473,3 +473,6 @@ def test_digits_read_again_by_a_takeovers_worker_are_listed_once(make_controller
         offsets = np.array([d["offset_s"] for d in digits])
         assert np.all(np.abs(offsets - first - 0.2 * np.arange(10)) < 0.03), (res.path, offsets)
     assert ctl.stats()["takeovers"] == 3
+    for k in range(0, 6, 2):  # and the same audio, digits muted, in both files of a phase
+        x, y = (sf.read(chans[j][0].WholeCallRecorder.last_result.path, dtype="int16")[0] for j in (k, k + 1))
+        assert len(x) == len(chans[k][1]) and np.array_equal(x, y)
