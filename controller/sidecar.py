@@ -181,7 +181,12 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
     for p in notes.pauses:
         end = end_pos if p.end_pos is None else max(p.start_pos, min(p.end_pos, end_pos))
         start_off = file_offset(p.start_pos, origin, [q for q in notes.pauses if q is not p], end_pos + 1)
-        call_s = max(0, end - p.start_pos) / CALL_RATE
+        call = max(0, end - p.start_pos)
+        if start_off is not None and start_off > in_file:
+            start_off, call = None, 0  # asked after the file's last sample (a size or silence limit ended it)
+        elif start_off is not None and p.mode == "silence":
+            call = min(call, in_file - start_off)  # the file (its silence) ended where the limit cut it
+        call_s = call / CALL_RATE
         paused.append({"mode": p.mode, "start": utc(p.start_t), "end": utc(p.end_t if p.end_t is not None else end_t),
                        "offset_s": None if start_off is None else round(start_off / CALL_RATE, 6),
                        "call_seconds": round(call_s, 6),

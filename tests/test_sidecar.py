@@ -158,3 +158,18 @@ def test_digits_heard_again_after_a_takeover_are_listed_once():
     assert sc.heard_once(old + new, (10000,)) == [old[0], old[1], new[1], old[2], new[3]]
     # Without a takeover at that point the same 7s are two presses.
     assert len(sc.heard_once(old + new, (4000,))) == 6
+
+
+def test_a_pause_read_past_the_files_end_is_not_placed_past_it():
+    """As for digits: a job ended by max_bytes was read up to `end_pos`, past its file's
+    last sample. A silence-mode pause that ran into that end spans only the silence the
+    file holds; one asked after the end has no offset and no length in it."""
+    from wholecall.controller import sidecar as sc
+
+    notes = sc.JobNotes(start_pos=0, start_t=0.0, min_seconds=0.0,
+                        pauses=(sc.PauseSpan("silence", 16000, 0.0, 22000, 0.5), sc.PauseSpan("silence", 23000, 0.6)))
+    doc = sc.build(path="/x/a.wav", notes=notes, end_t=1.0, channel=1, job_id=1, cause="SIZE", error="",
+                   file_format="alaw", rate=8000, mode="mixed", nbytes=58 + 20000, samples=20000, duration_s=2.5,
+                   sha256="", origin=0, end_pos=24000, audio_detected=True, lost_samples=0, cipher=None)
+    assert [(p["offset_s"], p["call_seconds"], p["file_seconds"]) for p in doc["paused"]] == [(2.0, 0.5, 0.5),
+                                                                                          (None, 0.0, 0.0)]
