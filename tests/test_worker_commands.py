@@ -17,7 +17,19 @@ import pytest
 import soundfile as sf
 import zmq
 
-from wholecall.protocol import Cause, Hello, JobEnded, JobStarted, Shutdown, StartJob, StopJob, decode, sockets
+from wholecall.protocol import (
+    Cause,
+    Hello,
+    JobEnded,
+    JobStarted,
+    PauseJob,
+    Shutdown,
+    StartJob,
+    StopJob,
+    WorkerError,
+    decode,
+    sockets,
+)
 from wholecall.shm import Arena
 from wholecall.worker.commands import Commands
 from wholecall.worker.crypto import open_sink
@@ -421,3 +433,19 @@ def test_a_stop_held_for_a_start_whose_file_cannot_be_made_ends_it_with_its_timi
     assert end.t_stop_received > 0 and end.t_stop_applied >= end.t_stop_received
     assert not commands._stop_times and not commands._held_stops and not commands.busy
     assert not (tmp / "missing").exists()
+
+
+def test_a_stop_or_pause_that_crosses_its_jobs_end_is_no_error_but_one_for_a_job_never_seen_is(rig):
+    """A call hung up as its job ended (a silence limit, a refused start) sends a stop the
+    worker can no longer apply: that race is no one's fault and must not reach the logs as
+    a WorkerError, while a stop or pause for a job the worker never had still does."""
+    tmp, arena, disk, pipe, commands, command, pump, events = rig
+    command(start_msg(5, str(tmp / "missing" / "gone.wav"), 0))  # refused: no such directory
+    pump(5.0, until=lambda: ended(events, 5) is not None)
+    command(StopJob(job_id=5, cause=Cause.HANGUP, end_pos=0))
+    command(PauseJob(job_id=5, seq=1, pos=0, mode="skip"))
+    command(StopJob(job_id=9, cause=Cause.HANGUP, end_pos=0))
+    pump(5.0, until=lambda: any(isinstance(e, WorkerError) for e in events))
+    pump(0.2)
+    errors = [(e.job_id, e.message) for e in events if isinstance(e, WorkerError)]
+    assert errors == [(9, "stop for unknown job")]

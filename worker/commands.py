@@ -59,6 +59,9 @@ OPENER_THREADS = 4
 #: Opened files attached in one `Pipeline.attach_many` (a takeover's thousands stamp
 #: progress between batches).
 ATTACH_BATCH = 64
+#: Ended jobs remembered so that a stop or pause crossing an end is not reported as an
+#: error: far more than can end between a controller's stop and its arrival.
+ENDED_KEPT = 8192
 
 #: A file an opener made for a job: (start, writer or None, error, (resume, leg position) of a takeover or None).
 Opened = tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]
@@ -88,6 +91,11 @@ class Commands:
         #: job_id -> [when its StopJob was read (I/O thread), when the loop applied it]:
         #: stamped on its JobEnded (`protocol.JobEnded.t_stop_received`).
         self._stop_times: dict[int, list[float]] = {}
+        #: Jobs whose end was queued lately: a stop or pause that crossed the end (a call
+        #: hung up as its silence limit ended it, a refused start) is no one's error.
+        self._ended: collections.deque[int] = collections.deque(maxlen=ENDED_KEPT)
+        self._ended_set: set[int] = set()
+        self._ended_lock = threading.Lock()  # `send` runs on any thread
         # The loop waits on `wake` (commands, or an opened file it must see now); the I/O thread on
         # the socket and `_io_wake` (something to send, or time to stop).
         self.wake = WakePipe()
@@ -118,12 +126,25 @@ class Commands:
 
     def send(self, msg: Message) -> None:
         """Queue an event for the controller (any thread); the I/O thread sends it."""
+        if isinstance(msg, JobEnded):
+            self._note_ended(msg.job_id)
         self._outbox.append(msg)
         self._io_wake.wake()
+
+    def _note_ended(self, job_id: int) -> None:
+        with self._ended_lock:
+            ended = self._ended
+            if len(ended) == ended.maxlen:
+                self._ended_set.discard(ended[0])
+            ended.append(job_id)
+            self._ended_set.add(job_id)
 
     def send_all(self, msgs: list[Message]) -> None:
         """Queue several events with one wake-up of the I/O thread (a tick's endings)."""
         if msgs:
+            for m in msgs:
+                if isinstance(m, JobEnded):
+                    self._note_ended(m.job_id)
             if self._stop_times:
                 msgs = [self._stamp(m) if isinstance(m, JobEnded) else m for m in msgs]
             self._outbox.extend(msgs)
@@ -346,13 +367,14 @@ class Commands:
                     self._held_stops[msg.job_id] = msg
             if not opening and not self.pipe.stop(msg.job_id, msg.cause, msg.end_pos):
                 self._stop_times.pop(msg.job_id, None)
-                self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="stop for unknown job"))
+                if msg.job_id not in self._ended_set:
+                    self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="stop for unknown job"))
         elif isinstance(msg, PauseJob):
             with self._lock:
                 opening = msg.job_id in self._opening
                 if opening:
                     self._held_pauses.setdefault(msg.job_id, []).append(msg)
-            if not opening and not self.pipe.pause(msg):
+            if not opening and not self.pipe.pause(msg) and msg.job_id not in self._ended_set:
                 self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="pause for unknown job"))
         elif isinstance(msg, Shutdown):
             self.shutdown = True
