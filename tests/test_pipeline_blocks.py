@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wholecall.protocol import Cause, StartJob
+from wholecall.protocol import Cause, PauseJob, StartJob
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
 from wholecall.sim.loadgen import load_programs
@@ -303,18 +303,20 @@ def test_a_stop_read_late_does_not_override_a_limit_reached_before_its_end(tmp_p
     assert real_time[1] < n
 
 
-@pytest.mark.parametrize("case", ["heard", "silence"])
+@pytest.mark.parametrize("case", ["heard", "silence", "paused"])
 def test_a_file_filled_by_max_bytes_ends_the_same_however_its_audio_arrives(tmp_path, case):
     """Frames past the point where max_bytes fills the file are not recorded, so they are not
     judged either: a silent file whose call turns loud right after it is full did not hear
     audio ("heard"), and a silence limit that only the frames past it would reach does not
     end the job ("silence": 1 s limit, reached 50 ms after the file is full). In real time
-    the job has ended before those frames arrive; read in one burst they were judged."""
+    the job has ended before those frames arrive; read in one burst they were judged.
+    ("paused": the same with the file filled by a silence-mode pause, 1.5-2.75 s, and loud
+    audio after the resume: paused frames take the detector's other path.)"""
     n = 3 * RATE
-    full_at = 20_000 if case == "heard" else 19_600
+    full_at = 19_600 if case == "silence" else 20_000
     legs = np.zeros((2, n), np.int16)
     rng = np.random.default_rng(9)
-    if case == "heard":
+    if case in ("heard", "paused"):
         legs[0, full_at:] = rng.integers(-9000, 9000, n - full_at, dtype=np.int16)  # loud once the file is full
     else:
         legs[0, :12_000] = rng.integers(-9000, 9000, 12_000, dtype=np.int16)  # silent from 1.5 s: limit at 2.5 s
@@ -329,6 +331,9 @@ def test_a_file_filled_by_max_bytes_ends_the_same_however_its_audio_arrives(tmp_
         try:
             arena.job[0] = arena.job[1] = 1
             assert pipe.start(msg) == ""
+            if case == "paused":
+                assert pipe.pause(PauseJob(job_id=1, seq=1, pos=12_000, mode="silence"))
+                assert pipe.pause(PauseJob(job_id=1, seq=2, pos=22_000, mode=""))
             for k, t in enumerate(range(0, n, step)):
                 for leg in (0, 1):
                     arena.data[leg, (t + np.arange(step)) & (arena.capacity - 1)] = legs[leg, t:t + step]

@@ -938,10 +938,17 @@ class Pipeline:
     def _silence_paused(self, sel: np.ndarray, energy: np.ndarray, fill: np.ndarray, opos: np.ndarray,
                         paused: np.ndarray, taken: np.ndarray) -> None:
         """`kernels.silence_frames` for a step with paused frames, frame by frame in numpy:
-        paused frames count toward neither silence limit and are never "heard"."""
-        going: slice | np.ndarray = slice(None)  # positions still taking frames: all, at first
+        paused frames count toward neither silence limit and are never "heard". A job stops
+        taking frames at one that starts where its file is full, as there."""
+        going = np.arange(len(sel))  # positions still taking frames
+        room = np.where(self.exact[sel], self.room[sel], _UNLIMITED)
         for k in range(energy.shape[1]):
             at, before = sel[going], fill[going] + k * FRAME
+            full = (self.silence.heard[at] | ~self.trim_leading[at]) & (before - self.skip[at] >= room[going])
+            if full.any():
+                going, at, before = going[~full], at[~full], before[~full]
+                if not len(going):
+                    break
             pk = paused[going, k]
             self.silence.pass_over(at[pk], FRAME, self._keeps_paused(at[pk], opos[going][pk] + k * FRAME))
             first_k, ended_k = self.silence.step_energy(at[~pk], energy[going, k][~pk], FRAME, before[~pk])
@@ -954,7 +961,7 @@ class Pipeline:
                 self.skip[at[lead]] = np.maximum(0, before[lead] - PREROLL_SAMPLES)
             if ended.any():
                 self.done[at[ended]] = True
-                going = np.flatnonzero(~self.done[sel])
+                going = going[~ended]
                 if not len(going):
                     break
 
