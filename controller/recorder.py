@@ -214,8 +214,11 @@ class WholeCallRecorder:
                 milliseconds_max_silence, milliseconds_initial_silence, dtmf_elim, recording_mode, cipher,
             )
             min_s = check_min_seconds(self.min_seconds)
-            self._ctl._free_space.check()
             cfg = self._ctl.config
+            if cfg.sidecars and os.path.lexists(sc.sidecar_path(args.path)):
+                raise Error(f"filename {filename!r}: {os.path.basename(sc.sidecar_path(args.path))} already exists "
+                            "where the recording's sidecar would go; recordings are never overwritten")
+            self._ctl._free_space.check()
             # The whole request is built, checked and encoded before anything changes: one
             # the encoder or a worker could not take must leave the recorder as it was,
             # not RECORDING for ever with its legs armed. The job id and start position,

@@ -25,6 +25,7 @@ an encrypted recording's sidecar names the scheme and a key fingerprint.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import hmac
 import json
@@ -240,7 +241,14 @@ def write_atomic(path: str, doc: dict, mode: int = 0o600, durable: bool = True) 
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    try:
+        # Published by a hard link, not a rename: a rename replaces whatever has the name
+        # (another recording named like this one's sidecar), a link fails on it.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, f"{path} already exists and is not overwritten") from None
+    finally:
+        os.unlink(tmp)
     if durable:
         fsync_path(directory, directory=True)
 

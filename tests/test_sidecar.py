@@ -173,3 +173,33 @@ def test_a_pause_read_past_the_files_end_is_not_placed_past_it():
                    sha256="", origin=0, end_pos=24000, audio_detected=True, lost_samples=0, cipher=None)
     assert [(p["offset_s"], p["call_seconds"], p["file_seconds"]) for p in doc["paused"]] == [(2.0, 0.5, 0.5),
                                                                                           (None, 0.0, 0.0)]
+
+
+def test_a_sidecar_never_overwrites_a_file_of_its_name(make_controller):
+    """A recording named like another's sidecar (`x.wav.json` beside `x.wav`): the sidecar
+    once replaced it, a finished recording or one still running (its audio then went to an
+    unlinked inode). start() refuses a name whose sidecar name is taken; a sidecar whose
+    name was taken meanwhile is not written, and the result says why."""
+    ctl = make_controller(workers=1)
+    first, second = ctl.incoming_call(), ctl.incoming_call()
+    first.answer()
+    second.answer()
+    running = first.WholeCallRecorder
+    assert second.WholeCallRecorder.start("x.wav", file_format="s16bit")
+    assert running.start("x.wav.json", file_format="s16bit")  # its sidecar's name, free until it ends
+    feed(second, tone(440, 0.2, 6000), np.zeros(1600, np.int16))
+    feed(first, tone(440, 0.5, 6000), np.zeros(4000, np.int16))
+    assert second.WholeCallRecorder.stop()
+    res = second.WholeCallRecorder.last_result
+    assert res.sidecar == "" and "x.wav.json already exists" in res.error
+    feed(first, tone(440, 0.5, 6000), np.zeros(4000, np.int16))
+    assert running.stop()
+    kept = running.last_result
+    assert kept.error == "" and os.path.getsize(kept.path) == kept.bytes
+    assert open(kept.path, "rb").read(4) == b"RIFF" and kept.samples == 8000
+    # A name whose sidecar's name is taken is refused.
+    with open(os.path.join(os.path.dirname(kept.path), "z.wav.json"), "x") as f:
+        f.write("notes")
+    with pytest.raises(Error, match=r"z.wav.json already exists where the recording's sidecar would go"):
+        second.WholeCallRecorder.start("z.wav")
+    assert not [n for n in os.listdir(os.path.dirname(kept.path)) if n.endswith(".tmp")]
