@@ -4,6 +4,7 @@ temp or part file is ever opened through a symlink planted in the recordings dir
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import time
@@ -162,3 +163,18 @@ def test_a_plain_recording_that_cannot_be_finalised_is_a_valid_partial_wav(tmp_p
         pipe.close()
     finally:
         arena.close()
+
+
+def test_an_encrypted_file_that_cannot_be_started_on_a_full_disk_says_enospc(tmp_path):
+    """Its header's write failing once hid the disk's error behind an AttributeError of the
+    clean-up (a reviewer's find); the error names ENOSPC and no intermediate is left."""
+    from wholecall.worker.crypto import EncryptedSink
+
+    with small_tmpfs(tmp_path / "small", "64k") as small:
+        filler = fill(str(small))
+        path = small / "a.wav"
+        with pytest.raises(OSError) as e:
+            EncryptedSink(str(path), cf.SCHEME_CBC, key=bytes(32), iv=bytes(16))
+        assert e.value.errno == errno.ENOSPC, e.value
+        assert sorted(os.listdir(small)) == ["filler"]
+        os.unlink(filler)

@@ -64,13 +64,13 @@ class EncryptedSink:
         # never opened (a planted link must not make a root worker write through it).
         self._fd: int | None = os.open(self._part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                                        mode)
+        self._size = 0
+        self._finished = False  # before the first write: `discard` reads it when that fails (a full disk)
         try:
             self._pwrite_raw(bytes(header), 0)
         except BaseException:
             self.discard()
             raise
-        self._size = 0
-        self._finished = False
 
     @property
     def body_key(self) -> bytes:
