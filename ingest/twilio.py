@@ -64,7 +64,7 @@ def _int(value: object, what: str) -> int:
         raise StreamError(f"{what} must be a number, got {value!r}")
     if isinstance(value, int):
         n = value
-    elif isinstance(value, str) and value.isdigit():
+    elif isinstance(value, str) and value.isascii() and value.isdigit():  # not "²", which int() refuses
         n = int(value)
     else:
         raise StreamError(f"{what} must be a non-negative integer, got {value!r}")

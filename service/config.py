@@ -81,6 +81,8 @@ DEFAULTS = {
     "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
     "ingest_procs": 0, "stream_procs": 0, "sync_on_stop": False,
 }
+#: The longest RTP re-order window: audio waits that long before the rings; the legs' rings hold 8 s.
+MAX_REORDER_MS = 5000.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -230,8 +232,11 @@ def build(values: dict[str, Any]) -> ServeConfig:
             raise ConfigError(f"{name} must be a {'positive' if name == 'max_calls' else 'non-negative'} integer, got {v!r}")
     for name in ("media_timeout", "reorder_ms"):
         v = values[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
             raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+    if values["reorder_ms"] > MAX_REORDER_MS:
+        raise ConfigError(f"reorder_ms must be at most {MAX_REORDER_MS:.0f} (the legs' audio reaches the recorder that "
+                          f"much late), got {values['reorder_ms']!r}")
     log_format = str(values["log_format"]).lower()
     if log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")

@@ -53,7 +53,7 @@ import zmq
 
 from wholecall.ingest import fastpath
 from wholecall.ingest.g711 import ALAW_TO_INT16, ULAW_TO_INT16
-from wholecall.ingest.jitter import JitterBuffer
+from wholecall.ingest.jitter import DEFAULT_MAX_AHEAD, JitterBuffer
 from wholecall.ingest.legtable import LegTable
 from wholecall.ingest.payload import PayloadTypes
 from wholecall.ingest.recvmmsg import MSG_DONTWAIT, MSG_TRUNC, BatchReceiver, set_receive_buffer, socket_drops, udp_counters
@@ -283,7 +283,8 @@ class Ingest:
                 index = self.table.allocate()
                 t = self.table
                 leg = Leg(call, name, index, sock, LegWriter(self.arena, int(spec["slot"])),
-                          JitterBuffer(now, pts, window=self.window, table=t, index=index), srtp, granted, t)
+                          JitterBuffer(now, pts, window=self.window, max_ahead=max(self.window, DEFAULT_MAX_AHEAD),
+                                       table=t, index=index), srtp, granted, t)
                 t.slot[index] = int(spec["slot"])
                 t.fast_ok[index] = srtp is None
                 t.active[index] = 1

@@ -181,3 +181,11 @@ def test_the_fast_path_reads_twilio_media_as_the_json_path_does(text: str) -> No
 ])
 def test_anything_else_takes_the_general_path(text: str) -> None:
     assert twilio.fast_media(text.encode()) is None
+
+
+@pytest.mark.parametrize("stamp", ["\u00b2", "\u0664\u0660", "-5", "abc", ""])
+def test_a_timestamp_that_is_not_ascii_digits_is_named_as_the_error(stamp: str) -> None:
+    """str.isdigit() takes "²" and Arabic-Indic digits, which int() then refused with a
+    ValueError: the stream closed as an internal error, not as the peer's bad timestamp."""
+    with pytest.raises(twilio.StreamError, match="media.timestamp must be a non-negative integer"):
+        twilio.parse(json.dumps(_media(ts=stamp)))

@@ -87,3 +87,11 @@ def test_stream_procs_flag_key_and_its_public_url(tmp_path) -> None:
         load(["--websocket-url", "wss://rec.example.com", "--stream-procs", "2"])
     with pytest.raises(ConfigError, match="stream_procs must be a non-negative integer, got -1"):
         load(["--stream-procs", "-1"])
+
+
+def test_a_reorder_window_past_its_limit_is_refused_by_name() -> None:
+    assert load(["--reorder-ms", "1500"]).reorder_ms == 1500  # past the jitter buffer's default max_ahead of 1 s
+    with pytest.raises(ConfigError, match="reorder_ms must be at most 5000"):
+        load(["--reorder-ms", "6000"])
+    with pytest.raises(ConfigError, match="reorder_ms must be a non-negative number, got nan"):
+        load(["--reorder-ms", "nan"])
