@@ -50,7 +50,13 @@ _HEADER = struct.Struct("!BH")
 
 
 class AudioSocketError(ValueError):
-    """Bytes that are not AudioSocket; the text names what is wrong."""
+    """Bytes that are not AudioSocket; the text names what is wrong. `frames`: the whole
+    frames read before the violation in the same bytes, which are the call's as much as
+    any earlier read's (a peer's last good audio is kept, as on the Twilio path)."""
+
+    def __init__(self, message: str, frames: list[tuple[int, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames or []
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
@@ -82,10 +88,10 @@ class FrameReader:
             kind, length = _HEADER.unpack_from(buf, at)
             if kind not in KINDS:
                 del buf[:at]
-                raise AudioSocketError(f"unknown frame kind 0x{kind:02x}")
+                raise AudioSocketError(f"unknown frame kind 0x{kind:02x}", out)
             if length > _LIMITS[kind]:
                 del buf[:at]
-                raise AudioSocketError(f"{KINDS[kind]} frame of {length} bytes exceeds {_LIMITS[kind]}")
+                raise AudioSocketError(f"{KINDS[kind]} frame of {length} bytes exceeds {_LIMITS[kind]}", out)
             if end - at < 3 + length:
                 break
             out.append((kind, bytes(buf[at + 3:at + 3 + length])))

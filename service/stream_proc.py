@@ -750,38 +750,46 @@ class AudioSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self.reader.feed(data)
+            frames, error = self.reader.feed(data), ""
         except AudioSocketError as e:
-            if self.conn is None:
-                self._refuse(str(e))
-            else:
-                self._fail(str(e))
+            # The frames before the violation count (the UUID among them: the call then
+            # ends with the reason, rather than running on until its media timeout).
+            frames, error = e.frames, str(e)
+        if not self._take(frames) or not error:
             return
+        if self.conn is None:
+            self._refuse(error)
+        else:
+            self._fail(error)
+
+    def _take(self, frames: list[tuple[int, bytes]]) -> bool:
+        """Queue whole frames for the loop; False once the connection was refused."""
         append = self.owner.pending.append
         for kind, payload in frames:
             if self.conn is None:
                 if kind != KIND_UUID:
                     self._refuse(f"the first frame must be the UUID (0x01), got kind 0x{kind:02x}")
-                    return
+                    return False
                 try:
                     u = parse_uuid(payload)
                 except AudioSocketError as e:
                     self._refuse(str(e))
-                    return
+                    return False
                 call = self.owner.by_uuid.get(u)
                 if call is None:
                     self._refuse(f"no call has the UUID {u}")
-                    return
+                    return False
                 conn = self.owner.attach(call, call.uuids[u], self.peer)
                 if isinstance(conn, str):
                     self._refuse(conn)
-                    return
+                    return False
                 conn.transport = self.transport
                 conn.started = True
                 self.conn = conn
                 log.info("call %s: %s connected", call.id, conn.describe())
                 continue
             append((self.conn, FRAME, (kind, payload)))
+        return True
 
     def _fail(self, reason: str) -> None:
         assert self.conn is not None and self.transport is not None

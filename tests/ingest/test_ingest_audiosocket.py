@@ -29,3 +29,13 @@ def test_a_frame_over_its_kinds_limit_is_refused(kind: int, limit: int) -> None:
 def test_an_unknown_kind_is_refused() -> None:
     with pytest.raises(AudioSocketError, match="unknown frame kind 0x19"):
         FrameReader().feed(frame(0x19, b"\x00\x00"))
+
+
+def test_the_frames_before_a_violation_come_with_its_error() -> None:
+    """A reviewer's find: one read of ten audio frames then an unknown kind lost the ten
+    (the reader raised and dropped what it had read), and a UUID in the same read as a bad
+    frame left its call running until the media timeout."""
+    good = [frame(0x01, bytes(16))] + [frame(0x10, bytes([k]) * 320) for k in range(10)]
+    with pytest.raises(AudioSocketError, match="unknown frame kind 0x42") as e:
+        FrameReader().feed(b"".join(good) + frame(0x42, b"\x00"))
+    assert [(k, p[:1]) for k, p in e.value.frames] == [(0x01, b"\x00")] + [(0x10, bytes([k])) for k in range(10)]
