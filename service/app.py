@@ -248,18 +248,21 @@ class Service:
                 return await self.streams.request(msg, timeout)
             if self.shards:
                 shard = self.shards[entry.shard if entry is not None else 0]
-        if shard is None:
+        if shard is None or (shard.proc is not None and shard.proc.poll() is not None):
             raise ApiError(503, "Unavailable", "the media ingest is not running")
         req = next(self._reqs)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         msg["req"] = req
-        await shard.sock.send(msgpack.packb(msg))
         try:
+            # Bounded too: a PAIR socket whose peer is gone (an ingest killed with the whole
+            # process group on SIGTERM) blocks a send for ever, and the drain with it.
+            await asyncio.wait_for(shard.sock.send(msgpack.packb(msg)), timeout)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            self._waiting.pop(req, None)
             raise ApiError(503, "Unavailable", f"the media ingest did not answer {msg['op']} in {timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(req, None)
 
     async def call_blocking(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))

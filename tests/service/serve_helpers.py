@@ -3,6 +3,7 @@ private recordings directory, SIGTERM (then SIGKILL) at the end so nothing is le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -43,7 +44,7 @@ def free_udp_range(size: int = 40) -> tuple[int, int]:
 class Server:
     """One `wholecall serve` process; `api()` speaks its HTTP contract."""
 
-    def __init__(self, tmp: str, *extra: str, token: str = "", timeout: float = 60.0) -> None:
+    def __init__(self, tmp: str, *extra: str, token: str = "", timeout: float = 60.0, group: bool = False) -> None:
         self.port = free_tcp_port()
         self.rtp_low, self.rtp_high = free_udp_range()
         self.recordings = os.path.join(tmp, "recordings")
@@ -59,7 +60,9 @@ class Server:
         self.log_path = os.path.join(tmp, "serve.log")
         self.log = open(self.log_path, "w")  # noqa: SIM115  (the server's output for its lifetime)
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp,
-                                     env=dict(os.environ, WHOLECALL_LOG="INFO"))
+                                     env=dict(os.environ, WHOLECALL_LOG="INFO"),
+                                     start_new_session=group)  # `group`: a process group of its own to signal
+        self.group = group
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -108,5 +111,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.group:  # whatever of its group outlived it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
         return self.proc.returncode

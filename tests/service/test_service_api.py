@@ -176,3 +176,24 @@ def test_token_media_timeout_webhook_and_sigterm_drain(tmp_path) -> None:
         with open(path, "rb") as f:
             assert hook["sha256"] == hashlib.sha256(f.read()).hexdigest()
         assert sf.info(path).frames / 8000 == pytest.approx(hook["seconds"])
+
+
+def test_sigterm_to_the_whole_process_group_drains_and_exits(tmp_path) -> None:
+    """What systemd's KillMode=control-group and supervisord's stopasgroup do: every process
+    of the service gets SIGTERM at once. The ingest process then exits first, and the drain's
+    request to it once blocked for ever on a send to a peer that was gone (a reviewer's find:
+    still running after 15 s). The recording still ends ABORTED with a final file."""
+    srv = Server(str(tmp_path), group=True)
+    try:
+        srv.create_call(id="g")
+        assert srv.api("POST", "/v1/calls/g/recording", {"filename": "g.wav"})[0] == 201
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.killpg(srv.proc.pid, signal.SIGTERM)
+        assert srv.proc.wait(15) == 0, srv.output()
+        assert time.monotonic() - t0 < 10
+    finally:
+        srv.terminate()
+    with open(os.path.join(srv.recordings, "g.wav.json")) as f:
+        assert json.load(f)["cause"] == "ABORTED"
+    sf.info(os.path.join(srv.recordings, "g.wav"))
