@@ -21,10 +21,15 @@ whatever the network did. Therefore
   number is a duplicate and dropped;
 * a new SSRC (re-INVITE, transfer, hold) continues right after the previous stream's last
   sample if it arrives within the window of it, else at its arrival time;
-* a stream that has drifted or stalled out of the window (its newest packet would land
-  before what has been released, or more than `max_ahead` past the clock) is re-anchored
-  at its arrival time ("resync"), so sender clock drift costs one short silence now and
-  then instead of dropping every packet from then on;
+* a stream whose newest packet would land more than `max_ahead` past the clock is
+  re-anchored at its arrival time ("resync"). One whose newest audio lands before what has
+  been released is re-anchored only once that has lasted a window's time: a delay spike's
+  held packets arrive together and are dropped as late while the packets after them land
+  where they always did (re-anchoring at the first of them shifted the leg for the rest of
+  the call), where a stream that has moved (sender clock drift, a changed delay) stays
+  late and is re-anchored, at the cost of a window of audio now and then. An in-sequence
+  packet whose timestamp stepped back by more than the window (a sender restarting its
+  clock) is re-anchored at once: nothing after it could land otherwise;
 * RFC 4733 telephone events become digits (reported once per key press, with the position
   where the press starts) and CN (RFC 3389) only moves the stream along: neither is ever
   written as audio; their spans are silence unless audio packets cover them.
@@ -105,6 +110,7 @@ class _Stream:
     __slots__ = (
         "ssrc", "anchor", "base_ts", "max_ts", "max_seq", "min_seq", "unique", "seen",
         "last_arrival", "end", "event_ts", "event_code", "event_end", "event_duration", "event_starts",
+        "late_since",
     )
 
     def __init__(self, ssrc: int, ts: int, seq: int, anchor: int, now: float) -> None:
@@ -123,6 +129,7 @@ class _Stream:
         self.event_end = False
         self.event_duration = 0
         self.event_starts: deque[int] = deque(maxlen=_EVENT_STARTS)
+        self.late_since = -1.0  # arrival of the first of the newest packets that were all late; -1: none
 
     def lost(self) -> int:
         return max(0, self.max_seq - self.min_seq + 1 - self.unique)
@@ -275,6 +282,7 @@ class JitterBuffer:
             floor = stream.max_seq - _SEQ_SEEN // 2
             stream.seen = {s for s in stream.seen if s > floor}
         stream.unique += 1
+        in_order = ext_seq > stream.max_seq  # (a stream's first packet is neither)
         if ext_seq < stream.max_seq:
             self.reordered += 1
             stream.min_seq = min(stream.min_seq, ext_seq)
@@ -284,11 +292,13 @@ class JitterBuffer:
 
         position = stream.anchor + ext_ts - stream.base_ts
         if ext_ts > stream.max_ts:
-            if position < self.released or position > clock + self.max_ahead:
-                stream.anchor = clock
-                stream.base_ts = ext_ts
-                position = clock
-                self.resyncs += 1
+            if position > clock + self.max_ahead or (position < self.released and self._stays_late(stream, samples, now)):
+                position = self._resync(stream, ext_ts, clock)
+            elif position >= self.released:
+                stream.late_since = -1.0
+            stream.max_ts = ext_ts
+        elif in_order and samples is not None and ext_ts < stream.max_ts - self.window:
+            position = self._resync(stream, ext_ts, clock)  # the sender's timestamps stepped back
             stream.max_ts = ext_ts
 
         if samples is not None:
@@ -389,6 +399,24 @@ class JitterBuffer:
         t.last_arrival[i] = cur.last_arrival
 
     # -- inside ---------------------------------------------------------------------
+
+    def _stays_late(self, stream: _Stream, samples: np.ndarray | None, now: float) -> bool:
+        """Whether a stream's newest packet, late, means the stream has moved: audio that has
+        been late for a window's time (one late burst is a delay spike, see the module
+        docstring); any other kind at once, as its positions were always judged."""
+        if samples is None:
+            return True
+        if stream.late_since < 0:
+            stream.late_since = now
+        return now - stream.late_since >= self.window / self.rate
+
+    def _resync(self, stream: _Stream, ext_ts: int, clock: int) -> int:
+        """Re-anchor `stream` so that `ext_ts` lands at `clock`; returns that position."""
+        stream.anchor = clock
+        stream.base_ts = ext_ts
+        stream.late_since = -1.0
+        self.resyncs += 1
+        return clock
 
     def _start_stream(self, ssrc: int, ts: int, seq: int, clock: int, now: float) -> _Stream:
         if len(self._streams) >= MAX_STREAMS:

@@ -267,3 +267,38 @@ def test_a_stream_that_returns_after_hold_is_anchored_at_its_arrival() -> None:
 def test_bad_window() -> None:
     with pytest.raises(ValueError, match="window -1 s must be >= 0"):
         JitterBuffer(0.0, window=-1)
+
+
+def test_a_delay_spike_past_the_window_drops_its_late_packets_and_keeps_the_leg_in_place() -> None:
+    """Packets 50-64 held 300 ms by the network and delivered in one burst just before 65
+    (a reviewer's find): those that arrive after their place was released are dropped, the
+    rest of the burst and everything after it land where they always would have. Re-anchoring
+    at the first late one shifted the leg by 280 ms for the rest of the call."""
+    jb = JitterBuffer(call_t0=0.0, payload_types=TYPES, window=0.2)
+    run = Run(jb)
+    for k in range(120):
+        if 50 <= k < 65:
+            continue
+        if k == 65:
+            for held in range(50, 65):
+                run.send(k * PERIOD, 1, held, held * FRAME, l16(frame(held)))
+        run.send(k * PERIOD, 1, k, k * FRAME, l16(frame(k)))
+    got = run.finish(120 * PERIOD + 0.2).reshape(-1, FRAME)
+    for k in range(120):  # the held ones released by 1.3 s - 200 ms (50-54, give or take the edge) are silence
+        assert np.array_equal(got[k], frame(k)) or (50 <= k < 56 and not got[k].any()), k
+    c = jb.counters()
+    assert 4 <= c.late <= 6 and c.resyncs == 0, c
+
+
+def test_an_in_sequence_timestamp_step_back_is_resynced_at_once() -> None:
+    """A sender that restarts its timestamps 100,000 back mid-stream, sequence numbers going
+    on: every later packet was counted late and written as silence until the timestamps
+    passed the old maximum (12.5 s here, a reviewer's find). Re-anchored at its arrival."""
+    jb = JitterBuffer(call_t0=0.0, payload_types=TYPES)
+    run = Run(jb)
+    for k in range(120):
+        run.send(k * PERIOD, 1, k, k * FRAME - (100_000 if k >= 50 else 0), l16(frame(k)))
+    got = run.finish(120 * PERIOD + 0.2)
+    np.testing.assert_array_equal(got[:120 * FRAME], np.concatenate([frame(k) for k in range(120)]))
+    c = jb.counters()
+    assert (c.late, c.resyncs) == (0, 1)
