@@ -95,7 +95,8 @@ class LegCounters:
     duplicates: int
     """Packets whose sequence number had already been received; dropped."""
     late: int
-    """Audio packets whose place had already been released; dropped."""
+    """Audio packets whose place had already been released, wholly (dropped) or in part (their
+    rest kept)."""
     ssrc_changes: int
     """Times the leg switched to a new (or returning) SSRC."""
     resyncs: int
@@ -453,6 +454,7 @@ class JitterBuffer:
             self.late += 1
             return
         if position < released:
+            self.late += 1  # in part: what was released is lost, counted as the whole would be
             samples = samples[released - position:]
             position = released
         self._place(position, samples)

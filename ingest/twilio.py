@@ -192,31 +192,49 @@ def decode_payloads(payloads: Sequence[str | bytes]) -> tuple[np.ndarray, list[i
 class Timeline:
     """Where a stream's timestamps land on the call clock, shared by both tracks.
 
-    `position(leg, ts_ms, clock, released)`: the first media message anchors the stream at
-    `clock`; later ones land at ``anchor + 8 * ts``. A new-newest timestamp that would land
-    where its leg has already been released (the sender's clock runs slow, or it stalled
-    longer than the re-order window) or more than `MAX_AHEAD_MS` past the clock (a jump)
-    re-anchors the stream at `clock`: one short silence instead of dropping from then on.
+    `position(ts_ms, clock, released, covered)`: the first media message anchors the stream
+    so that it lands at `clock` (never before the call's position 0: a message that is not
+    the stream's first timestamp may come first, and the ones before it must still have a
+    place); later ones land at ``anchor + 8 * ts``. A newest timestamp that lands where its
+    leg was already released, or more than `MAX_AHEAD_MS` past the clock, re-anchors the
+    stream only once that has lasted `window` samples of the call clock: a stalled TCP
+    connection delivers its backlog at once, and those messages are late (the jitter buffer
+    counts them) while the ones after them land where they always would; a stream that has
+    moved (a slow sender clock, a timestamp jump) stays out of place and is re-anchored at
+    the clock, or after `covered` (the end of what its call's legs hold) so that nothing
+    already placed is overwritten. Messages too far ahead meanwhile are dropped (None) and
+    counted by the caller.
     """
 
-    __slots__ = ("anchor", "newest", "resyncs")
+    __slots__ = ("anchor", "newest", "resyncs", "window", "out_since")
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 0) -> None:
         self.anchor: int | None = None
         self.newest = -1
         self.resyncs = 0
+        self.window = window  # samples
+        self.out_since = -1  # call clock of the first newest message out of place; -1: none
 
-    def position(self, ts_ms: int, clock: int, released: int) -> int:
+    def position(self, ts_ms: int, clock: int, released: int, covered: int = 0) -> int | None:
         samples = ts_ms * SAMPLES_PER_MS
         if self.anchor is None:
-            self.anchor = clock - samples
+            self.anchor = max(clock, samples) - samples
             self.newest = ts_ms
-            return clock
+            return self.anchor + samples
         pos = self.anchor + samples
-        if ts_ms > self.newest:
-            self.newest = ts_ms
-            if pos < released or pos > clock + MAX_AHEAD_MS * SAMPLES_PER_MS:
-                self.anchor = clock - samples
-                self.resyncs += 1
-                pos = clock
-        return pos
+        if ts_ms <= self.newest:
+            return pos  # re-ordered: its place, late or not
+        self.newest = ts_ms
+        ahead = pos > clock + MAX_AHEAD_MS * SAMPLES_PER_MS
+        if not ahead and pos >= released:
+            self.out_since = -1
+            return pos
+        if self.out_since < 0:
+            self.out_since = clock
+        if clock - self.out_since >= self.window:
+            pos = min(max(clock, covered), clock + MAX_AHEAD_MS * SAMPLES_PER_MS)
+            self.anchor = pos - samples
+            self.resyncs += 1
+            self.out_since = -1
+            return pos
+        return None if ahead else pos

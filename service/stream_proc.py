@@ -171,7 +171,7 @@ class StreamCall:
     """A call whose media arrives over WebSocket or AudioSocket connections."""
 
     def __init__(self, cid: str, kind: str, t0: float, legs: dict[str, OutLeg], token: str,
-                 uuids: dict[uuid.UUID, str], channels: int, rate: int) -> None:
+                 uuids: dict[uuid.UUID, str], channels: int, rate: int, window: float = 0.2) -> None:
         self.id = cid
         self.kind = kind
         self.t0 = t0
@@ -182,7 +182,7 @@ class StreamCall:
         self.rate = rate
         self.attached: dict[str, Conn] = {}
         self.metadata: dict = {}
-        self.timeline = twilio.Timeline()
+        self.timeline = twilio.Timeline(round(window * RATE))
         self.errors: list[str] = []
         self.connections = 0
         self.ended = False
@@ -294,7 +294,7 @@ class StreamIngest:
                 for name in LEGS}
         uuids = {uuid.UUID(u): leg for leg, u in (msg.get("uuids") or {}).items()}
         call = StreamCall(cid, kind, now, legs, msg.get("token", ""), uuids, int(msg.get("channels", 1)),
-                          int(msg.get("rate", RATE)))
+                          int(msg.get("rate", RATE)), self.window)
         if kind == "websocket":
             L16Stream(call.channels, call.rate)  # the settings are checked before the call exists
         self.calls[cid] = call
@@ -485,7 +485,12 @@ class StreamIngest:
             clock = clocks.get(call)
             if clock is None:
                 clock = clocks[call] = call.clock(now)
-            pos = call.timeline.position(ts, clock, leg.jitter.released)
+            covered = max((lg.end for lg in call.legs.values() if lg.end is not None), default=0)
+            pos = call.timeline.position(ts, clock, leg.jitter.released, covered)
+            if pos is None:  # far ahead of the clock, and not for long yet: dropped and counted
+                leg.too_early += n
+                off += n
+                continue
             leg.jitter.place(pos, samples[off:off + n])
             off += n
             leg.messages += 1

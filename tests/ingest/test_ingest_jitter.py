@@ -234,8 +234,10 @@ def test_a_sender_with_a_slow_clock_is_resynced_instead_of_dropped() -> None:
         run.send(k * PERIOD, 1, k, int(k * 158.4), l16(frame(k % 100)))
     out = run.finish(10.0)
     c = jb.counters()
-    assert c.late == 0 and c.resyncs >= 1
-    assert len(out) == 80000
+    # Late only in part, for a window's time before the resync (a few samples each): a
+    # stream that has moved is told from a delay spike by staying out of place.
+    assert c.resyncs == 1 and c.late <= 0.06 / PERIOD + 1
+    assert len(out) == 80000 and np.count_nonzero(out) >= 80000 - 500 * FRAME // 100 - 3 * FRAME
 
 
 def test_a_timestamp_jump_far_ahead_is_resynced_to_the_arrival() -> None:

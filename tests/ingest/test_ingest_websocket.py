@@ -189,3 +189,27 @@ def test_a_timestamp_that_is_not_ascii_digits_is_named_as_the_error(stamp: str) 
     ValueError: the stream closed as an internal error, not as the peer's bad timestamp."""
     with pytest.raises(twilio.StreamError, match="media.timestamp must be a non-negative integer"):
         twilio.parse(json.dumps(_media(ts=stamp)))
+
+
+def test_the_twilio_timeline_keeps_a_stalled_streams_place_and_anchors_a_reordered_start() -> None:
+    """A reviewer's finds. A stalled connection's backlog (3 s of messages at once) re-anchored
+    the stream at the first of them, and the later ones then overwrote audio already placed,
+    uncounted; and a first message that is not the stream's first timestamp anchored it so
+    that the earlier ones had no place (negative positions) at the start of a call."""
+    window = 1600  # 200 ms
+    t = twilio.Timeline(window)
+    assert t.position(300, clock=400, released=0) == 2400  # ts 300 ms first, 50 ms into the call
+    assert t.position(0, clock=400, released=0) == 0  # ts 0 still has its place: the call's start
+    for ms in range(320, 1000, 20):  # paced
+        assert t.position(ms, clock=ms * 8 - 800, released=ms * 8 - 2400) == ms * 8
+    # Stalled 3 s, then the backlog at once: late (the jitter buffer counts them), in place.
+    clock = 4000 * 8
+    assert [t.position(ms, clock, clock - window) for ms in range(1000, 1200, 20)] == list(range(8000, 9600, 160))
+    assert t.resyncs == 0
+    assert t.position(4000, clock + 160, clock + 160 - window) == 32000  # the next, paced again: its place
+    # Far ahead (a burst past 2 s): dropped until that has lasted a window, then re-anchored
+    # after what the legs hold, never over it.
+    assert t.position(9000, clock + 320, clock - window) is None
+    later = clock + 320 + window
+    assert t.position(9020, later, later - window, covered=later + 1000) == later + 1000 and t.resyncs == 1
+    assert t.position(9040, later + 160, later - window) == later + 1160  # and on from there
