@@ -181,17 +181,23 @@ def build(*, path: str, notes: JobNotes, end_t: float, channel: int, job_id: int
     paused = []
     for p in notes.pauses:
         end = end_pos if p.end_pos is None else max(p.start_pos, min(p.end_pos, end_pos))
-        start_off = file_offset(p.start_pos, origin, [q for q in notes.pauses if q is not p], end_pos + 1)
         call = max(0, end - p.start_pos)
-        if start_off is not None and start_off > in_file:
-            start_off, call = None, 0  # asked after the file's last sample (a size or silence limit ended it)
-        elif start_off is not None and p.mode == "silence":
-            call = min(call, in_file - start_off)  # the file (its silence) ended where the limit cut it
-        call_s = call / CALL_RATE
+        start_off, in_it = None, 0
+        if 0 <= origin <= end:
+            # From the file's first sample on: a pause asked in leading silence that was held
+            # back (milliseconds_initial_silence) is in the file only from there, if at all.
+            first = max(p.start_pos, origin)
+            start_off = file_offset(first, origin, [q for q in notes.pauses if q is not p], end_pos + 1)
+            if start_off is not None and start_off > in_file:
+                start_off, call = None, 0  # asked after the file's last sample (a size or silence limit ended it)
+            elif start_off is not None and p.mode == "silence":
+                in_it = min(end - first, in_file - start_off)  # its silence, up to where a limit cut the file
+                if first == p.start_pos:
+                    call = in_it  # the recording ended with the file
         paused.append({"mode": p.mode, "start": utc(p.start_t), "end": utc(p.end_t if p.end_t is not None else end_t),
                        "offset_s": None if start_off is None else round(start_off / CALL_RATE, 6),
-                       "call_seconds": round(call_s, 6),
-                       "file_seconds": round(call_s if p.mode == "silence" else 0.0, 6)})
+                       "call_seconds": round(call / CALL_RATE, 6),
+                       "file_seconds": round(in_it / CALL_RATE, 6)})
     media = extra.get("media")
     return {
         "schema": SCHEMA_ID,

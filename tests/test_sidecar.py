@@ -203,3 +203,24 @@ def test_a_sidecar_never_overwrites_a_file_of_its_name(make_controller):
     with pytest.raises(Error, match=r"z.wav.json already exists where the recording's sidecar would go"):
         second.WholeCallRecorder.start("z.wav")
     assert not [n for n in os.listdir(os.path.dirname(kept.path)) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("mode, origin, want", [
+    ("silence", 10_880, (0.0, 0.5, 0.14)),  # its last 1,120 samples are the file's first (the pre-roll)
+    ("skip", 12_000, (0.0, 0.5, 0.0)),  # the cut is where the file begins
+    ("silence", 14_080, (None, 0.5, 0.0)),  # over before the file began
+])
+def test_a_pause_in_held_back_leading_silence_is_placed_from_the_files_start(mode, origin, want):
+    """A reviewer's find: with milliseconds_initial_silence, a pause 1.0-1.5 s into a quiet
+    call and audio after it: the file begins 240 ms (1,920 samples) before the audio, in or
+    after the pause, and the sidecar said no offset and 0.5 s of file for the pause."""
+    from wholecall.controller import sidecar as sc
+
+    notes = sc.JobNotes(start_pos=0, start_t=0.0, min_seconds=0.0, pauses=(sc.PauseSpan(mode, 8000, 0.0, 12_000, 0.5),))
+    samples = 9_920
+    doc = sc.build(path="/x/a.wav", notes=notes, end_t=3.0, channel=1, job_id=1, cause="ABORTED", error="",
+                   file_format="s16bit", rate=8000, mode="mixed", nbytes=44 + 2 * samples, samples=samples,
+                   duration_s=samples / 8000, sha256="", origin=origin, end_pos=origin + samples, audio_detected=True,
+                   lost_samples=0, cipher=None)
+    [span] = doc["paused"]
+    assert (span["offset_s"], span["call_seconds"], span["file_seconds"]) == want
