@@ -660,6 +660,18 @@ class WebSocketProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.owner.websockets.add(self)
 
+    def pause_writing(self) -> None:
+        """The peer does not read what we send (pongs to its pings, say): read nothing more
+        from it until it does, so what it sends waits in its own socket, not in this
+        process's memory, which every streamed call shares (a peer pinging without reading
+        grew it by 180 MB in 15 s)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.failed and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None:

@@ -400,3 +400,51 @@ def test_raw_rfc6455_client_random_masks_fragments_and_a_ping_between_them(serve
     want = np.concatenate([ulaw(p) for p in payloads])
     st = first_sound(x[:, 0])
     np.testing.assert_array_equal(x[st:st + len(want), 0], want)
+
+
+def test_a_peer_that_never_reads_is_pushed_back_not_buffered(server) -> None:
+    """A reviewer's find: a Twilio peer sending pings and never reading the pongs grew the
+    stream process (shared by every streamed call) by 180 MB in 15 s. It is read no more
+    while it does not read: its sends block, the process stays as it was."""
+    import base64
+    import socket
+    from urllib.parse import urlparse
+
+    from stream_clients import ws_frame as client_frame
+
+    def rss_kb(pid: int) -> int:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+    call = create(server, media="twilio")
+    u = urlparse(call["websocket"])
+    pids = []
+    for d in os.listdir("/proc"):  # the service's stream processes
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == server.proc.pid and b"stream_proc" in cmd:
+            pids.append(int(d))
+    assert pids
+    s = socket.create_connection((u.hostname, u.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {u.path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    s.sendall(client_frame(1, connected().encode()) + client_frame(1, start(("inbound",)).encode()))
+    before = {p: rss_kb(p) for p in pids}
+    pings = client_frame(9, b"p" * 125) * 1000
+    s.settimeout(2.0)
+    sent = 0
+    with pytest.raises(socket.timeout):
+        while sent < 200 << 20:  # 200 MB of pings unanswered: pushed back long before
+            s.sendall(pings)
+            sent += len(pings)
+    s.close()
+    grown = max(rss_kb(p) - before[p] for p in pids)
+    assert grown < 32 << 10, f"the stream process grew by {grown} kB"
+    assert server.api("DELETE", f"/v1/calls/{call['id']}")[0] == 200
