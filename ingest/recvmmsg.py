@@ -20,6 +20,7 @@ import ctypes.util
 import errno
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,10 @@ MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20  # with it, a datagram longer than its row reports its real length
 SO_RCVBUFFORCE = 33  # like SO_RCVBUF but past net.core.rmem_max; needs CAP_NET_ADMIN
 SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
+#: SO_TIMESTAMPNS (which CPython does not name): the kernel stamps each datagram with its
+#: arrival (CLOCK_REALTIME, a struct timespec) in an SCM_TIMESTAMPNS control message.
+SO_TIMESTAMPNS = SCM_TIMESTAMPNS = 35
+CONTROL_BYTES = 32  # CMSG_SPACE(sizeof(struct timespec)): a 16-byte cmsghdr and the timespec
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -99,6 +104,11 @@ class _Batch:
         raise ValueError(f"datagram {i} has address family {family}, not IPv4 or IPv6")
 
 
+def stamp_arrivals(sock: socket.socket) -> None:
+    """Have the kernel stamp each datagram `sock` receives with its arrival (`BatchReceiver.arrivals`)."""
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+
 def _check(result: int) -> int:
     if result >= 0:
         return result
@@ -113,8 +123,9 @@ class BatchReceiver(_Batch):
 
     After ``n = recv()``, rows ``buffer[:n]`` hold the datagrams, ``lengths[:n]`` their sizes
     (larger than `size` for a datagram that did not fit, whose row holds its first `size`
-    bytes), `source_ip4`/`source_port` their IPv4 sources (0 for IPv6: use `address`).
-    Everything is overwritten by the next `recv`.
+    bytes), `source_ip4`/`source_port` their IPv4 sources (0 for IPv6: use `address`), and
+    `arrivals` when each came, for sockets with `stamp_arrivals` on. Everything is
+    overwritten by the next `recv`.
     """
 
     def __init__(self, sock: socket.socket, capacity: int = 64, size: int = 2048) -> None:
@@ -123,11 +134,38 @@ class BatchReceiver(_Batch):
         """uint32 view of the kernel's msg_len fields."""
         self.count = 0
         """Datagrams the last `recv` returned."""
+        self.control = np.zeros((capacity, CONTROL_BYTES), np.uint8)
+        hdr = self._hdr
+        hdr["msg_control"] = self.control.ctypes.data + CONTROL_BYTES * np.arange(capacity, dtype=np.uint64)
+        hdr["msg_controllen"] = CONTROL_BYTES
+        self._controllen = hdr["msg_controllen"]
+
+    def _rearm(self) -> None:
+        """The kernel overwrote the used rows' address and control lengths with what it wrote."""
+        if self.count:
+            self._namelen[: self.count] = SOCKADDR_SIZE
+            self._controllen[: self.count] = CONTROL_BYTES
+
+    def arrivals(self, n: int, now: float, clock: float | None = None) -> np.ndarray:
+        """When datagrams ``0..n-1`` arrived, on the clock `now` was read from (any: the
+        kernel's wall-clock stamps are moved onto it through one `time.time()` read beside
+        `now`, or `clock` if given); `now` for a datagram without a stamp, and never later.
+
+        Why: a receiver that drains its sockets once per tick sees a whole tick's datagrams
+        at once; where a stream begins on the call clock must not depend on when it was
+        drained (the two legs of a call would be up to a tick apart)."""
+        wall = time.time() if clock is None else clock
+        ctl = self.control[:n]
+        words = ctl.view(np.int64)  # [cmsg_len, level | type << 32, tv_sec, tv_nsec]
+        level = ctl[:, 8:12].view(np.int32)[:, 0]
+        kind = ctl[:, 12:16].view(np.int32)[:, 0]
+        ok = (self._controllen[:n] >= CONTROL_BYTES) & (level == socket.SOL_SOCKET) & (kind == SCM_TIMESTAMPNS)
+        stamped = words[:, 2] + words[:, 3] * 1e-9
+        return np.where(ok, np.minimum(now, now - (wall - stamped)), now)
 
     def recv(self) -> int:
         """Receive what is waiting, up to `capacity` datagrams; 0 when nothing is."""
-        if self.count:  # the kernel overwrote these with the real address lengths
-            self._namelen[: self.count] = SOCKADDR_SIZE
+        self._rearm()
         n = self.count = _check(_recvmmsg(self.fd, self._hdr_ptr, self.capacity, MSG_DONTWAIT | MSG_TRUNC, None))
         return n
 
@@ -146,9 +184,8 @@ class BatchReceiver(_Batch):
         return n
 
     def begin(self) -> None:
-        """Start a multi-socket drain: rows filled by the previous one get their address slots back."""
-        if self.count:
-            self._namelen[: self.count] = SOCKADDR_SIZE
+        """Start a multi-socket drain: rows filled by the previous one get their address and control slots back."""
+        self._rearm()
         self.count = 0
 
     @property

@@ -56,7 +56,15 @@ from wholecall.ingest.g711 import ALAW_TO_INT16, ULAW_TO_INT16
 from wholecall.ingest.jitter import DEFAULT_MAX_AHEAD, JitterBuffer
 from wholecall.ingest.legtable import LegTable
 from wholecall.ingest.payload import PayloadTypes
-from wholecall.ingest.recvmmsg import MSG_DONTWAIT, MSG_TRUNC, BatchReceiver, set_receive_buffer, socket_drops, udp_counters
+from wholecall.ingest.recvmmsg import (
+    MSG_DONTWAIT,
+    MSG_TRUNC,
+    BatchReceiver,
+    set_receive_buffer,
+    socket_drops,
+    stamp_arrivals,
+    udp_counters,
+)
 from wholecall.ingest.rtp import HEADER_SIZE, RTP_VERSION, parse_batch
 from wholecall.ingest.srtp import SrtpError, SrtpReceiver, SrtpReplay
 from wholecall.protocol import logline
@@ -279,6 +287,7 @@ class Ingest:
                 spec = msg["legs"][name]
                 srtp = SrtpReceiver(spec["srtp"]) if spec.get("srtp") else None
                 sock = self._bind(host, low, high)
+                stamp_arrivals(sock)
                 granted = set_receive_buffer(sock, RCVBUF_BYTES)
                 index = self.table.allocate()
                 t = self.table
@@ -406,10 +415,13 @@ class Ingest:
             t.end, t.released, t.call_t0, t.max_ahead, t.last_arrival, t.last_media, t.packets, t.stage,
             ALAW_TO_INT16, ULAW_TO_INT16)
         if nslow:
-            self._process_slow(self.slow_rows[:nslow].copy(), now)
+            picked = self.slow_rows[:nslow].copy()
+            self._process_slow(picked, now, rx.arrivals(n, now)[picked].tolist())
 
-    def _process_slow(self, picked: np.ndarray, now: float) -> None:
-        """The rows the fast path left, packet by packet (in arrival order per leg), through `JitterBuffer.push`."""
+    def _process_slow(self, picked: np.ndarray, now: float, arrivals: list[float]) -> None:
+        """The rows the fast path left, packet by packet (in arrival order per leg), through `JitterBuffer.push`,
+        each at its arrival (the kernel's stamp: where a new stream begins must not depend on
+        when this tick drained it, or the legs of a call are up to a tick apart)."""
         rx = self.rx
         n = len(picked)
         buf = rx.buffer[picked]
@@ -486,7 +498,8 @@ class Ingest:
                 continue
             t.last_media[li] = now
             off = offs[i]
-            leg.jitter.push(ssrcs[i], seqs[i], tss[i], pts[i], buf[i, off:off + lens[i]], now, marks[i], decoded[i])
+            leg.jitter.push(ssrcs[i], seqs[i], tss[i], pts[i], buf[i, off:off + lens[i]], arrivals[i], marks[i],
+                            decoded[i])
             touched.add(leg.call)
 
     def _digits(self, call: Call) -> None:

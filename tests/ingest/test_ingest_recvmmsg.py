@@ -152,3 +152,28 @@ def test_bad_arguments() -> None:
             BatchSender(udp, 2, 64).send([65], 1, 1)
     finally:
         udp.close()
+
+
+def test_each_datagram_comes_with_its_own_arrival_however_late_it_is_read(pair) -> None:
+    """Two datagrams 50 ms apart, read together 100 ms after the second: each has the
+    kernel's arrival stamp, on the caller's clock; without stamping, the read's time."""
+    from wholecall.ingest.recvmmsg import stamp_arrivals
+
+    rx, tx = pair
+    stamp_arrivals(rx)
+    receiver = BatchReceiver(rx, 8, 256)
+    dest = rx.getsockname()
+    for _ in range(2):  # the second reuses rows whose control lengths the kernel rewrote
+        tx.sendto(b"first", dest)
+        time.sleep(0.05)
+        tx.sendto(b"second", dest)
+        time.sleep(0.1)
+        assert receiver.recv() == 2
+        now = time.monotonic()
+        first, second = receiver.arrivals(2, now).tolist()
+        assert 0.1 <= now - second < 1.0 and second - first >= 0.045, (now, first, second)
+    plain = BatchReceiver(tx, 4, 256)  # tx has no stamps: what came is dated `now`
+    rx.sendto(b"back", tx.getsockname())
+    time.sleep(0.05)
+    assert plain.recv() == 1
+    assert plain.arrivals(1, 123.0).tolist() == [123.0]
