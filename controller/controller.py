@@ -245,10 +245,17 @@ class Controller:
             if rec is None:
                 return False
             lost = moved.lost if moved is not None else 0
-            applied = rec._on_ended(msg.job_id, msg.cause, msg.bytes, msg.samples, msg.duration_s, msg.error, lost,
+            nbytes, samples, seconds = msg.bytes, msg.samples, msg.duration_s
+            estimated = False
+            if msg.salvaged:  # its worker died before reporting it: the file tells, where it can
+                nbytes, samples, seconds = salvage(rec._path, rec._encrypted)
+                if not samples:  # encrypted (or unreadable): the last durable count, a lower bound
+                    nbytes = os.path.getsize(rec._path) if rec._path and os.path.exists(rec._path) else 0
+                    samples, seconds, estimated = msg.samples, msg.duration_s, True
+            applied = rec._on_ended(msg.job_id, msg.cause, nbytes, samples, seconds, msg.error, lost,
                                     msg.origin, msg.end_pos, msg.heard,
                                     (msg.t_stop_received, msg.t_stop_applied, msg.t_queued),
-                                    moved.resumed if moved is not None else ())
+                                    moved.resumed if moved is not None else (), estimated)
             if applied:
                 self.counters.ended(msg.cause, msg.bytes, msg.error, lost)
             return applied

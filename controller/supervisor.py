@@ -536,7 +536,9 @@ class Supervisor:
             stop = decode(route.stop) if route.stop else None
             cause = stop.cause if isinstance(stop, StopJob) else Cause.ERROR
             log.error("job %d ended on worker %d, which died before reporting it: %s", job_id, dead, cause)
-            self.on_event(dead, JobEnded(job_id=job_id, cause=cause, bytes=0, samples=0, duration_s=0.0,
+            d = read_durable(a, st.slot_in, job_id, st.start_pos)
+            self.on_event(dead, JobEnded(job_id=job_id, cause=cause, bytes=0, samples=d.samples * st.rate // 8000,
+                                         duration_s=d.samples / 8000, origin=d.origin, heard=d.heard, salvaged=True,
                                          error="" if route.stop else f"worker {dead} died as the job ended"))
             return
         d = read_durable(a, st.slot_in, job_id, st.start_pos)

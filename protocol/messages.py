@@ -189,6 +189,9 @@ class JobEnded(Message):
     t_stop_received: float = 0.0
     t_stop_applied: float = 0.0
     t_queued: float = 0.0
+    #: Made by the controller for a job its worker ended and died before reporting: the
+    #: counts are the last durable record's (a lower bound); the file says the rest.
+    salvaged: bool = False
 
 
 @dataclass(frozen=True)

@@ -476,3 +476,38 @@ def test_digits_read_again_by_a_takeovers_worker_are_listed_once(make_controller
     for k in range(0, 6, 2):  # and the same audio, digits muted, in both files of a phase
         x, y = (sf.read(chans[j][0].WholeCallRecorder.last_result.path, dtype="int16")[0] for j in (k, k + 1))
         assert len(x) == len(chans[k][1]) and np.array_equal(x, y)
+
+
+def test_a_job_its_worker_ended_and_died_before_reporting_keeps_its_file_and_counts(make_controller):
+    """A reviewer's find, a race: a worker finishes a job, releases its legs, and is killed
+    before its JobEnded leaves. The controller then answers the job itself, and did so with
+    0 samples: with min_seconds its complete file was deleted as too short. The state is made
+    here as that worker leaves it (the file on disk, the legs released in the arena), then
+    the worker is killed: the counts come from the file and the file stays."""
+    ctl = make_controller(workers=1, flush_ms=200)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    rec.min_seconds = 1.0
+    assert rec.start("done.wav", file_format="s16bit", dtmf_elim=False)
+    rng = np.random.default_rng(8)
+    a, b = (rng.integers(-9000, 9000, 3 * RATE, dtype=np.int16) for _ in range(2))
+    ch.inbound.write(a)
+    ch.outbound.write(b)
+    path = os.path.join(ctl.config.recordings_dir, "done.wav")
+    deadline = time.monotonic() + 10
+    while os.path.getsize(path) < 44 + 2 * (3 * RATE - 1600) and time.monotonic() < deadline:
+        time.sleep(0.05)  # all but what the worker holds back until more audio comes
+    pid = ctl.supervisor.workers[0].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    slots = (ch.inbound.slot, ch.outbound.slot)
+    ch.hang_up(wait=False)  # the stop the frozen worker "applied"
+    for slot in slots:
+        ctl.supervisor.arena.job[slot] = 0  # released, as the worker does right after finishing the file
+    os.kill(pid, signal.SIGKILL)
+    assert rec._wait_end(10) is Cause.HANGUP
+    r = rec.last_result
+    assert not r.discarded and os.path.exists(path), r
+    data, _ = sf.read(path, dtype="int16")
+    assert r.samples == len(data) >= 3 * RATE - 1600 and r.bytes == os.path.getsize(path), r
+    assert np.array_equal(data, np.clip(a[:len(data)].astype(np.int32) + b[:len(data)], -32768, 32767))
