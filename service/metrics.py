@@ -161,7 +161,8 @@ class ServiceCollector(Collector):
         yield ended
         # Unlabelled families take their one sample as `value` (prometheus_client).
         yield CounterMetricFamily("wholecall_recording_bytes_total",
-                                  "Bytes of the recording files finished (the final file sizes).", value=totals["bytes"])
+                                  "Bytes written to recording files, counted as each was finished (one then "
+                                  "removed for min_seconds included).", value=totals["bytes"])
         yield CounterMetricFamily(
             "wholecall_recording_finalize_failures_total",
             "Recordings that ended with an error: their file could not be written or finalised.",
