@@ -65,7 +65,7 @@ def test_finished_calls_leave_no_per_call_structure_and_are_freed_without_the_cy
 
     sup = ctl.supervisor
     assert ctl._channels == {} and ctl._jobs == {}
-    assert sup.routes == {} and sup.lost == {} and not sup._outbox
+    assert sup.routes == {} and sup.moved == {} and not sup._outbox
     assert all(not w.jobs and not w.pending for w in sup.workers)
     assert ctl.arena.free_slots == ctl.arena.slots
     assert sum(sup.dropped.values()) == 0
