@@ -51,7 +51,7 @@ from .ingest_totals import merge_replies
 from .logs import CALL_NAMES, announce
 from .metrics import CONTENT_TYPE, INGEST_TOTALS_TIMEOUT_S, Metrics
 from .openapi import document
-from .streams import STREAM_MEDIA, StreamBackend, create_stream_call, legs_view
+from .streams import STREAM_MEDIA, StreamBackend, create_stream_call, legs_view, send_within
 
 log = logging.getLogger("wholecall.service")
 
@@ -257,7 +257,8 @@ class Service:
         try:
             # Bounded too: a PAIR socket whose peer is gone (an ingest killed with the whole
             # process group on SIGTERM) blocks a send for ever, and the drain with it.
-            await asyncio.wait_for(shard.sock.send(msgpack.packb(msg)), timeout)
+            if not await send_within(shard.sock, msgpack.packb(msg), timeout):
+                raise TimeoutError
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise ApiError(503, "Unavailable", f"the media ingest did not answer {msg['op']} in {timeout:.0f} s") from None
@@ -296,10 +297,7 @@ class Service:
             t.cancel()
         for sh in self.shards:
             if sh.proc is not None and sh.proc.poll() is None:
-                try:
-                    await sh.sock.send(msgpack.packb({"op": "stop", "req": 0}))
-                except zmq.ZMQError:
-                    pass
+                await send_within(sh.sock, msgpack.packb({"op": "stop", "req": 0}), 1.0)
         for sh in self.shards:
             if sh.proc is not None:
                 try:

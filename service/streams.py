@@ -32,6 +32,18 @@ from .logs import announce
 
 log = logging.getLogger("wholecall.service")
 
+
+async def send_within(sock: zmq.asyncio.Socket, data: bytes, timeout: float) -> bool:
+    """Send on a child's PAIR socket, giving up after `timeout` s (False): such a send blocks
+    for as long as the peer is gone, and a child killed with the service's process group (a
+    SIGTERM to the group) would hold its shutdown for ever."""
+    try:
+        await asyncio.wait_for(sock.send(data), timeout)
+    except (TimeoutError, zmq.ZMQError):
+        return False
+    return True
+
+
 STREAM_MEDIA = ("twilio", "websocket", "audiosocket")
 FIELDS = {"twilio": {"media", "id"}, "websocket": {"media", "id", "channels", "encoding", "rate"},
           "audiosocket": {"media", "id"}}
@@ -186,12 +198,14 @@ class StreamBackend:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         msg["req"] = req
-        await sp.sock.send(msgpack.packb(msg))
         try:
+            if not await send_within(sp.sock, msgpack.packb(msg), timeout):
+                raise TimeoutError
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            self._waiting.pop(req, None)
             raise ApiError(503, "Unavailable", f"the stream ingest did not answer {msg['op']} in {timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(req, None)
 
     async def counters(self) -> dict:
         """The stream processes' totals summed (messages, connections, errors, refused
@@ -229,10 +243,7 @@ class StreamBackend:
     async def close(self) -> None:
         for sp in self.procs:
             if sp.proc is not None and sp.proc.poll() is None:
-                try:
-                    await sp.sock.send(msgpack.packb({"op": "stop", "req": 0}))
-                except zmq.ZMQError:
-                    pass
+                await send_within(sp.sock, msgpack.packb({"op": "stop", "req": 0}), 1.0)
         for sp in self.procs:
             if sp.proc is not None:
                 try:
