@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, fields
 
 
-def _default_workers() -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, `taskset`), not the host's."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -115,7 +116,7 @@ class Config:
         if not isinstance(self.arena_dir, str) or not os.path.isdir(self.arena_dir):
             raise ValueError(f"arena_dir must be an existing directory (a tmpfs), got {self.arena_dir!r}")
         if self.workers == 0:
-            object.__setattr__(self, "workers", _default_workers())
+            object.__setattr__(self, "workers", usable_cpus())
         if self.worker_priority > 20:
             raise ValueError(f"worker_priority must be at most 20 (nice -20), got {self.worker_priority}")
         if self.max_channels < 1:

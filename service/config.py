@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from wholecall.controller.config import usable_cpus
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it."""
@@ -167,7 +169,7 @@ def _range(text: str) -> tuple[int, int]:
 
 def ingest_count(cfg: ServeConfig) -> int:
     """Ingest processes to run: the configured count, or one per two CPUs (each packet also costs the workers)."""
-    return cfg.ingest_procs or max(1, (os.cpu_count() or 1) // 2)
+    return cfg.ingest_procs or max(1, usable_cpus() // 2)
 
 
 def stream_count(cfg: ServeConfig) -> int:
@@ -182,7 +184,7 @@ def stream_count(cfg: ServeConfig) -> int:
         return cfg.stream_procs
     if cfg.websocket_url and "{proc}" not in cfg.websocket_url:
         return 1
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpus()))
 
 
 def port_shards(low: int, high: int, n: int) -> list[tuple[int, int]]:

@@ -95,3 +95,16 @@ def test_a_reorder_window_past_its_limit_is_refused_by_name() -> None:
         load(["--reorder-ms", "6000"])
     with pytest.raises(ConfigError, match="reorder_ms must be a non-negative number, got nan"):
         load(["--reorder-ms", "nan"])
+
+
+def test_process_counts_follow_the_cpus_this_process_may_use_not_the_hosts() -> None:
+    """A reviewer's find: in a 4-CPU cpuset of a 64-CPU host, 32 ingest and 8 stream processes
+    (~180 and ~110 MB each) were started beside 4 workers. Run here under one CPU."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {0}); "
+            "from wholecall.service.config import load, ingest_count, stream_count; "
+            "c = load([]); print(ingest_count(c), stream_count(c))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "1"]
