@@ -19,6 +19,10 @@ def demo(argv: list[str]) -> int:
     p.add_argument("--dir", default="recordings", help="recordings directory")
     p.add_argument("--format", default="alaw", help="file_format of the recording")
     a = p.parse_args(argv)
+    if not 0 < a.seconds <= 3600:
+        p.error(f"--seconds must be more than 0 and at most 3600, got {a.seconds:g}")
+    if a.workers < 1:
+        p.error(f"--workers must be at least 1, got {a.workers}")
     from wholecall.controller import Controller
     from wholecall.sim.signals import speech_like
 
