@@ -93,8 +93,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: Arenas this process created (by name): another arena named with this process's number
+#: was made by an earlier process that had it, such as the previous incarnation of a
+#: restarted container's service, PID 1 both times, whose arena a volume kept.
+_MADE_HERE: set[str] = set()
+
+
 def sweep_stale(directory: str = SHM_DIR) -> list[str]:
-    """Unlink arenas whose owner process is gone (a controller killed with SIGKILL)."""
+    """Unlink arenas whose owner process is gone (a controller killed with SIGKILL), and
+    those named with this process's number that it did not make (`_MADE_HERE`)."""
     removed: list[str] = []
     try:
         names = os.listdir(directory)
@@ -107,9 +114,10 @@ def sweep_stale(directory: str = SHM_DIR) -> list[str]:
             pid = int(name[len(NAME_PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        path = os.path.join(directory, name)
+        if not _pid_alive(pid) or (pid == os.getpid() and name not in _MADE_HERE):
             try:
-                os.unlink(os.path.join(directory, name))
+                os.unlink(path)
                 removed.append(name)
             except FileNotFoundError:
                 pass
@@ -175,6 +183,7 @@ class Arena:
         else:
             check_room(lay.total, directory)
         name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        _MADE_HERE.add(name)  # before the file exists: a sweep on another thread must not take it
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

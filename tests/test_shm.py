@@ -180,3 +180,37 @@ def test_an_arena_on_a_huge_page_tmpfs_is_attached_by_path_and_unlinked():
         assert os.listdir(d) == []
     assert not os.path.exists(d)
     assert f" {d} " not in open("/proc/self/mountinfo").read()
+
+
+def test_an_arena_named_with_this_process_number_that_it_did_not_make_is_swept() -> None:
+    """A restarted container's service is PID 1 again, and its previous incarnation's arena,
+    on a volume that outlived it, is named PID 1 too: it was kept as live and the new start-up
+    found no room for its own (a reviewer's find). One this process made stays; one of a
+    live other process stays."""
+    import subprocess
+    import sys
+
+    import pathlib
+    import tempfile
+
+    from wholecall.shm import sweep_stale
+
+    tmp_path = pathlib.Path(tempfile.mkdtemp(dir="/dev/shm", prefix="sweep-test-"))  # a tmpfs, as arenas need
+    mine = Arena.create(2, 1 << 12, directory=str(tmp_path))
+    try:
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            stale = tmp_path / f"wholecall-{os.getpid()}-deadbeef"
+            stale.write_bytes(b"\0" * 4096)
+            live = tmp_path / f"wholecall-{other.pid}-cafef00d"
+            live.write_bytes(b"\0" * 4096)
+            assert sweep_stale(str(tmp_path)) == [stale.name]
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, live.name])
+        finally:
+            other.kill()
+            other.wait()
+    finally:
+        mine.close()
+        for p in tmp_path.iterdir():
+            p.unlink()
+        tmp_path.rmdir()
