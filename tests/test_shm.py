@@ -187,10 +187,9 @@ def test_an_arena_named_with_this_process_number_that_it_did_not_make_is_swept()
     on a volume that outlived it, is named PID 1 too: it was kept as live and the new start-up
     found no room for its own (a reviewer's find). One this process made stays; one of a
     live other process stays."""
+    import pathlib
     import subprocess
     import sys
-
-    import pathlib
     import tempfile
 
     from wholecall.shm import sweep_stale
