@@ -128,6 +128,7 @@ class WholeCallRecorder:
         # A channel is alive while it is open (the controller holds it) or while its user does.
         self._channel_ref = weakref.ref(channel)
         self._channel_id = channel.id
+        self._about = {"channel": self._channel_id}  # log lines' extra: the service adds its call id
         self._slots = channel.slots
         self._arena = channel.controller.arena
         self._ctl = channel.controller
@@ -256,7 +257,7 @@ class WholeCallRecorder:
                 give_up = self._core.poll(now)
                 if give_up is not None:
                     log.error("Channel(%d): job %d not confirmed in %.1f s; ending it", self._channel_id, job_id,
-                              cfg.start_timeout_s)
+                              cfg.start_timeout_s, extra=self._about)
                     self._send_stop(give_up.job_id, give_up.cause)
                     return False
                 if self._core.start_deadline is not None:
@@ -358,7 +359,7 @@ class WholeCallRecorder:
                 elif notes.paused:
                     notes.pauses[-1].end_pos, notes.pauses[-1].end_t = pos, now
             log.info("Channel(%d): recording %s at leg position %d", self._channel_id,
-                     f"paused ({mode})" if mode else "resumed", pos)
+                     f"paused ({mode})" if mode else "resumed", pos, extra=self._about)
             return True
 
     def _send_pause(self, req: PauseRequest) -> int:
@@ -406,7 +407,7 @@ class WholeCallRecorder:
         It is still a failed record job, reported as the worker would report one:
         `start()` returns False, state ERROR, cause ERROR; no file was created.
         """
-        log.error("Channel(%d): cannot start recording %s: %s", self._channel_id, path, error)
+        log.error("Channel(%d): cannot start recording %s: %s", self._channel_id, path, error, extra=self._about)
         self._core.refuse(JobReport(0, Cause.ERROR, 0, 0, 0.0, error))
         self.last_result = JobResult(path, Cause.ERROR, 0, 0, 0.0, error)
         self._cond.notify_all()
@@ -508,7 +509,7 @@ class WholeCallRecorder:
                 os.unlink(path)
                 discarded = True
                 log.info("Channel(%d): job %d: %.3f s < min_seconds %.3f: %s discarded", self._channel_id, job_id,
-                         duration_s, notes.min_seconds, path)
+                         duration_s, notes.min_seconds, path, extra=self._about)
             elif notes is not None and opts is not None:
                 if origin < 0 and samples and not opts.ms_initial_silence:
                     origin = notes.start_pos  # a takeover's worker does not know it; no leading trim: the start
@@ -522,7 +523,8 @@ class WholeCallRecorder:
                     try:
                         extra = self.sidecar_source()
                     except Exception:  # noqa: BLE001 - the application's hook must not lose the file
-                        log.exception("Channel(%d): the sidecar source failed; writing without it", self._channel_id)
+                        log.exception("Channel(%d): the sidecar source failed; writing without it", self._channel_id,
+                                      extra=self._about)
                 doc = sc.build(path=path, notes=notes, end_t=time.time(), channel=self._channel_id, job_id=job_id,
                                cause=cause.value, error=error, file_format=opts.file_format, rate=opts.rate,
                                mode=opts.mode, nbytes=nbytes, samples=samples, duration_s=duration_s,
@@ -535,7 +537,7 @@ class WholeCallRecorder:
                         fsync_path(path)  # the audio on the disk before the sidecar that describes it
                     sc.write_atomic(side, doc, self._ctl.config.file_mode, durable=self._ctl.config.sync_on_stop)
         except Exception as e:  # noqa: BLE001 - the job must still end
-            log.exception("Channel(%d): job %d: finishing %s failed", self._channel_id, job_id, path)
+            log.exception("Channel(%d): job %d: finishing %s failed", self._channel_id, job_id, path, extra=self._about)
             error = (f"{error}; " if error else "") + f"sidecar not written: {e}"
             side = ""
         if not discarded and path:
@@ -550,9 +552,10 @@ class WholeCallRecorder:
                                          heard, side, paused)
             if lost_samples:
                 log.error("Channel(%d): job %d lost %d samples to ring overruns before a worker takeover",
-                          self._channel_id, job_id, lost_samples)
+                          self._channel_id, job_id, lost_samples, extra=self._about)
             if error:
-                log.error("Channel(%d): job %d ended with %s: %s", self._channel_id, job_id, cause.value, error)
+                log.error("Channel(%d): job %d ended with %s: %s", self._channel_id, job_id, cause.value, error,
+                          extra=self._about)
             self._cond.notify_all()
 
     def _durable(self, path: str, side: str) -> None:
@@ -566,7 +569,7 @@ class WholeCallRecorder:
             elif side:
                 self._ctl.durable_later(side)
         except OSError:
-            log.exception("Channel(%d): could not make %s durable", self._channel_id, path)
+            log.exception("Channel(%d): could not make %s durable", self._channel_id, path, extra=self._about)
 
 
 #: Taken and released between storing a pause gate's HOLD and reading the legs' positions:

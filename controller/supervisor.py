@@ -244,7 +244,7 @@ class Supervisor:
         cmd = [sys.executable, "-P", "-m", "wholecall.worker", "--settings", base64.b64encode(encode(settings)).decode()]
         self.arena.workers[index, L.W_PROGRESS_NS] = time.monotonic_ns()  # its start-up is not a stall
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True, pass_fds=(self._life_r,))
-        log.info("worker %d spawned pid=%d cpu=%d", index, proc.pid, cpu)
+        log.info("worker %d spawned pid=%d cpu=%d", index, proc.pid, cpu, extra={"worker": index})
         return WorkerHandle(index, cpu, proc)
 
     def wait_ready(self, timeout: float, limit: float | None = None) -> None:
@@ -338,7 +338,7 @@ class Supervisor:
             sockets.send_frames(self.sock, sockets.worker_identity(w.index), data)
         except zmq.ZMQError as e:
             # ROUTER_MANDATORY: not connected (it died, or is reconnecting). Keep it.
-            log.warning("worker %d not reachable (%s): message kept", w.index, e)
+            log.warning("worker %d not reachable (%s): message kept", w.index, e, extra={"worker": w.index})
             w.pending.append(data)
 
     def _send_pending(self, w: WorkerHandle) -> None:
@@ -346,7 +346,8 @@ class Supervisor:
             try:
                 sockets.send_frames(self.sock, sockets.worker_identity(w.index), w.pending[0])
             except zmq.ZMQError as e:
-                log.warning("worker %d not reachable (%s): %d messages kept", w.index, e, len(w.pending))
+                log.warning("worker %d not reachable (%s): %d messages kept", w.index, e, len(w.pending),
+                            extra={"worker": w.index})
                 return
             w.pending.popleft()
 
@@ -446,7 +447,7 @@ class Supervisor:
             w.beat = msg
             return
         if isinstance(msg, WorkerError):
-            log.warning("worker %d: %s", index, msg.message)
+            log.warning("worker %d: %s", index, msg.message, extra={"worker": index})
         if isinstance(msg, (JobStarted, JobEnded)):
             with self._lock:
                 route = self.routes.get(msg.job_id)
@@ -467,7 +468,7 @@ class Supervisor:
             applied = self.on_event(index, msg)
         except Exception:
             log.exception("worker %d: %s for job %s could not be applied", index, msg.TYPE,
-                          getattr(msg, "job_id", "-"))
+                          getattr(msg, "job_id", "-"), extra={"worker": index})
             applied = False
         if applied is False:
             self._drop("not applicable", ident, f"{msg.TYPE} for job {getattr(msg, 'job_id', '-')}")
@@ -481,14 +482,14 @@ class Supervisor:
             if code is not None:
                 self._drain()  # its last words (ended events) may still be queued
                 if not self._closing:
-                    log.error("worker %d (pid %d) died with code %s", w.index, w.proc.pid, code)
+                    log.error("worker %d (pid %d) died with code %s", w.index, w.proc.pid, code, extra={"worker": w.index})
                 self._lose(w, f"worker {w.index} died (exit code {code})")
             elif w.ready and self.stall_timeout and self.lag(w.index, now_ns) > self.stall_timeout:
                 # No progress at all (not slow: a slow worker still stamps at every serve
                 # point): stopped or wedged. Its jobs are taken over while the rings still
                 # hold what it had not written.
                 log.error("worker %d (pid %d) made no progress for %.1f s: killing it, its jobs move",
-                          w.index, w.proc.pid, self.lag(w.index, now_ns))
+                          w.index, w.proc.pid, self.lag(w.index, now_ns), extra={"worker": w.index})
                 w.proc.kill()
                 w.proc.wait()
                 self._drain()
@@ -584,7 +585,7 @@ class Supervisor:
             try:
                 w.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("worker %d did not exit in time: killing it", w.index)
+                log.error("worker %d did not exit in time: killing it", w.index, extra={"worker": w.index})
                 w.proc.kill()
                 w.proc.wait()
         # The I/O thread delivers the last events and reports lost jobs, then stops.

@@ -233,7 +233,7 @@ class Service:
             elif op == "media_timeout":
                 entry = self.calls.get(msg["call"])
                 if entry is not None and not entry.hung_up:
-                    log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"])
+                    log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"], extra={"call": entry.id})
                     self._spawn(self._hang_up(entry, "media_timeout"))
 
     def pick_shard(self) -> IngestShard:
@@ -290,7 +290,7 @@ class Service:
         try:
             await self.call_blocking(e.channel.WholeCallRecorder.stop)
         except (Error, Hangup) as exc:
-            log.warning("call %s: stop during drain: %s", e.id, exc)
+            log.warning("call %s: stop during drain: %s", e.id, exc, extra={"call": e.id})
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -377,7 +377,7 @@ class Service:
                                                          loop).result(3.0)
                 media = reply.get("media", {})
             except Exception as exc:  # noqa: BLE001 - the sidecar is written without them
-                log.warning("call %s: no media figures for the sidecar: %s", e.id, exc)
+                log.warning("call %s: no media figures for the sidecar: %s", e.id, exc, extra={"call": e.id})
                 media = {}
         legs = {k: _leg_media(v) for k, v in (media or {}).items() if k in ("inbound", "outbound") and isinstance(v, dict)}
         digits = [{"digit": d["digit"], "leg": d["leg"], "position": d["position"]} for d in list(e.digits)]
@@ -436,7 +436,7 @@ class Service:
                 except ApiError as exc:
                     if not (e.stream and self.streams is not None and not self.streams.procs[e.shard].alive()):
                         raise
-                    log.warning("call %s: %s", e.id, exc.detail)  # its process is gone: nothing to flush
+                    log.warning("call %s: %s", e.id, exc.detail, extra={"call": e.id})  # its process is gone: nothing to flush
                 finally:
                     if e.stream and self.streams is not None:
                         self.streams.procs[e.shard].calls -= 1

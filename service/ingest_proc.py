@@ -318,7 +318,7 @@ class Ingest:
             self._drop_legs(call)
             raise
         self.calls[cid] = call
-        log.info("call %s: inbound :%d outbound :%d", cid, ports["inbound"], ports["outbound"])
+        log.info("call %s: inbound :%d outbound :%d", cid, ports["inbound"], ports["outbound"], extra={"call": cid})
         return ports
 
     def _bind(self, host: str, low: int, high: int) -> socket.socket:

@@ -302,7 +302,7 @@ class StreamIngest:
             self.by_token[call.token] = call
         for u in uuids:
             self.by_uuid[u] = call
-        log.info("call %s: %s stream", cid, kind)
+        log.info("call %s: %s stream", cid, kind, extra={"call": cid})
 
     def remove(self, cid: str, flush: bool) -> dict:
         call = self.calls.get(cid)
@@ -385,7 +385,7 @@ class StreamIngest:
         call = conn.call
         self.stats["errors"] += 1
         call.errors.append(reason)
-        log.warning("call %s: %s closed: %s", call.id, conn.describe(), reason)
+        log.warning("call %s: %s closed: %s", call.id, conn.describe(), reason, extra={"call": call.id})
         self._close(conn, code, reason)
         self.end_call(call, f"protocol_error: {reason}")
 
@@ -431,7 +431,7 @@ class StreamIngest:
             except (twilio.StreamError, AudioSocketError, L16Error) as e:
                 self.fail(conn, str(e), 1007)
             except Exception as e:  # a bug must cost one call, not the process
-                log.exception("call %s: unexpected error", call.id)
+                log.exception("call %s: unexpected error", call.id, extra={"call": call.id})
                 self.fail(conn, f"internal error: {type(e).__name__}: {e}", 1011)
         if media:
             self._place_twilio(media, now)
@@ -704,7 +704,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self.ws.accept()
                 conn.ws = self
                 self.conn = conn
-                log.info("call %s: %s connected", conn.call.id, conn.describe())
+                log.info("call %s: %s connected", conn.call.id, conn.describe(), extra={"call": conn.call.id})
         self._flush()
 
     def _flush(self) -> None:
@@ -803,7 +803,7 @@ class AudioSocketProtocol(asyncio.Protocol):
                 conn.transport = self.transport
                 conn.started = True
                 self.conn = conn
-                log.info("call %s: %s connected", call.id, conn.describe())
+                log.info("call %s: %s connected", call.id, conn.describe(), extra={"call": call.id})
                 continue
             append((self.conn, FRAME, (kind, payload)))
         return True

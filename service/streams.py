@@ -178,10 +178,10 @@ class StreamBackend:
                 entry.digits.append({"digit": msg["digit"], "leg": msg["leg"], "position": msg["position"],
                                      "volume": msg["volume"]})
             elif op == "hangup" and not entry.hung_up:
-                log.info("call %s: stream ended (%s): hanging up", entry.id, msg["reason"])
+                log.info("call %s: stream ended (%s): hanging up", entry.id, msg["reason"], extra={"call": entry.id})
                 self.s._spawn(self.s._hang_up(entry, msg["reason"]))
             elif op == "media_timeout" and not entry.hung_up:
-                log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"])
+                log.info("call %s: no media for %.1f s: hanging up", entry.id, msg["idle_s"], extra={"call": entry.id})
                 self.s._spawn(self.s._hang_up(entry, "media_timeout"))
 
     async def request(self, msg: dict, timeout: float = 10.0, sp: StreamProc | None = None) -> dict:
@@ -335,7 +335,7 @@ async def create_stream_call(s: Any, body: dict, cid: str) -> web.Response:
         sp.calls -= 1
         await s.call_blocking(ch.close)
         raise ApiError(503, reply.get("error", "Error"), reply.get("detail", "the stream ingest refused the call"))
-    log.info("call %s created as Channel(%d), %s stream on stream process %d", cid, ch.id, media, sp.index)
+    log.info("call %s created as Channel(%d), %s stream on stream process %d", cid, ch.id, media, sp.index, extra={"call": cid})
     view = s.call_view(entry)
     return web.json_response({"id": view["id"], "state": view["state"], "legs": view["legs"], **extra}, status=201)
 

@@ -145,3 +145,6 @@ def test_metrics_move_during_an_rtp_recording_and_json_logs_parse(tmp_path) -> N
     # No line per audio tick: 3.2 s of audio (160 ticks) and a handful of lines about the call.
     about = [r for r in records if r.get("call") == "metered" or "metered" in r["msg"]]
     assert len(about) < 20, about
+    # Every line about the call carries its id, and the controller's lines about a worker its index.
+    assert [r["msg"] for r in about if r.get("call") != "metered"] == []
+    assert all("worker" in r for r in records if re.match(r"worker \d", r["msg"]))
