@@ -215,6 +215,10 @@ class Ingest:
         self.legs: list[Leg | None] = []  # by Leg.index (the table row), for the batch's row -> leg map
         self._next_port: dict[tuple[int, int], int] = {}
         dummy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Held open with stamps on for the process's life: the kernel turns arrival stamping
+        # on for the machine only some time after the first socket asks (a deferred work
+        # item), and a call's first packets must not arrive before that.
+        stamp_arrivals(dummy)
         self.rx = BatchReceiver(dummy, BATCH_ROWS, ROW_BYTES)
         self._dummy = dummy
         self.row_leg = np.zeros(BATCH_ROWS, np.int64)
