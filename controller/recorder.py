@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from wholecall.formats.encrypted import PART_SUFFIX
 from wholecall.protocol import JobDigits, JobStarted, PauseJob, StartJob, StopJob, encode
 from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import layout as L
@@ -175,6 +176,24 @@ class WholeCallRecorder:
         """IDLE, RECORDING or ERROR (the last job failed)."""
         with self._cond:
             return self._core.state()
+
+    def progress(self) -> tuple[float, int]:
+        """While RECORDING: (seconds of the call since the recording started, paused spans
+        included; bytes its file holds so far, written at each flush). A limit or a held-back
+        silence can leave the final file shorter; `last_result` says what it holds.
+        (0.0, 0) otherwise."""
+        with self._cond:
+            if self._core.state() is not RecorderState.RECORDING or self._notes is None:
+                return 0.0, 0
+            start, path, encrypted = self._notes.start_pos, self._path, self._encrypted
+        ch = self._channel_ref()
+        seconds = max(0, ch.position() - start) / 8000 if ch is not None else 0.0
+        del ch  # see _on_ended
+        try:
+            nbytes = os.path.getsize(path + PART_SUFFIX if encrypted else path)
+        except OSError:
+            nbytes = 0
+        return seconds, nbytes
 
     def cause(self) -> states.Cause:
         """Why the last job ended; NONE while a job runs or before any job."""

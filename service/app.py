@@ -397,12 +397,13 @@ class Service:
         state = rec.state()
         res = rec.last_result
         done = state is not RecorderState.RECORDING and res is not None
+        seconds, nbytes = (res.duration_s, res.bytes) if done else rec.progress()  # running: so far
         return {
             "state": state.value,
             "cause": cause or rec.cause().value,
             "filename": e.filename,
-            "seconds": res.duration_s if done else 0.0,
-            "bytes": res.bytes if done else 0,
+            "seconds": round(seconds, 3) if not done else seconds,
+            "bytes": nbytes,
             "paused": rec.paused,
             **({"discarded": res.discarded, "audio_detected": res.audio_detected,
                 "sidecar": os.path.relpath(res.sidecar, self.cfg.recordings_dir) if res.sidecar else None}

@@ -224,3 +224,24 @@ def test_a_pause_in_held_back_leading_silence_is_placed_from_the_files_start(mod
                    lost_samples=0, cipher=None)
     [span] = doc["paused"]
     assert (span["offset_s"], span["call_seconds"], span["file_seconds"]) == want
+
+
+def test_a_running_recordings_progress_is_what_the_call_and_the_file_hold_so_far(make_controller):
+    """`progress()` (the service shows it while a recording runs, where it once said 0 s and
+    0 bytes until the end, a reviewer's find): the call's seconds since the start and the
+    bytes the file holds so far; nothing when idle."""
+    ctl = make_controller(workers=1, flush_ms=200)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.progress() == (0.0, 0)
+    assert rec.start("running.wav", file_format="s16bit", dtmf_elim=False)
+    feed(ch, tone(440, 3.0, 6000), np.zeros(3 * 8000, np.int16))
+    path = os.path.join(ctl.config.recordings_dir, "running.wav")
+    deadline = time.monotonic() + 10
+    while os.path.getsize(path) < 44 + 2 * 8000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seconds, nbytes = rec.progress()
+    assert seconds == 3.0 and 44 + 2 * 8000 <= nbytes <= os.path.getsize(path)
+    assert rec.stop()
+    assert rec.progress() == (0.0, 0)

@@ -238,6 +238,8 @@ def test_legs_that_start_apart_are_that_far_apart_in_the_file(server) -> None:
             slots[2 * k + 3].append((b, build_packet(8, k, k * FRAME, 0x22, pout[k]), port_out))  # 30 ms later
         paced(slots, period=0.01)
         time.sleep(0.6)
+        status, running = server.api("GET", f"/v1/calls/{cid}/recording")  # so far, not 0 until the end
+        assert status == 200 and running["state"] == "RECORDING" and running["seconds"] >= 1.0, running
         stop(server, cid)
         assert server.api("DELETE", f"/v1/calls/{cid}")[0] == 200
         a.close()
