@@ -61,6 +61,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_media_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Refuse, by name, counts a streamed-media run cannot mean (0 calls "passed": nothing
+    sent, nothing missing)."""
+    if a.calls < 1:
+        p.error(f"--calls must be at least 1, got {a.calls}")
+    if not a.seconds > 0:
+        p.error(f"--seconds must be positive, got {a.seconds:g}")
+    if a.workers < 0:
+        p.error(f"--workers must be 0 (one per CPU) or more, got {a.workers}")
+    if a.json and not os.path.isdir(os.path.dirname(os.path.abspath(a.json))):
+        p.error(f"--json {a.json}: its directory does not exist")
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wholecall stress --media rtp")
     p.add_argument("--calls", type=int, default=100, help="concurrent calls (two RTP streams each)")
@@ -71,6 +84,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dir", default="", help="recordings directory (default: a temporary one, removed)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
+    check_media_args(p, a)
     n = a.calls
     tmp = tempfile.mkdtemp(prefix="wholecall-rtp-stress-")
     rec_dir = a.dir or os.path.join(tmp, "recordings")

@@ -638,6 +638,10 @@ class Run:
             anon_ctl = proc_anon(os.getpid())
             lg_pids = list(lg.pids)
         finally:
+            self._io_stop.set()  # (an interrupted run: the I/O thread polls the generators' sockets)
+            io_thread = next((t for t in threading.enumerate() if t.name == "stress-io"), None)
+            if io_thread is not None and io_thread is not threading.current_thread():
+                io_thread.join(2)
             if lg is not None:
                 lg.close()
             syncer = ctl.syncer  # kept: close() drops it after its last batch
@@ -646,6 +650,8 @@ class Run:
             ctl.close()
             close_s = time.monotonic() - t_close
             arena_mount.close()
+            if sys.exc_info()[0] is not None and not cfg.keep:  # interrupted: its half-made files go too
+                shutil.rmtree(run_dir, ignore_errors=True)
         if syncer is not None:
             # Recordings are final when stop() returns; the controller's syncer fsyncs them
             # behind it (`controller.durability`). close() waits for the rest.
@@ -1369,10 +1375,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def argument_problem(a: argparse.Namespace) -> str:
+    """What is wrong with the command line, named, before anything starts ("" if nothing):
+    a run refused at its end (an unwritable report) or failing every start (an unknown
+    format) wastes the minutes it took."""
+    from wholecall.formats.codecs import FORMATS
+
+    for name, value in (("--channels", a.channels), ("--seconds", a.seconds), ("--start-rate", a.start_rate),
+                        ("--probe-rate", a.probe_rate), ("--threads", a.threads), ("--loadgens", a.loadgens)):
+        if not value > 0:
+            return f"{name} must be positive, got {value}"
+    if a.workers < 0:
+        return f"--workers must be 0 (one per CPU) or more, got {a.workers}"
+    if a.max_silence_ms < 0:
+        return f"--max-silence-ms must be 0 (off) or more, got {a.max_silence_ms}"
+    if a.file_format not in FORMATS:
+        return f"--format must be one of {', '.join(FORMATS)}, got {a.file_format!r}"
+    if a.find_max and min(a.levels) < 1:
+        return f"--levels must all be positive, got {min(a.levels)}"
+    if a.report and not os.path.isdir(os.path.dirname(os.path.abspath(a.report))):
+        return f"--report {a.report}: its directory does not exist"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if a.channels < 1 or a.seconds <= 0 or a.start_rate <= 0 or a.probe_rate <= 0:
-        print("wholecall stress: --channels, --seconds, --start-rate and --probe-rate must be positive", file=sys.stderr)
+    problem = argument_problem(a)
+    if problem:
+        print(f"wholecall stress: {problem}", file=sys.stderr)
         return 2
     cfg = StressConfig(channels=a.channels, seconds=a.seconds, workers=a.workers, loadgens=a.loadgens,
                        file_format=a.file_format, max_silence_ms=a.max_silence_ms, ring_ms=a.ring_ms,
@@ -1383,6 +1413,17 @@ def main(argv: list[str] | None = None) -> int:
                        kill_worker_at=a.kill_worker_at, app_priority=a.app_priority, gc_freeze_s=a.gc_freeze_s)
     os.makedirs(cfg.out, exist_ok=True)
     report_path = a.report or os.path.join(cfg.out, "stress-report.json")
+    try:
+        return _run(a, cfg, report_path)
+    except KeyboardInterrupt:
+        print("wholecall stress: interrupted (SIGINT): stopped, nothing reported", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # SIGTERM (`cli.main`)
+        print(f"wholecall stress: terminated: stopped, nothing reported (exit {e.code})", file=sys.stderr)
+        return int(e.code) if isinstance(e.code, int) else 1
+
+
+def _run(a: argparse.Namespace, cfg: StressConfig, report_path: str) -> int:
     if a.find_max:
         report = find_max(cfg, sorted(a.levels), a.refine)
         ok = report["max_channels"] > 0

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .rtp_stress import _api, _busy_s, _cpu_s, _free_port
+from .rtp_stress import _api, _busy_s, _cpu_s, _free_port, check_media_args
 
 TICK_S = 0.02
 SID = "MZ" + "0" * 32
@@ -82,6 +82,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dir", default="", help="recordings directory (default: a temporary one, removed)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
+    check_media_args(p, a)
     n = a.calls
     tmp = tempfile.mkdtemp(prefix="wholecall-twilio-stress-")
     rec_dir = a.dir or os.path.join(tmp, "recordings")

@@ -250,3 +250,33 @@ def test_sigterm_stops_the_run_and_leaves_no_arena_and_no_worker(tmp_path):
         if b"worker" in cmd and str(proc.pid).encode() in cmd:
             workers.append(pid)
     assert workers == []
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--format", "bogus"], "--format must be one of"),
+    (["--loadgens", "0"], "--loadgens must be positive"),
+    (["--threads", "0"], "--threads must be positive"),
+    (["--workers", "-1"], "--workers must be 0"),
+    (["--max-silence-ms", "-1"], "--max-silence-ms must be 0"),
+    (["--report", "/nonexistent-dir/r.json"], "its directory does not exist"),
+    (["--find-max", "--levels", "0", "100"], "--levels must all be positive"),
+])
+def test_a_stress_run_refuses_what_it_cannot_do_before_it_starts(args, named, capsys) -> None:
+    """A reviewer's finds: each of these ran to its end (every start failing, or the report
+    lost at the end), hung, or ended in a traceback."""
+    from wholecall.sim.stress import main
+
+    assert main(["--channels", "10", "--seconds", "1", *args]) == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("media", ["rtp", "twilio"])
+def test_a_media_stress_run_refuses_no_calls(media) -> None:
+    """`--calls -3` or `--seconds 0` "passed" (nothing sent, nothing missing)."""
+    import subprocess
+    import sys
+
+    for bad in (["--calls", "-3"], ["--seconds", "0"]):
+        p = subprocess.run([sys.executable, "-m", "wholecall.cli", "stress", "--media", media, *bad],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "must be" in p.stderr, (bad, p.stderr)
