@@ -62,6 +62,22 @@ def _play(calls, seconds: float, at: float, action) -> None:
             time.sleep(delay)
 
 
+def _kill_while_fed(feeds, kill_at: float, pid: int) -> None:
+    """Write each (channel, inbound audio) pair's audio at real time, a frame at a time, the
+    outbound legs silent, and SIGKILL `pid` once `kill_at` seconds have been written."""
+    silence = np.zeros(FRAME, np.int16)
+    t0 = time.monotonic()
+    for i in range(0, max(len(a) for _, a in feeds), FRAME):
+        for ch, a in feeds:
+            ch.inbound.write(a[i:i + FRAME])
+            ch.outbound.write(silence)
+        if i == int(kill_at * RATE) // FRAME * FRAME:
+            os.kill(pid, signal.SIGKILL)
+        delay = t0 + (i + FRAME) / RATE - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def _contents(rec, spec, key=None, iv=None) -> np.ndarray:
     path = rec.last_result.path
     if spec.get("cipher") is not None:
@@ -309,17 +325,8 @@ def test_a_separate_recordings_audio_detected_survives_a_takeover(make_controlle
                                           dtmf_elim=False)
         chans.append(ch)
     assert {ch.WholeCallRecorder._worker for ch in chans} == {0, 1}
-    pid = ctl.supervisor.workers[0].proc.pid
-    t0 = time.monotonic()
-    for i in range(0, len(inbound), FRAME):
-        for ch in chans:
-            ch.inbound.write(inbound[i:i + FRAME])
-            ch.outbound.write(np.zeros(FRAME, np.int16))
-        if i == int(2.8 * RATE) // FRAME * FRAME:  # after the 2 s flush published the job's state
-            os.kill(pid, signal.SIGKILL)
-        delay = t0 + (i + FRAME) / RATE - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    # Killed after the 2 s flush published the job's state.
+    _kill_while_fed([(ch, inbound) for ch in chans], 2.8, ctl.supervisor.workers[0].proc.pid)
     for ch in chans:
         assert ch.WholeCallRecorder.stop()
         res = ch.WholeCallRecorder.last_result
@@ -403,17 +410,8 @@ def test_a_recording_that_held_back_its_leading_silence_keeps_its_origin_across_
                                           milliseconds_initial_silence=5000)
         chans.append(ch)
     assert {ch.WholeCallRecorder._worker for ch in chans} == {0, 1}
-    pid = ctl.supervisor.workers[0].proc.pid
-    t0 = time.monotonic()
-    for i in range(0, len(inbound), FRAME):
-        for ch in chans:
-            ch.inbound.write(inbound[i:i + FRAME])
-            ch.outbound.write(np.zeros(FRAME, np.int16))
-        if i == int(3.4 * RATE) // FRAME * FRAME:  # after a flush published the job's state with audio in it
-            os.kill(pid, signal.SIGKILL)
-        delay = t0 + (i + FRAME) / RATE - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    # Killed after a flush published the job's state with audio in it.
+    _kill_while_fed([(ch, inbound) for ch in chans], 3.4, ctl.supervisor.workers[0].proc.pid)
     files, sides = [], []
     for ch in chans:
         assert ch.WholeCallRecorder.stop()
@@ -453,18 +451,8 @@ def test_digits_read_again_by_a_takeovers_worker_are_listed_once(make_controller
             assert ch.WholeCallRecorder.start(f"keys{phase}-{side}.wav", file_format="alaw", dtmf_elim=True)
             chans.append((ch, inbound, (int(1.5 * RATE) + phase) / RATE))
     assert {ch.WholeCallRecorder._worker for ch, _, _ in chans} == {0, 1}
-    pid = ctl.supervisor.workers[0].proc.pid
-    n = len(chans[0][1])
-    t0 = time.monotonic()
-    for i in range(0, n, FRAME):
-        for ch, inbound, _ in chans:
-            ch.inbound.write(inbound[i:i + FRAME])
-            ch.outbound.write(np.zeros(FRAME, np.int16))
-        if i == int(3.6 * RATE) // FRAME * FRAME:  # a flush (every 2 s) published a position among the digits
-            os.kill(pid, signal.SIGKILL)
-        delay = t0 + (i + FRAME) / RATE - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    # Killed once a flush (every 2 s) published a position among the digits.
+    _kill_while_fed([(ch, inbound) for ch, inbound, _ in chans], 3.6, ctl.supervisor.workers[0].proc.pid)
     for ch, _, first in chans:
         assert ch.WholeCallRecorder.stop()
         res = ch.WholeCallRecorder.last_result
