@@ -257,7 +257,7 @@ class Controller:
                                     (msg.t_stop_received, msg.t_stop_applied, msg.t_queued),
                                     moved.resumed if moved is not None else (), estimated)
             if applied:
-                self.counters.ended(msg.cause, msg.bytes, msg.error, lost)
+                self.counters.ended(msg.cause, nbytes, msg.error, lost)  # a salvaged job's, from its file
             return applied
         if isinstance(msg, JobDigits):
             rec = self._jobs.get(msg.job_id)

@@ -487,14 +487,15 @@ class WholeCallRecorder:
     def _on_ended(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
                   lost_samples: int = 0, origin: int = -1, end_pos: int = -1, heard: bool = False,
                   worker_times: tuple[float, float, float] = (0.0, 0.0, 0.0), resumed: tuple[int, ...] = (),
-                  salvaged: bool = False) -> bool:
+                  estimated: bool = False) -> bool:
         """The worker ended the job (I/O thread): its file is final. The rest (removing a
         too short file, or hashing it and writing its sidecar) is disk work for a
         finisher thread (`sidecar.py`); the recorder reports the end after it.
         `worker_times`: the worker's stop stamps (`JobEnded.t_stop_received` ...);
-        `resumed`: where takeovers went on reading (`sidecar.heard_once`); `salvaged`: the
-        worker died before reporting the end, so the counts may fall short of the file and
-        it is never discarded for `min_seconds` (a complete recording was deleted so)."""
+        `resumed`: where takeovers went on reading (`sidecar.heard_once`); `estimated`: the
+        worker died before reporting the end and the file could not tell its counts, which
+        may fall short of it, so it is never discarded for `min_seconds` (a complete
+        recording was deleted so)."""
         delivered = time.monotonic()
         with self._cond:
             if not self._core.will_end(job_id):
@@ -513,18 +514,18 @@ class WholeCallRecorder:
             if notes is not None and resumed:
                 notes.resumed = resumed
         self._ctl.finish(self._finish, job_id, cause, nbytes, samples, duration_s, error, lost_samples, origin,
-                         end_pos, heard, notes, opts, path, salvaged)
+                         end_pos, heard, notes, opts, path, estimated)
         return True
 
     def _finish(self, job_id: int, cause: states.Cause, nbytes: int, samples: int, duration_s: float, error: str,
                 lost_samples: int, origin: int, end_pos: int, heard: bool, notes: sc.JobNotes | None,
-                opts: RecordOptions | None, path: str, salvaged: bool = False) -> None:
+                opts: RecordOptions | None, path: str, estimated: bool = False) -> None:
         """Finisher thread: discard or describe the final file, then end the job."""
         discarded, side, paused = False, "", ()
         try:
             exists = bool(path) and os.path.isfile(path)
             if notes is not None and exists and notes.min_seconds and cause is not Cause.ERROR \
-                    and duration_s < notes.min_seconds and not salvaged:
+                    and duration_s < notes.min_seconds and not estimated:
                 os.unlink(path)
                 discarded = True
                 log.info("Channel(%d): job %d: %.3f s < min_seconds %.3f: %s discarded", self._channel_id, job_id,
