@@ -445,6 +445,7 @@ class JitterBuffer:
         stream.base_ts = ext_ts
         stream.max_ts = ext_ts
         stream.end = max(stream.end, anchor)
+        stream.late_since = -1.0  # a returning stream's old lateness says nothing now
         self._current = stream
 
     def _land(self, position: int, samples: np.ndarray) -> None:
