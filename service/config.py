@@ -66,6 +66,10 @@ class ServeConfig:
     sync_on_stop: bool = False
     """A recording's file and sidecar fsynced before its stop is answered (Config.sync_on_stop);
     off, the controller's syncer makes the sidecar durable milliseconds later."""
+    handshake_timeout: float = 10.0
+    """Seconds a WebSocket or AudioSocket connection has to name its call (the HTTP upgrade,
+    the UUID frame) before it is closed: connections that never do would otherwise hold a
+    descriptor and memory of the stream process until the peer gives up."""
     stream_procs: int = 0
     """Stream ingest processes (Twilio, L16 WebSocket, AudioSocket), each with its own WebSocket
     and AudioSocket port; 0 sizes it for the CPUs (`stream_count`)."""
@@ -81,7 +85,7 @@ DEFAULTS = {
     "log_format": "text", "log_level": "", "ops_listen": "",
     "arena_dir": "/dev/shm", "worker_priority": 10,
     "websocket_listen": "", "websocket_url": "", "audiosocket_listen": "",
-    "ingest_procs": 0, "stream_procs": 0, "sync_on_stop": False,
+    "ingest_procs": 0, "stream_procs": 0, "sync_on_stop": False, "handshake_timeout": 10.0,
 }
 #: The longest RTP re-order window: audio waits that long before the rings; the legs' rings hold 8 s.
 MAX_REORDER_MS = 5000.0
@@ -110,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--websocket-listen", help="HOST:PORT for Twilio/L16 WebSocket media (default: listen host, any port)")
     p.add_argument("--websocket-url", help="public base URL of the WebSocket media server, e.g. wss://host (TLS proxy)")
     p.add_argument("--audiosocket-listen", help="HOST:PORT for Asterisk AudioSocket (default: listen host, any port)")
+    p.add_argument("--handshake-timeout", type=float,
+                   help="seconds a WebSocket/AudioSocket connection has to name its call before it is closed "
+                        "(default 10)")
     p.add_argument("--ingest-procs", type=int,
                    help="RTP ingest processes, each owning a sub-range of the ports (default: sized for the CPUs)")
     p.add_argument("--stream-procs", type=int,
@@ -236,6 +243,9 @@ def build(values: dict[str, Any]) -> ServeConfig:
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
             raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
+    ht = values["handshake_timeout"]
+    if isinstance(ht, bool) or not isinstance(ht, (int, float)) or not 0 < ht <= 3600:
+        raise ConfigError(f"handshake_timeout must be a number of seconds above 0 and at most 3600, got {ht!r}")
     if values["reorder_ms"] > MAX_REORDER_MS:
         raise ConfigError(f"reorder_ms must be at most {MAX_REORDER_MS:.0f} (the legs' audio reaches the recorder that "
                           f"much late), got {values['reorder_ms']!r}")
@@ -262,7 +272,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),
         worker_priority=wp, **_stream_settings(values),
         ingest_procs=values["ingest_procs"], stream_procs=values["stream_procs"],
-        sync_on_stop=values["sync_on_stop"],
+        sync_on_stop=values["sync_on_stop"], handshake_timeout=float(ht),
     )
 
 

@@ -51,6 +51,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -226,8 +227,9 @@ class StreamIngest:
     """The loop: a WebSocket server, an AudioSocket server, a control socket, a tick."""
 
     def __init__(self, arena_path: str, endpoint: str, window: float, media_timeout: float, tick_s: float,
-                 ws_host: str, ws_port: int, as_host: str, as_port: int) -> None:
+                 ws_host: str, ws_port: int, as_host: str, as_port: int, handshake_timeout: float = 10.0) -> None:
         self.arena = Arena.attach(arena_path)
+        self.handshake_timeout = handshake_timeout
         self.endpoint = endpoint
         self.window = window
         self.media_timeout = media_timeout
@@ -653,12 +655,15 @@ class WebSocketProtocol(asyncio.Protocol):
         self.conn: Conn | None = None
         self.failed = False
         self._timer: asyncio.TimerHandle | None = None
+        self._opening_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.owner.websockets.add(self)
+        self._opening_timer = _opening_deadline(self.owner, transport, lambda: self.conn is None and not self.failed,
+                                                f"WebSocket from {self.peer}: no opening request")
 
     def pause_writing(self) -> None:
         """The peer does not read what we send (pongs to its pings, say): read nothing more
@@ -694,6 +699,8 @@ class WebSocketProtocol(asyncio.Protocol):
         if got is None:
             self._flush()
             return
+        if self._opening_timer is not None:
+            self._opening_timer.cancel()
         if isinstance(got, wsp.Refusal):
             self.owner._refuse(f"WebSocket from {self.peer}: handshake refused ({got.status}): {got.reason}")
         else:
@@ -733,8 +740,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.websockets.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._opening_timer):
+            if timer is not None:
+                timer.cancel()
         if self.conn is not None:
             reason = "the connection closed"
             code = self.ws.peer_code
@@ -754,11 +762,14 @@ class AudioSocketProtocol(asyncio.Protocol):
         self.conn: Conn | None = None
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self._opening_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._opening_timer = _opening_deadline(self.owner, transport, lambda: self.conn is None,
+                                                f"AudioSocket from {self.peer}: no UUID frame")
 
     def _refuse(self, why: str) -> None:
         self.owner._refuse(f"AudioSocket from {self.peer}: {why}")
@@ -814,8 +825,23 @@ class AudioSocketProtocol(asyncio.Protocol):
         self.transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._opening_timer is not None:
+            self._opening_timer.cancel()
         if self.conn is not None:
             self.owner.pending.append((self.conn, CLOSE, "the connection closed" + (f": {exc}" if exc else "")))
+
+
+def _opening_deadline(owner: StreamIngest, transport: asyncio.BaseTransport, waiting: Callable[[], bool],
+                      what: str) -> asyncio.TimerHandle:
+    """Close a connection still `waiting` to name its call after the handshake timeout: a
+    peer that connects and says nothing (or too little, slowly) would otherwise hold a
+    descriptor and a buffer of this process, which every streamed call shares, for as long
+    as it likes."""
+    def expire() -> None:
+        if waiting() and not transport.is_closing():
+            owner._refuse(f"{what} in {owner.handshake_timeout:g} s; closed")
+            transport.abort()
+    return asyncio.get_running_loop().call_later(owner.handshake_timeout, expire)
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -833,6 +859,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--media-timeout", type=float, default=30.0)
     p.add_argument("--tick-ms", type=float, default=50.0, help="how often input is worked through and legs released")
     p.add_argument("--parent", type=int, default=0, help="exit when this process is gone")
+    p.add_argument("--handshake-timeout", type=float, default=10.0,
+                   help="seconds a connection has to name its call (WebSocket upgrade, AudioSocket UUID)")
     a = p.parse_args(argv)
     logline.configure()  # text or JSON lines, as every process of the service
     import signal
@@ -841,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     ws_host, ws_port = _host_port(a.websocket)
     as_host, as_port = _host_port(a.audiosocket)
     ingest = StreamIngest(a.arena, a.control, a.reorder_ms / 1000.0, a.media_timeout, a.tick_ms / 1000.0,
-                          ws_host, ws_port, as_host, as_port)
+                          ws_host, ws_port, as_host, as_port, a.handshake_timeout)
     if a.parent:
         from wholecall.service.ingest_proc import _die_with_parent
 

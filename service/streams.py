@@ -117,7 +117,8 @@ class StreamBackend:
             cmd = [sys.executable, "-P", "-m", "wholecall.service.stream_proc", "--arena", arena_path,
                    "--control", endpoint, "--reorder-ms", str(cfg.reorder_ms), "--media-timeout", str(cfg.media_timeout),
                    "--websocket", _nth(cfg.websocket_listen or f"{cfg.host}:0", k),
-                   "--audiosocket", _nth(cfg.audiosocket_listen or f"{cfg.host}:0", k), "--parent", str(os.getpid())]
+                   "--audiosocket", _nth(cfg.audiosocket_listen or f"{cfg.host}:0", k), "--parent", str(os.getpid()),
+                   "--handshake-timeout", str(cfg.handshake_timeout)]
             sp.proc = await loop.run_in_executor(
                 s.pool, lambda cmd=cmd: subprocess.Popen(cmd, cwd=s.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
         hellos = await asyncio.wait_for(asyncio.gather(*(sp.hello for sp in self.procs)), 30)

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="how long every call sends")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--ingest-procs", type=int, default=0, help="ingest processes of the server (default: its own)")
-    p.add_argument("--rtp-ports", default="", help="LOW-HIGH for the server (default: 4 per call from 20000)")
+    p.add_argument("--rtp-ports", default="", help="LOW-HIGH for the server (default: 20000-39999, wider for many calls)")
     p.add_argument("--dir", default="", help="recordings directory (default: a temporary one, removed)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
@@ -89,7 +89,9 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.mkdtemp(prefix="wholecall-rtp-stress-")
     rec_dir = a.dir or os.path.join(tmp, "recordings")
     port = _free_port()
-    ports = a.rtp_ports or f"20000-{20000 + 4 * n + 100}"
+    # The server skips ports another process holds, so two runs can share one wide range; a
+    # range cut to this run's size left a second run at once with nothing free (every call 503).
+    ports = a.rtp_ports or f"20000-{min(65535, max(39999, 20000 + 8 * n + 100))}"
     cmd = [sys.executable, "-m", "wholecall.cli", "serve", "--listen", f"127.0.0.1:{port}", "--recordings-dir",
            rec_dir, "--rtp-ports", ports, "--max-calls", str(n + 8), "--media-timeout", "0"]
     if a.workers:

@@ -1450,8 +1450,11 @@ def _run(a: argparse.Namespace, cfg: StressConfig, report_path: str) -> int:
                 report["baseline"].append(b)
         ok = bool(report["ok"])
         text = summary(report)
-    with open(report_path, "w") as f:
+    # Written aside and renamed: two runs sharing an --out leave one whole report, never a mix.
+    part = f"{report_path}.{os.getpid()}.part"
+    with open(part, "w") as f:
         json.dump(report, f, indent=2, default=str)
+    os.replace(part, report_path)
     print(text)
     print(f"report: {report_path}")
     return 0 if ok else 1

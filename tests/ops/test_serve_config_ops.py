@@ -97,6 +97,14 @@ def test_a_reorder_window_past_its_limit_is_refused_by_name() -> None:
         load(["--reorder-ms", "nan"])
 
 
+def test_a_handshake_timeout_must_be_a_positive_number_of_seconds() -> None:
+    assert load([]).handshake_timeout == 10.0
+    assert load(["--handshake-timeout", "2.5"]).handshake_timeout == 2.5
+    for bad in ("0", "-1", "nan", "4000"):
+        with pytest.raises(ConfigError, match="handshake_timeout must be a number of seconds above 0"):
+            load(["--handshake-timeout", bad])
+
+
 def test_process_counts_follow_the_cpus_this_process_may_use_not_the_hosts() -> None:
     """A reviewer's find: in a 4-CPU cpuset of a 64-CPU host, 32 ingest and 8 stream processes
     (~180 and ~110 MB each) were started beside 4 workers. Run here under one CPU."""

@@ -333,6 +333,48 @@ def test_bad_audiosocket_and_websocket_connections_are_refused_and_counted(serve
     assert server.api("GET", "/healthz")[0] == 200
 
 
+def test_connections_that_never_name_their_call_are_closed_after_the_handshake_timeout(tmp_path) -> None:
+    """A peer that connects and says nothing, or sends half an opening request, is closed
+    once --handshake-timeout has passed and counted refused; a connection that did name
+    its call is not touched by it."""
+    import socket
+
+    from serve_helpers import Server
+
+    srv = Server(str(tmp_path), "--handshake-timeout", "1")
+    try:
+        call = create(srv, media="audiosocket")
+        host, as_port = call["audiosocket"]["host"], call["audiosocket"]["port"]
+        ws_port = _ws_port(srv)
+        refused0 = srv.api("GET", "/healthz")[1]["streams"]["refused"]
+        silent_ws = socket.create_connection((host, ws_port))
+        half_ws = socket.create_connection((host, ws_port))
+        half_ws.sendall(b"GET /v1/media/x HTTP/1.1\r\nHost: a\r\n")  # never the blank line
+        silent_as = socket.create_connection((host, as_port))
+        named = socket.create_connection((host, as_port))
+        named.sendall(as_uuid(call["audiosocket"]["uuid"]))
+        t0 = time.monotonic()
+        for s in (silent_ws, half_ws, silent_as):
+            s.settimeout(10)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert time.monotonic() - t0 < 8  # closed by the 1 s timeout, not by the 10 s default
+        health = srv.api("GET", "/healthz")[1]
+        assert health["streams"]["refused"] == refused0 + 3
+        out = srv.output()
+        assert "no opening request in 1 s; closed" in out and "no UUID frame in 1 s; closed" in out
+        named.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            named.recv(1)  # still open: it named its call
+        assert srv.api("GET", f"/v1/calls/{call['id']}")[1]["state"] != "IDLE"
+        named.close()
+    finally:
+        assert srv.terminate() == 0, srv.output()
+
+
 def _ws_port(server) -> int:
     call = create(server, media="twilio")
     server.api("DELETE", f"/v1/calls/{call['id']}")
