@@ -93,8 +93,8 @@ class Commands:
         self._stop_times: dict[int, list[float]] = {}
         #: Jobs whose end was queued lately: a stop or pause that crossed the end (a call
         #: hung up as its silence limit ended it, a refused start) is no one's error.
-        self._ended: collections.deque[int] = collections.deque(maxlen=ENDED_KEPT)
-        self._ended_set: set[int] = set()
+        #: (An insertion-ordered dict: membership, and the oldest to forget, in one structure.)
+        self._ended: dict[int, None] = {}
         self._ended_lock = threading.Lock()  # `send` runs on any thread
         # The loop waits on `wake` (commands, or an opened file it must see now); the I/O thread on
         # the socket and `_io_wake` (something to send, or time to stop).
@@ -134,10 +134,10 @@ class Commands:
     def _note_ended(self, job_id: int) -> None:
         with self._ended_lock:
             ended = self._ended
-            if len(ended) == ended.maxlen:
-                self._ended_set.discard(ended[0])
-            ended.append(job_id)
-            self._ended_set.add(job_id)
+            ended.pop(job_id, None)
+            ended[job_id] = None
+            if len(ended) > ENDED_KEPT:
+                del ended[next(iter(ended))]
 
     def send_all(self, msgs: list[Message]) -> None:
         """Queue several events with one wake-up of the I/O thread (a tick's endings)."""
@@ -367,14 +367,14 @@ class Commands:
                     self._held_stops[msg.job_id] = msg
             if not opening and not self.pipe.stop(msg.job_id, msg.cause, msg.end_pos):
                 self._stop_times.pop(msg.job_id, None)
-                if msg.job_id not in self._ended_set:
+                if msg.job_id not in self._ended:
                     self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="stop for unknown job"))
         elif isinstance(msg, PauseJob):
             with self._lock:
                 opening = msg.job_id in self._opening
                 if opening:
                     self._held_pauses.setdefault(msg.job_id, []).append(msg)
-            if not opening and not self.pipe.pause(msg) and msg.job_id not in self._ended_set:
+            if not opening and not self.pipe.pause(msg) and msg.job_id not in self._ended:
                 self.send(WorkerError(worker=self.index, job_id=msg.job_id, message="pause for unknown job"))
         elif isinstance(msg, Shutdown):
             self.shutdown = True
