@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from wholecall.formats.codecs import FORMATS, MODES, RATES, SEPARATE_FORMATS
+from wholecall.formats.codecs import CODECS, FORMATS, MODES, RATES, SEPARATE_FORMATS
+from wholecall.formats.encrypted import PART_SUFFIX, TMP_SUFFIX
 from wholecall.formats.wav import header_bytes
 from wholecall.protocol import StartJob
 from wholecall.protocol.limits import MAX_BYTES, MAX_SILENCE_MS
@@ -124,6 +125,11 @@ def _within(root_real: str, path: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+#: Names the encrypted recordings' intermediate files take beside theirs (`formats.encrypted`):
+#: a recording so named would be deleted when the recording it seems to belong to finishes.
+RESERVED_SUFFIXES = (PART_SUFFIX, TMP_SUFFIX)
+
+
 def resolve_filename(root: str, filename: Any) -> str:
     """The absolute path for `filename` under `root`; refuses escapes and existing files.
 
@@ -144,6 +150,9 @@ def resolve_filename(root: str, filename: Any) -> str:
         raise Error(f"filename {filename!r} is not valid UTF-8") from None
     if filename.endswith(("/", os.sep)):
         raise Error(f"filename {filename!r} names a directory")
+    if filename.endswith(RESERVED_SUFFIXES):
+        raise Error(f"filename {filename!r}: names ending in {' or '.join(RESERVED_SUFFIXES)} are reserved for "
+                    "the intermediate files of encrypted recordings")
     root_real = _real_dir(root) or os.path.realpath(root)
     head, tail = os.path.split(filename)
     if tail not in (".", ".."):
@@ -220,10 +229,18 @@ def check_start(
             )
         # The spec: in separate mode these limits are ignored.
         max_bytes = ms_max = ms_init = 0
-    if max_bytes:
-        minimum = header_bytes(file_format, 1)
-        if max_bytes <= minimum:
-            raise Error(f"max_bytes {max_bytes} cannot hold even the {minimum}-byte WAV header of {file_format}")
     wire = wire_cipher(cipher)  # the cipher module knows its types (and what a private key by mistake means)
+    if max_bytes:
+        # The smallest file with audio in it: the header, one unit of data (an IMA block, a
+        # sample) and its RIFF pad byte if that is odd, then what encryption adds. A limit
+        # below it ended every recording SIZE at once with a file of no audio.
+        head = header_bytes(file_format, 1)
+        unit = CODECS[file_format].unit_bytes(1)
+        minimum = head + unit + (unit & 1)
+        room = max_bytes if cipher is None else cipher.plaintext_limit(max_bytes)
+        if room < minimum:
+            extra = "" if cipher is None else f" (encrypted: {max_bytes - room} bytes of it go to the cipher)"
+            raise Error(f"max_bytes {max_bytes} cannot hold the {head}-byte WAV header of {file_format} and "
+                        f"its first {unit} byte(s) of audio{extra}")
     path = resolve_filename(root, filename)
     return RecordOptions(path, file_format, rate, max_bytes, ms_max, ms_init, dtmf_elim, recording_mode, wire)

@@ -86,6 +86,10 @@ class AESCBCCipher:
         """The msgpack-ready form sent to the worker (holds the key: never log or store it)."""
         return {"scheme": cf.SCHEME_CBC, "key": self._key, "iv": self._iv}
 
+    def plaintext_limit(self, max_bytes: int) -> int:
+        """The WAV bytes a file of at most `max_bytes` holds once encrypted (0: no limit)."""
+        return cf.plaintext_limit(max_bytes, cf.SCHEME_CBC)
+
     def __repr__(self) -> str:
         return f"AESCBCCipher(bits={self.bits}, key=<hidden>, iv=<hidden>)"
 
@@ -124,6 +128,10 @@ class EnvelopeCipher:
     def to_wire(self) -> dict[str, Any]:
         """The msgpack-ready form sent to the worker: the public key only."""
         return {"scheme": cf.SCHEME_ENVELOPE, "public_key": self._pem}
+
+    def plaintext_limit(self, max_bytes: int) -> int:
+        """The WAV bytes a file of at most `max_bytes` holds once encrypted (0: no limit)."""
+        return cf.plaintext_limit(max_bytes, cf.SCHEME_ENVELOPE, self._key.key_size)
 
     def __repr__(self) -> str:
         return f"EnvelopeCipher(rsa={self._key.key_size}, fingerprint={self.fingerprint[:16]})"

@@ -25,7 +25,7 @@ from wholecall.shm import layout as L
 
 from . import sidecar as sc
 from . import states
-from .args import RecordOptions, check_min_seconds, check_pause_mode, check_start, check_timeout
+from .args import RESERVED_SUFFIXES, RecordOptions, check_min_seconds, check_pause_mode, check_start, check_timeout
 from .condition import Condition
 from .durability import fsync_path, sync_files
 from .errors import Error, Hangup
@@ -238,6 +238,10 @@ class WholeCallRecorder:
             if cfg.sidecars and os.path.lexists(sc.sidecar_path(args.path)):
                 raise Error(f"filename {filename!r}: {os.path.basename(sc.sidecar_path(args.path))} already exists "
                             "where the recording's sidecar would go; recordings are never overwritten")
+            for suffix in RESERVED_SUFFIXES:  # an encrypted recording's unfinished files: `wholecall recover` them
+                if os.path.lexists(args.path + suffix):
+                    raise Error(f"filename {filename!r}: {os.path.basename(args.path + suffix)} exists, the "
+                                "intermediate of an unfinished encrypted recording of that name (wholecall recover)")
             self._ctl._free_space.check()
             # The whole request is built, checked and encoded before anything changes: one
             # the encoder or a worker could not take must leave the recorder as it was,

@@ -97,6 +97,22 @@ ENV_TAG_SIZE = 16
 ENV_KEY_SIZE = 32
 ENV_NONCE_SIZE = 12
 
+
+
+def plaintext_limit(max_bytes: int, scheme: str, rsa_bits: int = 0) -> int:
+    """The largest plaintext whose final encrypted file still fits in `max_bytes` (0 = no
+    limit): the worker stops there, and `start()` refuses a limit that leaves no room for audio.
+
+    AES-CBC with PKCS#7 always adds 1..16 bytes of padding; an envelope adds its header,
+    the wrapped key (`rsa_bits` / 8) and the GCM tag.
+    """
+    if not max_bytes:
+        return 0
+    if scheme == SCHEME_CBC:
+        return max(0, max_bytes // 16 * 16 - 1)
+    return max(0, max_bytes - (ENV_FIXED.size + rsa_bits // 8 + ENV_TAG_SIZE))
+
+
 PART_MAGIC = b"WCALLPRT"
 PART_VERSION = 1
 PART_FIXED = struct.Struct(">8sBBH16s16s32s")  # magic, version, scheme, W, ctr, iv, fingerprint

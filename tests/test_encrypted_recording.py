@@ -101,3 +101,21 @@ def test_envelope_round_trip_and_no_plaintext_on_disk(ctl, tmp_path):
     import soundfile as sf
     data, rate = sf.read(out, dtype="int16")
     assert rate == 8000 and np.array_equal(data[:15000], a[:15000])
+
+
+@pytest.mark.parametrize("suffix", [".wcpart", ".wctmp"])
+def test_a_name_whose_encrypted_intermediate_exists_is_refused(ctl, answered, suffix):
+    """The intermediate of an unfinished encrypted recording (a killed worker's .wcpart, a
+    crash's .wctmp) belongs to that recording: `wholecall recover` turns it into the file of
+    that name. A new recording of the name would have its finish remove it (the .wctmp) or
+    be overwritten."""
+    from wholecall.controller import Error
+
+    path = os.path.join(ctl.config.recordings_dir, "pending.wav" + suffix)
+    with open(path, "wb") as f:
+        f.write(b"left by a crash")
+    for cipher in (None, AESCBCCipher(new_key(), new_iv())):
+        with pytest.raises(Error, match=f"pending.wav{suffix} exists, the intermediate of an unfinished encrypted"):
+            answered.WholeCallRecorder.start("pending.wav", cipher=cipher)
+    assert open(path, "rb").read() == b"left by a crash"
+    assert not os.path.exists(path[:-len(suffix)])

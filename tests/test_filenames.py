@@ -120,3 +120,11 @@ def test_a_subdirectory_linked_to_a_sibling_whose_name_starts_like_the_root_is_r
     with pytest.raises(Error, match="outside the recordings directory"):
         resolve_filename(str(root), "calls/a.wav")
     assert not (sibling / "a.wav").exists()
+
+
+@pytest.mark.parametrize("suffix", [".wcpart", ".wctmp"])
+def test_names_of_encrypted_intermediates_are_reserved(tmp_path, suffix):
+    """A reviewer's find: a plain recording named x.wav.wctmp was deleted when an encrypted
+    x.wav finished (its temporary file has that name)."""
+    with pytest.raises(Error, match="are reserved for the intermediate files of encrypted recordings"):
+        resolve_filename(str(tmp_path), "x.wav" + suffix)

@@ -171,18 +171,11 @@ class EncryptedSink:
         return self._size
 
     def plaintext_limit(self, max_bytes: int) -> int:
-        """The largest plaintext whose final encrypted file still fits in `max_bytes` (0 = no limit).
-
-        AES-CBC with PKCS#7 always adds 1..16 bytes of padding; an envelope adds its
-        header, the wrapped key and the GCM tag.
-        """
-        if not max_bytes:
-            return 0
+        """The largest plaintext whose final encrypted file still fits in `max_bytes` (0 = no limit)."""
         if self._scheme == cf.SCHEME_CBC:
-            return max(0, max_bytes // 16 * 16 - 1)
+            return cf.plaintext_limit(max_bytes, self._scheme)
         assert self._public_key is not None
-        overhead = cf.ENV_FIXED.size + self._public_key.key_size // 8 + cf.ENV_TAG_SIZE
-        return max(0, max_bytes - overhead)
+        return cf.plaintext_limit(max_bytes, self._scheme, self._public_key.key_size)
 
     def finish(self) -> int:
         """Write the final encrypted file at `path`; returns its size on disk."""

@@ -169,3 +169,48 @@ def test_encrypted_file_respects_max_bytes(call, name, scheme):
     assert rec.wait_until_finished(5) is Cause.SIZE
     size = os.path.getsize(rec.last_result.path)
     assert max_bytes - 400 < size <= max_bytes  # capped on disk, and not by a wide margin
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+def test_the_smallest_max_bytes_holds_the_header_and_one_unit_of_audio(call, name, file_format):
+    """Decided (README, ambiguous sentence 9): a max_bytes that cannot hold more than the
+    header raises Error. "More" is one unit of audio: a sample (with its RIFF pad byte when
+    the data is odd-sized), an OKI byte, an IMA block; a limit one byte short of that ended
+    every recording SIZE at once with no audio in its file (a reviewer's find)."""
+    from wholecall.controller import Error
+
+    rec = call.WholeCallRecorder
+    unit = CODECS[file_format].unit_bytes(1)
+    smallest = header_bytes(file_format, 1) + unit + (unit & 1)
+    with pytest.raises(Error, match=f"max_bytes {smallest - 1} cannot hold the"):
+        rec.start(name(), file_format=file_format, max_bytes=smallest - 1)
+    assert rec.start(name(), file_format=file_format, max_bytes=smallest)
+    feed_both(call, tone(440, 1.0))
+    assert rec.wait_until_finished(5) is Cause.SIZE
+    assert rec.last_result.samples >= CODECS[file_format].unit_frames
+    assert os.path.getsize(rec.last_result.path) <= smallest
+
+
+@pytest.mark.parametrize("scheme", ["aes-cbc", "envelope"])
+def test_an_encrypted_max_bytes_counts_what_the_cipher_adds(call, name, scheme):
+    """The same rule for an encrypted file: its limit must hold the cipher's overhead too."""
+    from wholecall.controller import AESCBCCipher, EnvelopeCipher, Error, new_iv, new_key
+
+    if scheme == "aes-cbc":
+        cipher = AESCBCCipher(new_key(), new_iv())
+        smallest = 64  # the 58-byte A-law header, one sample and its pad byte, PKCS#7 to 64
+    else:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cipher = EnvelopeCipher(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        smallest = 60 + (10**6 - cipher.plaintext_limit(10**6))  # header, sample, pad; then the envelope
+    rec = call.WholeCallRecorder
+    with pytest.raises(Error, match="go to the cipher"):
+        rec.start(name(), max_bytes=smallest - 1, cipher=cipher)
+    assert rec.start(name(), max_bytes=smallest, cipher=cipher)
+    feed_both(call, tone(440, 1.0))
+    assert rec.wait_until_finished(5) is Cause.SIZE
+    assert rec.last_result.samples >= 1 and os.path.getsize(rec.last_result.path) <= smallest
