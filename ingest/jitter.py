@@ -18,12 +18,13 @@ whatever the network did. Therefore
   lost one is silence at its place, and a leg that never sends still advances. Both legs of
   a call released by the same `now` end at the same position;
 * a packet whose place was already released is "late" and dropped; a repeated sequence
-  number is a duplicate and dropped;
+  number is a duplicate and dropped; a sequence number far from the others (RFC 3550 A.1)
+  is not believed until the next packet follows it, then the numbering restarts there;
 * a new SSRC (re-INVITE, transfer, hold) continues right after the previous stream's last
   sample if it arrives within the window of it, else at its arrival time;
 * a stream whose newest packet would land more than `max_ahead` past the clock is
-  re-anchored at its arrival time ("resync"). One whose newest audio lands before what has
-  been released is re-anchored only once that has lasted a window's time: a delay spike's
+  re-anchored at its arrival time ("resync"). One whose newest packet (audio, event or CN)
+  lands before what has been released is re-anchored only once that has lasted a window's time: a delay spike's
   held packets arrive together and are dropped as late while the packets after them land
   where they always did (re-anchoring at the first of them shifted the leg for the rest of
   the call), where a stream that has moved (sender clock drift, a changed delay) stays
@@ -63,6 +64,10 @@ MAX_STREAMS = 8
 """Streams (SSRCs) remembered per leg; the oldest is forgotten past this (garbage SSRCs)."""
 
 _SEQ_SEEN = 2048  # sequence numbers remembered for duplicate detection (about 40 s at 50/s)
+# RFC 3550 A.1: a sequence number this far ahead of the highest, or this far behind it, is
+# not loss or re-ordering but a sender that restarted its numbering.
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
 _EVENT_STARTS = 32  # telephone-event start timestamps remembered per stream
 
 Chunk = tuple[int, "np.ndarray | int"]
@@ -111,7 +116,7 @@ class _Stream:
     __slots__ = (
         "ssrc", "anchor", "base_ts", "max_ts", "max_seq", "min_seq", "unique", "seen",
         "last_arrival", "end", "event_ts", "event_code", "event_end", "event_duration", "event_starts",
-        "late_since",
+        "late_since", "bad_seq",
     )
 
     def __init__(self, ssrc: int, ts: int, seq: int, anchor: int, now: float) -> None:
@@ -131,6 +136,7 @@ class _Stream:
         self.event_duration = 0
         self.event_starts: deque[int] = deque(maxlen=_EVENT_STARTS)
         self.late_since = -1.0  # arrival of the first of the newest packets that were all late; -1: none
+        self.bad_seq = -1  # RFC 3550 A.1: the sequence number that would confirm a restart; -1: none
 
     def lost(self) -> int:
         return max(0, self.max_seq - self.min_seq + 1 - self.unique)
@@ -275,25 +281,32 @@ class JitterBuffer:
                 self._switch_to(stream, ext_ts, clock)  # a stream that comes back (unhold)
 
         ext_seq = _unwrap(sequence, stream.max_seq, 16)
-        if ext_seq in stream.seen:
-            self.duplicates += 1
-            return
-        stream.seen.add(ext_seq)
-        if len(stream.seen) > _SEQ_SEEN:
-            floor = stream.max_seq - _SEQ_SEEN // 2
-            stream.seen = {s for s in stream.seen if s > floor}
-        stream.unique += 1
-        in_order = ext_seq > stream.max_seq  # (a stream's first packet is neither)
-        if ext_seq < stream.max_seq:
-            self.reordered += 1
-            stream.min_seq = min(stream.min_seq, ext_seq)
-        else:
-            stream.max_seq = ext_seq
+        in_order = False
+        if -MAX_MISORDER <= ext_seq - stream.max_seq <= MAX_DROPOUT:
+            if ext_seq in stream.seen:
+                self.duplicates += 1
+                return
+            stream.seen.add(ext_seq)
+            if len(stream.seen) > _SEQ_SEEN:
+                floor = stream.max_seq - _SEQ_SEEN // 2
+                stream.seen = {s for s in stream.seen if s > floor}
+            stream.unique += 1
+            in_order = ext_seq > stream.max_seq  # (a stream's first packet is neither)
+            if ext_seq < stream.max_seq:
+                self.reordered += 1
+                stream.min_seq = min(stream.min_seq, ext_seq)
+            else:
+                stream.max_seq = ext_seq
+        elif sequence == stream.bad_seq:  # the second in a row of a new numbering: the sender restarted it
+            self._restart_sequence(stream, ext_seq)
+            in_order = True
+        else:  # a jump (RFC 3550 A.1): placed by its timestamp as ever, its number not yet believed
+            stream.bad_seq = (sequence + 1) & 0xFFFF
         stream.last_arrival = now
 
         position = stream.anchor + ext_ts - stream.base_ts
         if ext_ts > stream.max_ts:
-            if position > clock + self.max_ahead or (position < self.released and self._stays_late(stream, samples, now)):
+            if position > clock + self.max_ahead or (position < self.released and self._stays_late(stream, now)):
                 position = self._resync(stream, ext_ts, clock)
             elif position >= self.released:
                 stream.late_since = -1.0
@@ -371,6 +384,7 @@ class JitterBuffer:
         taken = new - cur.max_seq
         if taken <= 0:
             return
+        cur.late_since = -1.0  # it takes only packets that landed in place
         self.received += taken
         cur.unique += taken
         lo = cur.max_seq + 1
@@ -401,15 +415,26 @@ class JitterBuffer:
 
     # -- inside ---------------------------------------------------------------------
 
-    def _stays_late(self, stream: _Stream, samples: np.ndarray | None, now: float) -> bool:
-        """Whether a stream's newest packet, late, means the stream has moved: audio that has
-        been late for a window's time (one late burst is a delay spike, see the module
-        docstring); any other kind at once, as its positions were always judged."""
-        if samples is None:
-            return True
+    def _stays_late(self, stream: _Stream, now: float) -> bool:
+        """Whether a stream's newest packet, late, means the stream has moved: it has been
+        late for a window's time (one late burst is a delay spike, see the module
+        docstring). The same for telephone events and CN: an event whose first packets were
+        lost, or a delayed CN packet, re-anchored the whole leg at once (a reviewer's find)."""
         if stream.late_since < 0:
             stream.late_since = now
         return now - stream.late_since >= self.window / self.rate
+
+    def _restart_sequence(self, stream: _Stream, ext_seq: int) -> None:
+        """The sender restarted its sequence numbers (RFC 3550 A.1: two packets in a row after
+        a large jump): the run so far keeps its losses and the new one starts at the first
+        of the two; counting the new run against the old one's numbers made tens of
+        thousands of packets "lost" (or every later one "re-ordered")."""
+        self._retired_lost += stream.lost()
+        stream.min_seq = ext_seq - 1
+        stream.max_seq = ext_seq
+        stream.unique = 2
+        stream.seen = {ext_seq - 1, ext_seq}
+        stream.bad_seq = -1
 
     def _resync(self, stream: _Stream, ext_ts: int, clock: int) -> int:
         """Re-anchor `stream` so that `ext_ts` lands at `clock`; returns that position."""

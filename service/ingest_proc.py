@@ -77,8 +77,10 @@ log = logging.getLogger("wholecall.ingest")
 LEGS = ("inbound", "outbound")
 BATCH_ROWS = 1024
 """Datagrams one drain can hold (all ready sockets together)."""
-ROW_BYTES = 2048
-"""Largest datagram kept whole; longer ones are counted as malformed."""
+ROW_BYTES = 4096
+"""Largest datagram kept whole; longer ones are counted as malformed. RFC 3551 4.2: a receiver
+SHOULD accept up to 200 ms of audio per packet: 3,200 bytes of L16 at 8 kHz, plus header, CSRCs,
+extensions and an SRTP tag (2,048 dropped L16 packets of 130 ms and more)."""
 FRAME_BYTES = 160
 """A 20 ms G.711 payload: the size decoded batch-wise."""
 RCVBUF_BYTES = 1 << 20

@@ -102,3 +102,45 @@ def test_foreign_source_and_unknown_payload_type_are_left_to_python() -> None:
                            t.max_seq, t.end, t.released, t.call_t0, t.max_ahead, t.last_arrival, t.last_media,
                            t.packets, t.stage, ALAW_TO_INT16, ULAW_TO_INT16)
         assert slow[:n].tolist() == expect
+
+
+def test_packets_the_fast_path_takes_end_a_late_run_so_a_second_spike_moves_nothing() -> None:
+    """Two identical delay spikes, each delivering its held packets in one batch that is all
+    late and the rest in the next (as 120 ms packets do): the fast path took the in-place
+    packets after the first but left the stream marked late since then, so the second
+    spike's first late packet re-anchored the leg at once, 260 ms late for the rest of the
+    call (a reviewer's find)."""
+    payloads = np.random.default_rng(5).integers(0, 256, (140, FRAME), np.uint8)
+    table = LegTable(1)
+    leg = table.allocate()
+    jb = JitterBuffer(0.0, PayloadTypes(), window=0.2, table=table, index=leg)
+    table.active[leg] = table.fast_ok[leg] = 1
+    table.src_ip[leg], table.src_port[leg] = SRC
+    arrivals: list[tuple[float, list[int]]] = []
+    for k in range(140):
+        if 30 <= k < 50 or 80 <= k < 100:
+            continue
+        if k in (50, 100):  # the held packets: first those already released, then the rest
+            arrivals += [(k * 0.02, list(range(k - 20, k - 10))), (k * 0.02, list(range(k - 10, k)))]
+        arrivals.append((k * 0.02, [k]))
+    slow_epoch = np.zeros(table.capacity, np.int64)
+    out: list = []
+    t = table
+    for epoch, (now, ks) in enumerate(arrivals, 1):
+        out += jb.pull(now)  # the ingest's tick releases whether packets come or not
+        packets = [build_packet(8, k, k * FRAME, 0xAA, payloads[k].tobytes()) for k in ks]
+        buf, lengths, names = batch(packets)
+        slow = np.zeros(len(ks), np.int64)
+        n = fastpath.place(buf, lengths, names, len(ks), np.full(len(ks), leg, np.int64), now, epoch, slow_epoch,
+                           slow, t.active, t.fast_ok, t.kind, t.src_ip, t.src_port, t.cur_ssrc, t.anchor, t.base_ts,
+                           t.max_ts, t.max_seq, t.end, t.released, t.call_t0, t.max_ahead, t.last_arrival,
+                           t.last_media, t.packets, t.stage, ALAW_TO_INT16, ULAW_TO_INT16)
+        for i in slow[:n].tolist():
+            p = packets[i]
+            jb.push(0xAA, int.from_bytes(p[2:4], "big"), int.from_bytes(p[4:8], "big"), 8, p[12:], now)
+        out += jb.pull(now)
+    out += jb.flush(140 * 0.02)
+    got = np.concatenate([np.zeros(c, np.int16) if isinstance(c, int) else c for _, c in out]).reshape(-1, FRAME)
+    for k in list(range(40, 80)) + list(range(90, 140)):  # all but the released part of each spike
+        np.testing.assert_array_equal(got[k], ALAW_TO_INT16[payloads[k]], err_msg=str(k))
+    assert jb.counters().resyncs == 0
