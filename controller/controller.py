@@ -9,6 +9,7 @@ placed on the least-loaded worker when it starts.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import glob
 import itertools
 import logging
@@ -19,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from wholecall.formats.encrypted import PART_SUFFIX
 from wholecall.formats.wav import read_info, repair
 from wholecall.protocol import JobDigits, JobEnded, JobStarted, Message
 from wholecall.shm import Arena
@@ -55,6 +57,9 @@ class Controller:
         self._run_dir: str | None = None
         self._channels: dict[int, CallChannel] = {}
         self._jobs: dict[int, WholeCallRecorder] = {}
+        #: Starts given up unconfirmed (`WholeCallRecorder._abandon`): job id -> [its path,
+        #: whether the worker has since confirmed it, i.e. made the file].
+        self._abandoned: dict[int, list] = {}
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -200,6 +205,33 @@ class Controller:
             self._jobs[job_id] = recorder
         return job_id
 
+    def abandon(self, job_id: int, path: str) -> None:
+        """`job_id`'s start was given up unconfirmed and reported as failed: its events no
+        longer go to a recorder. Should its worker make the file after all, the file is
+        removed when the job ends; its name stays taken until then (`abandoned_path`)."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._abandoned[job_id] = [path, False]
+
+    def abandoned_path(self, path: str) -> bool:
+        """Whether an abandoned start of `path` may still make that file."""
+        with self._lock:
+            return any(entry[0] == path for entry in self._abandoned.values())
+
+    def _end_abandoned(self, msg: JobEnded) -> bool:
+        with self._lock:
+            entry = self._abandoned.pop(msg.job_id, None)
+        if entry is None:
+            return False
+        path, made = entry
+        if made:  # its worker made the file (it confirmed the job): the failed start leaves none
+            for p in (path, path + PART_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+            log.warning("job %d ended (%s) after its start was given up; removed %s", msg.job_id, msg.cause.value,
+                        path)
+        return True
+
     def finish(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on a finisher thread (inline if there is none: closing)."""
         ex = self._finisher
@@ -237,13 +269,20 @@ class Controller:
         that `worker` owns the job."""
         if isinstance(msg, JobStarted):
             rec = self._jobs.get(msg.job_id)
-            return rec is not None and rec._on_started(msg)
+            if rec is None:
+                with self._lock:
+                    entry = self._abandoned.get(msg.job_id)
+                    if entry is not None:
+                        entry[1] = True
+                return entry is not None
+            return rec._on_started(msg)
         if isinstance(msg, JobEnded):
             with self._lock:
                 rec = self._jobs.pop(msg.job_id, None)
             moved = self.supervisor.moved.pop(msg.job_id, None) if self.supervisor is not None else None
             if rec is None:
-                return False
+                return self._end_abandoned(msg)
+            ran = rec._ran(msg.job_id)
             lost = moved.lost if moved is not None else 0
             nbytes, samples, seconds = msg.bytes, msg.samples, msg.duration_s
             estimated = False
@@ -256,7 +295,7 @@ class Controller:
                                     msg.origin, msg.end_pos, msg.heard,
                                     (msg.t_stop_received, msg.t_stop_applied, msg.t_queued),
                                     moved.resumed if moved is not None else (), estimated)
-            if applied:
+            if applied and ran:  # one that never ran is a failed start, not an ended recording
                 self.counters.ended(msg.cause, nbytes, msg.error, lost)  # a salvaged job's, from its file
             return applied
         if isinstance(msg, JobDigits):
@@ -272,7 +311,8 @@ class Controller:
                 rec = self._jobs.pop(job_id, None)
             if rec is not None:
                 nbytes, samples, seconds = salvage(rec._path, rec._encrypted)
-                if rec._on_ended(job_id, Cause.ERROR, nbytes, samples, seconds, why):
+                ran = rec._ran(job_id)
+                if rec._on_ended(job_id, Cause.ERROR, nbytes, samples, seconds, why) and ran:
                     self.counters.ended(Cause.ERROR, nbytes, why, 0)
 
     def stats(self) -> dict:

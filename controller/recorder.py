@@ -158,6 +158,14 @@ class WholeCallRecorder:
         #: with any of `call_id`, `media` (per-leg stats), `digits` (RFC 4733 events:
         #: {"digit", "leg", "position"} on the legs' clock). Called on a finisher thread.
         self.sidecar_source: Callable[[], dict] | None = None
+        #: Set by an application to hear of each recording's end with its own result: called
+        #: once, on a finisher thread, with the `JobResult` of every recording started while
+        #: it was set that a worker took (ended, or failed to make its file). Taken at
+        #: `start()`, so a recording that ends at once, before `start()` has returned, is
+        #: reported all the same, and a later start's result is never mistaken for it
+        #: (`wholecall serve`'s webhooks polled `state()` and could miss a short IDLE).
+        self.on_end: Callable[[JobResult], None] | None = None
+        self._on_end: Callable[[JobResult], None] | None = None
         #: Extension of the spec: a recording started while this is > 0 and whose file
         #: holds less audio (seconds) is discarded when it ends: file removed, no sidecar,
         #: cause unchanged, `last_result.discarded` True. Checked by `start()`.
@@ -195,6 +203,15 @@ class WholeCallRecorder:
             nbytes = 0
         return seconds, nbytes
 
+    @property
+    def path(self) -> str:
+        """The file of the running recording, else of the last one started ("" before any);
+        a start refused for its arguments changes nothing."""
+        with self._cond:
+            if self._core.busy:
+                return self._path
+            return self.last_result.path if self.last_result is not None else ""
+
     def cause(self) -> states.Cause:
         """Why the last job ended; NONE while a job runs or before any job."""
         with self._cond:
@@ -221,6 +238,10 @@ class WholeCallRecorder:
         called = time.monotonic()
         self._check_call()
         with self._cond:
+            # Again under the lock: a hang-up makes the call IDLE before it takes this lock to
+            # end the job, so a start that passed the check above while the call hung up would
+            # otherwise begin a job no one ends (nothing was running when the hang-up looked).
+            self._check_call()
             if self._core.busy:
                 raise Error(f"Channel({self._channel_id}): whole call recorder is already RECORDING")
             busy = self._channel.activities.busy()
@@ -238,6 +259,9 @@ class WholeCallRecorder:
             if cfg.sidecars and os.path.lexists(sc.sidecar_path(args.path)):
                 raise Error(f"filename {filename!r}: {os.path.basename(sc.sidecar_path(args.path))} already exists "
                             "where the recording's sidecar would go; recordings are never overwritten")
+            if self._ctl.abandoned_path(args.path):
+                raise Error(f"filename {filename!r}: a start of this name was given up unconfirmed and its worker "
+                            "may still make the file; use another name")
             for suffix in RESERVED_SUFFIXES:  # an encrypted recording's unfinished files: `wholecall recover` them
                 if os.path.lexists(args.path + suffix):
                     raise Error(f"filename {filename!r}: {os.path.basename(args.path + suffix)} exists, the "
@@ -268,6 +292,7 @@ class WholeCallRecorder:
             self._worker = worker.index
             self._path = args.path
             self._encrypted = args.cipher is not None
+            self._on_end = self.on_end
             start_pos = self._channel.arm(job_id)
             self._opts = args
             self._notes = sc.JobNotes(start_pos, time.time(), min_s)
@@ -279,13 +304,16 @@ class WholeCallRecorder:
                 now = time.monotonic()
                 give_up = self._core.poll(now)
                 if give_up is not None:
-                    log.error("Channel(%d): job %d not confirmed in %.1f s; ending it", self._channel_id, job_id,
-                              cfg.start_timeout_s, extra=self._about)
                     self._send_stop(give_up.job_id, give_up.cause)
-                    return False
+                    return self._abandon(job_id, worker.index, cfg.start_timeout_s)
                 if self._core.start_deadline is not None:
                     self._cond.wait(max(0.0, self._core.start_deadline - now))
             if self._core.phase is not Phase.RECORDING:
+                ch = self._channel_ref()
+                hung_up = ch is None or ch.state() is CallState.IDLE
+                del ch  # see _on_ended
+                if hung_up:  # the spec: IDLE raises Hangup (what the job recorded ends HANGUP)
+                    raise Hangup(f"Channel({self._channel_id}): the call hung up while the recording started")
                 return False
             if self._started is not None:
                 delivered, ev = self._started
@@ -436,6 +464,25 @@ class WholeCallRecorder:
         self._cond.notify_all()
         return False
 
+    def _abandon(self, job_id: int, worker: int, timeout_s: float) -> bool:
+        """A start its worker did not confirm in time (an opener stuck on a slow disk, a
+        frozen worker): over for the caller now, as a failed start (state ERROR, cause
+        ERROR, no file), not RECORDING with a job that a next start() is refused for. The
+        stop is on its way; the controller removes the file if the worker makes it after
+        all (`Controller.abandon`). Caller holds the condition."""
+        error = f"the worker did not confirm the start in {timeout_s:g} s"
+        log.error("Channel(%d): job %d on worker %d: %s; given up", self._channel_id, job_id, worker, error,
+                  extra=self._about)
+        self._ctl.abandon(job_id, self._path)
+        ch = self._channel_ref()
+        if ch is not None:
+            ch.disarm(job_id)
+        del ch  # see _on_ended
+        self._core.ended(JobReport(job_id, Cause.ERROR, 0, 0, 0.0, error))
+        self.last_result = JobResult(self._path, Cause.ERROR, 0, 0, 0.0, error)
+        self._cond.notify_all()
+        return False
+
     def _wait_end(self, timeout: float | None) -> states.Cause | None:
         """Wait until no job runs; its cause, or None on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -480,6 +527,11 @@ class WholeCallRecorder:
             self._started = (delivered, ev)
             self._cond.notify_all()
             return True
+
+    def _ran(self, job_id: int) -> bool:
+        """Whether `job_id`, the current job, was confirmed by its worker (made its file)."""
+        with self._cond:
+            return job_id == self._core.job_id and self._core.confirmed
 
     def _on_digits(self, ev: JobDigits) -> bool:
         with self._cond:
@@ -572,8 +624,9 @@ class WholeCallRecorder:
                 return
             if len(self._stop_marks) == 6:
                 self._stop_marks.append(finished)
-            self.last_result = JobResult(path, cause, nbytes, samples, duration_s, error, lost_samples, discarded,
-                                         heard, side, paused)
+            result = self.last_result = JobResult(path, cause, nbytes, samples, duration_s, error, lost_samples,
+                                                  discarded, heard, side, paused)
+            hook = self._on_end
             if lost_samples:
                 log.error("Channel(%d): job %d lost %d samples to ring overruns before a worker takeover",
                           self._channel_id, job_id, lost_samples, extra=self._about)
@@ -581,6 +634,11 @@ class WholeCallRecorder:
                 log.error("Channel(%d): job %d ended with %s: %s", self._channel_id, job_id, cause.value, error,
                           extra=self._about)
             self._cond.notify_all()
+        if hook is not None:
+            try:
+                hook(result)
+            except Exception:  # noqa: BLE001 - the application's hook must not break the finisher
+                log.exception("Channel(%d): the on_end hook failed", self._channel_id, extra=self._about)
 
     def _durable(self, path: str, side: str) -> None:
         """The final files on the disk: the audio and the sidecar now (`Config.sync_on_stop`),

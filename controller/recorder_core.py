@@ -60,6 +60,10 @@ class RecorderCore:
         """The running job's pause mode ("silence" | "skip"), "" while it records."""
         self.finishing = False
         """The worker has ended the job; its file's sidecar is being written (`sidecar.py`)."""
+        self.confirmed = False
+        """The worker confirmed the current (or last) job: its file was made and it recorded.
+        A job that ends unconfirmed never ran (its file could not be made): a failed start,
+        not an ended recording."""
         self._seq = 0
 
     # -- queries ---------------------------------------------------------------------------
@@ -95,7 +99,7 @@ class RecorderCore:
         """A start was sent for `job_id`; it must be confirmed by `now + timeout_s`."""
         self._m.fire("start", job_id)
         self.start_deadline = now + timeout_s
-        self.paused, self._seq, self.finishing = "", 0, False
+        self.paused, self._seq, self.finishing, self.confirmed = "", 0, False, False
 
     def refuse(self, report: JobReport) -> None:
         """A start that failed before reaching a worker: a failed job all the same (state ERROR)."""
@@ -140,6 +144,7 @@ class RecorderCore:
         if job_id != self._m.job_id or self._m.phase not in (Phase.STARTING, Phase.STOPPING):
             return False
         self.start_deadline = None
+        self.confirmed = True
         self._m.fire("started")
         return True
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -40,8 +41,10 @@ import msgpack
 import zmq
 import zmq.asyncio
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from yarl import URL
 
 from wholecall.controller import AESCBCCipher, CallChannel, Controller, Error, Hangup
+from wholecall.controller.recorder import JobResult
 from wholecall.controller.states import RecorderState
 from wholecall.ingest.payload import PayloadError, PayloadTypes
 from wholecall.ingest.srtp import SrtpError, parse_sdes
@@ -99,9 +102,12 @@ class CallEntry:
     srtp: bool
     shard: int = 0
     digits: list[dict] = field(default_factory=list)
-    filename: str | None = None
     webhook: str | None = None
-    watched: bool = False
+    watched: int = 0
+    """Webhooks still to deliver for this call's recordings: it is not forgotten before."""
+    starts: int = 0
+    ends: dict[int, asyncio.Future] = field(default_factory=dict)
+    """Start number -> the future its recording's end resolves (`WholeCallRecorder.on_end`)."""
     hung_up: bool = False
     hangup_reason: str = ""
     media: dict = field(default_factory=dict)
@@ -113,6 +119,8 @@ class CallEntry:
 class Service:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
+        #: The recordings directory as the recorder resolves names in it (symlinks followed).
+        self.root_real = os.path.realpath(cfg.recordings_dir)
         self.ctl: Controller | None = None
         self.calls: dict[str, CallEntry] = {}
         self.ready = False
@@ -324,30 +332,43 @@ class Service:
             del self.calls[e.id]
             CALL_NAMES.names.pop(e.channel.id, None)
 
-    def _watch_recording(self, entry: CallEntry) -> None:
-        if entry.webhook and not entry.watched:
-            entry.watched = True
-            self._spawn(self._await_end_and_notify(entry, entry.webhook)).set_name(f"webhook-{entry.id}")
+    def recording_ended(self, entry: CallEntry, start: int, loop: asyncio.AbstractEventLoop,
+                        result: JobResult) -> None:
+        """`WholeCallRecorder.on_end` of the recording `entry` started as number `start`
+        (a finisher thread): its result goes to the future its webhook waits on, if any."""
+        def resolve() -> None:
+            fut = entry.ends.pop(start, None)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing waits
+                loop.call_soon_threadsafe(resolve)
 
-    async def _await_end_and_notify(self, entry: CallEntry, url: str) -> None:
-        rec = entry.channel.WholeCallRecorder
-        while rec.state() is RecorderState.RECORDING:
-            await asyncio.sleep(0.1)
-        entry.watched = False
-        await self._notify(entry, url)
+    def _watch_recording(self, entry: CallEntry, url: str, ended: asyncio.Future, filename: str) -> None:
+        entry.watched += 1
+        self._spawn(self._await_end_and_notify(entry, url, ended, filename)).set_name(f"webhook-{entry.id}")
+
+    async def _await_end_and_notify(self, entry: CallEntry, url: str, ended: asyncio.Future, filename: str) -> None:
+        """Wait for this recording's own end (not a state that a next start may hide) and tell `url`."""
+        try:
+            result = await ended
+            await self._notify(entry, url, result, filename)
+        finally:
+            entry.watched -= 1
+            if entry.hung_up and not entry.watched:  # its forgetting was put off for this webhook
+                asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, entry)
 
     async def _fire_pending_webhooks(self, deadline: float) -> None:
         pending = [t for t in self._tasks if t.get_name().startswith("webhook")]
         if pending:
             await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
 
-    async def _notify(self, entry: CallEntry, url: str) -> None:
-        res = entry.channel.WholeCallRecorder.last_result
+    async def _notify(self, entry: CallEntry, url: str, res: JobResult, filename: str) -> None:
         digest = ""
-        if res is not None and res.path and os.path.exists(res.path):
+        if res.path and not res.discarded and os.path.exists(res.path):
             digest = await self.call_blocking(_sha256, res.path)
-        body = {"call": entry.id, "cause": res.cause.value if res else "NONE", "filename": entry.filename,
-                "seconds": res.duration_s if res else 0.0, "bytes": res.bytes if res else 0, "sha256": digest}
+        body = {"call": entry.id, "cause": res.cause.value, "filename": filename,
+                "seconds": res.duration_s, "bytes": res.bytes, "sha256": digest}
         assert self.http is not None
         for attempt, delay in enumerate((0.0,) + WEBHOOK_DELAYS):
             if delay:
@@ -398,15 +419,17 @@ class Service:
         res = rec.last_result
         done = state is not RecorderState.RECORDING and res is not None
         seconds, nbytes = (res.duration_s, res.bytes) if done else rec.progress()  # running: so far
+        path = rec.path
         return {
             "state": state.value,
             "cause": cause or rec.cause().value,
-            "filename": e.filename,
+            # The recorder's own: a failed start's view names its file, not the last one that ran.
+            "filename": os.path.relpath(path, self.root_real) if path else None,
             "seconds": round(seconds, 3) if not done else seconds,
             "bytes": nbytes,
             "paused": rec.paused,
             **({"discarded": res.discarded, "audio_detected": res.audio_detected,
-                "sidecar": os.path.relpath(res.sidecar, self.cfg.recordings_dir) if res.sidecar else None}
+                "sidecar": os.path.relpath(res.sidecar, self.root_real) if res.sidecar else None}
                if done else {}),
             **({"error": res.error} if done and res.error else {}),
         }
@@ -462,6 +485,29 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _object_or_absent(body: dict, key: str) -> object:
+    """`body[key]`, {} when absent or null: `or {}` let 0, false, "" and [] pass as "absent"."""
+    value = body.get(key)
+    return {} if value is None else value
+
+
+def _webhook_problem(url: object) -> str:
+    """Why `url` cannot take a webhook ("" if it can): checked when the recording starts, not
+    found out by 31 s of retries once it ends."""
+    if not isinstance(url, str) or not re.match(r"^https?://", url):
+        return f"webhook must be an http:// or https:// URL, got {url!r}"
+    try:
+        u = URL(url)
+        port = u.port
+    except ValueError as e:
+        return f"webhook {url!r} is not a usable URL: {e}"
+    if not u.host:
+        return f"webhook {url!r} has no host"
+    if port is not None and not 0 < port < 65536:
+        return f"webhook {url!r}: port {port} is out of range"
+    return ""
+
+
 async def _body(request: web.Request) -> dict:
     if not request.can_read_body:
         return {}
@@ -469,6 +515,8 @@ async def _body(request: web.Request) -> dict:
         body = await request.json()
     except ValueError as e:
         raise ApiError(422, "Error", f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(422, "Error", "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(422, "Error", f"request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -547,23 +595,24 @@ async def create_call(request: web.Request) -> web.Response:
     cid = body.get("id")
     if cid is None:
         cid = uuid.uuid4().hex
-    if not isinstance(cid, str) or not CALL_ID.match(cid):
-        raise ApiError(422, "Error", f"id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -, got {cid!r}")
+    if not isinstance(cid, str) or not CALL_ID.match(cid) or cid in (".", ".."):
+        raise ApiError(422, "Error", f"id must be 1-128 characters of A-Z a-z 0-9 . _ : @ -, and not . or .. "
+                                     f"(a URL path cannot name those), got {cid!r}")
     if cid in s.calls:
         raise ApiError(409, "Conflict", f"call {cid!r} already exists")
     if streamed:
         return await create_stream_call(s, body, cid)
-    rtp = body.get("rtp") or {}
+    rtp = _object_or_absent(body, "rtp")
     if not isinstance(rtp, dict) or set(rtp) - {"payload_types", "srtp"}:
         raise ApiError(422, "Error", "rtp must be an object with payload_types and srtp only")
-    pts = rtp.get("payload_types") or {}
+    pts = _object_or_absent(rtp, "payload_types")
     if not isinstance(pts, dict):
         raise ApiError(422, "Error", "rtp.payload_types must be an object of \"PT\": \"NAME/RATE\"")
     try:
         PayloadTypes(pts)
     except PayloadError as e:
         raise ApiError(422, "PayloadError", str(e)) from None
-    srtp = rtp.get("srtp") or {}
+    srtp = _object_or_absent(rtp, "srtp")
     if not isinstance(srtp, dict) or set(srtp) - {"inbound", "outbound"}:
         raise ApiError(422, "Error", "rtp.srtp must be an object with inbound and/or outbound")
     for leg, params in srtp.items():
@@ -653,11 +702,16 @@ async def start_recording(request: web.Request) -> web.Response:
     if unknown:
         raise ApiError(422, "Error", f"unknown argument(s): {', '.join(sorted(unknown))}")
     webhook = body.pop("webhook", None)
-    if webhook is not None and (not isinstance(webhook, str) or not re.match(r"^https?://", webhook)):
-        raise ApiError(422, "Error", f"webhook must be an http:// or https:// URL, got {webhook!r}")
+    if webhook is not None and _webhook_problem(webhook):
+        raise ApiError(422, "Error", _webhook_problem(webhook))
     if "filename" not in body:
         raise ApiError(422, "Error", "filename is required")
     rec = e.channel.WholeCallRecorder
+    loop = asyncio.get_running_loop()
+    e.starts += 1
+    number = e.starts
+    ended: asyncio.Future = loop.create_future()
+    e.ends[number] = ended
 
     def start() -> bool:
         rec.wait_until_finished(0)  # the spec's Hangup / Error on the call come before argument errors
@@ -668,21 +722,27 @@ async def start_recording(request: web.Request) -> web.Response:
                 raise Error("cipher must be {\"key\": hex, \"iv\": hex} or null")
             args["cipher"] = AESCBCCipher(c["key"], c["iv"])
         rec.min_seconds = args.pop("min_seconds", 0)  # an extension: an attribute, the spec's start() unchanged
+        # Both taken by the job at start(): one that ends before start() returns still has them.
+        rec.sidecar_source = functools.partial(s.sidecar_extra, e, loop)
+        rec.on_end = functools.partial(s.recording_ended, e, number, loop)
         return rec.start(**args)
 
     try:
         ok = await s.call_blocking(start)
     except (Error, Hangup) as exc:
+        e.ends.pop(number, None)
         raise _exception(exc) from None
     s.metrics.started(rec, ok)
     if not ok:
+        e.ends.pop(number, None)
         res = rec.last_result
         raise ApiError(500, "Error", res.error if res and res.error else "the recording did not start")
-    e.filename = body["filename"]
     e.webhook = webhook
-    rec.sidecar_source = functools.partial(s.sidecar_extra, e, asyncio.get_running_loop())
-    s._watch_recording(e)
-    return web.json_response({"state": rec.state().value, "filename": e.filename}, status=201)
+    if webhook:
+        s._watch_recording(e, webhook, ended, body["filename"])
+    else:
+        e.ends.pop(number, None)
+    return web.json_response({"state": rec.state().value, "filename": body["filename"]}, status=201)
 
 
 @routes.get("/v1/calls/{id}/recording")
@@ -760,7 +820,8 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     s = svc(request)
     if s.cfg.token:
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {s.cfg.token}".encode()):
+        # surrogateescape: a header that is not UTF-8 (aiohttp decodes it so) is simply wrong, not a 500
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), f"Bearer {s.cfg.token}".encode()):
             return web.json_response({"error": "Unauthorized", "detail": "missing or wrong bearer token"},
                                      status=401, headers={"WWW-Authenticate": "Bearer"})
     try:

@@ -49,13 +49,16 @@ def document() -> dict[str, Any]:
                          "requestBody": {"required": True,
                                          "content": {"application/json": {"schema": _ref("StartRequest")}}},
                          "responses": {"201": _json(_ref("Started"), "recording"), **ERRORS,
-                                       "500": _json(_ref("Problem"), "the job failed to start (state ERROR)")}},
+                                       "500": _json(_ref("Problem"), "the job failed to start (state ERROR)"),
+                                       "503": _json(_ref("Problem"), "the service is shutting down")}},
                 "get": {"summary": "state/cause; ?wait=S blocks like wait_until_finished(S) (cause TIMEOUT on expiry)",
                         "parameters": [{"name": "wait", "in": "query", "required": False,
                                         "schema": {"type": "number", "minimum": 0}}],
                         "responses": {"200": _json(_ref("Recording"), "the recording"), **ERRORS}},
                 "delete": {"summary": "stop(): the recording ends with cause ABORTED",
-                           "responses": {"200": _json(_ref("Recording"), "stopped"), **ERRORS}}},
+                           "responses": {"200": _json(_ref("Recording"), "stopped"), **ERRORS,
+                                         "504": _json(_ref("Problem"), "the recording did not end within the stop "
+                                                                       "timeout; it ends later (ABORTED)")}}},
             "/v1/calls/{id}/recording/pause": {
                 "parameters": CALL_ID,
                 "post": {"summary": "Extension of the spec: WholeCallRecorder.pause(mode); nothing from now on reaches "
@@ -70,6 +73,9 @@ def document() -> dict[str, Any]:
                          "responses": {"200": _json(_ref("Paused"), "resumed (changed false: it was not paused)"),
                                        **ERRORS}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+            "/metrics": {"get": {"summary": "Prometheus exposition (also on the operations port, without the token)",
+                                 "responses": {"200": {"description": "text/plain; version=0.0.4",
+                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -84,7 +90,12 @@ def document() -> dict[str, Any]:
                                         "key": {"type": "string", "description": "base64(master key || salt)"}}},
                 "CallRequest": {"type": "object", "required": ["media"], "properties": {
                     "media": {"type": "string", "enum": ["rtp", "twilio", "websocket", "audiosocket"]},
-                    "id": {"type": "string"},
+                    "id": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$",
+                           "description": "default: a random one; not . or .."},
+                    "channels": {"type": "integer", "enum": [1, 2], "default": 1,
+                                 "description": "media websocket: 2 = both legs in one stereo stream"},
+                    "encoding": {"type": "string", "enum": ["L16"], "default": "L16", "description": "media websocket"},
+                    "rate": {"type": "integer", "enum": [8000, 16000], "default": 8000, "description": "media websocket"},
                     "rtp": {"type": "object", "properties": {
                         "payload_types": {"type": "object", "additionalProperties": {"type": "string"},
                                           "example": {"96": "L16/8000", "101": "telephone-event/8000"}},
@@ -95,7 +106,15 @@ def document() -> dict[str, Any]:
                     "id": {"type": "string"}, "state": {"type": "string", "example": "ANSWERED"},
                     "legs": {"type": "object", "properties": {"inbound": _ref("Endpoint"), "outbound": _ref("Endpoint")}},
                     "recording": _ref("Recording"), "digits": {"type": "string"},
-                    "media": {"type": "object", "description": "per-leg packet counters and kernel drops"}}},
+                    "digit_events": {"type": "array", "items": {"type": "object"}},
+                    "media": {"type": "object", "description": "per-leg packet counters and kernel drops"},
+                    "hangup_reason": {"type": "string", "description": "once hung up: api, media_timeout, stop, ..."},
+                    "websocket": {"type": "string", "description": "twilio/websocket media: where to stream"},
+                    "websocket_outbound": {"type": "string", "description": "websocket media, 1 channel: the "
+                                                                            "outbound leg's stream"},
+                    "audiosocket": {"type": "object", "description": "audiosocket media: where to connect", "properties": {
+                        "host": {"type": "string"}, "port": {"type": "integer"}, "uuid": {"type": "string"},
+                        "uuid_outbound": {"type": "string"}}}}},
                 "HungUp": {"type": "object", "properties": {"id": {"type": "string"}, "state": {"type": "string"},
                                                             "recording": _ref("Recording")}},
                 "StartRequest": {"type": "object", "required": ["filename"], "properties": {
@@ -128,6 +147,7 @@ def document() -> dict[str, Any]:
                     "seconds": {"type": "number"}, "bytes": {"type": "integer"},
                     "paused": {"type": "string", "enum": ["", "silence", "skip"]},
                     "discarded": {"type": "boolean"}, "audio_detected": {"type": "boolean"},
+                    "error": {"type": "string", "description": "why it failed (present only then)"},
                     "sidecar": {"type": "string", "nullable": True,
                                 "description": "metadata sidecar, relative to the recordings directory"}}},
             },

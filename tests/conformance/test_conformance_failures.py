@@ -163,3 +163,92 @@ def test_closing_the_controller_hangs_up_recording_calls(solo):
     ctl.close()
     assert rec.cause() is Cause.HANGUP
     assert len(read(rec.last_result.path)[0]) == 4000
+
+
+def test_a_start_given_up_unconfirmed_leaves_no_job_and_no_file(solo):
+    """start(): "Upon return, this function will return True for success, otherwise False."
+
+    Decided (DESIGN): start() returns False if the worker does not confirm in a bounded
+    time "(and no job is left running)"; README ambiguity 4: state ERROR, cause ERROR, no
+    file. A worker frozen past start_timeout_s (stall detection off, as for an opener stuck
+    on a slow disk) left the recorder RECORDING (the next start() refused) and made the file
+    when it woke (a reviewer's find). The name stays taken until that worker is done."""
+    from wholecall.controller import Error
+
+    ctl = solo(stall_timeout_s=30.0, start_timeout_s=0.5)
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    pid = ctl.supervisor.workers[0].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert rec.start("late.wav") is False
+        assert (rec.state(), rec.cause()) == (RecorderState.ERROR, Cause.ERROR)
+        assert "did not confirm the start in 0.5 s" in rec.last_result.error
+        with pytest.raises(Error, match="a start of this name was given up"):
+            rec.start("late.wav")
+        assert rec.start("later.wav") is False  # not "already RECORDING": the recorder is free
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    root = ctl.config.recordings_dir
+    wait_for(lambda: not ctl.abandoned_path(os.path.join(root, "late.wav"))
+             and not ctl.abandoned_path(os.path.join(root, "later.wav")), 10)
+    assert sorted(os.listdir(root)) == []
+    assert rec.start("after.wav") is True  # the worker is fine, and so is the recorder
+    feed_both(ch, tone(440, 0.2))
+    assert rec.stop() and rec.last_result.samples == 1600
+    assert ctl.counters.snapshot()["ended"]["ERROR"] == 0  # the given-up starts never ran
+
+
+def test_a_hang_up_racing_start_raises_hangup_and_leaves_nothing_running(solo):
+    """start(): "If the call state is IDLE, this function will raise a Hangup exception."
+    A hang-up landing between start()'s check of the call and its job's start found no job
+    to end, and the job then ran on the IDLE call for ever (a reviewer's find): the call is
+    checked again under the recorder's lock."""
+    import inspect
+    import sys
+    import threading
+
+    from wholecall.controller import Hangup, WholeCallRecorder
+
+    lines, first = inspect.getsourcelines(WholeCallRecorder.start)
+    at = first + next(i for i, line in enumerate(lines) if "with self._cond:" in line)
+    ctl = solo()
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+
+    def tracer(frame, event, arg):
+        if event == "line" and frame.f_lineno == at:  # past the first check: the call hangs up now
+            sys.settrace(None)
+            frame.f_trace = None
+            t = threading.Thread(target=ch.hang_up)
+            t.start()
+            t.join(5)
+        return tracer
+
+    sys.settrace(lambda frame, event, arg: tracer if frame.f_code is WholeCallRecorder.start.__code__ else None)
+    try:
+        with pytest.raises(Hangup):
+            rec.start("race.wav")
+    finally:
+        sys.settrace(None)
+    assert rec.state() is RecorderState.IDLE
+    assert not any(w["jobs"] for w in ctl.stats()["workers"]) and not os.listdir(ctl.config.recordings_dir)
+
+
+def test_a_start_whose_file_cannot_be_made_is_not_counted_as_an_ended_recording(solo):
+    """start(): "Upon return, this function will return True for success, otherwise False."
+
+    A worker that cannot make the file (a 300-character name: ENAMETOOLONG) fails the
+    start: start() False, state ERROR. Such a recording never ran; it was also counted
+    among the ended ones (ERROR) and the finalising failures (a reviewer's find)."""
+    ctl = solo()
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    assert rec.start("n" * 300 + ".wav") is False
+    assert (rec.state(), rec.cause()) == (RecorderState.ERROR, Cause.ERROR)
+    assert "name too long" in rec.last_result.error.lower()
+    snap = ctl.counters.snapshot()
+    assert snap["ended"]["ERROR"] == 0 and snap["failed"] == 0
+    assert rec.path.endswith("n" * 300 + ".wav")  # what the ERROR is about
+    assert rec.start("fine.wav") and rec.stop()
+    assert ctl.counters.snapshot()["ended"]["ABORTED"] == 1

@@ -173,7 +173,9 @@ def test_encrypted_file_respects_max_bytes(call, name, scheme):
 
 @pytest.mark.parametrize("file_format", FORMATS)
 def test_the_smallest_max_bytes_holds_the_header_and_one_unit_of_audio(call, name, file_format):
-    """Decided (README, ambiguous sentence 9): a max_bytes that cannot hold more than the
+    """start(): "the maximum size allowed for the file. Default is 0 bytes (no limit)."
+
+    Decided (README, ambiguous sentence 9): a max_bytes that cannot hold more than the
     header raises Error. "More" is one unit of audio: a sample (with its RIFF pad byte when
     the data is odd-sized), an OKI byte, an IMA block; a limit one byte short of that ended
     every recording SIZE at once with no audio in its file (a reviewer's find)."""
@@ -193,7 +195,9 @@ def test_the_smallest_max_bytes_holds_the_header_and_one_unit_of_audio(call, nam
 
 @pytest.mark.parametrize("scheme", ["aes-cbc", "envelope"])
 def test_an_encrypted_max_bytes_counts_what_the_cipher_adds(call, name, scheme):
-    """The same rule for an encrypted file: its limit must hold the cipher's overhead too."""
+    """start(): "the maximum size allowed for the file. Default is 0 bytes (no limit)."
+
+    The same rule for an encrypted file: its limit must hold the cipher's overhead too."""
     from wholecall.controller import AESCBCCipher, EnvelopeCipher, Error, new_iv, new_key
 
     if scheme == "aes-cbc":

@@ -34,7 +34,13 @@ def test_health_and_openapi(server) -> None:
     assert status == 200 and body["status"] == "ok" and len(body["workers"]) == 1
     status, doc = server.api("GET", "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
-    assert {"/healthz", "/v1/calls", "/v1/calls/{id}", "/v1/calls/{id}/recording"} <= set(doc["paths"])
+    assert {"/healthz", "/metrics", "/v1/calls", "/v1/calls/{id}", "/v1/calls/{id}/recording"} <= set(doc["paths"])
+    schemas = doc["components"]["schemas"]
+    assert {"channels", "encoding", "rate"} <= set(schemas["CallRequest"]["properties"])
+    assert {"hangup_reason", "websocket", "websocket_outbound", "audiosocket"} <= set(schemas["Call"]["properties"])
+    assert "error" in schemas["Recording"]["properties"]
+    assert "503" in doc["paths"]["/v1/calls/{id}/recording"]["post"]["responses"]
+    assert "504" in doc["paths"]["/v1/calls/{id}/recording"]["delete"]["responses"]
 
 
 def test_error_contract(server) -> None:
@@ -142,6 +148,12 @@ def test_token_media_timeout_webhook_and_sigterm_drain(tmp_path) -> None:
         assert srv.api("GET", "/healthz", token="") == (401, {"error": "Unauthorized",
                                                               "detail": "missing or wrong bearer token"})
         assert srv.api("POST", "/v1/calls", {"media": "rtp"}, token="wrong-token-000000000")[0] == 401
+        import socket
+
+        with socket.create_connection(("127.0.0.1", srv.port)) as raw:  # a header that is not UTF-8: 401, not 500
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                        b"Connection: close\r\n\r\n")
+            assert raw.makefile("rb").readline().split()[1] == b"401"
 
         # No media on either leg: hung up after --media-timeout with HANGUP, the file is valid (silence).
         srv.create_call(id="quiet")
@@ -197,3 +209,97 @@ def test_sigterm_to_the_whole_process_group_drains_and_exits(tmp_path) -> None:
     with open(os.path.join(srv.recordings, "g.wav.json")) as f:
         assert json.load(f)["cause"] == "ABORTED"
     sf.info(os.path.join(srv.recordings, "g.wav"))
+
+
+def test_malformed_requests_get_named_422s_not_500s(server) -> None:
+    """A reviewer's finds: deeply nested JSON was a bare 500; rtp fields of the wrong type
+    (0, false, "", []) were taken as absent; ids . and .. were accepted though no client can
+    put them in a URL path; webhook URLs that can never be posted to were accepted and
+    retried for 31 s."""
+    status, body = server.api("POST", "/v1/calls", raw=b"[" * 100_000 + b"]" * 100_000)
+    assert status == 422 and body["error"] == "Error", body
+    for rtp in (0, False, "", [], "x"):
+        status, body = server.api("POST", "/v1/calls", {"media": "rtp", "rtp": rtp})
+        assert status == 422 and "rtp must be an object" in body["detail"], (rtp, body)
+    for pts in ([], 0, "L16"):
+        status, body = server.api("POST", "/v1/calls", {"media": "rtp", "rtp": {"payload_types": pts}})
+        assert status == 422 and "payload_types must be an object" in body["detail"], (pts, body)
+    status, body = server.api("POST", "/v1/calls", {"media": "rtp", "rtp": {"srtp": []}})
+    assert status == 422 and "rtp.srtp must be an object" in body["detail"]
+    assert server.api("POST", "/v1/calls", {"media": "rtp", "rtp": None})[0] == 201  # null: absent
+    for cid in (".", ".."):
+        status, body = server.api("POST", "/v1/calls", {"media": "rtp", "id": cid})
+        assert status == 422 and "not . or .." in body["detail"], body
+    call, _, _ = server.create_call()
+    for url, why in (("http://", "has no host"), ("http://[bad", "not a usable URL"),
+                     ("http://127.0.0.1:99999/x", "not a usable URL"), ("http://h:0/x", "out of range"),
+                     ("ftp://h/x", "http:// or https://")):
+        status, body = server.api("POST", f"/v1/calls/{call}/recording", {"filename": "hook.wav", "webhook": url})
+        assert status == 422 and why in body["detail"], (url, body)
+    assert server.api("GET", f"/v1/calls/{call}/recording")[1]["state"] == "IDLE"
+    server.api("DELETE", f"/v1/calls/{call}")
+
+
+class _ByPath(BaseHTTPRequestHandler):
+    """A webhook receiver that files what it gets by the URL path it was posted to."""
+
+    received: ClassVar[dict[str, list[dict]]] = {}
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _ByPath.received.setdefault(self.path, []).append(body)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_each_webhook_reports_its_own_recording_through_a_quick_restart(server) -> None:
+    """Start with webhook A, stop, start again at once with webhook B, stop: A got b.wav's
+    result and B nothing (a reviewer's find: the watcher polled state() every 100 ms and
+    missed the short IDLE between the two, then read the newer result)."""
+    hooks = HTTPServer(("127.0.0.1", free_tcp_port()), _ByPath)
+    threading.Thread(target=hooks.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{hooks.server_address[1]}"
+    try:
+        cid, _, _ = server.create_call()
+        for k in range(3):
+            for leg in ("a", "b"):
+                name = f"quick{k}{leg}.wav"
+                assert server.api("POST", f"/v1/calls/{cid}/recording",
+                                  {"filename": name, "webhook": f"{base}/{k}{leg}"})[0] == 201
+                assert server.api("DELETE", f"/v1/calls/{cid}/recording")[0] == 200
+        deadline = time.monotonic() + 10
+        while len(_ByPath.received) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.api("DELETE", f"/v1/calls/{cid}")
+    finally:
+        hooks.shutdown()
+    assert sorted(_ByPath.received) == [f"/{k}{leg}" for k in range(3) for leg in "ab"]
+    for path, bodies in _ByPath.received.items():
+        assert [b["filename"] for b in bodies] == [f"quick{path[1:]}.wav"], (path, bodies)
+        assert bodies[0]["cause"] == "ABORTED" and bodies[0]["call"] == cid
+
+
+def test_a_failed_start_is_named_by_its_own_file_and_counted_once(server) -> None:
+    """A start whose file the worker cannot make (a 300-character name): 500, the view names
+    that file (it showed the previous recording's), and it counts as a start failure only,
+    not also as an ended recording and a finalising failure (a reviewer's finds)."""
+    from test_service_ops import scrape, value
+
+    cid, _, _ = server.create_call()
+    assert server.api("POST", f"/v1/calls/{cid}/recording", {"filename": "good.wav"})[0] == 201
+    assert server.api("DELETE", f"/v1/calls/{cid}/recording")[0] == 200
+    before = scrape(server.port)
+    long_name = "n" * 300 + ".wav"
+    status, body = server.api("POST", f"/v1/calls/{cid}/recording", {"filename": long_name})
+    assert status == 500 and "name too long" in body["detail"].lower(), body
+    view = server.api("GET", f"/v1/calls/{cid}/recording")[1]
+    assert (view["state"], view["cause"], view["filename"]) == ("ERROR", "ERROR", long_name)
+    after = scrape(server.port)
+    for name, labels, delta in (("wholecall_recording_start_failures_total", {}, 1),
+                                ("wholecall_recordings_ended_total", {"cause": "ERROR"}, 0),
+                                ("wholecall_recording_finalize_failures_total", {}, 0)):
+        assert value(after, name, **labels) - value(before, name, **labels) == delta, name
+    server.api("DELETE", f"/v1/calls/{cid}")
