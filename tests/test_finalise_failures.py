@@ -15,7 +15,7 @@ import soundfile as sf
 
 from tests.conftest import feed, tone
 from wholecall.cli.decrypt import decrypt_command, recover_command
-from wholecall.controller import AESCBCCipher, new_iv, new_key
+from wholecall.controller import AESCBCCipher, Error, new_iv, new_key
 from wholecall.formats import encrypted as cf
 
 VICTIM = b"precious: must never be overwritten\n"
@@ -32,10 +32,14 @@ def test_a_symlink_planted_at_the_temp_name_is_not_written_through(make_controll
     rec_dir = ctl.config.recordings_dir
     victim = tmp_path / "victim"
     victim.write_bytes(VICTIM)
-    os.symlink(victim, os.path.join(rec_dir, "t.wav" + cf.TMP_SUFFIX))
     key, iv = new_key(256), new_iv()
     ch = answered(ctl)
+    with pytest.raises(Error, match="t.wav.wctmp exists, the intermediate of an unfinished encrypted recording"):
+        os.symlink(victim, os.path.join(rec_dir, "t.wav" + cf.TMP_SUFFIX))
+        ch.WholeCallRecorder.start("t.wav", file_format="s16bit", cipher=AESCBCCipher(key, iv))
+    os.unlink(os.path.join(rec_dir, "t.wav" + cf.TMP_SUFFIX))
     assert ch.WholeCallRecorder.start("t.wav", file_format="s16bit", cipher=AESCBCCipher(key, iv))
+    os.symlink(victim, os.path.join(rec_dir, "t.wav" + cf.TMP_SUFFIX))  # planted while it records
     feed(ch, tone(440, 0.5), tone(880, 0.5))
     assert ch.WholeCallRecorder.stop() and ch.WholeCallRecorder.cause() is ch.WholeCallRecorder.Cause.ABORTED
     assert victim.read_bytes() == VICTIM
@@ -51,9 +55,10 @@ def test_a_symlink_planted_at_the_part_name_fails_the_job_and_is_not_written_thr
     victim.write_bytes(VICTIM)
     os.symlink(victim, os.path.join(rec_dir, "p.wav" + cf.PART_SUFFIX))
     rec = answered(ctl).WholeCallRecorder
-    assert not rec.start("p.wav", cipher=AESCBCCipher(new_key(128), new_iv()))
-    assert rec.cause() is rec.Cause.ERROR and "exists" in rec.last_result.error
-    assert victim.read_bytes() == VICTIM
+    with pytest.raises(Error, match="p.wav.wcpart exists"):  # refused before any worker sees it
+        rec.start("p.wav", cipher=AESCBCCipher(new_key(128), new_iv()))
+    assert rec.state() is rec.State.IDLE
+    assert victim.read_bytes() == VICTIM and os.path.islink(os.path.join(rec_dir, "p.wav" + cf.PART_SUFFIX))
 
 
 @contextlib.contextmanager
