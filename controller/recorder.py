@@ -30,7 +30,7 @@ from .condition import Condition
 from .durability import fsync_path, sync_files
 from .errors import Error, Hangup
 from .recorder_core import JobReport, PauseRequest, RecorderCore
-from .states import CallState, Cause, Phase, RecorderState
+from .states import CallState, Cause, RecorderState
 
 if TYPE_CHECKING:
     from .channel import CallChannel
@@ -300,25 +300,30 @@ class WholeCallRecorder:
             self._supervisor().assign(worker, job_id)
             sent = time.monotonic()
             self._supervisor().send(worker.index, msg)
-            while self._core.phase is Phase.STARTING:
+            # Until the worker confirms the job or it ends unconfirmed. A stop or hang-up while
+            # it starts does not end the wait: a job its worker confirms did start (True, and its
+            # result tells how it ended), one that never ran did not.
+            deadline = self._core.start_deadline or (called + cfg.start_timeout_s)
+            while self._core.job_id == job_id and self._core.busy and not self._core.confirmed:
                 now = time.monotonic()
-                give_up = self._core.poll(now)
-                if give_up is not None:
-                    self._send_stop(give_up.job_id, give_up.cause)
-                    return self._abandon(job_id, worker.index, cfg.start_timeout_s)
-                if self._core.start_deadline is not None:
-                    self._cond.wait(max(0.0, self._core.start_deadline - now))
-            if self._core.phase is not Phase.RECORDING:
+                if now >= deadline:
+                    give_up = self._core.poll(now)  # None when a stop is already on its way
+                    if give_up is not None:
+                        self._send_stop(give_up.job_id, give_up.cause)
+                    self._abandon(job_id, worker.index, cfg.start_timeout_s)
+                    break
+                self._cond.wait(deadline - now)
+            started = self._started
+            if started is None or started[1].job_id != job_id:
                 ch = self._channel_ref()
                 hung_up = ch is None or ch.state() is CallState.IDLE
                 del ch  # see _on_ended
-                if hung_up:  # the spec: IDLE raises Hangup (what the job recorded ends HANGUP)
+                if hung_up:  # the spec: IDLE raises Hangup
                     raise Hangup(f"Channel({self._channel_id}): the call hung up while the recording started")
                 return False
-            if self._started is not None:
-                delivered, ev = self._started
-                self.last_start_trace = StartTrace(called, sent, ev.t_received, ev.t_opened, ev.t_confirmed, delivered,
-                                                   time.monotonic())
+            delivered, ev = started
+            self.last_start_trace = StartTrace(called, sent, ev.t_received, ev.t_opened, ev.t_confirmed, delivered,
+                                               time.monotonic())
             return True
 
     def record(

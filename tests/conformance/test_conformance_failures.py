@@ -252,3 +252,28 @@ def test_a_start_whose_file_cannot_be_made_is_not_counted_as_an_ended_recording(
     assert rec.path.endswith("n" * 300 + ".wav")  # what the ERROR is about
     assert rec.start("fine.wav") and rec.stop()
     assert ctl.counters.snapshot()["ended"]["ABORTED"] == 1
+
+
+def test_a_start_stopped_before_its_worker_confirms_it_still_reports_that_it_started(solo):
+    """start(): "Upon return, this function will return True for success, otherwise False."
+
+    A stop() from another thread while start() waits for its worker (here frozen for the
+    while): the worker makes the file, then ends the job ABORTED. The recording did start,
+    so start() says True; it said False, as for a start that failed (a reviewer's find)."""
+    ctl = solo(stall_timeout_s=30.0, start_timeout_s=10.0)
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    pid = ctl.supervisor.workers[0].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t_start, started = in_thread(lambda: rec.start("stopped-early.wav"))
+        wait_for(lambda: rec.state() is RecorderState.RECORDING, 5)
+        t_stop, stopped = in_thread(rec.stop)
+        time.sleep(0.3)  # the stop is sent while the start is unconfirmed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    t_start.join(10)
+    t_stop.join(10)
+    assert started.get("result") is True, started
+    assert stopped.get("result") is True and rec.cause() is Cause.ABORTED, stopped
+    assert os.path.exists(rec.last_result.path)
