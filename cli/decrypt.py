@@ -66,8 +66,15 @@ def _read_secret_file(path: str, what: str) -> bytes:
 
 
 def _aes_value(raw: bytes) -> str | bytes:
-    """A key/IV file holds hex text (as ``openssl rand -hex``) or raw bytes (as ``openssl rand``)."""
-    text = raw.strip()
+    """A key/IV file holds hex text (as ``openssl rand -hex``) or raw bytes (as ``openssl rand``).
+
+    Hex text is taken as ``WHOLECALL_KEY`` takes it (an optional ``0x``), and may be wrapped
+    over lines (``xxd -p`` breaks every 60 digits): whitespace anywhere is dropped. Anything
+    else is raw bytes, passed on untouched (a raw key may hold bytes that look like spaces).
+    """
+    text = b"".join(raw.split())
+    if text[:2].lower() == b"0x":
+        text = text[2:]
     if text and all(c in b"0123456789abcdefABCDEF" for c in text):
         return text.decode()
     return raw
@@ -118,7 +125,8 @@ def _decrypt_parser() -> _Parser:
     p = _Parser(prog="wholecall decrypt", allow_abbrev=False,
                 description="Decrypt an encrypted recording to a WAV file. The output is written only if the "
                             "whole input decrypts (and, for an envelope, authenticates).",
-                epilog=f"AES key and IV: files with hex text or raw bytes, or the {KEY_ENV} / {IV_ENV} "
+                epilog=f"AES key and IV: files with hex text (an optional 0x, line breaks allowed, as xxd -p "
+                       f"writes) or raw bytes, or the {KEY_ENV} / {IV_ENV} "
                        f"environment variables (hex). A passphrase-protected private key reads its "
                        f"passphrase from {PASSPHRASE_ENV}. Keys are never accepted on the command line.")
     p.add_argument("input", metavar="IN", help="encrypted recording (aes-cbc, envelope, or a .wcpart intermediate)")
