@@ -67,7 +67,7 @@ import errno
 import hashlib
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,6 +80,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import wav
+from .source import Source, SourceShrank
 
 #: Wire names of the schemes (the ``"scheme"`` value of a cipher's wire dict).
 SCHEME_CBC = "aes-cbc"
@@ -329,7 +330,13 @@ class PartHeader:
     @classmethod
     def read(cls, fd: int) -> PartHeader:
         """Parse the header at the start of an open intermediate."""
-        fixed = os.pread(fd, PART_FIXED.size, 0)
+        return cls.parse(Source(fd).read)
+
+    @classmethod
+    def parse(cls, read: Callable[[int], bytes]) -> PartHeader:
+        """Parse a header from `read(n)`, which gives the intermediate's next `n` bytes
+        (fewer only at its end) from its first byte on: a file or a pipe."""
+        fixed = read(PART_FIXED.size)
         if len(fixed) < PART_FIXED.size or fixed[:8] != PART_MAGIC:
             raise CryptoFileError("not a wholecall intermediate (.wcpart) file")
         _, version, scheme_id, wlen, ctr, iv, fp = PART_FIXED.unpack(fixed)
@@ -337,7 +344,7 @@ class PartHeader:
             raise CryptoFileError(f"unsupported intermediate version {version} (this build reads {PART_VERSION})")
         if scheme_id not in PART_SCHEMES:
             raise CryptoFileError(f"intermediate names unknown scheme id {scheme_id}")
-        wrapped = os.pread(fd, wlen, PART_FIXED.size)
+        wrapped = read(wlen)
         if len(wrapped) != wlen:
             raise CryptoFileError("intermediate header is truncated")
         return cls(PART_SCHEMES[scheme_id], ctr, iv, fp, wrapped)
@@ -452,7 +459,7 @@ def sniff(head: bytes) -> str:
     return "raw"
 
 
-def iter_decrypt(fd: int, *, key: bytes | None = None, iv: bytes | None = None,
+def iter_decrypt(fd: int | Source, *, key: bytes | None = None, iv: bytes | None = None,
                  private_key: rsa.RSAPrivateKey | None = None, allow_part: bool = False,
                  chunk: int = CHUNK) -> Iterator[bytes]:
     """Plaintext of an encrypted recording, streamed; raises `CryptoFileError` on any failure.
@@ -460,41 +467,48 @@ def iter_decrypt(fd: int, *, key: bytes | None = None, iv: bytes | None = None,
     Output is only trustworthy once the iterator has been exhausted without an
     exception: an envelope's tag and a CBC file's padding are checked at the end.
     An intermediate (.wcpart) is decrypted only with `allow_part` because it is
-    not authenticated.
+    not authenticated. `fd` is read once, in order (`formats.source`): a pipe works.
+    An OSError of reading `fd` passes through as it is (the caller names its input).
     """
-    size = os.fstat(fd).st_size
-    kind = sniff(os.pread(fd, 8, 0))
-    if kind == SCHEME_ENVELOPE:
-        if private_key is None:
-            raise CryptoFileError("this is an envelope-encrypted file: give the private key")
-        yield from _iter_envelope(fd, size, private_key, chunk)
-    elif kind == "part":
-        if not allow_part:
-            raise CryptoFileError("this is an unfinished intermediate (.wcpart) left by a killed worker: "
-                                  "recover it first")
-        header = PartHeader.read(fd)
-        body_key = header.unwrap(key=key, private_key=private_key)
-        yield from iter_part_plaintext(fd, header, body_key, max(0, size - header.body_offset), chunk)
-    else:
-        if key is None or iv is None:
-            raise CryptoFileError("not an envelope file: decrypting it as aes-cbc needs the AES key and IV")
-        yield from _iter_cbc(fd, size, key, iv, chunk)
+    src = fd if isinstance(fd, Source) else Source(fd)
+    try:
+        kind = sniff(src.peek(8))
+        if kind == SCHEME_ENVELOPE:
+            if private_key is None:
+                raise CryptoFileError("this is an envelope-encrypted file: give the private key")
+            yield from _iter_envelope(src, private_key, chunk)
+        elif kind == "part":
+            if not allow_part:
+                raise CryptoFileError("this is an unfinished intermediate (.wcpart) left by a killed worker: "
+                                      "recover it first")
+            header = PartHeader.parse(src.read)
+            body_key = header.unwrap(key=key, private_key=private_key)
+            dec = Cipher(algorithms.AES(body_key), modes.CTR(header.ctr)).decryptor()
+            for data in src.chunks(chunk):
+                yield dec.update(data)
+        else:
+            if key is None or iv is None:
+                raise CryptoFileError("not an envelope file: decrypting it as aes-cbc needs the AES key and IV")
+            yield from _iter_cbc(src, key, iv, chunk)
+    except SourceShrank as exc:
+        raise CryptoFileError(str(exc)) from None
 
 
-def _iter_cbc(fd: int, size: int, key: bytes, iv: bytes, chunk: int) -> Iterator[bytes]:
-    if size == 0 or size % 16:
-        raise CryptoFileError(f"not an AES-CBC file: its size ({size} bytes) is not a positive multiple of 16")
+def _not_cbc(size: int) -> CryptoFileError:
+    return CryptoFileError(f"not an AES-CBC file: its size ({size} bytes) is not a positive multiple of 16")
+
+
+def _iter_cbc(src: Source, key: bytes, iv: bytes, chunk: int) -> Iterator[bytes]:
+    if src.size is not None and (src.size == 0 or src.size % 16):
+        raise _not_cbc(src.size)  # known before decrypting anything
     dec = Cipher(algorithms.AES(parse_aes_key(key)), modes.CBC(parse_iv(iv))).decryptor()
     unpad = padding.PKCS7(128).unpadder()
-    pos = 0
-    while pos < size:
-        data = os.pread(fd, min(chunk, size - pos), pos)
-        if not data:
-            raise CryptoFileError("file shrank while being decrypted")
-        pos += len(data)
+    for data in src.chunks(chunk):
         out = unpad.update(dec.update(data))
         if out:
             yield out
+    if src.consumed == 0 or src.consumed % 16:
+        raise _not_cbc(src.consumed)  # a stream: known only at its end
     try:
         tail = unpad.update(dec.finalize()) + unpad.finalize()
     except ValueError:
@@ -503,8 +517,8 @@ def _iter_cbc(fd: int, size: int, key: bytes, iv: bytes, chunk: int) -> Iterator
         yield tail
 
 
-def _iter_envelope(fd: int, size: int, private_key: rsa.RSAPrivateKey, chunk: int) -> Iterator[bytes]:
-    fixed = os.pread(fd, ENV_FIXED.size, 0)
+def _iter_envelope(src: Source, private_key: rsa.RSAPrivateKey, chunk: int) -> Iterator[bytes]:
+    fixed = src.read(ENV_FIXED.size)
     if len(fixed) < ENV_FIXED.size:
         raise CryptoFileError("envelope file is truncated (incomplete header)")
     _, version, suite, wlen, fp, nonce = ENV_FIXED.unpack(fixed)
@@ -513,32 +527,31 @@ def _iter_envelope(fd: int, size: int, private_key: rsa.RSAPrivateKey, chunk: in
     if suite != ENV_SUITE:
         raise CryptoFileError(f"unsupported envelope suite {suite}")
     body = ENV_FIXED.size + wlen
-    if size < body + ENV_TAG_SIZE:
+    if src.size is not None and src.size < body + ENV_TAG_SIZE:
         raise CryptoFileError("envelope file is truncated")
     mine = key_fingerprint(private_key)
     if fp != mine:
         raise CryptoFileError(f"file is encrypted for key {_fp_text(fp)}, the private key given is "
                               f"{_fp_text(mine)} (wrong key, or the header was modified)")
-    header = fixed + os.pread(fd, wlen, ENV_FIXED.size)
+    wrapped = src.read(wlen)
+    if len(wrapped) < wlen:
+        raise CryptoFileError("envelope file is truncated")
+    header = fixed + wrapped
     try:
-        cek = private_key.decrypt(header[ENV_FIXED.size:], _oaep())
+        cek = private_key.decrypt(wrapped, _oaep())
     except ValueError:
         raise CryptoFileError("cannot unwrap the content key: the wrapped key was modified") from None
     if len(cek) != ENV_KEY_SIZE:
         raise CryptoFileError("the content key has the wrong size: the file was modified")
-    tag = os.pread(fd, ENV_TAG_SIZE, size - ENV_TAG_SIZE)
-    dec = Cipher(algorithms.AES(cek), modes.GCM(nonce, tag)).decryptor()
+    # The tag is the last 16 bytes: held back from the stream, given to the GCM at its end.
+    dec = Cipher(algorithms.AES(cek), modes.GCM(nonce)).decryptor()
     dec.authenticate_additional_data(header)
-    end = size - ENV_TAG_SIZE
-    pos = body
-    while pos < end:
-        data = os.pread(fd, min(chunk, end - pos), pos)
-        if not data:
-            raise CryptoFileError("file shrank while being decrypted")
-        pos += len(data)
+    for data in src.chunks(chunk, holdback=ENV_TAG_SIZE):
         yield dec.update(data)
+    if len(src.held) < ENV_TAG_SIZE:
+        raise CryptoFileError("envelope file is truncated")
     try:
-        dec.finalize()
+        dec.finalize_with_tag(src.held)
     except InvalidTag:
         raise CryptoFileError("authentication failed: the file was modified or truncated "
                               "(discard anything decrypted from it)") from None

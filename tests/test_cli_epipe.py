@@ -41,10 +41,11 @@ def files(tmp_path) -> dict[str, str]:
     return {"wav": str(tmp_path / "r.wav"), "enc": str(tmp_path / "r.wav.enc")}
 
 
-@pytest.mark.parametrize("cmd", ["info", "repair", "help", "decrypt-check"])
+@pytest.mark.parametrize("cmd", ["info", "repair", "help", "decrypt-check", "decrypt-stdout"])
 def test_a_reader_that_went_away_ends_the_command_quietly(files, cmd) -> None:
     args = {"info": ["info", files["wav"]], "repair": ["repair", files["wav"]], "help": ["--help"],
-            "decrypt-check": ["decrypt", "--check", files["enc"]]}[cmd]
+            "decrypt-check": ["decrypt", "--check", files["enc"]],
+            "decrypt-stdout": ["decrypt", files["enc"], "-o", "-"]}[cmd]
     p = _closed_stdout(args, env={"WHOLECALL_KEY": KEY.hex(), "WHOLECALL_IV": IV.hex()})
     assert p.stderr == b""
     assert p.returncode == 141
