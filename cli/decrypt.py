@@ -1,4 +1,5 @@
-"""``wholecall decrypt`` and ``wholecall recover``: turning encrypted recordings back into WAV files.
+"""``wholecall decrypt``: turning encrypted recordings back into WAV files (and the key loading
+``wholecall recover``, `cli.recover`, shares).
 
 Keys are read from files or environment variables, never from argv: a command
 line is visible to every user through ``ps`` and often lands in shell history
@@ -28,7 +29,7 @@ from wholecall.formats.source import Source
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-__all__ = ["decrypt_command", "recover_command"]
+__all__ = ["decrypt_command"]
 
 KEY_ENV = "WHOLECALL_KEY"
 IV_ENV = "WHOLECALL_IV"
@@ -246,51 +247,3 @@ def _default_output(path: str) -> str:
     if path.endswith(".enc"):
         return path[:-4]
     raise _Fail(f"{path} does not end in .enc: give the output name with -o OUT")
-
-
-def recover_command(argv: list[str]) -> int:
-    """``wholecall recover``: finish recordings whose worker was killed. 0 if all recovered, 1 otherwise.
-
-    Usage::
-
-        wholecall recover --private-key key.pem /recordings/rec.wav.wcpart
-        wholecall recover --key-file K /recordings          # every .wcpart in the directory
-    """
-    prog = "wholecall recover"
-    p = _Parser(prog=prog, allow_abbrev=False,
-                description="Turn intermediates (.wcpart) left by a killed worker into normal encrypted "
-                            "recordings, with all the audio that was written.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help=".wcpart file, or a directory to scan")
-    p.add_argument("--private-key", metavar="PEM", help="RSA private key (envelope recordings)")
-    p.add_argument("--key-file", metavar="FILE", help=f"AES key (aes-cbc recordings); or set {KEY_ENV}")
-    p.add_argument("--no-repair", action="store_true",
-                   help="keep the WAV header as the writer last left it (default: fix its sizes)")
-    try:
-        _refuse_argv_secrets(prog, argv)
-        args = p.parse_args(argv)
-        key = _load_aes(args, need_iv=False)[0] if (args.key_file or os.environ.get(KEY_ENV)) else None
-        private_key = _load_private(args.private_key) if args.private_key else None
-        if key is None and private_key is None:
-            raise _Fail(f"give --private-key PEM, or --key-file FILE / {KEY_ENV} for aes-cbc recordings")
-    except _Usage as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except _Fail as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    parts: list[str] = []
-    for path in args.paths:
-        if os.path.isdir(path):
-            parts += sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(cf.PART_SUFFIX))
-        else:
-            parts.append(path)
-    failed = 0
-    for part in parts:
-        try:
-            final = cf.recover(part, key=key, private_key=private_key, repair_wav=not args.no_repair)
-            print(f"{part} -> {final}")
-        except (cf.CryptoFileError, OSError) as exc:
-            failed += 1
-            reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-            print(f"{prog}: error: {part}: {reason}", file=sys.stderr)
-    return 1 if failed else 0

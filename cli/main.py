@@ -1,4 +1,4 @@
-"""The `wholecall` command: demo, repair, decrypt, stress."""
+"""The `wholecall` command: demo, serve, info, repair, decrypt, recover, stress."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def decrypt(argv: list[str]) -> int:
 
 
 def recover(argv: list[str]) -> int:
-    from wholecall.cli.decrypt import recover_command
+    from wholecall.cli.recover import recover_command
 
     return recover_command(argv)
 

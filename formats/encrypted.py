@@ -4,8 +4,9 @@ This module owns every byte layout that encryption puts on disk, so that the
 worker (which writes recordings) and the controller and CLI (which validate and
 decrypt them, `wholecall decrypt`) can never disagree about a format. It holds
 no process state: only constants, pure functions and small stream objects. It
-sits in the bottom layer (`wholecall.formats`) with the WAV module it uses for
-repairing the plaintext of an intermediate.
+sits in the bottom layer (`wholecall.formats`); turning an intermediate into a
+recording, and the lock that keeps a live one from being taken, are
+`formats.recovery`'s.
 
 Three formats (all integers big-endian):
 
@@ -39,7 +40,7 @@ Three formats (all integers big-endian):
    the body is AES-256-CTR (random access) under an ephemeral key that lives in
    the worker's memory; the header stores that key wrapped under the user's
    credential, so a crashed worker's recording can be turned into a normal
-   encrypted file by whoever holds the credential (`recover`)::
+   encrypted file by whoever holds the credential (`formats.recovery`)::
 
        0   8  magic "WCALLPRT"
        8   1  version (1)
@@ -58,7 +59,7 @@ Three formats (all integers big-endian):
    authenticates the header (scheme, counter block, IV) and because
    cryptography's RFC 3394 is pure Python (~100 µs per recording). A wrong
    credential or a modified header is always detected. The body is
-   confidential but not authenticated: `recover` trusts it.
+   confidential but not authenticated: `formats.recovery` trusts it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import wav
+from . import wav  # noqa: F401 - kept as `encrypted.wav` for scripts that reach it from here
 from .source import Source, SourceShrank
 
 #: Wire names of the schemes (the ``"scheme"`` value of a cipher's wire dict).
@@ -648,50 +649,3 @@ def zero_fill(n: int) -> Iterator[bytes]:
     while n > 0:
         yield _ZERO_FILL[:min(n, CHUNK)]
         n -= CHUNK
-
-
-def recover(part_path: str, *, key: bytes | None = None, private_key: rsa.RSAPrivateKey | None = None,
-            repair_wav: bool = True, mode: int = 0o600) -> str:
-    """Turn an intermediate left by a killed worker into the final encrypted recording; returns its path.
-
-    The final file is what `finish()` would have made from the intermediate's
-    content at the moment of the kill: every byte the WAV writer had handed to
-    the sink. With `repair_wav` the WAV's RIFF/data sizes are rewritten to cover
-    all whole blocks present (the writer only refreshes them every few seconds);
-    without it the content is byte-for-byte what a plain `FileSink` would hold.
-    The intermediate is removed once the final file is durable. The IV of an
-    aes-cbc recording comes from the intermediate's header.
-    """
-    if not part_path.endswith(PART_SUFFIX):
-        raise CryptoFileError(f"{part_path}: an intermediate's name ends with {PART_SUFFIX}")
-    final_path = part_path[: -len(PART_SUFFIX)]
-    if os.path.lexists(final_path):
-        raise FileExistsError(errno.EEXIST, "final recording already exists; the intermediate is redundant "
-                              "if it decrypts (finish had completed), else move it aside", final_path)
-    fd = os.open(part_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        header = PartHeader.read(fd)
-        body_key = header.unwrap(key=key, private_key=private_key)
-        size = max(0, os.fstat(fd).st_size - header.body_offset)
-        chunks: Iterable[bytes] = iter_part_plaintext(fd, header, body_key, size)
-        if repair_wav:
-            head = b"".join(iter_part_plaintext(fd, header, body_key, min(size, wav.HEAD_BYTES)))
-            try:
-                plan = wav.repair_plan(head, size, part_path)
-            except ValueError:
-                plan = None  # no recognisable WAV header: the content is published as it is
-            if plan is not None and plan.patches:
-                chunks = wav.patch_stream(chunks, plan.patches, plan.size)
-        encryptor: StreamEncryptor
-        if header.scheme == SCHEME_CBC:
-            assert key is not None
-            encryptor = CbcEncryptor(key, header.iv)
-        else:
-            assert private_key is not None
-            encryptor = EnvelopeEncryptor(private_key.public_key())
-        publish(final_path, encryptor, chunks, mode)
-    finally:
-        os.close(fd)
-    os.unlink(part_path)
-    fsync_dir(part_path)
-    return final_path

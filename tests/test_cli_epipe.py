@@ -41,9 +41,10 @@ def files(tmp_path) -> dict[str, str]:
     return {"wav": str(tmp_path / "r.wav"), "enc": str(tmp_path / "r.wav.enc")}
 
 
-@pytest.mark.parametrize("cmd", ["info", "repair", "help", "decrypt-check", "decrypt-stdout"])
+@pytest.mark.parametrize("cmd", ["info", "repair", "help", "decrypt-check", "decrypt-stdout", "recover"])
 def test_a_reader_that_went_away_ends_the_command_quietly(files, cmd) -> None:
     args = {"info": ["info", files["wav"]], "repair": ["repair", files["wav"]], "help": ["--help"],
+            "recover": ["recover", os.path.dirname(files["wav"])],
             "decrypt-check": ["decrypt", "--check", files["enc"]],
             "decrypt-stdout": ["decrypt", files["enc"], "-o", "-"]}[cmd]
     p = _closed_stdout(args, env={"WHOLECALL_KEY": KEY.hex(), "WHOLECALL_IV": IV.hex()})
