@@ -110,7 +110,7 @@ class EncryptedSink:
         else:
             self._key = self._iv = None
             self._public_key = cf.load_public_key(cipher["public_key"])
-        if os.path.lexists(path):
+        if os.path.lexists(path):  # `worker.finished` takes a job that far; never written over
             raise FileExistsError(errno.EEXIST, "recording already finished by the worker that died", path)
         fd = os.open(self._part, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
