@@ -24,10 +24,14 @@ class Cause(enum.Enum):
 _BY_CODE = tuple(Cause)
 
 
-def cause_code(cause: Cause) -> int:
+def cause_code(cause: Cause | str) -> int:
     """A small number for `cause` (1..7; 0 is left for "none decided"), as shared memory
-    stores it (`shm.layout`, durable record flags): the order of `Cause`, which only grows."""
-    return _BY_CODE.index(cause) + 1
+    stores it (`shm.layout`, durable record flags): the order of `Cause`, which only grows.
+    A cause's name is taken too; anything else is 0 (a job's end must not fail on it)."""
+    try:
+        return _BY_CODE.index(Cause(cause)) + 1
+    except ValueError:
+        return 0
 
 
 def cause_of_code(code: int) -> Cause | None:
