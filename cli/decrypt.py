@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from wholecall.cli.output import TargetError, deliver
 from wholecall.formats import encrypted as cf
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 __all__ = ["decrypt_command"]
+
+T = TypeVar("T")
 
 KEY_ENV = "WHOLECALL_KEY"
 IV_ENV = "WHOLECALL_IV"
@@ -167,7 +169,7 @@ def _decrypt(args: argparse.Namespace) -> int:
     name = "stdin" if args.input == "-" else args.input
     fd = 0 if args.input == "-" else _open_in(args.input)
     try:
-        src = Source(fd)
+        src = _reading(name, lambda: Source(fd))  # fstat: a closed stdin fails here
         kind = cf.sniff(_reading(name, lambda: src.peek(8)))
         key = iv = private_key = None
         if kind == cf.SCHEME_ENVELOPE or (kind == "part" and args.private_key):
@@ -219,7 +221,8 @@ def _decrypt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reading(name: str, read: Callable[[], bytes]) -> bytes:
+def _reading(name: str, read: Callable[[], T]) -> T:
+    """`read()`, with an OSError named as the input's."""
     try:
         return read()
     except OSError as exc:

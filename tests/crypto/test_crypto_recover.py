@@ -153,3 +153,25 @@ def test_keep_names_nothing_it_did_not_check(tmp_path) -> None:
     open(tmp_path / "s.wav.wcpart", "wb").close()  # another file under its name
     with pytest.raises(FileNotFoundError):
         sink.keep()
+
+
+def test_a_part_left_beside_its_finished_file_is_removed_and_a_foreign_one_kept(tmp_path) -> None:
+    """A worker killed between linking the final file and removing the intermediate: the
+    final file is checked against the part (decrypted, compared) and the leftover removed."""
+    sink = EncryptedSink(str(tmp_path / "r.wav"), cf.SCHEME_CBC, key=KEY, iv=IV)
+    sink.pwrite(HEADER + AUDIO, 0)
+    sink.pwrite(wav.header(wav.get_codec("alaw"), 1, 8000, len(AUDIO), len(AUDIO)), 0)  # as close() leaves it
+    saved = open(tmp_path / "r.wav.wcpart", "rb").read()
+    sink.finish()
+    final = open(tmp_path / "r.wav", "rb").read()
+    (tmp_path / "r.wav.wcpart").write_bytes(saved)
+    r = run_cli("recover", str(tmp_path), env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "it had been finished already (its worker died removing the intermediate)" in r.stdout.decode()
+    assert sorted(os.listdir(tmp_path)) == ["r.wav"] and open(tmp_path / "r.wav", "rb").read() == final
+    (tmp_path / "r.wav.wcpart").write_bytes(saved)
+    (tmp_path / "r.wav").write_bytes(final[:-16])  # not what the part makes
+    r = run_cli("recover", str(tmp_path), env=ENV)
+    assert r.returncode == 1
+    assert "the final recording exists and is not this intermediate's" in r.stderr.decode()
+    assert sorted(os.listdir(tmp_path)) == ["r.wav", "r.wav.wcpart"]
