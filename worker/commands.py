@@ -212,8 +212,10 @@ class Commands:
             self._opening.clear()
         for msg, writer, _, resumed in opened:
             if isinstance(writer, FinishedFile) and resumed is not None:
+                self.pipe.release_legs(msg)
                 self._end_finished(msg, writer, resumed[0])  # over already: its end is known
-                cut.remove(msg.job_id)
+                if msg.job_id in cut:
+                    cut.remove(msg.job_id)
             elif writer is not None and resumed is None:
                 writer.abort()  # leave no half-made file
             elif writer is not None:
