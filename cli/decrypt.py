@@ -1,4 +1,5 @@
-"""``wholecall decrypt`` and ``wholecall recover``: turning encrypted recordings back into WAV files.
+"""``wholecall decrypt``: turning encrypted recordings back into WAV files (and the key loading
+``wholecall recover``, `cli.recover`, shares).
 
 Keys are read from files or environment variables, never from argv: a command
 line is visible to every user through ``ps`` and often lands in shell history
@@ -6,9 +7,10 @@ and audit logs. Options that look like a key on the command line (``--key``,
 ``--iv``, ``-K``) are refused with a pointer to the safe ways. Error messages
 name files and reasons, never key material.
 
-Plaintext output goes to a temp file next to the output (mode 0600) and is
-renamed into place only once the whole input has been decrypted and, for an
-envelope, its tag has been verified: a tampered file never yields an output.
+Plaintext is output only once the whole input has been decrypted and, for an
+envelope, its tag has been verified: a tampered file never yields an output
+(`cli.output`: a temp file renamed into place, or for stdout, a FIFO or a device
+a memfd copied out).
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
 
+from wholecall.cli.output import TargetError, deliver
 from wholecall.formats import encrypted as cf
 from wholecall.formats import wav
+from wholecall.formats.source import Source
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-__all__ = ["decrypt_command", "recover_command"]
+__all__ = ["decrypt_command"]
+
+T = TypeVar("T")
 
 KEY_ENV = "WHOLECALL_KEY"
 IV_ENV = "WHOLECALL_IV"
@@ -66,8 +71,15 @@ def _read_secret_file(path: str, what: str) -> bytes:
 
 
 def _aes_value(raw: bytes) -> str | bytes:
-    """A key/IV file holds hex text (as ``openssl rand -hex``) or raw bytes (as ``openssl rand``)."""
-    text = raw.strip()
+    """A key/IV file holds hex text (as ``openssl rand -hex``) or raw bytes (as ``openssl rand``).
+
+    Hex text is taken as ``WHOLECALL_KEY`` takes it (an optional ``0x``), and may be wrapped
+    over lines (``xxd -p`` breaks every 60 digits): whitespace anywhere is dropped. Anything
+    else is raw bytes, passed on untouched (a raw key may hold bytes that look like spaces).
+    """
+    text = b"".join(raw.split())
+    if text[:2].lower() == b"0x":
+        text = text[2:]
     if text and all(c in b"0123456789abcdefABCDEF" for c in text):
         return text.decode()
     return raw
@@ -106,28 +118,24 @@ def _load_private(path: str) -> RSAPrivateKey:
         raise _Fail(f"{path}: {exc}{hint}") from None
 
 
-def _sniff(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return cf.sniff(f.read(8))
-    except OSError as exc:
-        raise _Fail(f"cannot read {path}: {exc.strerror}") from None
-
-
 def _decrypt_parser() -> _Parser:
     p = _Parser(prog="wholecall decrypt", allow_abbrev=False,
                 description="Decrypt an encrypted recording to a WAV file. The output is written only if the "
                             "whole input decrypts (and, for an envelope, authenticates).",
-                epilog=f"AES key and IV: files with hex text or raw bytes, or the {KEY_ENV} / {IV_ENV} "
+                epilog=f"AES key and IV: files with hex text (an optional 0x, line breaks allowed, as xxd -p "
+                       f"writes) or raw bytes, or the {KEY_ENV} / {IV_ENV} "
                        f"environment variables (hex). A passphrase-protected private key reads its "
                        f"passphrase from {PASSPHRASE_ENV}. Keys are never accepted on the command line.")
-    p.add_argument("input", metavar="IN", help="encrypted recording (aes-cbc, envelope, or a .wcpart intermediate)")
+    p.add_argument("input", metavar="IN",
+                   help="encrypted recording (aes-cbc, envelope, or a .wcpart intermediate); - reads stdin "
+                        "(a pipe works: the input is read once, in order)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="plain WAV to write (default: IN without its .enc suffix)")
+                   help="plain WAV to write (default: IN without its .enc suffix); - writes stdout. A FIFO or "
+                        "device (/dev/null) is written into, never replaced")
     p.add_argument("--private-key", metavar="PEM", help="RSA private key for an envelope recording")
     p.add_argument("--key-file", metavar="FILE", help="AES key for an aes-cbc recording")
     p.add_argument("--iv-file", metavar="FILE", help="IV for an aes-cbc recording")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an existing regular file")
     p.add_argument("--check", action="store_true",
                    help="only check that IN decrypts to a valid WAV; write nothing (exit 0 if valid)")
     p.add_argument("--no-wav-check", action="store_true",
@@ -158,42 +166,75 @@ def decrypt_command(argv: list[str]) -> int:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
-    kind = _sniff(args.input)
-    key = iv = private_key = None
-    if kind == cf.SCHEME_ENVELOPE or (kind == "part" and args.private_key):
-        if not args.private_key:
-            raise _Fail(f"{args.input} is an envelope recording: give --private-key PEM")
-        private_key = _load_private(args.private_key)
-    elif kind == "part":
-        key, _ = _load_aes(args, need_iv=False)
-    else:
-        if args.private_key:
-            raise _Fail(f"{args.input} is not an envelope recording (no WCALLENV header): "
-                        f"for aes-cbc give the AES key and IV")
-        key, iv = _load_aes(args, need_iv=True)
-    if kind == "part":
-        print(f"wholecall decrypt: warning: {args.input} is an unfinished intermediate (its worker was killed); "
-              f"it is not authenticated and its WAV sizes may be stale. 'wholecall recover' makes a normal "
-              f"recording of it.", file=sys.stderr)
-
-    fd = _open_in(args.input)
+    name = "stdin" if args.input == "-" else args.input
+    fd = 0 if args.input == "-" else _open_in(args.input)
     try:
-        plain = cf.iter_decrypt(fd, key=key, iv=iv, private_key=private_key, allow_part=True)
-        check_wav = not args.no_wav_check and kind != "part"
+        src = _reading(name, lambda: Source(fd))  # fstat: a closed stdin fails here
+        kind = cf.sniff(_reading(name, lambda: src.peek(8)))
+        key = iv = private_key = None
+        if kind == cf.SCHEME_ENVELOPE or (kind == "part" and args.private_key):
+            if not args.private_key:
+                raise _Fail(f"{name} is an envelope recording: give --private-key PEM")
+            private_key = _load_private(args.private_key)
+        elif kind == "part":
+            key, _ = _load_aes(args, need_iv=False)
+        else:
+            if args.private_key:
+                raise _Fail(f"{name} is not an envelope recording (no WCALLENV header): "
+                            f"for aes-cbc give the AES key and IV")
+            key, iv = _load_aes(args, need_iv=True)
+        if kind == "part":
+            print(f"wholecall decrypt: warning: {name} is an unfinished intermediate (its worker was killed); "
+                  f"it is not authenticated and its WAV sizes may be stale. 'wholecall recover' makes a normal "
+                  f"recording of it.", file=sys.stderr)
+        plain = _read_all(name, cf.iter_decrypt(src, key=key, iv=iv, private_key=private_key, allow_part=True))
+        checker = wav.WavChecker()
         if args.check:
-            checker = wav.WavChecker()
             for data in plain:
                 checker.feed(data)
             problem = checker.result()
             if problem:
-                raise _Fail(f"{args.input} decrypts but is not a valid WAV: {problem}")
-            print(f"{args.input}: ok ({checker.length} bytes of WAV)")
+                raise _Fail(f"{name} decrypts but is not a valid WAV: {problem}")
+            print(f"{name}: ok ({checker.length} bytes of WAV)")
             return 0
         out = args.output or _default_output(args.input)
-        _write_output(out, plain, check_wav, args.force)
+        check_wav = not args.no_wav_check and kind != "part"
+
+        def fed() -> Iterator[bytes]:
+            for data in plain:
+                checker.feed(data)
+                yield data
+
+        def verify() -> None:
+            problem = checker.result() if check_wav else None
+            if problem:
+                raise _Fail(f"the decrypted data is not a valid WAV ({problem}): wrong IV, wrong file, "
+                            f"or not a recording; nothing written (--no-wav-check writes it anyway)")
+
+        try:
+            deliver(out, fed(), verify, args.force)
+        except TargetError as exc:
+            raise _Fail(str(exc)) from None
     finally:
-        os.close(fd)
+        if fd != 0:
+            os.close(fd)
     return 0
+
+
+def _reading(name: str, read: Callable[[], T]) -> T:
+    """`read()`, with an OSError named as the input's."""
+    try:
+        return read()
+    except OSError as exc:
+        raise _Fail(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _read_all(name: str, plain: Iterator[bytes]) -> Iterator[bytes]:
+    """`plain`, with a failure to read the input named as such (not as the output's)."""
+    try:
+        yield from plain
+    except OSError as exc:
+        raise _Fail(f"cannot read {name}: {exc.strerror}") from None
 
 
 def _open_in(path: str) -> int:
@@ -204,87 +245,8 @@ def _open_in(path: str) -> int:
 
 
 def _default_output(path: str) -> str:
+    if path == "-":
+        raise _Fail("reading stdin: give the output with -o OUT (- for stdout)")
     if path.endswith(".enc"):
         return path[:-4]
     raise _Fail(f"{path} does not end in .enc: give the output name with -o OUT")
-
-
-def _write_output(out: str, plain: Iterator[bytes], check_wav: bool, force: bool) -> None:
-    if os.path.lexists(out) and not force:
-        raise _Fail(f"{out} exists (use --force to overwrite)")
-    directory = os.path.dirname(os.path.abspath(out))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(out) + ".", suffix=".tmp")
-    except OSError as exc:
-        raise _Fail(f"cannot write in {directory}: {exc.strerror}") from None
-    try:
-        checker = wav.WavChecker()
-        for data in plain:
-            checker.feed(data)
-            cf.write_all(fd, data)
-        problem = checker.result() if check_wav else None
-        if problem:
-            raise _Fail(f"the decrypted data is not a valid WAV ({problem}): wrong IV, wrong file, "
-                        f"or not a recording; nothing written (--no-wav-check writes it anyway)")
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        if force:
-            os.replace(tmp, out)
-        else:
-            cf.link_no_replace(tmp, out)
-    except OSError as exc:
-        raise _Fail(f"cannot write {out}: {exc.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
-def recover_command(argv: list[str]) -> int:
-    """``wholecall recover``: finish recordings whose worker was killed. 0 if all recovered, 1 otherwise.
-
-    Usage::
-
-        wholecall recover --private-key key.pem /recordings/rec.wav.wcpart
-        wholecall recover --key-file K /recordings          # every .wcpart in the directory
-    """
-    prog = "wholecall recover"
-    p = _Parser(prog=prog, allow_abbrev=False,
-                description="Turn intermediates (.wcpart) left by a killed worker into normal encrypted "
-                            "recordings, with all the audio that was written.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help=".wcpart file, or a directory to scan")
-    p.add_argument("--private-key", metavar="PEM", help="RSA private key (envelope recordings)")
-    p.add_argument("--key-file", metavar="FILE", help=f"AES key (aes-cbc recordings); or set {KEY_ENV}")
-    p.add_argument("--no-repair", action="store_true",
-                   help="keep the WAV header as the writer last left it (default: fix its sizes)")
-    try:
-        _refuse_argv_secrets(prog, argv)
-        args = p.parse_args(argv)
-        key = _load_aes(args, need_iv=False)[0] if (args.key_file or os.environ.get(KEY_ENV)) else None
-        private_key = _load_private(args.private_key) if args.private_key else None
-        if key is None and private_key is None:
-            raise _Fail(f"give --private-key PEM, or --key-file FILE / {KEY_ENV} for aes-cbc recordings")
-    except _Usage as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except _Fail as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    parts: list[str] = []
-    for path in args.paths:
-        if os.path.isdir(path):
-            parts += sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(cf.PART_SUFFIX))
-        else:
-            parts.append(path)
-    failed = 0
-    for part in parts:
-        try:
-            final = cf.recover(part, key=key, private_key=private_key, repair_wav=not args.no_repair)
-            print(f"{part} -> {final}")
-        except (cf.CryptoFileError, OSError) as exc:
-            failed += 1
-            reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-            print(f"{prog}: error: {part}: {reason}", file=sys.stderr)
-    return 1 if failed else 0

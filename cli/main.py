@@ -1,4 +1,4 @@
-"""The `wholecall` command: demo, repair, decrypt, stress."""
+"""The `wholecall` command: demo, serve, info, repair, decrypt, recover, stress."""
 
 from __future__ import annotations
 
@@ -107,10 +107,12 @@ def repair(argv: list[str]) -> int:
     rc = 0
     for f in a.files:
         try:
-            print(f"{f}: {repair_file(f)}")
+            done = repair_file(f)
         except (OSError, ValueError) as e:
             print(f"{f}: cannot repair: {e}", file=sys.stderr)
             rc = 1
+        else:
+            print(f"{f}: {done}")  # outside the try: a closed stdout is not this file's failure
     return rc
 
 
@@ -121,7 +123,7 @@ def decrypt(argv: list[str]) -> int:
 
 
 def recover(argv: list[str]) -> int:
-    from wholecall.cli.decrypt import recover_command
+    from wholecall.cli.recover import recover_command
 
     return recover_command(argv)
 
@@ -180,7 +182,46 @@ COMMANDS = {"info": info, "demo": demo, "serve": serve, "repair": repair, "decry
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; a reader of stdout that went away ends it quietly (`_stdout_gone`)."""
+    try:
+        rc = _run(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where EPIPE prints "Exception ignored"
+        return rc
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe or socket: a real error, with its traceback
+        return _stdout_gone()
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone: poll(2) reports POLLERR."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _stdout_gone() -> int:
+    """`wholecall info F | head -1`: the reader took what it wanted. coreutils die of SIGPIPE
+    there, silently; Python ignores SIGPIPE, so the write raised EPIPE instead, and was
+    unwound like Ctrl-C (every `finally` ran: workers stopped, arenas removed). Restoring
+    SIGPIPE's default instead would kill a command with workers without any cleanup.
+    Exit as the shell reports a SIGPIPE death (128 + 13), with nothing on stderr: stdout
+    is pointed at /dev/null so that the interpreter's own last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: wholecall {demo,serve,info,repair,decrypt,recover,stress} [options]\n"
               "  demo     record one simulated call with real workers (the quick start)\n"

@@ -63,6 +63,7 @@ from wholecall.protocol import (
     StopJob,
     WorkerError,
     WorkerSettings,
+    cause_of_code,
     decode,
     encode,
     sockets,
@@ -137,6 +138,7 @@ class Durable:
     loud_end: int = 0
     heard: bool = False
     origin: int = -1
+    ending: Cause = Cause.NONE  # the cause the worker had begun finalising the job with
 
 
 def read_durable(arena: Arena, slot_in: int, job_id: int, start_pos: int) -> Durable:
@@ -148,8 +150,10 @@ def read_durable(arena: Arena, slot_in: int, job_id: int, start_pos: int) -> Dur
     if best is None:
         return Durable(start_pos)
     flags = int(best[L.D_FLAGS])
+    ending = cause_of_code(flags >> L.D_END_SHIFT & L.D_END_MASK) or Cause.NONE
     return Durable(int(best[L.D_RESUME]), int(best[L.D_SAMPLES]), int(best[L.D_AUDIO]), int(best[L.D_RUN]),
-                   int(best[L.D_LOUD_END]), bool(flags & L.D_HEARD), (flags >> L.D_ORIGIN_SHIFT) - 1)
+                   int(best[L.D_LOUD_END]), bool(flags & L.D_HEARD), (flags >> L.D_ORIGIN_SHIFT & L.D_ORIGIN_MASK) - 1,
+                   ending)
 
 
 #: A worker whose last progress is older than this is reported degraded (never killed for it).
@@ -535,12 +539,14 @@ class Supervisor:
             with self._lock:
                 self.routes.pop(job_id, None)
             stop = decode(route.stop) if route.stop else None
-            cause = stop.cause if isinstance(stop, StopJob) else Cause.ERROR
-            log.error("job %d ended on worker %d, which died before reporting it: %s", job_id, dead, cause)
             d = read_durable(a, st.slot_in, job_id, st.start_pos)
+            # Its own decision (SILENCE, SIZE) is in the durable record when it got that far.
+            cause = stop.cause if isinstance(stop, StopJob) else d.ending if d.ending is not Cause.NONE else Cause.ERROR
+            log.error("job %d ended on worker %d, which died before reporting it: %s", job_id, dead, cause)
+            known = route.stop is not None or cause is not Cause.ERROR
             self.on_event(dead, JobEnded(job_id=job_id, cause=cause, bytes=0, samples=d.samples * st.rate // 8000,
                                          duration_s=d.samples / 8000, origin=d.origin, heard=d.heard, salvaged=True,
-                                         error="" if route.stop else f"worker {dead} died as the job ended"))
+                                         error="" if known else f"worker {dead} died as the job ended"))
             return
         d = read_durable(a, st.slot_in, job_id, st.start_pos)
         # Rewind first: from here producers keep everything from d.pos on for the new owner.
@@ -560,7 +566,8 @@ class Supervisor:
             log.error("job %d: the rings overwrote %d samples (%.3f s) before the takeover: recorded as silence",
                       job_id, lost, lost / 8000)
         msg = ResumeJob(start=encode(route.start), pos=d.pos, samples=d.samples, audio=d.audio, run=d.run,
-                        loud_end=d.loud_end, heard=d.heard, lost=lost, confirmed=route.confirmed, origin=d.origin)
+                        loud_end=d.loud_end, heard=d.heard, lost=lost, confirmed=route.confirmed, origin=d.origin,
+                        ending=d.ending)
         log.info("job %d: worker %d -> worker %d at leg position %d (%d samples in the file)",
                  job_id, dead, target.index, d.pos, d.samples)
         self._deliver(target, encode(msg))

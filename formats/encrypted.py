@@ -4,8 +4,9 @@ This module owns every byte layout that encryption puts on disk, so that the
 worker (which writes recordings) and the controller and CLI (which validate and
 decrypt them, `wholecall decrypt`) can never disagree about a format. It holds
 no process state: only constants, pure functions and small stream objects. It
-sits in the bottom layer (`wholecall.formats`) with the WAV module it uses for
-repairing the plaintext of an intermediate.
+sits in the bottom layer (`wholecall.formats`); turning an intermediate into a
+recording, and the lock that keeps a live one from being taken, are
+`formats.recovery`'s.
 
 Three formats (all integers big-endian):
 
@@ -39,7 +40,7 @@ Three formats (all integers big-endian):
    the body is AES-256-CTR (random access) under an ephemeral key that lives in
    the worker's memory; the header stores that key wrapped under the user's
    credential, so a crashed worker's recording can be turned into a normal
-   encrypted file by whoever holds the credential (`recover`)::
+   encrypted file by whoever holds the credential (`formats.recovery`)::
 
        0   8  magic "WCALLPRT"
        8   1  version (1)
@@ -58,7 +59,7 @@ Three formats (all integers big-endian):
    authenticates the header (scheme, counter block, IV) and because
    cryptography's RFC 3394 is pure Python (~100 µs per recording). A wrong
    credential or a modified header is always detected. The body is
-   confidential but not authenticated: `recover` trusts it.
+   confidential but not authenticated: `formats.recovery` trusts it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ import errno
 import hashlib
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,7 +80,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import wav
+from . import wav  # noqa: F401 - kept as `encrypted.wav` for scripts that reach it from here
+from .source import Source, SourceShrank
 
 #: Wire names of the schemes (the ``"scheme"`` value of a cipher's wire dict).
 SCHEME_CBC = "aes-cbc"
@@ -329,7 +331,13 @@ class PartHeader:
     @classmethod
     def read(cls, fd: int) -> PartHeader:
         """Parse the header at the start of an open intermediate."""
-        fixed = os.pread(fd, PART_FIXED.size, 0)
+        return cls.parse(Source(fd).read)
+
+    @classmethod
+    def parse(cls, read: Callable[[int], bytes]) -> PartHeader:
+        """Parse a header from `read(n)`, which gives the intermediate's next `n` bytes
+        (fewer only at its end) from its first byte on: a file or a pipe."""
+        fixed = read(PART_FIXED.size)
         if len(fixed) < PART_FIXED.size or fixed[:8] != PART_MAGIC:
             raise CryptoFileError("not a wholecall intermediate (.wcpart) file")
         _, version, scheme_id, wlen, ctr, iv, fp = PART_FIXED.unpack(fixed)
@@ -337,7 +345,7 @@ class PartHeader:
             raise CryptoFileError(f"unsupported intermediate version {version} (this build reads {PART_VERSION})")
         if scheme_id not in PART_SCHEMES:
             raise CryptoFileError(f"intermediate names unknown scheme id {scheme_id}")
-        wrapped = os.pread(fd, wlen, PART_FIXED.size)
+        wrapped = read(wlen)
         if len(wrapped) != wlen:
             raise CryptoFileError("intermediate header is truncated")
         return cls(PART_SCHEMES[scheme_id], ctr, iv, fp, wrapped)
@@ -452,7 +460,7 @@ def sniff(head: bytes) -> str:
     return "raw"
 
 
-def iter_decrypt(fd: int, *, key: bytes | None = None, iv: bytes | None = None,
+def iter_decrypt(fd: int | Source, *, key: bytes | None = None, iv: bytes | None = None,
                  private_key: rsa.RSAPrivateKey | None = None, allow_part: bool = False,
                  chunk: int = CHUNK) -> Iterator[bytes]:
     """Plaintext of an encrypted recording, streamed; raises `CryptoFileError` on any failure.
@@ -460,41 +468,48 @@ def iter_decrypt(fd: int, *, key: bytes | None = None, iv: bytes | None = None,
     Output is only trustworthy once the iterator has been exhausted without an
     exception: an envelope's tag and a CBC file's padding are checked at the end.
     An intermediate (.wcpart) is decrypted only with `allow_part` because it is
-    not authenticated.
+    not authenticated. `fd` is read once, in order (`formats.source`): a pipe works.
+    An OSError of reading `fd` passes through as it is (the caller names its input).
     """
-    size = os.fstat(fd).st_size
-    kind = sniff(os.pread(fd, 8, 0))
-    if kind == SCHEME_ENVELOPE:
-        if private_key is None:
-            raise CryptoFileError("this is an envelope-encrypted file: give the private key")
-        yield from _iter_envelope(fd, size, private_key, chunk)
-    elif kind == "part":
-        if not allow_part:
-            raise CryptoFileError("this is an unfinished intermediate (.wcpart) left by a killed worker: "
-                                  "recover it first")
-        header = PartHeader.read(fd)
-        body_key = header.unwrap(key=key, private_key=private_key)
-        yield from iter_part_plaintext(fd, header, body_key, max(0, size - header.body_offset), chunk)
-    else:
-        if key is None or iv is None:
-            raise CryptoFileError("not an envelope file: decrypting it as aes-cbc needs the AES key and IV")
-        yield from _iter_cbc(fd, size, key, iv, chunk)
+    src = fd if isinstance(fd, Source) else Source(fd)
+    try:
+        kind = sniff(src.peek(8))
+        if kind == SCHEME_ENVELOPE:
+            if private_key is None:
+                raise CryptoFileError("this is an envelope-encrypted file: give the private key")
+            yield from _iter_envelope(src, private_key, chunk)
+        elif kind == "part":
+            if not allow_part:
+                raise CryptoFileError("this is an unfinished intermediate (.wcpart) left by a killed worker: "
+                                      "recover it first")
+            header = PartHeader.parse(src.read)
+            body_key = header.unwrap(key=key, private_key=private_key)
+            dec = Cipher(algorithms.AES(body_key), modes.CTR(header.ctr)).decryptor()
+            for data in src.chunks(chunk):
+                yield dec.update(data)
+        else:
+            if key is None or iv is None:
+                raise CryptoFileError("not an envelope file: decrypting it as aes-cbc needs the AES key and IV")
+            yield from _iter_cbc(src, key, iv, chunk)
+    except SourceShrank as exc:
+        raise CryptoFileError(str(exc)) from None
 
 
-def _iter_cbc(fd: int, size: int, key: bytes, iv: bytes, chunk: int) -> Iterator[bytes]:
-    if size == 0 or size % 16:
-        raise CryptoFileError(f"not an AES-CBC file: its size ({size} bytes) is not a positive multiple of 16")
+def _not_cbc(size: int) -> CryptoFileError:
+    return CryptoFileError(f"not an AES-CBC file: its size ({size} bytes) is not a positive multiple of 16")
+
+
+def _iter_cbc(src: Source, key: bytes, iv: bytes, chunk: int) -> Iterator[bytes]:
+    if src.size is not None and (src.size == 0 or src.size % 16):
+        raise _not_cbc(src.size)  # known before decrypting anything
     dec = Cipher(algorithms.AES(parse_aes_key(key)), modes.CBC(parse_iv(iv))).decryptor()
     unpad = padding.PKCS7(128).unpadder()
-    pos = 0
-    while pos < size:
-        data = os.pread(fd, min(chunk, size - pos), pos)
-        if not data:
-            raise CryptoFileError("file shrank while being decrypted")
-        pos += len(data)
+    for data in src.chunks(chunk):
         out = unpad.update(dec.update(data))
         if out:
             yield out
+    if src.consumed == 0 or src.consumed % 16:
+        raise _not_cbc(src.consumed)  # a stream: known only at its end
     try:
         tail = unpad.update(dec.finalize()) + unpad.finalize()
     except ValueError:
@@ -503,8 +518,8 @@ def _iter_cbc(fd: int, size: int, key: bytes, iv: bytes, chunk: int) -> Iterator
         yield tail
 
 
-def _iter_envelope(fd: int, size: int, private_key: rsa.RSAPrivateKey, chunk: int) -> Iterator[bytes]:
-    fixed = os.pread(fd, ENV_FIXED.size, 0)
+def _iter_envelope(src: Source, private_key: rsa.RSAPrivateKey, chunk: int) -> Iterator[bytes]:
+    fixed = src.read(ENV_FIXED.size)
     if len(fixed) < ENV_FIXED.size:
         raise CryptoFileError("envelope file is truncated (incomplete header)")
     _, version, suite, wlen, fp, nonce = ENV_FIXED.unpack(fixed)
@@ -513,32 +528,31 @@ def _iter_envelope(fd: int, size: int, private_key: rsa.RSAPrivateKey, chunk: in
     if suite != ENV_SUITE:
         raise CryptoFileError(f"unsupported envelope suite {suite}")
     body = ENV_FIXED.size + wlen
-    if size < body + ENV_TAG_SIZE:
+    if src.size is not None and src.size < body + ENV_TAG_SIZE:
         raise CryptoFileError("envelope file is truncated")
     mine = key_fingerprint(private_key)
     if fp != mine:
         raise CryptoFileError(f"file is encrypted for key {_fp_text(fp)}, the private key given is "
                               f"{_fp_text(mine)} (wrong key, or the header was modified)")
-    header = fixed + os.pread(fd, wlen, ENV_FIXED.size)
+    wrapped = src.read(wlen)
+    if len(wrapped) < wlen:
+        raise CryptoFileError("envelope file is truncated")
+    header = fixed + wrapped
     try:
-        cek = private_key.decrypt(header[ENV_FIXED.size:], _oaep())
+        cek = private_key.decrypt(wrapped, _oaep())
     except ValueError:
         raise CryptoFileError("cannot unwrap the content key: the wrapped key was modified") from None
     if len(cek) != ENV_KEY_SIZE:
         raise CryptoFileError("the content key has the wrong size: the file was modified")
-    tag = os.pread(fd, ENV_TAG_SIZE, size - ENV_TAG_SIZE)
-    dec = Cipher(algorithms.AES(cek), modes.GCM(nonce, tag)).decryptor()
+    # The tag is the last 16 bytes: held back from the stream, given to the GCM at its end.
+    dec = Cipher(algorithms.AES(cek), modes.GCM(nonce)).decryptor()
     dec.authenticate_additional_data(header)
-    end = size - ENV_TAG_SIZE
-    pos = body
-    while pos < end:
-        data = os.pread(fd, min(chunk, end - pos), pos)
-        if not data:
-            raise CryptoFileError("file shrank while being decrypted")
-        pos += len(data)
+    for data in src.chunks(chunk, holdback=ENV_TAG_SIZE):
         yield dec.update(data)
+    if len(src.held) < ENV_TAG_SIZE:
+        raise CryptoFileError("envelope file is truncated")
     try:
-        dec.finalize()
+        dec.finalize_with_tag(src.held)
     except InvalidTag:
         raise CryptoFileError("authentication failed: the file was modified or truncated "
                               "(discard anything decrypted from it)") from None
@@ -635,50 +649,3 @@ def zero_fill(n: int) -> Iterator[bytes]:
     while n > 0:
         yield _ZERO_FILL[:min(n, CHUNK)]
         n -= CHUNK
-
-
-def recover(part_path: str, *, key: bytes | None = None, private_key: rsa.RSAPrivateKey | None = None,
-            repair_wav: bool = True, mode: int = 0o600) -> str:
-    """Turn an intermediate left by a killed worker into the final encrypted recording; returns its path.
-
-    The final file is what `finish()` would have made from the intermediate's
-    content at the moment of the kill: every byte the WAV writer had handed to
-    the sink. With `repair_wav` the WAV's RIFF/data sizes are rewritten to cover
-    all whole blocks present (the writer only refreshes them every few seconds);
-    without it the content is byte-for-byte what a plain `FileSink` would hold.
-    The intermediate is removed once the final file is durable. The IV of an
-    aes-cbc recording comes from the intermediate's header.
-    """
-    if not part_path.endswith(PART_SUFFIX):
-        raise CryptoFileError(f"{part_path}: an intermediate's name ends with {PART_SUFFIX}")
-    final_path = part_path[: -len(PART_SUFFIX)]
-    if os.path.lexists(final_path):
-        raise FileExistsError(errno.EEXIST, "final recording already exists; the intermediate is redundant "
-                              "if it decrypts (finish had completed), else move it aside", final_path)
-    fd = os.open(part_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        header = PartHeader.read(fd)
-        body_key = header.unwrap(key=key, private_key=private_key)
-        size = max(0, os.fstat(fd).st_size - header.body_offset)
-        chunks: Iterable[bytes] = iter_part_plaintext(fd, header, body_key, size)
-        if repair_wav:
-            head = b"".join(iter_part_plaintext(fd, header, body_key, min(size, wav.HEAD_BYTES)))
-            try:
-                plan = wav.repair_plan(head, size, part_path)
-            except ValueError:
-                plan = None  # no recognisable WAV header: the content is published as it is
-            if plan is not None and plan.patches:
-                chunks = wav.patch_stream(chunks, plan.patches, plan.size)
-        encryptor: StreamEncryptor
-        if header.scheme == SCHEME_CBC:
-            assert key is not None
-            encryptor = CbcEncryptor(key, header.iv)
-        else:
-            assert private_key is not None
-            encryptor = EnvelopeEncryptor(private_key.public_key())
-        publish(final_path, encryptor, chunks, mode)
-    finally:
-        os.close(fd)
-    os.unlink(part_path)
-    fsync_dir(part_path)
-    return final_path

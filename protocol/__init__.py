@@ -1,6 +1,6 @@
 """Controller <-> worker messages (typed, versioned msgpack) and their ZeroMQ sockets."""
 
-from .causes import Cause
+from .causes import Cause, cause_code, cause_of_code
 from .messages import (
     VERSION,
     Heartbeat,
@@ -24,5 +24,5 @@ from .messages import (
 __all__ = [
     "Cause", "WorkerSettings", "VERSION", "Heartbeat", "Hello", "JobDigits", "JobEnded", "PauseJob", "JobStarted", "Message",
     "ProtocolError", "ResumeJob",
-    "Shutdown", "StartJob", "StopJob", "WorkerError", "decode", "encode",
+    "Shutdown", "StartJob", "StopJob", "WorkerError", "cause_code", "cause_of_code", "decode", "encode",
 ]

@@ -102,6 +102,9 @@ class ResumeJob(Message):
     lost: int  # samples overwritten in the rings before the takeover, recorded as silence
     confirmed: bool  # JobStarted was already delivered: do not send another
     origin: int = -1  # leg position of the file's first sample; -1: nothing written yet
+    # The cause the dead worker had begun finalising the job with (NONE: it was recording).
+    # Its final file may then be complete already: the new owner ends the job with it.
+    ending: Cause = Cause.NONE
 
 
 @dataclass(frozen=True)

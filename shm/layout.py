@@ -62,10 +62,14 @@ job's audio is in its file (``D_RESUME``), how many 8 kHz input samples that fil
       +4 audio     samples the silence detector had counted up to ``resume``
       +5 run       silent samples since the last loud frame, at ``resume``
       +6 loud_end  file position just after the last loud frame
-      +7 flags     bit 0: audio has been heard; bits 1..: origin + 1, the leg position
+      +7 flags     bit 0: audio has been heard; bits 1..55: origin + 1, the leg position
                    of the file's first sample (0: nothing written yet). A recording that
                    held back its leading silence began later than its start, and a
                    takeover's worker cannot tell where from the file alone.
+                   Bits 56..59: the cause the worker is ending the job with (0 while it
+                   records; `protocol.cause_code`), stored in the newest copy before it
+                   finalises the file: a takeover's worker that finds the final file
+                   already named (its worker died finishing) ends the job with it.
 
 A copy is written seq := 0, fields, seq := previous max + 1 (x86 stores stay in program
 order), alternating copies, so a worker killed mid-write leaves the older copy valid.
@@ -107,7 +111,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAGIC = b"WHCLRING"
-VERSION = 5  # 2: worker records and per-job durable records; 3: pause gate; 4: envelope keys; 5: durable origin
+VERSION = 6  # 2: worker records and per-job durable records; 3: pause gate; 4: envelope keys; 5: durable origin;
+# 6: the ending cause in the durable flags
 PAGE = 4096
 HEADER_BYTES = PAGE
 
@@ -131,7 +136,10 @@ KEY_BYTES = 32
 DURABLE_COPIES = 2
 DURABLE_WORDS = 8
 D_HEARD = 1
-D_ORIGIN_SHIFT = 1  # flags >> D_ORIGIN_SHIFT is origin + 1 (module docstring)
+D_ORIGIN_SHIFT = 1  # (flags >> D_ORIGIN_SHIFT) & D_ORIGIN_MASK is origin + 1 (module docstring)
+D_ORIGIN_MASK = (1 << 55) - 1  # 2**55 samples at 8 kHz: over 100,000 years
+D_END_SHIFT = 56  # (flags >> D_END_SHIFT) & D_END_MASK: the cause the job is ending with, 0: none yet
+D_END_MASK = 0xF
 
 #: Gate word: "hold every job reading this slot" (a request is being made).
 GATE_HOLD = -1

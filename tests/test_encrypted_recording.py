@@ -121,3 +121,40 @@ def test_a_name_whose_encrypted_intermediate_exists_is_refused(ctl, answered, su
             answered.WholeCallRecorder.start("pending.wav", cipher=cipher)
     assert open(path, "rb").read() == b"left by a crash"
     assert not os.path.exists(path[:-len(suffix)])
+
+
+def test_recover_leaves_a_running_recording_alone(ctl, tmp_path):
+    """`wholecall recover DIR` while a call records into DIR/calls/: the worker holds its
+    .wcpart's lock, so recover skips it (it used to publish a cut-short file and delete the
+    live intermediate: the call then ended ERROR, all later audio lost)."""
+    import sys
+    import time
+
+    import soundfile as sf
+
+    key, iv = new_key(256), new_iv()
+    a = np.random.default_rng(3).integers(-12000, 12000, 6 * 8000).astype(np.int16)
+    ch = ctl.incoming_call()
+    ch.answer()
+    rec = ch.WholeCallRecorder
+    assert rec.start("calls/live.wav", file_format="s16bit", cipher=AESCBCCipher(key, iv), dtmf_elim=False)
+    feed(ch, a[:3 * 8000], None)
+    part = os.path.join(ctl.config.recordings_dir, "calls", "live.wav.wcpart")
+    deadline = time.monotonic() + 10
+    while os.path.getsize(part) < 8000 and time.monotonic() < deadline:  # the worker has flushed audio
+        time.sleep(0.05)
+    env = dict(os.environ, WHOLECALL_KEY=key)
+    r = subprocess.run([sys.executable, "-m", "wholecall.cli", "recover", ctl.config.recordings_dir], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{part}: skipped: a running recording is writing it" in r.stdout
+    feed(ch, a[3 * 8000:], None)
+    assert rec.stop()
+    assert rec.cause() is Cause.ABORTED, rec.last_result.error
+    out = tmp_path / "out.wav"
+    r = subprocess.run([sys.executable, "-m", "wholecall.cli", "decrypt", rec.last_result.path, "-o", str(out)],
+                       env=dict(env, WHOLECALL_IV=iv), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data, _ = sf.read(out, dtype="int16")
+    assert np.array_equal(data, a)
+    assert sorted(os.listdir(os.path.dirname(part))) == ["live.wav", "live.wav.json"]

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import feed, tone
-from wholecall.cli.decrypt import decrypt_command, recover_command
+from wholecall.cli.decrypt import decrypt_command
+from wholecall.cli.recover import recover_command
 from wholecall.controller import AESCBCCipher, Error, new_iv, new_key
 from wholecall.formats import encrypted as cf
 

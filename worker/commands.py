@@ -50,6 +50,7 @@ from wholecall.protocol import (
 )
 from wholecall.protocol.wake import WakePipe
 
+from .finished import FinishedFile
 from .pipeline import Pipeline, close_kept
 from .wavfile import WavWriter
 
@@ -64,7 +65,8 @@ ATTACH_BATCH = 64
 ENDED_KEPT = 8192
 
 #: A file an opener made for a job: (start, writer or None, error, (resume, leg position) of a takeover or None).
-Opened = tuple[StartJob, WavWriter | None, str, tuple[ResumeJob, int] | None]
+#: A takeover whose dead worker had published the final file gets a FinishedFile (`worker.finished`).
+Opened = tuple[StartJob, WavWriter | FinishedFile | None, str, tuple[ResumeJob, int] | None]
 
 log = logging.getLogger("wholecall.worker")
 
@@ -208,8 +210,13 @@ class Commands:
             opened, self._opened = self._opened, []
             cut = list(self._opening)  # opened but not attached, or never opened (cancelled)
             self._opening.clear()
-        for _, writer, _, resumed in opened:
-            if writer is not None and resumed is None:
+        for msg, writer, _, resumed in opened:
+            if isinstance(writer, FinishedFile) and resumed is not None:
+                self.pipe.release_legs(msg)
+                self._end_finished(msg, writer, resumed[0])  # over already: its end is known
+                if msg.job_id in cut:
+                    cut.remove(msg.job_id)
+            elif writer is not None and resumed is None:
                 writer.abort()  # leave no half-made file
             elif writer is not None:
                 close_kept(writer.sink)  # a taken-over recording stays as the dead worker left it
@@ -387,6 +394,17 @@ class Commands:
         end = JobEnded(job_id=msg.job_id, cause=Cause.ERROR, bytes=0, samples=0, duration_s=0.0, error=why)
         self.send(self._stamp(end) if stopped else end)
 
+    def _end_finished(self, msg: StartJob, done: FinishedFile, r: ResumeJob) -> None:
+        """End a taken-over job whose dead worker had published its file (`worker.finished`)
+        with the cause that worker was finishing it with; a stop held for it is answered too."""
+        error = "" if r.ending is not Cause.ERROR else \
+            f"the job had failed and its worker died finishing it (its reason died with it); {done.path} is kept"
+        log.warning("job %d: taken over with its file already finished by the worker that died: %s",
+                    msg.job_id, r.ending.name)
+        end = JobEnded(job_id=msg.job_id, cause=r.ending, bytes=done.bytes, samples=done.frames,
+                       duration_s=done.frames / msg.rate, error=error, origin=r.origin, end_pos=r.pos, heard=r.heard)
+        self.send(self._stamp(end) if msg.job_id in self._stop_times else end)
+
     def _attach_opened(self) -> None:
         if not self._opened:
             return
@@ -420,6 +438,11 @@ class Commands:
             if writer is None:
                 # Its stop may be read (timed) and not applied yet: it is stamped all the same.
                 self._refuse(msg, err, stopped=msg.job_id in self._stop_times)
+                self._done_opening(msg.job_id)
+            elif isinstance(writer, FinishedFile):
+                assert resumed is not None
+                self.pipe.release_legs(msg)
+                self._end_finished(msg, writer, resumed[0])
                 self._done_opening(msg.job_id)
             else:
                 good.append((msg, writer, *(resumed or (None, -1))))

@@ -31,6 +31,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from wholecall.formats import encrypted as cf
+from wholecall.formats import recovery
+from wholecall.formats.recovery import lock_part
 from wholecall.worker.sink import FILE_MODE, FileSink, Sink
 
 __all__ = ["EncryptedSink", "open_sink", "recover", "find_parts"]
@@ -67,6 +69,9 @@ class EncryptedSink:
         self._size = 0
         self._finished = False  # before the first write: `discard` reads it when that fails (a full disk)
         try:
+            # Held while this process writes it: `wholecall recover` leaves a running
+            # recording's intermediate alone (`formats.recovery`, lock protocol).
+            lock_part(self._fd, self._part)
             self._pwrite_raw(bytes(header), 0)
         except BaseException:
             self.discard()
@@ -105,10 +110,13 @@ class EncryptedSink:
         else:
             self._key = self._iv = None
             self._public_key = cf.load_public_key(cipher["public_key"])
-        if os.path.lexists(path):
+        if os.path.lexists(path):  # `worker.finished` takes a job that far; never written over
             raise FileExistsError(errno.EEXIST, "recording already finished by the worker that died", path)
         fd = os.open(self._part, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
+            # The dead worker's lock went with its descriptors; one still held is a live
+            # writer's (a `wholecall recover` at work, a worker that is not dead): PartInUse.
+            lock_part(fd, self._part)
             header = cf.PartHeader.read(fd)
             if header.scheme != scheme:
                 raise ValueError(f"{self._part} is a {header.scheme} intermediate, the job's cipher is {scheme}")
@@ -201,12 +209,26 @@ class EncryptedSink:
     def keep(self) -> str:
         """Finishing failed (ENOSPC, EMFILE...): keep the intermediate, which holds every
         byte written, for `wholecall recover`; drop only the temp file (ciphertext that
-        `publish` removes itself, unless it was killed). Returns the intermediate's path."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        `publish` removes itself, unless it was killed). Returns the path of what is kept,
+        checked to be there: FileNotFoundError when it is not (the error then says that
+        nothing was kept, instead of naming a file that is gone)."""
+        fd, self._fd = self._fd, None
         if self._finished:
+            if not os.path.lexists(self.path):
+                raise FileNotFoundError(errno.ENOENT, "the finished recording is gone", self.path)
             return self.path
+        try:
+            ours = os.fstat(fd) if fd is not None else None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        try:
+            there = os.lstat(self._part)
+        except FileNotFoundError:
+            there = None
+        if ours is None or there is None or (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino):
+            raise FileNotFoundError(errno.ENOENT, "the intermediate this job wrote is no longer under its name "
+                                    "(removed or replaced by another process)", self._part)
         try:
             cf._unlink(self.path + cf.TMP_SUFFIX)
         except OSError:
@@ -276,7 +298,7 @@ def recover(part_path: str, *, key: bytes | str | None = None, private_key_pem: 
     """
     raw_key = cf.parse_aes_key(key) if key is not None else None
     private_key = cf.load_private_key(private_key_pem, passphrase) if private_key_pem is not None else None
-    return cf.recover(part_path, key=raw_key, private_key=private_key, repair_wav=repair_wav, mode=mode)
+    return recovery.recover(part_path, key=raw_key, private_key=private_key, repair_wav=repair_wav, mode=mode).path
 
 
 def find_parts(directory: str) -> list[str]:

@@ -50,7 +50,7 @@ import numpy as np
 
 from wholecall.formats.codecs import CALL_RATE
 from wholecall.formats.wav import repair_plan
-from wholecall.protocol import Cause, JobDigits, JobEnded, PauseJob, ResumeJob, StartJob
+from wholecall.protocol import Cause, JobDigits, JobEnded, PauseJob, ResumeJob, StartJob, cause_code
 from wholecall.protocol.limits import start_job_problem
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
@@ -58,6 +58,7 @@ from wholecall.shm import layout as L
 from . import kernels
 from .crypto import EncryptedSink, open_sink
 from .dtmf import DIGITS, FRAME, DtmfBank
+from .finished import FinishedFile, adopt
 from .pauses import PauseSchedule
 from .silence import PREROLL_SAMPLES, SilenceTracker
 from .sink import FileSink
@@ -331,18 +332,31 @@ class Pipeline:
             sink.discard()
             return None, f"cannot write {msg.path}: {e}"
 
-    def open_resumed(self, msg: StartJob, r: ResumeJob) -> tuple[WavWriter | None, str, int]:
+    def open_resumed(self, msg: StartJob, r: ResumeJob) -> tuple[WavWriter | FinishedFile | None, str, int]:
         """Failover: reopen the file of a job a dead worker was recording, cut back to the
         `r.samples` input samples its durable record says it holds (fewer if a write was
         cut short): (writer, "", leg position to read from) or (None, error, 0).
 
-        A job whose file was never created (the worker died opening it) starts afresh.
+        A job whose file was never created (the worker died opening it) starts afresh; one
+        whose encrypted file its worker had published before dying is over: (FinishedFile,
+        "", r.pos), the caller ends it (`worker.finished`).
         Runs on an opener thread, like `open_writer`: reopening and cutting a file is disk work.
         """
         stereo = msg.mode == "separate"
+        if msg.cipher is not None and os.path.lexists(msg.path):
+            # The dead worker had published the final file (its name appears only once the
+            # file is complete): the job is over, with the cause it was finishing it with.
+            if r.ending is Cause.NONE:
+                return None, f"cannot resume {msg.path}: it exists, and the worker that died had not begun " \
+                             f"finishing the job", 0
+            try:
+                done = adopt(msg.path, msg.cipher, self.arena.keys[msg.slot_in].tobytes(),
+                             r.samples * msg.rate // SAMPLE_RATE)
+            except (OSError, ValueError) as e:
+                return None, f"cannot resume {msg.path}: {e}", 0
+            return done, "", r.pos
         part = msg.path + ".wcpart"
-        exists = os.path.lexists(part) if msg.cipher is not None else os.path.lexists(msg.path)
-        if not exists and not (msg.cipher is not None and os.path.lexists(msg.path)):
+        if not os.path.lexists(part if msg.cipher is not None else msg.path):
             writer, err = self.open_writer(msg)
             return writer, err, msg.start_pos
         try:
@@ -1192,6 +1206,7 @@ class Pipeline:
         cause = job.cause or Cause.ERROR
         writer = job.writer
         nbytes = samples = 0
+        self._mark_ending(job, cause)  # before the file is finished: a takeover may find it so
         try:
             if cause == Cause.SILENCE and not job.stereo:
                 heard = bool(self.silence.heard[row])
@@ -1225,15 +1240,29 @@ class Pipeline:
     def _tail(self, job: Job) -> int:
         return self.hangover_samples
 
+    def _mark_ending(self, job: Job, cause: Cause) -> None:
+        """Store `cause` in the newest copy of the job's durable record (`shm.layout`,
+        flags): one aligned 8-byte store, so a reader sees the copy with or without it."""
+        rec = self.arena.durable[job.msg.slot_in]
+        seqs = np.where(rec[:, L.D_JOB] == job.msg.job_id, rec[:, L.D_SEQ], 0)
+        c = int(np.argmax(seqs))
+        if seqs[c] > 0:
+            keep = ~(L.D_END_MASK << L.D_END_SHIFT)
+            rec[c, L.D_FLAGS] = int(rec[c, L.D_FLAGS]) & keep | cause_code(cause) << L.D_END_SHIFT
+
+    def release_legs(self, msg: StartJob) -> None:
+        """The arena side of a job's end: its legs are no longer recorded (producers stop
+        waiting for ring space) and an envelope's body key lives no longer than its job."""
+        a = self.arena
+        if msg.cipher is not None and a.job[msg.slot_in] == msg.job_id:
+            a.keys[msg.slot_in] = 0
+        for s in (msg.slot_in, msg.slot_out):
+            if a.job[s] == msg.job_id:
+                a.job[s] = 0
+
     def _release(self, job: Job) -> None:
         row = job.row
-        a = self.arena
-        if job.msg.cipher is not None and a.job[job.msg.slot_in] == job.msg.job_id:
-            a.keys[job.msg.slot_in] = 0  # an envelope's body key lives no longer than its job
-        for s in (job.msg.slot_in, job.msg.slot_out):
-            # Producers stop waiting for ring space once the leg is no longer recorded.
-            if a.job[s] == job.msg.job_id:
-                a.job[s] = 0
+        self.release_legs(job.msg)
         # The bank's rows are not flushed here: `attach` resets them for the next job, and
         # a job that ends normally was flushed by `_append_delayed`.
         del self.jobs[row]

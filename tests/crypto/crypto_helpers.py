@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import random
 import struct
 import subprocess
+import sys
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -85,3 +87,23 @@ def leaks(data: bytes, audio: bytes, window: int = 8) -> list[str]:
             found.append(f"audio run at {i}")
             break
     return found
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,
+            stdout: Any = subprocess.PIPE, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`wholecall ARGS` as a real process (what an operator runs), with the key variables
+    taken from `env` only (never inherited from the test run)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("WHOLECALL_")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "wholecall.cli", *args], env=full, input=input,
+                          stdout=stdout, stderr=subprocess.PIPE, timeout=timeout)
+
+
+def cbc_file(path: str, plain: bytes, key: bytes, iv: bytes) -> str:
+    """Write `plain` AES-CBC encrypted (as a finished aes-cbc recording) to `path`."""
+    from wholecall.formats import encrypted as cf
+
+    enc = cf.CbcEncryptor(key, iv)
+    with open(path, "wb") as f:
+        f.write(enc.update(plain) + enc.finalize())
+    return path

@@ -7,7 +7,8 @@ import os
 import pytest
 from crypto_helpers import apply, known_audio, rsa_pems, writer_ops
 
-from wholecall.cli.decrypt import decrypt_command, recover_command
+from wholecall.cli.decrypt import decrypt_command
+from wholecall.cli.recover import recover_command
 from wholecall.controller.cipher import AESCBCCipher, EnvelopeCipher, new_iv, new_key
 from wholecall.worker.crypto import open_sink
 from wholecall.worker.sink import FileSink
@@ -141,7 +142,9 @@ def test_decrypt_and_recover_an_intermediate(tmp_path, capsys) -> None:
     assert decrypt_command(["--private-key", str(tmp_path / "key.pem"), part, "-o", str(tmp_path / "peek.wav")]) == 0
     assert "unfinished intermediate" in capsys.readouterr().err
     assert (tmp_path / "peek.wav").read_bytes()[:4] == b"RIFF"
-    del sink  # the "worker" is gone; its intermediate stays
+    assert recover_command(["--private-key", str(tmp_path / "key.pem"), str(tmp_path)]) == 0
+    assert "r.wav.wcpart: skipped: a running recording is writing it" in capsys.readouterr().out
+    assert sink.keep() == part  # the "worker" is gone: its descriptor, and lock, with it; its intermediate stays
     assert recover_command([str(tmp_path)]) == 1
     assert "give --private-key PEM" in capsys.readouterr().err
     assert recover_command(["--private-key", str(tmp_path / "key.pem"), str(tmp_path)]) == 0
@@ -153,6 +156,7 @@ def test_recover_cbc_with_env_key(tmp_path, monkeypatch, capsys) -> None:
     cipher, kf, ivf = _cbc(tmp_path)
     sink = open_sink(str(tmp_path / "r.wav"), cipher.to_wire())
     apply(sink, OPS[:6])
+    sink.keep()  # the "worker" is gone, its lock with it
     monkeypatch.setenv("WHOLECALL_KEY", new_key(192))
     assert recover_command([str(tmp_path / "r.wav.wcpart")]) == 1
     assert "wrong AES key" in capsys.readouterr().err
