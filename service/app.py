@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,10 @@ CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
 """Seconds between webhook attempts (after the first); then the event is given up and logged."""
 HUNG_UP_KEEP_S = 600.0
+RETIRE_TRIES = 60
+RETIRE_RETRY_S = 5.0
+"""A media process that did not answer a call's add or remove is asked again this often and
+this many times (5 minutes) before the call's ring slots are given up for lost."""
 """A hung-up call stays readable (GET) this long, then it is forgotten."""
 POLL_S = 0.05
 """How often a waiting request looks at its recorder."""
@@ -273,6 +278,28 @@ class Service:
         finally:
             self._waiting.pop(req, None)
 
+    async def retire(self, cid: str, channel: CallChannel, remove: Callable[[], Awaitable[Any]],
+                     alive: Callable[[], bool]) -> None:
+        """Close `channel` (its ring slots back to the arena) only once its media process has
+        let go of `cid`, or is gone: a process that missed its deadline for an add or a remove
+        may still do it, and then writes the call's legs into slots a later call was given (a
+        call recorded another call's audio so, a reviewer's find). Meanwhile the slots stay
+        taken; a process that never answers costs two slots, never another call's audio."""
+        for _ in range(RETIRE_TRIES):
+            try:
+                await remove()
+                break
+            except ApiError:
+                if not alive():
+                    break
+                await asyncio.sleep(RETIRE_RETRY_S)
+        else:
+            log.error("call %s: its media process never let go of it; its ring slots stay taken", cid,
+                      extra={"call": cid})
+            return
+        await self.call_blocking(channel.close)
+        CALL_NAMES.names.pop(channel.id, None)
+
     async def call_blocking(self, fn: Any, *args: Any, **kw: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kw))
 
@@ -446,11 +473,19 @@ class Service:
             **({"hangup_reason": e.hangup_reason} if e.hung_up else {}),
         }
 
+    def _media_alive(self, e: CallEntry) -> bool:
+        """Whether the process that writes `e`'s legs is still running."""
+        if e.stream:
+            return self.streams is not None and self.streams.procs[e.shard].alive()
+        proc = self.shards[e.shard].proc if self.shards else None
+        return proc is not None and proc.poll() is None
+
     async def _hang_up(self, e: CallEntry, reason: str) -> dict:
         async with e.lock:
             if not e.hung_up:
                 e.hung_up = True
                 e.hangup_reason = reason
+                retire = False
                 try:
                     # The last window of audio into the rings first, then the hang-up places the
                     # end after it; the ingest writes nothing to these slots afterwards, so the
@@ -458,7 +493,8 @@ class Service:
                     reply = await self.ingest({"op": "remove", "call": e.id, "flush": True})
                     e.media = reply.get("media", {})
                 except ApiError as exc:
-                    if not (e.stream and self.streams is not None and not self.streams.procs[e.shard].alive()):
+                    retire = self._media_alive(e)
+                    if retire:
                         raise
                     log.warning("call %s: %s", e.id, exc.detail, extra={"call": e.id})  # its process is gone: nothing to flush
                 finally:
@@ -466,7 +502,12 @@ class Service:
                         self.streams.procs[e.shard].calls -= 1
                     else:
                         self.shards[e.shard].calls -= 1
-                    await self.call_blocking(e.channel.close)
+                    if retire:  # the call ends now; its slots once its media process lets go
+                        await self.call_blocking(e.channel.hang_up)
+                        self._spawn(self.retire(e.id, e.channel, lambda: self.ingest(
+                            {"op": "remove", "call": e.id, "flush": False}), lambda: self._media_alive(e)))
+                    else:
+                        await self.call_blocking(e.channel.close)
                     asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
         return self.recording_view(e)
 
@@ -650,6 +691,13 @@ async def create_call(request: web.Request) -> web.Response:
             "legs": {"inbound": {"slot": ch.inbound.slot, "srtp": srtp.get("inbound")},
                      "outbound": {"slot": ch.outbound.slot, "srtp": srtp.get("outbound")}},
         }, shard=shard)
+    except ApiError:
+        # No answer in time: the ingest may still add the call, so its slots wait for a remove.
+        s.calls.pop(cid, None)
+        shard.calls -= 1
+        s._spawn(s.retire(cid, ch, lambda: s.ingest({"op": "remove", "call": cid, "flush": False}, shard=shard),
+                          lambda: shard.proc is None or shard.proc.poll() is None))
+        raise
     except BaseException:
         s.calls.pop(cid, None)
         shard.calls -= 1

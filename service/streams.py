@@ -326,6 +326,13 @@ async def create_stream_call(s: Any, body: dict, cid: str) -> web.Response:
             "op": "add", "call": cid, "kind": media, "token": token, "uuids": uuids, **settings,
             "legs": {"inbound": {"slot": ch.inbound.slot}, "outbound": {"slot": ch.outbound.slot}},
         }, sp=sp)
+    except ApiError:
+        # No answer in time: it may still add the call, so its slots wait for a remove (`Service.retire`).
+        s.calls.pop(cid, None)
+        sp.calls -= 1
+        s._spawn(s.retire(cid, ch, lambda: backend.request({"op": "remove", "call": cid, "flush": False}, sp=sp),
+                          sp.alive))
+        raise
     except BaseException:
         s.calls.pop(cid, None)
         sp.calls -= 1

@@ -303,3 +303,30 @@ def test_a_failed_start_is_named_by_its_own_file_and_counted_once(server) -> Non
                                 ("wholecall_recording_finalize_failures_total", {}, 0)):
         assert value(after, name, **labels) - value(before, name, **labels) == delta, name
     server.api("DELETE", f"/v1/calls/{cid}")
+
+
+def test_a_call_the_ingest_added_too_late_is_removed_before_its_slots_are_reused(tmp_path) -> None:
+    """An ingest that answers a call's add after the 10 s deadline (stalled: SIGSTOP here)
+    still adds it when it catches up. The service had already given the call's ring slots
+    back, so the orphan's legs wrote into a later call's rings (cross-talk) and its id was
+    refused for ever ("already has media"), a reviewer's find. The slots now wait until the
+    ingest has let go of the call."""
+    srv = Server(str(tmp_path))
+    try:
+        pid = srv.api("GET", "/healthz")[1]["ingest_pids"][0]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, body = srv.api("POST", "/v1/calls", {"media": "rtp", "id": "late"})
+            assert status == 503 and "did not answer add" in body["detail"], body
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while True:  # once the ingest has removed what it added late, the id is free again
+            status, body = srv.api("POST", "/v1/calls", {"media": "rtp", "id": "late"})
+            if status == 201 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 201, body
+        assert srv.api("DELETE", "/v1/calls/late")[0] == 200
+    finally:
+        assert srv.terminate() == 0, srv.output()
