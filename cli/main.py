@@ -157,17 +157,23 @@ def stress(argv: list[str]) -> int:
 def serve(argv: list[str]) -> int:
     import asyncio
 
+    from wholecall.service import preflight
     from wholecall.service.app import serve as run
     from wholecall.service.config import ConfigError, load
 
     try:
         cfg = load(argv)
+        preflight.check(cfg)
     except ConfigError as e:
         print(f"wholecall serve: {e}", file=sys.stderr)
         return 2
     from wholecall.service.logs import setup
 
     setup(cfg.log_format, cfg.log_level)
+    import logging
+
+    for warning in preflight.warnings(cfg):
+        logging.getLogger("wholecall.service").warning("%s", warning)
     return asyncio.run(run(cfg))
 
 

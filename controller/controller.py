@@ -176,7 +176,7 @@ class Controller:
         try:
             slots = self.arena.allocate(2)
         except RuntimeError as e:
-            raise Error(f"no room for another channel: {e}; raise max_channels") from None
+            raise Error(f"no room for another channel: {e}; raise max_channels (wholecall serve: --max-calls)") from None
         with self._lock:
             cid = next(self._ids)
             ch = CallChannel(self, cid, slots, state)

@@ -13,7 +13,7 @@ import resource
 import threading
 import time
 
-from .errors import Error
+from .errors import Unavailable
 
 log = logging.getLogger("wholecall.controller")
 
@@ -48,16 +48,16 @@ class FreeSpace:
             return self._free
 
     def check(self) -> None:
-        """Raise `Error` if the filesystem is below the watermark (0 turns the check off)."""
+        """Raise `Unavailable` if the filesystem is below the watermark (0 turns the check off)."""
         if not self.min_free_bytes:
             return
         try:
             free = self.free_bytes()
         except OSError as e:
-            raise Error(f"cannot read the free space of recordings_dir {self.path}: {e.strerror or e}") from None
+            raise Unavailable(f"cannot read the free space of recordings_dir {self.path}: {e.strerror or e}") from None
         if free < self.min_free_bytes:
-            raise Error(f"recordings_dir {self.path} has {free} bytes free, below min_free_bytes="
-                        f"{self.min_free_bytes}; free some space or lower Config.min_free_bytes")
+            raise Unavailable(f"recordings_dir {self.path} has {free} bytes free, below the {self.min_free_bytes} "
+                              "kept free (min_free_bytes); free some space")
 
 
 def raise_nofile() -> tuple[int, int]:

@@ -41,10 +41,11 @@ from typing import Any
 import msgpack
 import zmq
 import zmq.asyncio
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientPayloadError, ClientSession, ClientTimeout, web
 from yarl import URL
 
 from wholecall.controller import AESCBCCipher, CallChannel, Controller, Error, Hangup
+from wholecall.controller.errors import Unavailable
 from wholecall.controller.recorder import JobResult
 from wholecall.controller.states import RecorderState
 from wholecall.ingest.payload import PayloadError, PayloadTypes
@@ -55,7 +56,7 @@ from .ingest_totals import merge_replies
 from .logs import CALL_NAMES, announce
 from .metrics import CONTENT_TYPE, INGEST_TOTALS_TIMEOUT_S, Metrics
 from .openapi import document
-from .streams import STREAM_MEDIA, StreamBackend, create_stream_call, legs_view, send_within
+from .streams import STREAM_MEDIA, StreamBackend, await_hellos, create_stream_call, legs_view, send_within
 
 log = logging.getLogger("wholecall.service")
 
@@ -65,6 +66,8 @@ CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
 """Seconds between webhook attempts (after the first); then the event is given up and logged."""
 HUNG_UP_KEEP_S = 600.0
+HEALTH_ASK_S = 2.0
+"""How long /healthz waits for each ingest process (the probes allow 3 s; they run at once)."""
 RETIRE_TRIES = 60
 RETIRE_RETRY_S = 5.0
 """A media process that did not answer a call's add or remove is asked again this often and
@@ -172,13 +175,17 @@ class Service:
                 shard.proc = await loop.run_in_executor(
                     self.pool, lambda cmd=cmd: subprocess.Popen(cmd, cwd=self.run_dir, stdin=subprocess.DEVNULL,
                                                                 close_fds=True))
-            await asyncio.wait_for(asyncio.gather(*(sh.hello for sh in self.shards)), 60)
+            await await_hellos("ingest process", [(sh.hello, sh.proc) for sh in self.shards], 60)
             self.streams = StreamBackend(self, ApiError, CallEntry)
             await self.streams.start(self.ctl.arena.path, stream_count(self.cfg))
             self.http = ClientSession(timeout=ClientTimeout(total=5))
             self._spawn(self._watch_ingest())
             self.ready = True
             log.info("service ready: %d workers, ingest pids %s", self.ctl.config.workers, self.ingest_pids)
+        except (RuntimeError, OSError, Error) as e:  # expected failures: said in one line, no traceback
+            log.error("start-up failed: %s", e)
+            self.startup_error = e
+            self.stopped.set()
         except BaseException as e:
             log.exception("start-up failed")
             self.startup_error = e
@@ -397,20 +404,29 @@ class Service:
         body = {"call": entry.id, "cause": res.cause.value, "filename": filename,
                 "seconds": res.duration_s, "bytes": res.bytes, "sha256": digest}
         assert self.http is not None
-        for attempt, delay in enumerate((0.0,) + WEBHOOK_DELAYS):
-            if delay:
-                await asyncio.sleep(delay)
-            try:
-                async with self.http.post(url, json=body) as r:
-                    if r.status < 300:
-                        self.webhooks_sent += 1
-                        return
-                    why = f"HTTP {r.status}"
-            except (TimeoutError, ClientError, OSError) as e:  # refused, timeout, DNS: "try again later"
-                why = f"{type(e).__name__}: {e}"
-            log.warning("webhook %s for call %s, attempt %d: %s", url, entry.id, attempt + 1, why)
+        about = {"call": entry.id}
+        attempt = 0
+        try:
+            for attempt, delay in enumerate((0.0,) + WEBHOOK_DELAYS):
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    async with self.http.post(url, json=body) as r:
+                        if r.status < 300:
+                            self.webhooks_sent += 1
+                            return
+                        why = f"HTTP {r.status}"
+                except (TimeoutError, ClientError, OSError) as e:  # refused, timeout, DNS: "try again later"
+                    why = f"{type(e).__name__}: {e}"
+                log.warning("webhook %s for call %s, attempt %d: %s", url, entry.id, attempt + 1, why, extra=about)
+        except asyncio.CancelledError:  # the service stops: the event is lost, and says so
+            self.webhooks_failed += 1
+            log.error("webhook %s for call %s given up after %d attempts: the service is stopping", url, entry.id,
+                      attempt + 1, extra=about)
+            raise
         self.webhooks_failed += 1
-        log.error("webhook %s for call %s given up after %d attempts", url, entry.id, len(WEBHOOK_DELAYS) + 1)
+        log.error("webhook %s for call %s given up after %d attempts", url, entry.id, len(WEBHOOK_DELAYS) + 1,
+                  extra=about)
 
     # -- sidecars -------------------------------------------------------------------------------
 
@@ -554,6 +570,8 @@ async def _body(request: web.Request) -> dict:
         return {}
     try:
         body = await request.json()
+    except (ConnectionResetError, ClientPayloadError) as e:  # the client went away mid-body: nothing to answer
+        raise web.HTTPBadRequest(text=f"request body incomplete: {e}") from None
     except ValueError as e:
         raise ApiError(422, "Error", f"request body is not valid JSON: {e}") from None
     except RecursionError:
@@ -591,9 +609,31 @@ async def healthz(request: web.Request) -> web.Response:
             "ingest_pid": s.ingest_pids[0] if s.ingest_pids else None, "ingest_pids": s.ingest_pids,
             "streams_pid": s.streams.pids[0] if s.streams and s.streams.pids else None,
             "streams_pids": s.streams.pids if s.streams else []}
-    if s.streams is not None and s.ready and not s.draining:
-        body["streams"] = await s.streams.counters()
-    return web.json_response(body, status=200 if s.ready and not s.draining else 503)
+    problems = []
+    if s.ready and not s.draining:
+        # Up is not enough: a service whose media processes do not answer, or that has no
+        # worker left, fails every call while it would say ok (a reviewer's find).
+        if not any(w["alive"] for w in stats["workers"]):
+            problems.append("no worker is alive")
+
+        async def ask(shard: IngestShard) -> str:
+            try:
+                await s.ingest({"op": "stats", "call": ""}, HEALTH_ASK_S, shard=shard)
+                return ""
+            except ApiError as e:
+                return f"ingest {shard.index}: {e.detail}"
+        async def streams() -> dict | None:
+            return await s.streams.counters() if s.streams is not None else None
+        answers, counters = await asyncio.gather(asyncio.gather(*(ask(sh) for sh in s.shards)), streams())
+        problems += [p for p in answers if p]
+        if counters is not None:
+            body["streams"] = counters
+            if "error" in counters:
+                problems.append(f"a stream process: {counters['error']}")
+    if problems:
+        body["status"] = "degraded"
+        body["problems"] = problems
+    return web.json_response(body, status=200 if s.ready and not s.draining and not problems else 503)
 
 
 @routes.get("/metrics")
@@ -777,6 +817,10 @@ async def start_recording(request: web.Request) -> web.Response:
 
     try:
         ok = await s.call_blocking(start)
+    except Unavailable as exc:  # not the request's fault: a failed start, as the metric's help says
+        e.ends.pop(number, None)
+        s.metrics.started(rec, False)
+        raise ApiError(503, "Unavailable", str(exc)) from None
     except (Error, Hangup) as exc:
         e.ends.pop(number, None)
         raise _exception(exc) from None
@@ -919,7 +963,9 @@ async def serve(cfg: ServeConfig) -> int:
              f"RTP on {cfg.rtp_host}:{cfg.rtp_low}-{cfg.rtp_high}", "listening")
     loop = asyncio.get_running_loop()
     signalled = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (the terminal of a `wholecall serve &` closing): drained like the others,
+    # where its default killed the service with no final sidecars and its arena left behind.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, signalled.set)
     backend = loop.create_task(service.start_backend())
     waiter = loop.create_task(signalled.wait())
@@ -930,9 +976,7 @@ async def serve(cfg: ServeConfig) -> int:
         await backend
         await service.drain()
     elif service.startup_error is not None:
-        if cfg.log_format != "json":  # in JSON the "start-up failed" record above says it
-            print(f"wholecall serve: start-up failed: {service.startup_error}", file=sys.stderr)
-        rc = 1
+        rc = 1  # the "start-up failed" line above says why
     else:
         rc = 1  # the ingest died
     await site.stop()

@@ -35,6 +35,8 @@ class ServeConfig:
     rtp_high: int = 39999
     token: str = ""
     """Bearer token every request must carry; empty means none (loopback only)."""
+    token_file: str = ""
+    """Where the token was read from (its permissions are checked at start-up)."""
     media_timeout: float = 30.0
     """Seconds without media on both legs after which a call is hung up (0: never)."""
     reorder_ms: float = 200.0
@@ -267,6 +269,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
         workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
+        token_file=str(values["token_file"] or ""),
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,
         ops_host=ops_host, ops_port=ops_port, arena_dir=str(values["arena_dir"]),

@@ -271,6 +271,9 @@ class Ingest:
                     reply = {"ok": True}
                 else:
                     reply = {"ok": False, "error": "Error", "detail": f"unknown op {op!r}"}
+            except (OSError, ValueError) as e:  # expected refusals (no free port, a known id): no traceback
+                log.warning("control %s refused: %s", op, e)
+                reply = {"ok": False, "error": type(e).__name__, "detail": str(e)}
             except Exception as e:  # one bad command must not take the media of every call down
                 log.exception("control %s failed", op)
                 reply = {"ok": False, "error": type(e).__name__, "detail": str(e)}

@@ -29,9 +29,11 @@ def document() -> dict[str, Any]:
                  "description": "Whole-call recording service: calls with RTP endpoints and their recordings."},
         "security": [{"bearer": []}],
         "paths": {
-            "/healthz": {"get": {"summary": "200 once every worker and the ingest said hello, 503 before",
+            "/healthz": {"get": {"summary": "200 once every worker and the ingest said hello and while they answer",
                                  "responses": {"200": _json(_ref("Health"), "ready"),
-                                               "503": _json(_ref("Health"), "starting or draining")}}},
+                                               "503": _json(_ref("Health"), "starting, draining, or degraded "
+                                                            "(status 'degraded', problems: no live worker, a media "
+                                                            "process that does not answer)")}}},
             "/v1/calls": {"post": {
                 "summary": "Create an answered call with one RTP endpoint per leg",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CallRequest")}}},

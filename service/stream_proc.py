@@ -608,10 +608,20 @@ class StreamIngest:
         self.ctl.setsockopt(zmq.SNDHWM, 10000)
         self.ctl.connect(self.endpoint)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: AudioSocketProtocol(self), self.as_addr[0], self.as_addr[1],
-                                          reuse_address=True, backlog=1024)
-        ws_server = await loop.create_server(lambda: WebSocketProtocol(self), self.ws_addr[0], self.ws_addr[1],
-                                             reuse_address=True, backlog=1024)
+        try:
+            what, addr = "AudioSocket", self.as_addr
+            server = await loop.create_server(lambda: AudioSocketProtocol(self), addr[0], addr[1],
+                                              reuse_address=True, backlog=1024)
+            what, addr = "WebSocket", self.ws_addr
+            ws_server = await loop.create_server(lambda: WebSocketProtocol(self), addr[0], addr[1],
+                                                 reuse_address=True, backlog=1024)
+        except OSError as e:  # said to the service, which names it and stops: no traceback
+            self.send({"op": "hello", "pid": os.getpid(),
+                       "error": f"cannot listen for {what} on {addr[0]}:{addr[1]}: {e.strerror or e}"})
+            await asyncio.sleep(0.2)  # the message out before the socket closes
+            self.ctl.close(0)
+            self.zctx.term()
+            raise SystemExit(1) from None
         ws_port = ws_server.sockets[0].getsockname()[1]
         as_port = server.sockets[0].getsockname()[1]
         log.info("streams: WebSocket :%d, AudioSocket :%d", ws_port, as_port)

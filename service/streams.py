@@ -121,7 +121,7 @@ class StreamBackend:
                    "--handshake-timeout", str(cfg.handshake_timeout)]
             sp.proc = await loop.run_in_executor(
                 s.pool, lambda cmd=cmd: subprocess.Popen(cmd, cwd=s.run_dir, stdin=subprocess.DEVNULL, close_fds=True))
-        hellos = await asyncio.wait_for(asyncio.gather(*(sp.hello for sp in self.procs)), 30)
+        hellos = await await_hellos("stream process", [(sp.hello, sp.proc) for sp in self.procs], 30)
         for sp, hello in zip(self.procs, hellos):
             sp.websocket_port = hello["websocket_port"]
             sp.audiosocket_port = hello["audiosocket_port"]
@@ -253,6 +253,34 @@ class StreamBackend:
                     sp.proc.kill()
                     sp.proc.wait()
             sp.sock.close(0)
+
+
+async def await_hellos(what: str, procs: list[tuple[asyncio.Future, subprocess.Popen | None]],
+                       timeout: float) -> list[dict]:
+    """The hello of every child process, in order; RuntimeError naming the first that exits
+    first, says it failed (a port in use: {"op": "hello", "error": ...}) or is not heard of in
+    `timeout` s. Waiting for the hellos alone held start-up 30 s for a child that had died at
+    once, then said nothing of why (a reviewer's find)."""
+    gathered = asyncio.gather(*(hello for hello, _ in procs))
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while not gathered.done():
+            for k, (hello, proc) in enumerate(procs):
+                if hello.done() and hello.result().get("error"):
+                    raise RuntimeError(f"{what} {k}: {hello.result()['error']}")
+                if not hello.done() and proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{what} {k} exited with status {proc.returncode} before it was ready "
+                                       "(its output above says why)")
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{what}: not ready in {timeout:.0f} s")
+            await asyncio.wait({gathered}, timeout=0.1)
+        for k, msg in enumerate(gathered.result()):
+            if msg.get("error"):
+                raise RuntimeError(f"{what} {k}: {msg['error']}")
+        return list(gathered.result())
+    finally:
+        if not gathered.done():
+            gathered.cancel()
 
 
 def _nth(listen: str, k: int) -> str:

@@ -46,7 +46,7 @@ def check_room(nbytes: int, directory: str = SHM_DIR) -> None:
         raise OSError(
             errno.ENOSPC,
             f"the arena needs {nbytes / 2**20:.0f} MiB but {directory} has {free / 2**20:.0f} MiB free: "
-            "lower max_channels or ring_ms, or enlarge " + directory,
+            "lower max_channels (wholecall serve: --max-calls) or ring_ms, or enlarge " + directory,
         )
 
 

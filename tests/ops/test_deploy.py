@@ -172,3 +172,22 @@ def test_the_image_builds() -> None:
         assert r.returncode == 0 and "--log-format" in r.stdout
     finally:
         subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
+
+
+def test_the_image_entrypoint_needs_and_passes_the_rtp_address(tmp_path) -> None:
+    """The image listened on 0.0.0.0 without --rtp-address, so the API told callers to send
+    RTP to 0.0.0.0 (a reviewer's find). Its entrypoint, run here with a stand-in `wholecall`
+    that prints its arguments: refused without WHOLECALL_RTP_ADDRESS, passed through with it."""
+    text = open(os.path.join(DEPLOY, "Dockerfile")).read()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*?\])$", text.replace("\\\n", ""), re.M | re.S).group(1))
+    stub = tmp_path / "wholecall"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    r = subprocess.run(entry + cmd, capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode != 0 and "set WHOLECALL_RTP_ADDRESS" in r.stderr
+    r = subprocess.run(entry + cmd, capture_output=True, text=True, env={**env, "WHOLECALL_RTP_ADDRESS": "192.0.2.7"},
+                       timeout=30)
+    assert r.returncode == 0 and r.stdout.split("\n")[:3] == ["serve", "--rtp-address", "192.0.2.7"], r.stdout
+    assert r.stdout.split("\n")[3:-1] == cmd

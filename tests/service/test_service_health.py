@@ -1,0 +1,70 @@
+"""What an operator's probes and signals meet: /healthz says degraded when the service
+cannot take calls, SIGHUP drains like SIGTERM, and a start refused for the disk is a 503
+counted as a failed start. Real `serve` processes; each was a reviewer's find."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from serve_helpers import Server
+from test_service_ops import scrape, value
+
+
+def test_healthz_is_503_while_an_ingest_process_does_not_answer(tmp_path) -> None:
+    srv = Server(str(tmp_path))
+    try:
+        pid = srv.api("GET", "/healthz")[1]["ingest_pids"][0]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, body = srv.api("GET", "/healthz")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert status == 503 and body["status"] == "degraded", body
+        assert any(p.startswith("ingest 0:") and "did not answer" in p for p in body["problems"]), body
+        status, body = srv.api("GET", "/healthz")
+        assert status == 200 and body["status"] == "ok" and "problems" not in body
+    finally:
+        assert srv.terminate() == 0, srv.output()
+
+
+def test_sighup_drains_like_sigterm(tmp_path) -> None:
+    """Its default action killed serve at once: no sidecar for the running recording, the
+    arena left in /dev/shm (a terminal closing on `wholecall serve &`)."""
+    srv = Server(str(tmp_path))
+    cid, _, _ = srv.create_call()
+    assert srv.api("POST", f"/v1/calls/{cid}/recording", {"filename": "hup.wav"})[0] == 201
+    time.sleep(0.3)
+    srv.proc.send_signal(signal.SIGHUP)
+    assert srv.proc.wait(20) == 0, srv.output()
+    srv.terminate()
+    with open(os.path.join(srv.recordings, "hup.wav.json")) as f:
+        assert json.load(f)["cause"] == "ABORTED"
+
+
+def test_a_start_refused_for_the_disk_is_a_counted_503(tmp_path) -> None:
+    """A recordings disk below the free-space watermark (64 MiB; a 1 MiB tmpfs here) is not
+    the request's fault: 503 and a failed start in the metric operators alert on (it was a
+    422, uncounted, and named a setting serve does not have)."""
+    rec = tmp_path / "small"
+    rec.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(rec)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot mount a tmpfs here: {e}")
+    try:
+        srv = Server(str(tmp_path), "--recordings-dir", str(rec))
+        try:
+            cid, _, _ = srv.create_call()
+            before = value(scrape(srv.port), "wholecall_recording_start_failures_total")
+            status, body = srv.api("POST", f"/v1/calls/{cid}/recording", {"filename": "full.wav"})
+            assert status == 503 and body["error"] == "Unavailable" and "free some space" in body["detail"], body
+            assert value(scrape(srv.port), "wholecall_recording_start_failures_total") == before + 1
+        finally:
+            assert srv.terminate() == 0, srv.output()
+    finally:
+        subprocess.run(["umount", "-l", str(rec)], check=False)
