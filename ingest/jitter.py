@@ -518,7 +518,9 @@ class JitterBuffer:
             and not marker
             and event.event == stream.event_code
             and not stream.event_end
-            and 0 < ext_ts - stream.event_ts <= stream.event_duration
+            # Where the segment it continues ended: at its duration so far, or (its last packets,
+            # those carrying the full 0xFFFF, lost) exactly 0xFFFF after it began.
+            and (0 < ext_ts - stream.event_ts <= stream.event_duration or ext_ts - stream.event_ts == 0xFFFF)
         )
         stream.event_ts = ext_ts
         stream.event_code = event.event

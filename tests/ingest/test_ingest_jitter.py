@@ -193,6 +193,18 @@ def test_a_long_press_sent_in_segments_is_one_digit() -> None:
     assert [d.digit for d in jb.pop_digits()] == ["5", "5"]
 
 
+def test_a_long_press_whose_segment_end_was_lost_is_still_one_digit() -> None:
+    """RFC 4733 2.5.1.3: a segment ends at duration 0xFFFF and the next begins 0xFFFF later.
+    With the packets carrying the full 0xFFFF lost, the next segment looked like a new press:
+    the key was listed twice (a reviewer's find)."""
+    jb = JitterBuffer(call_t0=0.0, payload_types=TYPES)
+    jb.push(3, 0, 1000, EVENT, build_event(5, 0xFFFF - 3 * 160), 0.0, True)  # the last three lost
+    jb.push(3, 4, 1000 + 0xFFFF, EVENT, build_event(5, 800), 0.1)
+    jb.push(3, 5, 1000 + 0xFFFF, EVENT, build_event(5, 960, end=True), 0.12)
+    jb.push(3, 6, 1000 + 0xFFFF + 0xFFFF + 4000, EVENT, build_event(5, 160), 0.5, True)  # a new press
+    assert [d.digit for d in jb.pop_digits()] == ["5", "5"]
+
+
 def test_comfort_noise_is_silence_until_the_next_packet() -> None:
     jb = JitterBuffer(call_t0=0.0, payload_types=TYPES)
     run = Run(jb)
