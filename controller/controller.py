@@ -269,13 +269,15 @@ class Controller:
         that `worker` owns the job."""
         if isinstance(msg, JobStarted):
             rec = self._jobs.get(msg.job_id)
-            if rec is None:
-                with self._lock:
-                    entry = self._abandoned.get(msg.job_id)
-                    if entry is not None:
-                        entry[1] = True
-                return entry is not None
-            return rec._on_started(msg)
+            # Its recorder refuses it once the start was given up, also when that happened
+            # while this thread waited for the recorder's lock: the file it made is noted then.
+            if rec is not None and rec._on_started(msg):
+                return True
+            with self._lock:
+                entry = self._abandoned.get(msg.job_id)
+                if entry is not None:
+                    entry[1] = True
+            return entry is not None
         if isinstance(msg, JobEnded):
             with self._lock:
                 rec = self._jobs.pop(msg.job_id, None)
@@ -297,7 +299,7 @@ class Controller:
                                     moved.resumed if moved is not None else (), estimated)
             if applied and ran:  # one that never ran is a failed start, not an ended recording
                 self.counters.ended(msg.cause, nbytes, msg.error, lost)  # a salvaged job's, from its file
-            return applied
+            return applied or self._end_abandoned(msg)  # given up while this thread waited for the lock
         if isinstance(msg, JobDigits):
             rec = self._jobs.get(msg.job_id)
             return rec is not None and rec._on_digits(msg)

@@ -306,6 +306,11 @@ class WholeCallRecorder:
             deadline = self._core.start_deadline or (called + cfg.start_timeout_s)
             while self._core.job_id == job_id and self._core.busy and not self._core.confirmed:
                 now = time.monotonic()
+                if now >= deadline and self._core.finishing:
+                    # It ended unconfirmed (its file could not be made) and a finisher thread
+                    # is about to say so: that error, not "did not confirm", is its end.
+                    self._cond.wait(0.05)
+                    continue
                 if now >= deadline:
                     give_up = self._core.poll(now)  # None when a stop is already on its way
                     if give_up is not None:

@@ -277,3 +277,42 @@ def test_a_start_stopped_before_its_worker_confirms_it_still_reports_that_it_sta
     assert started.get("result") is True, started
     assert stopped.get("result") is True and rec.cause() is Cause.ABORTED, stopped
     assert os.path.exists(rec.last_result.path)
+
+
+def test_a_confirmation_held_up_past_the_start_deadline_still_has_its_file_removed(solo):
+    """start(): "Upon return, this function will return True for success, otherwise False."
+
+    The I/O thread took the recorder from the job table, then lost the CPU (a second here)
+    while start() gave the job up: the recorder refused the late confirmation, the file its
+    worker made was not noted, and it stayed on the disk of a start that said False (a
+    reviewer's find)."""
+    ctl = solo(start_timeout_s=0.5)
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    on_started = rec._on_started
+
+    def held_up(ev):
+        time.sleep(1.0)
+        return on_started(ev)
+    rec._on_started = held_up
+    assert rec.start("held-up.wav") is False
+    root = ctl.config.recordings_dir
+    wait_for(lambda: not ctl.abandoned_path(os.path.join(root, "held-up.wav")), 10)
+    assert os.listdir(root) == []
+
+
+def test_a_start_that_failed_while_the_finishers_were_busy_keeps_its_own_error(solo):
+    """start(): "Upon return, this function will return True for success, otherwise False."
+
+    The worker could not make the file (a 300-character name) but the finisher threads were
+    busy past the start deadline: start() gave up with "did not confirm", left the name
+    refused for ever and on_end never called (a reviewer's find). It waits for that end."""
+    ctl = solo(start_timeout_s=0.3, finisher_threads=1)
+    ch = _answered(ctl)
+    rec = ch.WholeCallRecorder
+    ctl.finish(time.sleep, 1.0)  # the only finisher, busy
+    results = []
+    rec.on_end = results.append
+    assert rec.start("m" * 300 + ".wav") is False
+    assert "name too long" in rec.last_result.error.lower(), rec.last_result.error
+    assert not ctl._abandoned and [r.cause for r in results] == [Cause.ERROR]
