@@ -35,7 +35,7 @@ from .heapfreeze import HeapFreezer
 from .media import Conference, MusicOnHold
 from .procenv import raise_current_thread
 from .recorder import WholeCallRecorder
-from .resources import FreeSpace, nofile_shortfall, raise_nofile
+from .resources import FreeSpace, make_dirs, nofile_shortfall, raise_nofile
 from .states import CallState, Cause
 from .supervisor import DEGRADED_S, Supervisor
 
@@ -79,7 +79,7 @@ class Controller:
         if self.supervisor is not None:
             return self
         cfg = self.config
-        os.makedirs(cfg.recordings_dir, mode=cfg.dir_mode, exist_ok=True)
+        make_dirs(cfg.recordings_dir, cfg.dir_mode)
         soft, _ = raise_nofile()
         shortfall = nofile_shortfall(cfg.max_channels, soft)
         if shortfall:

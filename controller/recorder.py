@@ -30,6 +30,7 @@ from .condition import Condition
 from .durability import fsync_path, sync_files
 from .errors import Error, Hangup
 from .recorder_core import JobReport, PauseRequest, RecorderCore
+from .resources import make_dirs
 from .states import CallState, Cause, RecorderState
 
 if TYPE_CHECKING:
@@ -279,7 +280,7 @@ class WholeCallRecorder:
                 return self._failed_to_start(args.path, "no worker is available to record")
             parent = os.path.dirname(args.path)
             try:
-                _make_dirs(parent, self._ctl.config.dir_mode)
+                make_dirs(parent, self._ctl.config.dir_mode)
             except OSError as e:
                 return self._failed_to_start(args.path, f"cannot create directory {parent}: {e.strerror or e}")
             job_id = self._ctl.new_job(self)
@@ -680,24 +681,6 @@ def _check_encodes(channel: int, msg: StartJob) -> None:
     except (ValueError, TypeError, OverflowError) as e:
         raise Error(f"Channel({channel}): cannot start the whole call recorder: the request "
                     f"cannot be encoded: {e}") from None
-
-
-def _make_dirs(path: str, mode: int) -> None:
-    """Create `path` and its missing parents, every one with `mode`.
-
-    `os.makedirs` applies `mode` to the last directory only; the others would get the
-    umask default (usually world-readable), and recordings are private.
-    """
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, mode)
-        except FileExistsError:
-            if not os.path.isdir(d):
-                raise
 
 
 #: The spec's name for the class of `channel.WholeCallRecorder`.

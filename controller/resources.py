@@ -90,3 +90,21 @@ def nofile_shortfall(max_channels: int, limit: int) -> str:
                 f"for each write (slower; encrypted ones still hold one each); raise the hard limit "
                 f"(ulimit -Hn, LimitNOFILE= in the service) or lower max_channels")
     return ""
+
+
+def make_dirs(path: str, mode: int) -> None:
+    """Create `path` and its missing parents, every one with `mode`.
+
+    `os.makedirs` applies `mode` to the last directory only; the others would get the
+    umask default (usually world-readable), and recordings are private.
+    """
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise

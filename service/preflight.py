@@ -15,7 +15,8 @@ import socket
 import stat
 import tempfile
 
-from wholecall.controller.config import usable_cpus
+from wholecall.controller.config import Config, usable_cpus
+from wholecall.controller.resources import make_dirs
 
 from .config import ConfigError, ServeConfig
 
@@ -53,7 +54,7 @@ def warnings(cfg: ServeConfig) -> list[str]:
 
 def _recordings_writable(path: str) -> None:
     try:
-        os.makedirs(path, exist_ok=True)
+        make_dirs(path, Config.dir_mode)  # private, as the controller makes it (os.makedirs left it 0755)
         fd, probe = tempfile.mkstemp(prefix=".wholecall-probe-", dir=path)
         os.close(fd)
         os.unlink(probe)

@@ -95,3 +95,16 @@ def test_a_websocket_port_in_use_stops_start_up_at_once_and_says_why(tmp_path) -
     assert time.monotonic() - t0 < 25
     assert f"cannot listen for WebSocket on 127.0.0.1:{port}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_recordings_directory_it_makes_is_private(tmp_path) -> None:
+    """The check made a missing directory with os.makedirs' default mode before the
+    controller could make it 0700: every user could list the recordings (a reviewer's find)."""
+    root = tmp_path / "new" / "recordings"
+    old = os.umask(0o022)
+    try:
+        preflight.check(load(["--recordings-dir", str(root), "--listen", "127.0.0.1:0"]))
+    finally:
+        os.umask(old)
+    for d in (root, root.parent):
+        assert oct(d.stat().st_mode & 0o777) == "0o700", d
