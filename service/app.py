@@ -68,10 +68,11 @@ WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
 HUNG_UP_KEEP_S = 600.0
 HEALTH_ASK_S = 2.0
 """How long /healthz waits for each ingest process (the probes allow 3 s; they run at once)."""
-RETIRE_TRIES = 60
+RETIRE_TRIES = 20
 RETIRE_RETRY_S = 5.0
 """A media process that did not answer a call's add or remove is asked again this often and
-this many times (5 minutes) before the call's ring slots are given up for lost."""
+this many times (each try waits up to 10 s: about 5 minutes) before the call's ring slots are
+given up for lost."""
 """A hung-up call stays readable (GET) this long, then it is forgotten."""
 POLL_S = 0.05
 """How often a waiting request looks at its recorder."""
@@ -116,6 +117,9 @@ class CallEntry:
     starts: int = 0
     ends: dict[int, asyncio.Future] = field(default_factory=dict)
     """Start number -> the future its recording's end resolves (`WholeCallRecorder.on_end`)."""
+    gen: int = 0
+    """The number of the add that gave it media: removes name it, so that a late one for an
+    earlier call of the same id leaves this one alone."""
     hung_up: bool = False
     hangup_reason: str = ""
     media: dict = field(default_factory=dict)
@@ -141,6 +145,7 @@ class Service:
         #: The stream ingest's message and error totals as of the last scrape (service/metrics.py).
         self.websocket_stats: dict[str, int] = {}
         self._reqs = itertools.count(1)
+        self.adds = itertools.count(1)  # numbers every add to a media process (`CallEntry.gen`)
         self._waiting: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
         self.webhooks_sent = 0
@@ -322,7 +327,8 @@ class Service:
         for e in list(self.calls.values()):
             if not e.hung_up:
                 try:
-                    e.media = (await self.ingest({"op": "remove", "call": e.id, "flush": False}, 2.0)).get("media", {})
+                    e.media = (await self.ingest({"op": "remove", "call": e.id, "flush": False, "gen": e.gen},
+                                                 2.0)).get("media", {})
                 except ApiError:
                     pass
         await self._fire_pending_webhooks(deadline=time.monotonic() + 2.0)
@@ -489,6 +495,16 @@ class Service:
             **({"hangup_reason": e.hangup_reason} if e.hung_up else {}),
         }
 
+    async def _remove_from(self, e: CallEntry) -> dict:
+        """Remove `e` from the very process that served it (not by looking its id up: once
+        forgotten, or its id reused, that finds another)."""
+        msg = {"op": "remove", "call": e.id, "flush": False, "gen": e.gen}
+        if e.stream:
+            if self.streams is None:
+                return {}
+            return await self.streams.request(msg, sp=self.streams.procs[e.shard])
+        return await self.ingest(msg, shard=self.shards[e.shard])
+
     def _media_alive(self, e: CallEntry) -> bool:
         """Whether the process that writes `e`'s legs is still running."""
         if e.stream:
@@ -506,7 +522,7 @@ class Service:
                     # The last window of audio into the rings first, then the hang-up places the
                     # end after it; the ingest writes nothing to these slots afterwards, so the
                     # channel may give them back.
-                    reply = await self.ingest({"op": "remove", "call": e.id, "flush": True})
+                    reply = await self.ingest({"op": "remove", "call": e.id, "flush": True, "gen": e.gen})
                     e.media = reply.get("media", {})
                 except ApiError as exc:
                     retire = self._media_alive(e)
@@ -520,8 +536,8 @@ class Service:
                         self.shards[e.shard].calls -= 1
                     if retire:  # the call ends now; its slots once its media process lets go
                         await self.call_blocking(e.channel.hang_up)
-                        self._spawn(self.retire(e.id, e.channel, lambda: self.ingest(
-                            {"op": "remove", "call": e.id, "flush": False}), lambda: self._media_alive(e)))
+                        self._spawn(self.retire(e.id, e.channel, lambda: self._remove_from(e),
+                                                lambda: self._media_alive(e)))
                     else:
                         await self.call_blocking(e.channel.close)
                     asyncio.get_running_loop().call_later(HUNG_UP_KEEP_S, self._forget, e)
@@ -721,12 +737,12 @@ async def create_call(request: web.Request) -> web.Response:
         CALL_NAMES.names.pop(ch.id, None)
         raise ApiError(409, "Conflict", f"call {cid!r} already exists")
     shard = s.pick_shard()
-    placeholder = CallEntry(cid, ch, {}, bool(srtp), shard.index)
+    placeholder = CallEntry(cid, ch, {}, bool(srtp), shard.index, gen=next(s.adds))
     s.calls[cid] = placeholder
     shard.calls += 1
     try:
         reply = await s.ingest({
-            "op": "add", "call": cid, "payload_types": {str(k): v for k, v in pts.items()},
+            "op": "add", "call": cid, "gen": placeholder.gen, "payload_types": {str(k): v for k, v in pts.items()},
             "host": s.cfg.rtp_host, "ports": [shard.low, shard.high],
             "legs": {"inbound": {"slot": ch.inbound.slot, "srtp": srtp.get("inbound")},
                      "outbound": {"slot": ch.outbound.slot, "srtp": srtp.get("outbound")}},
@@ -735,8 +751,7 @@ async def create_call(request: web.Request) -> web.Response:
         # No answer in time: the ingest may still add the call, so its slots wait for a remove.
         s.calls.pop(cid, None)
         shard.calls -= 1
-        s._spawn(s.retire(cid, ch, lambda: s.ingest({"op": "remove", "call": cid, "flush": False}, shard=shard),
-                          lambda: shard.proc is None or shard.proc.poll() is None))
+        s._spawn(s.retire(cid, ch, lambda: s._remove_from(placeholder), lambda: s._media_alive(placeholder)))
         raise
     except BaseException:
         s.calls.pop(cid, None)

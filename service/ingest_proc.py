@@ -188,6 +188,8 @@ class Call:
     created: float
     legs: list[Leg] = field(default_factory=list)
     timed_out: bool = False
+    gen: int = 0
+    """The service's number for the add that made it: a remove naming another is not for it."""
 
     def last_media(self) -> float:
         return max([self.created] + [leg.last_media for leg in self.legs])
@@ -257,7 +259,8 @@ class Ingest:
                 if op == "add":
                     reply = {"ok": True, "ports": self.add(msg)}
                 elif op == "remove":
-                    reply = {"ok": True, "media": self.remove(msg["call"], bool(msg.get("flush", True)))}
+                    reply = {"ok": True, "media": self.remove(msg["call"], bool(msg.get("flush", True)),
+                                                              msg.get("gen"))}
                 elif op == "stats":
                     call = self.calls.get(msg["call"])
                     reply = {"ok": True, "media": call.media() if call else {}, "kernel": udp_counters(),
@@ -286,7 +289,7 @@ class Ingest:
         if cid in self.calls:
             raise ValueError(f"call {cid!r} already has media")
         now = time.monotonic()
-        call = Call(cid, now)
+        call = Call(cid, now, gen=int(msg.get("gen", 0)))
         pts = PayloadTypes(msg.get("payload_types") or {})
         host = msg["host"]
         low, high = msg["ports"]
@@ -367,10 +370,13 @@ class Ingest:
             self.table.free(leg.index)
         self.touched.discard(call)
 
-    def remove(self, cid: str, flush: bool) -> dict:
-        call = self.calls.pop(cid, None)
-        if call is None:
+    def remove(self, cid: str, flush: bool, gen: int | None = None) -> dict:
+        """End call `cid`'s media; `gen`: only if its add was that one (a late retry of a
+        remove for an earlier call of the same id leaves a new one alone)."""
+        call = self.calls.get(cid)
+        if call is None or (gen is not None and call.gen != gen):
             return {}
+        del self.calls[cid]
         self.receive([leg.sock.fileno() for leg in call.legs])  # what already arrived still counts
         now = time.monotonic()
         for leg in call.legs:

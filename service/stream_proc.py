@@ -189,6 +189,7 @@ class StreamCall:
         self.ended = False
         self.timed_out = False
         self.digits: list[tuple[str, str, int]] = []
+        self.gen = 0  # the service's number for the add that made it (`remove`)
 
     def clock(self, now: float) -> int:
         return max(0, math.floor((now - self.t0) * RATE))
@@ -266,7 +267,8 @@ class StreamIngest:
                     self.add(msg)
                     reply: dict = {"ok": True}
                 elif op == "remove":
-                    reply = {"ok": True, "media": self.remove(msg["call"], bool(msg.get("flush", True)))}
+                    reply = {"ok": True, "media": self.remove(msg["call"], bool(msg.get("flush", True)),
+                                                              msg.get("gen"))}
                 elif op == "stats":
                     call = self.calls.get(msg["call"])
                     reply = {"ok": True, "media": call.media() if call else {},
@@ -297,6 +299,7 @@ class StreamIngest:
         uuids = {uuid.UUID(u): leg for leg, u in (msg.get("uuids") or {}).items()}
         call = StreamCall(cid, kind, now, legs, msg.get("token", ""), uuids, int(msg.get("channels", 1)),
                           int(msg.get("rate", RATE)), self.window)
+        call.gen = int(msg.get("gen", 0))
         if kind == "websocket":
             L16Stream(call.channels, call.rate)  # the settings are checked before the call exists
         self.calls[cid] = call
@@ -306,9 +309,10 @@ class StreamIngest:
             self.by_uuid[u] = call
         log.info("call %s: %s stream", cid, kind, extra={"call": cid})
 
-    def remove(self, cid: str, flush: bool) -> dict:
+    def remove(self, cid: str, flush: bool, gen: int | None = None) -> dict:
+        """End call `cid`'s media; `gen`: only if its add was that one (see ingest_proc)."""
         call = self.calls.get(cid)
-        if call is None:
+        if call is None or (gen is not None and call.gen != gen):
             return {}
         now = time.monotonic()
         self.process(now)  # what already arrived still counts

@@ -345,21 +345,20 @@ async def create_stream_call(s: Any, body: dict, cid: str) -> web.Response:
         extra["websocket"] = f"{backend.ws_base(sp)}/v1/media/{token}"
         if media == "websocket" and settings["channels"] == 1:
             extra["websocket_outbound"] = f"{backend.ws_base(sp)}/v1/media/{token}/outbound"
-    entry = CallEntry(cid, ch, {}, False, shard=sp.index)
+    entry = CallEntry(cid, ch, {}, False, shard=sp.index, gen=next(s.adds))
     entry.stream = {"media": media, **extra}
     s.calls[cid] = entry
     sp.calls += 1
     try:
         reply = await backend.request({
-            "op": "add", "call": cid, "kind": media, "token": token, "uuids": uuids, **settings,
+            "op": "add", "call": cid, "gen": entry.gen, "kind": media, "token": token, "uuids": uuids, **settings,
             "legs": {"inbound": {"slot": ch.inbound.slot}, "outbound": {"slot": ch.outbound.slot}},
         }, sp=sp)
     except ApiError:
         # No answer in time: it may still add the call, so its slots wait for a remove (`Service.retire`).
         s.calls.pop(cid, None)
         sp.calls -= 1
-        s._spawn(s.retire(cid, ch, lambda: backend.request({"op": "remove", "call": cid, "flush": False}, sp=sp),
-                          sp.alive))
+        s._spawn(s.retire(cid, ch, lambda: s._remove_from(entry), lambda: s._media_alive(entry)))
         raise
     except BaseException:
         s.calls.pop(cid, None)

@@ -330,3 +330,28 @@ def test_a_call_the_ingest_added_too_late_is_removed_before_its_slots_are_reused
         assert srv.api("DELETE", "/v1/calls/late")[0] == 200
     finally:
         assert srv.terminate() == 0, srv.output()
+
+
+def test_a_late_retry_of_a_remove_leaves_a_new_call_of_the_same_id_alone(tmp_path) -> None:
+    """The ingest stalls past both the add's deadline (10 s) and the first retried remove's
+    (20 s); the client makes the id again once it is back; the next retry (5 s later) named
+    the call by id only and removed the new, healthy call's media (a reviewer's find).
+    Removes now name the add they undo."""
+    srv = Server(str(tmp_path), "--ingest-procs", "1")
+    try:
+        pid = srv.api("GET", "/healthz")[1]["ingest_pids"][0]
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            assert srv.api("POST", "/v1/calls", {"media": "rtp", "id": "again"})[0] == 503
+            time.sleep(max(0.0, t0 + 21.0 - time.monotonic()))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(1.0)
+        assert srv.api("POST", "/v1/calls", {"media": "rtp", "id": "again"})[0] == 201
+        time.sleep(max(0.0, t0 + 28.0 - time.monotonic()))  # past the stale retry
+        status, view = srv.api("GET", "/v1/calls/again")
+        assert status == 200 and set(view["media"]) == {"inbound", "outbound"}, view
+        assert srv.api("DELETE", "/v1/calls/again")[0] == 200
+    finally:
+        assert srv.terminate() == 0, srv.output()
