@@ -24,7 +24,8 @@ from wholecall.formats.encrypted import PART_SUFFIX
 from wholecall.formats.wav import read_info, repair
 from wholecall.protocol import JobDigits, JobEnded, JobStarted, Message
 from wholecall.shm import Arena
-from wholecall.shm.arena import _pid_alive, huge_pages
+from wholecall.shm.arena import huge_pages
+from wholecall.shm.owner import claim, sweep_unowned
 
 from .channel import CallChannel
 from .config import Config
@@ -55,6 +56,8 @@ class Controller:
         self.arena: Arena | None = None
         self.supervisor: Supervisor | None = None
         self._run_dir: str | None = None
+        #: Descriptor of `_run_dir` holding its owner's lock (`shm.owner`) until it is removed.
+        self._run_lock: int | None = None
         self._channels: dict[int, CallChannel] = {}
         self._jobs: dict[int, WholeCallRecorder] = {}
         #: Starts given up unconfirmed (`WholeCallRecorder._abandon`): job id -> [its path,
@@ -91,8 +94,8 @@ class Controller:
                             "than on a tmpfs with huge=within_size (deploy/run-wholecall-arena.mount, "
                             "Config.arena_dir)", self.arena.layout.total >> 20, cfg.arena_dir)
             sweep_run_dirs()
-            # mode 0700; the pid in the name lets the next controller sweep it if this one is killed
-            self._run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+            # mode 0700; its lock lets the next controller sweep it if this one is killed
+            self._run_dir, self._run_lock = make_run_dir()
             # The finishers end every stop() (hash, sidecar, fsyncs) and hold the GIL while
             # they work: at normal priority beside the workers they waited for a CPU with it
             # (sidecar hop p90 137 ms at 20,000 channels), as the I/O thread would.
@@ -153,6 +156,9 @@ class Controller:
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
                 self._run_dir = None
+            if self._run_lock is not None:
+                os.close(self._run_lock)
+                self._run_lock = None
 
     def __enter__(self) -> Controller:
         return self.start()
@@ -344,21 +350,45 @@ class Controller:
 RUN_DIR_PREFIX = "wholecall-run-"
 
 
+def make_run_dir() -> tuple[str, int]:
+    """A new owner-only run directory, locked by this process: (path, descriptor to keep).
+
+    Another controller's sweep may remove it between `mkdtemp` and our lock; then again."""
+    for attempt in range(8):
+        path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            claim(fd, path)
+        except FileNotFoundError:
+            os.close(fd)
+            if attempt == 7:
+                raise
+            continue
+        return path, fd
+    raise AssertionError("unreachable")
+
+
 def sweep_run_dirs(directory: str | None = None) -> list[str]:
     """Remove run directories (control socket) of controllers that were killed: ours by
-    owner, named wholecall-run-<pid>-*, whose pid is gone. Like the arena's sweep."""
+    owner, named wholecall-run-*, that no process holds locked (`make_run_dir`).
+
+    Not by the PID in the name: a controller in another PID namespace (a container
+    sharing /tmp or TMPDIR) has a number that means nothing here, and removing its run
+    directory would take its control socket from every worker it starts later."""
     removed = []
     directory = directory or tempfile.gettempdir()
     for path in glob.glob(os.path.join(glob.escape(directory), RUN_DIR_PREFIX + "*")):
         try:
-            pid = int(os.path.basename(path)[len(RUN_DIR_PREFIX):].split("-", 1)[0])
             st = os.lstat(path)
-        except (ValueError, OSError):
+        except OSError:
             continue
-        if st.st_uid == os.geteuid() and os.path.isdir(path) and not os.path.islink(path) and not _pid_alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
+        if st.st_uid == os.geteuid() and sweep_unowned(path, _remove_tree, want_dir=True):
             removed.append(path)
     return removed
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_capacity(max_channels: int, workers: int) -> int:
