@@ -326,7 +326,10 @@ class Controller:
 
         `lag_s` is the time since the worker last published progress; a worker lagging more
         than `supervisor.DEGRADED_S` is `degraded` (overloaded or paused). Slowness is never
-        a reason to kill: only `Config.stall_timeout_s` without any progress is."""
+        a reason to kill: only `Config.stall_timeout_s` without any progress is.
+        `deaths_in_a_row`: deaths of the worker since one last stayed up
+        `supervisor.RESPAWN_STABLE_S`; `respawn_in_s`: the wait before its replacement
+        starts, after a back-off (`supervisor.respawn_delay`; 0 when none is held back)."""
         sup = self.supervisor
         if sup is None:
             return {"workers": []}
@@ -338,7 +341,9 @@ class Controller:
                 {"index": w.index, "pid": w.proc.pid, "cpu": w.cpu, "alive": w.alive, "ready": w.ready,
                  "jobs": w.load, "ticks": sup.ticks(w.index), "lag_s": round(lag, 3),
                  "degraded": lag > DEGRADED_S,
-                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0})
+                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0,
+                 "deaths_in_a_row": sup.deaths_in_a_row[w.index],
+                 "respawn_in_s": round(sup.respawn_in(w.index), 3)})
         return {"restarts": sup.restarts, "takeovers": sup.takeovers,
                 "degraded": any(w["degraded"] for w in workers),
                 # Messages the I/O thread received and did not apply, by reason (a peer that is
