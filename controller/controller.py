@@ -25,7 +25,7 @@ from wholecall.formats.wav import read_info, repair
 from wholecall.protocol import JobDigits, JobEnded, JobStarted, Message
 from wholecall.shm import Arena
 from wholecall.shm.arena import huge_pages
-from wholecall.shm.owner import claim, sweep_unowned
+from wholecall.shm.owner import LOCKED_SUFFIX, claim, legacy_owner_gone, sweep_unowned
 
 from .channel import CallChannel
 from .config import Config
@@ -360,7 +360,7 @@ def make_run_dir() -> tuple[str, int]:
 
     Another controller's sweep may remove it between `mkdtemp` and our lock; then again."""
     for attempt in range(8):
-        path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+        path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", suffix=LOCKED_SUFFIX)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             claim(fd, path)
@@ -375,7 +375,8 @@ def make_run_dir() -> tuple[str, int]:
 
 def sweep_run_dirs(directory: str | None = None) -> list[str]:
     """Remove run directories (control socket) of controllers that were killed: ours by
-    owner, named wholecall-run-*, that no process holds locked (`make_run_dir`).
+    owner, named wholecall-run-*, that no process holds locked (`make_run_dir`; an
+    earlier version's, unlocked, only when its PID is gone, `shm.owner.legacy_owner_gone`).
 
     Not by the PID in the name: a controller in another PID namespace (a container
     sharing /tmp or TMPDIR) has a number that means nothing here, and removing its run
@@ -387,6 +388,8 @@ def sweep_run_dirs(directory: str | None = None) -> list[str]:
             st = os.lstat(path)
         except OSError:
             continue
+        if not path.endswith(LOCKED_SUFFIX) and not legacy_owner_gone(os.path.basename(path)[len(RUN_DIR_PREFIX):]):
+            continue  # an earlier version's, which takes no lock: by its PID, as that version did
         if st.st_uid == os.geteuid() and sweep_unowned(path, _remove_tree, want_dir=True):
             removed.append(path)
     return removed

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import layout as L
-from .owner import claim, sweep_unowned
+from .owner import LOCKED_SUFFIX, claim, legacy_owner_gone, sweep_unowned
 
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "wholecall-"
@@ -100,7 +100,11 @@ def sweep_stale(directory: str = SHM_DIR) -> list[str]:
     except FileNotFoundError:
         return removed
     for name in names:
-        if name.startswith(NAME_PREFIX) and sweep_unowned(os.path.join(directory, name), os.unlink):
+        if not name.startswith(NAME_PREFIX):
+            continue
+        if not name.endswith(LOCKED_SUFFIX) and not legacy_owner_gone(name[len(NAME_PREFIX):]):
+            continue  # an earlier version's, which takes no lock: by its PID, as that version did
+        if sweep_unowned(os.path.join(directory, name), os.unlink):
             removed.append(name)
     return removed
 
@@ -331,7 +335,7 @@ def _create_claimed(directory: str) -> tuple[str, int]:
     Another controller's sweep may lock and unlink the file between its creation and our
     lock (`claim` says so); then again under another name."""
     for attempt in range(8):
-        path = os.path.join(directory, f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+        path = os.path.join(directory, f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{LOCKED_SUFFIX}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             claim(fd, path)

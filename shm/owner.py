@@ -14,6 +14,11 @@ only when no owner is left. Locks are per open file description: the owner's own
 opens the file anew and is refused like anyone else's. The owner's descriptor is
 close-on-exec and the workers are started with `close_fds`, so no child keeps a dead
 controller's object alive.
+
+Names of locked objects end in `LOCKED_SUFFIX`. A wholecall from before held no lock on
+its objects: for a name without the suffix, of one still running during an upgrade, a
+sweep keeps the old rule (`legacy_owner_gone`) besides the lock test, or it would remove
+every live one. The older sweeps also leave ours alone where they can see our PID.
 """
 
 from __future__ import annotations
@@ -23,6 +28,29 @@ import fcntl
 import os
 import stat
 from collections.abc import Callable
+
+#: The end of the name of an object whose owner holds its lock (`claim`).
+LOCKED_SUFFIX = ".flock"
+
+
+def legacy_owner_gone(pid_text: str) -> bool:
+    """For an object named without `LOCKED_SUFFIX` (made by a wholecall that took no lock),
+    from the PID its name starts with: gone from this PID namespace, or ours (this
+    version makes no such names). The rule those versions used; it cannot see into other
+    PID namespaces, which is why ours are locked. False when there is no number."""
+    try:
+        pid = int(pid_text.split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def claim(fd: int, path: str) -> None:

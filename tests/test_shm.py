@@ -187,7 +187,8 @@ def test_an_arena_named_with_this_process_number_that_it_did_not_make_is_swept()
     on a volume that outlived it, is named PID 1 too: it was kept as live and the new start-up
     found no room for its own (a reviewer's find). One this process made stays; one that a
     live process holds (`shm.owner`) stays; one named with a live process's number that no
-    one holds is swept (in a container, numbers are few and come round again)."""
+    one holds is swept (in a container, numbers are few and come round again). An arena of
+    an earlier version (no lock, no `.flock` in its name) goes by its PID, as it did then."""
     import pathlib
     import tempfile
 
@@ -196,21 +197,23 @@ def test_an_arena_named_with_this_process_number_that_it_did_not_make_is_swept()
     tmp_path = pathlib.Path(tempfile.mkdtemp(dir="/dev/shm", prefix="sweep-test-"))  # a tmpfs, as arenas need
     mine = Arena.create(2, 1 << 12, directory=str(tmp_path))
     try:
-        held = tmp_path / "wholecall-999999999-cafef00d"  # a number nobody has: only its lock keeps it
+        held = tmp_path / "wholecall-999999999-cafef00d.flock"  # a number nobody has: only its lock keeps it
         held.write_bytes(b"\0" * 4096)
         holder = subprocess.Popen([sys.executable, "-c", HOLD, str(held)], stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout.readline() == "locked\n"
-            stale = tmp_path / f"wholecall-{os.getpid()}-deadbeef"
+            stale = tmp_path / f"wholecall-{os.getpid()}-deadbeef"  # an earlier version's, with our number
             stale.write_bytes(b"\0" * 4096)
-            reused = tmp_path / f"wholecall-{holder.pid}-0badf00d"
+            reused = tmp_path / f"wholecall-{holder.pid}-0badf00d.flock"
             reused.write_bytes(b"\0" * 4096)
+            earlier = tmp_path / f"wholecall-{holder.pid}-00c0ffee"  # an earlier version's, still running
+            earlier.write_bytes(b"\0" * 4096)
             assert sorted(sweep_stale(str(tmp_path))) == sorted([stale.name, reused.name])
-            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, held.name])
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, held.name, earlier.name])
         finally:
             holder.kill()
             holder.wait()
-        assert sweep_stale(str(tmp_path)) == [held.name]  # its holder is gone
+        assert sorted(sweep_stale(str(tmp_path))) == sorted([held.name, earlier.name])  # their owners are gone
         assert [p.name for p in tmp_path.iterdir()] == [mine.name]
     finally:
         mine.close()

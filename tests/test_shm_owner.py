@@ -98,7 +98,7 @@ def test_a_sweep_in_another_pid_namespace_keeps_a_live_run_dir_and_takes_a_dead_
     try:
         live = owner.stdout.readline().strip()
         assert os.path.basename(live).startswith(f"{RUN_DIR_PREFIX}{owner.pid}-")
-        dead = tmp_path / f"{RUN_DIR_PREFIX}999999999-abc"  # no lock: its controller is gone
+        dead = tmp_path / f"{RUN_DIR_PREFIX}999999999-abc.flock"  # no lock: its controller is gone
         dead.mkdir(mode=0o700)
         (dead / "control.sock").touch()
         out = in_other_pid_namespace(SWEEP_RUN_DIRS, str(tmp_path), env=env)
@@ -120,10 +120,10 @@ def test_an_owner_that_loses_the_race_to_a_sweep_makes_another_arena():
 
     d = tempfile.mkdtemp(dir="/dev/shm", prefix="owner-test-")
     try:
-        path = os.path.join(d, "wholecall-1-race")
+        path = os.path.join(d, "wholecall-1-race.flock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            assert sweep_stale(d) == ["wholecall-1-race"]  # it got there between open and claim
+            assert sweep_stale(d) == ["wholecall-1-race.flock"]  # it got there between open and claim
             with pytest.raises(FileNotFoundError, match="swept before its owner locked it"):
                 owner.claim(fd, path)
         finally:
