@@ -5,19 +5,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+from .cpuquota import CGROUP_ROOT, SELF_CGROUP, quota_cpus
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container's cpuset, `taskset`), not the host's."""
+
+def usable_cpus(cgroup_root: str = CGROUP_ROOT, self_cgroup: str = SELF_CGROUP) -> int:
+    """CPUs this process may use, not the host's: those it may run on (a container's
+    cpuset, `taskset`), fewer if its cgroup's CPU quota allows less time than that
+    (Kubernetes' CPU limit, `docker --cpus`: `controller.cpuquota`)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = quota_cpus(cgroup_root, self_cgroup)
+    return cpus if quota is None else min(cpus, quota)
 
 
 @dataclass(frozen=True)
 class Config:
     workers: int = 0
-    """Worker processes; 0 means one per CPU this process may run on."""
+    """Worker processes; 0 means one per CPU this process may use (`usable_cpus`: its
+    affinity, bounded by its cgroup's CPU quota)."""
     recordings_dir: str = "recordings"
     """Root of every recording; filenames are relative to it and may not leave it."""
     max_channels: int = 1024

@@ -24,7 +24,8 @@ from wholecall.formats.encrypted import PART_SUFFIX
 from wholecall.formats.wav import read_info, repair
 from wholecall.protocol import JobDigits, JobEnded, JobStarted, Message
 from wholecall.shm import Arena
-from wholecall.shm.arena import _pid_alive, huge_pages
+from wholecall.shm.arena import huge_pages
+from wholecall.shm.owner import LOCKED_SUFFIX, claim, legacy_owner_gone, sweep_unowned
 
 from .channel import CallChannel
 from .config import Config
@@ -55,6 +56,8 @@ class Controller:
         self.arena: Arena | None = None
         self.supervisor: Supervisor | None = None
         self._run_dir: str | None = None
+        #: Descriptor of `_run_dir` holding its owner's lock (`shm.owner`) until it is removed.
+        self._run_lock: int | None = None
         self._channels: dict[int, CallChannel] = {}
         self._jobs: dict[int, WholeCallRecorder] = {}
         #: Starts given up unconfirmed (`WholeCallRecorder._abandon`): job id -> [its path,
@@ -91,8 +94,8 @@ class Controller:
                             "than on a tmpfs with huge=within_size (deploy/run-wholecall-arena.mount, "
                             "Config.arena_dir)", self.arena.layout.total >> 20, cfg.arena_dir)
             sweep_run_dirs()
-            # mode 0700; the pid in the name lets the next controller sweep it if this one is killed
-            self._run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+            # mode 0700; its lock lets the next controller sweep it if this one is killed
+            self._run_dir, self._run_lock = make_run_dir()
             # The finishers end every stop() (hash, sidecar, fsyncs) and hold the GIL while
             # they work: at normal priority beside the workers they waited for a CPU with it
             # (sidecar hop p90 137 ms at 20,000 channels), as the I/O thread would.
@@ -153,6 +156,9 @@ class Controller:
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
                 self._run_dir = None
+            if self._run_lock is not None:
+                os.close(self._run_lock)
+                self._run_lock = None
 
     def __enter__(self) -> Controller:
         return self.start()
@@ -322,7 +328,10 @@ class Controller:
 
         `lag_s` is the time since the worker last published progress; a worker lagging more
         than `supervisor.DEGRADED_S` is `degraded` (overloaded or paused). Slowness is never
-        a reason to kill: only `Config.stall_timeout_s` without any progress is."""
+        a reason to kill: only `Config.stall_timeout_s` without any progress is.
+        `deaths_in_a_row`: deaths of the worker since one last stayed up
+        `supervisor.RESPAWN_STABLE_S`; `respawn_in_s`: the wait before its replacement
+        starts, after a back-off (`supervisor.respawn_delay`; 0 when none is held back)."""
         sup = self.supervisor
         if sup is None:
             return {"workers": []}
@@ -334,7 +343,9 @@ class Controller:
                 {"index": w.index, "pid": w.proc.pid, "cpu": w.cpu, "alive": w.alive, "ready": w.ready,
                  "jobs": w.load, "ticks": sup.ticks(w.index), "lag_s": round(lag, 3),
                  "degraded": lag > DEGRADED_S,
-                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0})
+                 "cpu_s": w.beat.cpu_s if w.beat else 0.0, "overruns": w.beat.overruns if w.beat else 0,
+                 "deaths_in_a_row": sup.deaths_in_a_row[w.index],
+                 "respawn_in_s": round(sup.respawn_in(w.index), 3)})
         return {"restarts": sup.restarts, "takeovers": sup.takeovers,
                 "degraded": any(w["degraded"] for w in workers),
                 # Messages the I/O thread received and did not apply, by reason (a peer that is
@@ -346,21 +357,48 @@ class Controller:
 RUN_DIR_PREFIX = "wholecall-run-"
 
 
+def make_run_dir() -> tuple[str, int]:
+    """A new owner-only run directory, locked by this process: (path, descriptor to keep).
+
+    Another controller's sweep may remove it between `mkdtemp` and our lock; then again."""
+    for attempt in range(8):
+        path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", suffix=LOCKED_SUFFIX)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            claim(fd, path)
+        except FileNotFoundError:
+            os.close(fd)
+            if attempt == 7:
+                raise
+            continue
+        return path, fd
+    raise AssertionError("unreachable")
+
+
 def sweep_run_dirs(directory: str | None = None) -> list[str]:
     """Remove run directories (control socket) of controllers that were killed: ours by
-    owner, named wholecall-run-<pid>-*, whose pid is gone. Like the arena's sweep."""
+    owner, named wholecall-run-*, that no process holds locked (`make_run_dir`; an
+    earlier version's, unlocked, only when its PID is gone, `shm.owner.legacy_owner_gone`).
+
+    Not by the PID in the name: a controller in another PID namespace (a container
+    sharing /tmp or TMPDIR) has a number that means nothing here, and removing its run
+    directory would take its control socket from every worker it starts later."""
     removed = []
     directory = directory or tempfile.gettempdir()
     for path in glob.glob(os.path.join(glob.escape(directory), RUN_DIR_PREFIX + "*")):
         try:
-            pid = int(os.path.basename(path)[len(RUN_DIR_PREFIX):].split("-", 1)[0])
             st = os.lstat(path)
-        except (ValueError, OSError):
+        except OSError:
             continue
-        if st.st_uid == os.geteuid() and os.path.isdir(path) and not os.path.islink(path) and not _pid_alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
+        if not path.endswith(LOCKED_SUFFIX) and not legacy_owner_gone(os.path.basename(path)[len(RUN_DIR_PREFIX):]):
+            continue  # an earlier version's, which takes no lock: by its PID, as that version did
+        if st.st_uid == os.geteuid() and sweep_unowned(path, _remove_tree, want_dir=True):
             removed.append(path)
     return removed
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def worker_capacity(max_channels: int, workers: int) -> int:

@@ -11,7 +11,8 @@ tick. A worker whose stamp is older than `degraded_s` is reported as degraded
 (`lag_s` in `Controller.stats()`); only one that has made no progress at all for
 `stall_timeout_s` (stopped by SIGSTOP, wedged in the kernel) is killed, well inside the
 rings' span so that its takeover loses nothing. A worker that exits, by any signal or
-code, is replaced once (one spawn per death, on the same CPU) and its jobs are taken
+code, is replaced once (one spawn per death, on the same CPU; after a back-off when its
+predecessors keep dying soon after their start, `respawn_delay`) and its jobs are taken
 over at once (`_take_over`): each goes to the least-loaded surviving worker, or to the
 replacement when there is none, as a `ResumeJob` built from the job's durable record in
 the arena; the rings' read positions are first rewound to that record, so producers
@@ -91,11 +92,35 @@ def zmq_io_threads() -> list[int]:
     return tids
 
 
+#: A replacement that stays up this long ends a worker's run of deaths (`respawn_delay`).
+RESPAWN_STABLE_S = 10.0
+#: The wait before the replacement of the second death in a row; doubled for each further
+#: one, up to `RESPAWN_MAX_S`.
+RESPAWN_FIRST_S = 0.5
+RESPAWN_MAX_S = 30.0
+
+
+def respawn_delay(deaths_before: int) -> float:
+    """Seconds to wait before replacing a worker whose index has died `deaths_before` times
+    since one last stayed up `RESPAWN_STABLE_S`, not counting this death.
+
+    The first replacement starts at once: a takeover's jobs wait for it when it is the
+    only worker. A worker that cannot start at all (its arena removed, a broken install)
+    must not be respawned in a tight loop, though: measured at 125 spawns in 27 s, each
+    a numba import, on CPUs the other workers need.
+    """
+    if deaths_before <= 0:
+        return 0.0
+    return min(RESPAWN_MAX_S, RESPAWN_FIRST_S * 2 ** (deaths_before - 1))
+
+
 @dataclass
 class WorkerHandle:
     index: int
     cpu: int
     proc: subprocess.Popen
+    #: time.monotonic() of the spawn: whether it stayed up (`RESPAWN_STABLE_S`).
+    started: float = field(default_factory=time.monotonic)
     ready: bool = False
     alive: bool = True
     last_beat: float = field(default_factory=time.monotonic)
@@ -228,6 +253,12 @@ class Supervisor:
         self._closing = False
         self.restarts = 0
         self.takeovers = 0
+        #: Deaths by worker index since one last stayed up `RESPAWN_STABLE_S` (`respawn_delay`);
+        #: the I/O thread's.
+        self.deaths_in_a_row = [0] * workers
+        #: Worker index -> time.monotonic() at which its replacement is spawned, for a dead
+        #: worker whose replacement is held back; guarded by _lock.
+        self.respawn_at: dict[int, float] = {}
         # Clean-up of jobs that cannot be taken over (files to repair) runs here, never
         # on the I/O thread.
         self._cleanup = cf.ThreadPoolExecutor(1, thread_name_prefix="wholecall-cleanup")
@@ -479,9 +510,14 @@ class Supervisor:
 
     def _check(self, now: float) -> None:
         now_ns = time.monotonic_ns()
+        self._respawn_due(now)
         for w in list(self.workers):
             if not w.alive:
                 continue
+            if self.deaths_in_a_row[w.index] and now - w.started >= RESPAWN_STABLE_S:
+                log.info("worker %d has stayed up %.0f s: its respawn back-off is reset", w.index, RESPAWN_STABLE_S,
+                         extra={"worker": w.index})
+                self.deaths_in_a_row[w.index] = 0
             code = w.proc.poll()
             if code is not None:
                 self._drain()  # its last words (ended events) may still be queued
@@ -510,21 +546,56 @@ class Supervisor:
         if w.proc.poll() is None:
             w.proc.kill()
             w.proc.wait()
-        if self._closing:
-            with self._lock:
+        now = time.monotonic()
+        if now - w.started >= RESPAWN_STABLE_S:
+            self.deaths_in_a_row[w.index] = 0
+        delay = respawn_delay(self.deaths_in_a_row[w.index])
+        with self._lock:
+            closing = self._closing
+            if delay and not closing:
+                # Its jobs go to the survivors; with none, they wait in the dead handle for
+                # the replacement (`_respawn_due` hands them over).
+                self.respawn_at[w.index] = now + delay
+            if closing:
                 for j in jobs:
                     self.routes.pop(j, None)
+        if closing:
             self._cleanup.submit(self.on_worker_lost, w.index, set(jobs), why)
             return
-        self.restarts += 1
-        new = self._spawn(w.index)
-        with self._lock:
-            self.workers[w.index] = new
+        self.deaths_in_a_row[w.index] += 1
+        if delay:
+            log.error("worker %d died %.1f s after its start, %d deaths in a row: its replacement starts in %.1f s",
+                      w.index, now - w.started, self.deaths_in_a_row[w.index], delay, extra={"worker": w.index})
+        else:
+            self.restarts += 1
+            new = self._spawn(w.index)
+            with self._lock:
+                self.workers[w.index] = new
         t0 = time.monotonic()
         for job_id in jobs:
             self._take_over(job_id, w.index)
         if jobs:
             log.warning("%s: %d jobs taken over in %.1f ms", why, len(jobs), 1000 * (time.monotonic() - t0))
+
+    def _respawn_due(self, now: float) -> None:
+        """Spawn the replacements whose back-off has passed (I/O thread). Under the lock,
+        which `close` takes to cancel them: no replacement starts once it has."""
+        with self._lock:
+            for index, at in sorted(self.respawn_at.items()):
+                if at > now or self._closing:
+                    continue
+                del self.respawn_at[index]
+                dead = self.workers[index]
+                new = self._spawn(index)
+                new.jobs, new.pending = dead.jobs, dead.pending  # what waited for it
+                self.workers[index] = new
+                self.restarts += 1
+
+    def respawn_in(self, index: int, now: float | None = None) -> float:
+        """Seconds until the held-back replacement of worker `index` starts (0: none waits)."""
+        with self._lock:
+            at = self.respawn_at.get(index)
+        return 0.0 if at is None else max(0.0, at - (time.monotonic() if now is None else now))
 
     def _take_over(self, job_id: int, dead: int) -> None:
         """Move one job of a dead worker to a live one (I/O thread; reads a few words of shm)."""
@@ -580,7 +651,17 @@ class Supervisor:
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask every worker to finish its jobs and exit; kill what does not."""
-        self._closing = True
+        with self._lock:
+            self._closing = True
+            waiting = sorted(self.respawn_at)
+            self.respawn_at.clear()
+            lost = {i: {j for j, r in self.routes.items() if r.owner == i} for i in waiting}
+            for jobs in lost.values():
+                for j in jobs:
+                    self.routes.pop(j, None)
+        for i, jobs in lost.items():  # their worker's replacement was held back: nobody has them
+            if jobs:
+                self._cleanup.submit(self.on_worker_lost, i, jobs, f"worker {i} died and was not replaced before closing")
         for w in self.workers:
             if w.alive and w.proc.poll() is None:
                 if w.ready:

@@ -3,7 +3,9 @@ producers), slot allocation, and the producer side of each leg ring.
 
 Ownership: the controller creates the arena and is the only process that unlinks it
 (also on an exception or at interpreter exit); workers and load generators only attach
-and close. Positions and data are exposed as numpy views so the worker can act on all
+and close. The controller holds a lock on the arena file as long as it has it open, which
+is how another controller's start-up sweep tells a live arena from a dead one's, across
+PID namespaces (`shm/owner.py`). Positions and data are exposed as numpy views so the worker can act on all
 legs at once. See ``shm/layout.py`` for the byte layout and the memory-ordering argument.
 """
 
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import layout as L
+from .owner import LOCKED_SUFFIX, claim, legacy_owner_gone, sweep_unowned
 
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "wholecall-"
@@ -83,25 +86,14 @@ def huge_pages(directory: str = SHM_DIR) -> bool:
     return fstype == "hugetlbfs" or (fstype == "tmpfs" and ("huge=always" in opts or "huge=within_size" in opts))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-#: Arenas this process created (by name): another arena named with this process's number
-#: was made by an earlier process that had it, such as the previous incarnation of a
-#: restarted container's service, PID 1 both times, whose arena a volume kept.
-_MADE_HERE: set[str] = set()
-
-
 def sweep_stale(directory: str = SHM_DIR) -> list[str]:
-    """Unlink arenas whose owner process is gone (a controller killed with SIGKILL), and
-    those named with this process's number that it did not make (`_MADE_HERE`)."""
+    """Unlink the arenas no controller holds any more (one killed with SIGKILL, an earlier
+    incarnation of a restarted container's service); returns their names.
+
+    Ownership is the creator's lock (`shm.owner`), not the PID in the name: a controller in
+    another PID namespace sharing `directory` is invisible to `kill(pid, 0)` here, and a
+    dead one's number may belong to anyone now (PID 1 in every container).
+    """
     removed: list[str] = []
     try:
         names = os.listdir(directory)
@@ -110,17 +102,10 @@ def sweep_stale(directory: str = SHM_DIR) -> list[str]:
     for name in names:
         if not name.startswith(NAME_PREFIX):
             continue
-        try:
-            pid = int(name[len(NAME_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        path = os.path.join(directory, name)
-        if not _pid_alive(pid) or (pid == os.getpid() and name not in _MADE_HERE):
-            try:
-                os.unlink(path)
-                removed.append(name)
-            except FileNotFoundError:
-                pass
+        if not name.endswith(LOCKED_SUFFIX) and not legacy_owner_gone(name[len(NAME_PREFIX):]):
+            continue  # an earlier version's, which takes no lock: by its PID, as that version did
+        if sweep_unowned(os.path.join(directory, name), os.unlink):
+            removed.append(name)
     return removed
 
 
@@ -133,6 +118,9 @@ class Arena:
         self.name = os.path.basename(path)
         self.layout = layout
         self.owner = owner
+        #: The owner's: unlinks the arena, then closes the descriptor that holds its lock
+        #: (`shm.owner`); run once, by `close` or when the arena is dropped unclosed.
+        self._finalizer: weakref.finalize | None = None
         self._mm: mmap.mmap | None = mm
         n, cap = layout.slots, layout.capacity
         buf = memoryview(mm)
@@ -182,10 +170,7 @@ class Arena:
             size = -(-size // page) * page
         else:
             check_room(lay.total, directory)
-        name = f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
-        _MADE_HERE.add(name)  # before the file exists: a sweep on another thread must not take it
-        path = os.path.join(directory, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        path, fd = _create_claimed(directory)
         try:
             os.ftruncate(fd, size)
             # Reserve every page now. A sparse arena that outgrows /dev/shm later kills
@@ -200,17 +185,17 @@ class Arena:
                                        f"{os.strerror(e.errno or 0)}") from None
             mm = mmap.mmap(fd, size)
         except BaseException:
-            os.close(fd)
             os.unlink(path)
+            os.close(fd)
             raise
-        os.close(fd)
         struct.pack_into("<8sIIQQQQ", mm, 0, L.MAGIC, 0, 0, slots, capacity, os.getpid(), time.time_ns())
         # Version last: an attacher that sees it knows the header is complete.
         struct.pack_into("<I", mm, L.OFF_VERSION, L.VERSION)
         arena = cls(path, mm, lay, owner=True)
-        # Belt and braces: an interpreter exiting with the arena still open unlinks it.
+        # Belt and braces: an interpreter exiting with the arena still open unlinks it
+        # (its lock goes with the process).
         atexit.register(_unlink_quietly, path)
-        weakref.finalize(arena, _unlink_quietly, path)
+        arena._finalizer = weakref.finalize(arena, _release, path, fd)
         return arena
 
     @classmethod
@@ -253,6 +238,8 @@ class Arena:
         self._mm = None
         if self.owner:
             _unlink_quietly(self.path)
+        if self._finalizer is not None:
+            self._finalizer()  # the lock goes after the unlink: a sweep never finds it unlocked
 
     def __enter__(self) -> Arena:
         return self
@@ -342,10 +329,38 @@ class Arena:
                 self.job[s] = 0
 
 
+def _create_claimed(directory: str) -> tuple[str, int]:
+    """A new empty arena file in `directory`, locked by this process: (path, descriptor).
+
+    Another controller's sweep may lock and unlink the file between its creation and our
+    lock (`claim` says so); then again under another name."""
+    for attempt in range(8):
+        path = os.path.join(directory, f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{LOCKED_SUFFIX}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            claim(fd, path)
+        except FileNotFoundError:
+            os.close(fd)
+            if attempt == 7:
+                raise
+            continue
+        return path, fd
+    raise AssertionError("unreachable")
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
+        pass
+
+
+def _release(path: str, fd: int) -> None:
+    """Unlink an owner's arena, then let go of its lock (`Arena._finalizer`)."""
+    _unlink_quietly(path)
+    try:
+        os.close(fd)
+    except OSError:
         pass
 
 

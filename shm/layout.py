@@ -12,7 +12,7 @@ leg's position with one vector load and gathers audio with one fancy index::
            |  12 (pad)  u32                                               |
            |  16 slots   u64  number of rings (legs)                      |
            |  24 capacity u64 samples per ring, a power of two            |
-           |  32 owner_pid u64 controller pid (stale-arena sweep)         |
+           |  32 owner_pid u64 controller pid (for people: sweep = flock) |
            |  40 created_ns u64 CLOCK_REALTIME at creation                |
            | 1024 workers  [MAX_WORKERS] x 64-byte record, one cache line |
            |      each, WORKER-owned (worker i writes record i only):     |

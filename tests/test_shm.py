@@ -185,11 +185,11 @@ def test_an_arena_on_a_huge_page_tmpfs_is_attached_by_path_and_unlinked():
 def test_an_arena_named_with_this_process_number_that_it_did_not_make_is_swept() -> None:
     """A restarted container's service is PID 1 again, and its previous incarnation's arena,
     on a volume that outlived it, is named PID 1 too: it was kept as live and the new start-up
-    found no room for its own (a reviewer's find). One this process made stays; one of a
-    live other process stays."""
+    found no room for its own (a reviewer's find). One this process made stays; one that a
+    live process holds (`shm.owner`) stays; one named with a live process's number that no
+    one holds is swept (in a container, numbers are few and come round again). An arena of
+    an earlier version (no lock, no `.flock` in its name) goes by its PID, as it did then."""
     import pathlib
-    import subprocess
-    import sys
     import tempfile
 
     from wholecall.shm import sweep_stale
@@ -197,19 +197,36 @@ def test_an_arena_named_with_this_process_number_that_it_did_not_make_is_swept()
     tmp_path = pathlib.Path(tempfile.mkdtemp(dir="/dev/shm", prefix="sweep-test-"))  # a tmpfs, as arenas need
     mine = Arena.create(2, 1 << 12, directory=str(tmp_path))
     try:
-        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        held = tmp_path / "wholecall-999999999-cafef00d.flock"  # a number nobody has: only its lock keeps it
+        held.write_bytes(b"\0" * 4096)
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(held)], stdout=subprocess.PIPE, text=True)
         try:
-            stale = tmp_path / f"wholecall-{os.getpid()}-deadbeef"
+            assert holder.stdout.readline() == "locked\n"
+            stale = tmp_path / f"wholecall-{os.getpid()}-deadbeef"  # an earlier version's, with our number
             stale.write_bytes(b"\0" * 4096)
-            live = tmp_path / f"wholecall-{other.pid}-cafef00d"
-            live.write_bytes(b"\0" * 4096)
-            assert sweep_stale(str(tmp_path)) == [stale.name]
-            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, live.name])
+            reused = tmp_path / f"wholecall-{holder.pid}-0badf00d.flock"
+            reused.write_bytes(b"\0" * 4096)
+            earlier = tmp_path / f"wholecall-{holder.pid}-00c0ffee"  # an earlier version's, still running
+            earlier.write_bytes(b"\0" * 4096)
+            assert sorted(sweep_stale(str(tmp_path))) == sorted([stale.name, reused.name])
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, held.name, earlier.name])
         finally:
-            other.kill()
-            other.wait()
+            holder.kill()
+            holder.wait()
+        assert sorted(sweep_stale(str(tmp_path))) == sorted([held.name, earlier.name])  # their owners are gone
+        assert [p.name for p in tmp_path.iterdir()] == [mine.name]
     finally:
         mine.close()
         for p in tmp_path.iterdir():
             p.unlink()
         tmp_path.rmdir()
+
+
+#: Holds a shared lock on argv[1] as a live arena's owner does (`shm.owner.claim`).
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+print("locked", flush=True)
+time.sleep(60)
+"""
