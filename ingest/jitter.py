@@ -68,6 +68,10 @@ _SEQ_SEEN = 2048  # sequence numbers remembered for duplicate detection (about 4
 # not loss or re-ordering but a sender that restarted its numbering.
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
+# Two packets far behind in numbering that still land within this of the call clock by the
+# stream's own timestamps are old packets delivered late (a failover, a duplicate path), not a
+# restart: a sender that restarts draws new, unrelated numbers and timestamps.
+STALE_S = 60
 _EVENT_STARTS = 32  # telephone-event start timestamps remembered per stream
 
 Chunk = tuple[int, "np.ndarray | int"]
@@ -180,6 +184,8 @@ class JitterBuffer:
         self.window = round(window * rate)
         """Re-order window in samples."""
         self.max_ahead = round(max_ahead * rate)
+        self.stale = STALE_S * rate
+        """A number far behind whose timestamp still lands this near the clock is an old packet."""
         if table is None:
             table = LegTable(1)
             index = table.allocate()
@@ -297,6 +303,8 @@ class JitterBuffer:
                 stream.min_seq = min(stream.min_seq, ext_seq)
             else:
                 stream.max_seq = ext_seq
+        elif ext_seq < stream.max_seq and abs(stream.anchor + ext_ts - stream.base_ts - clock) <= self.stale:
+            pass  # old packets of this very numbering and timeline, delivered late (a duplicate path): no restart
         elif sequence == stream.bad_seq:  # the second in a row of a new numbering: the sender restarted it
             self._restart_sequence(stream, ext_seq)
             in_order = True

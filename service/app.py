@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -126,6 +127,8 @@ class CallEntry:
     stream: dict = field(default_factory=dict)
     """Streamed media (service/streams.py): its kind and URL or UUIDs; empty for RTP."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    start_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held by an API thread from setting the recorder's per-recording attributes to its start()."""
 
 
 class Service:
@@ -824,11 +827,13 @@ async def start_recording(request: web.Request) -> web.Response:
             if not isinstance(c, dict) or set(c) != {"key", "iv"}:
                 raise Error("cipher must be {\"key\": hex, \"iv\": hex} or null")
             args["cipher"] = AESCBCCipher(c["key"], c["iv"])
-        rec.min_seconds = args.pop("min_seconds", 0)  # an extension: an attribute, the spec's start() unchanged
-        # Both taken by the job at start(): one that ends before start() returns still has them.
-        rec.sidecar_source = functools.partial(s.sidecar_extra, e, loop)
-        rec.on_end = functools.partial(s.recording_ended, e, number, loop)
-        return rec.start(**args)
+        # The recorder's attributes and the start that takes them, one request at a time: two
+        # at once on one call could give the one that starts the other's webhook.
+        with e.start_lock:
+            rec.min_seconds = args.pop("min_seconds", 0)  # an extension: an attribute, the spec's start() unchanged
+            rec.sidecar_source = functools.partial(s.sidecar_extra, e, loop)  # read when the recording ends
+            rec.on_end = functools.partial(s.recording_ended, e, number, loop)  # taken by start()
+            return rec.start(**args)
 
     try:
         ok = await s.call_blocking(start)

@@ -377,3 +377,22 @@ def test_a_sequence_number_restart_is_not_counted_as_loss(stray: bool) -> None:
         assert np.array_equal(got[k], frame(k) if k != 30 else np.zeros(FRAME, np.int16)), k
     c = jb.counters()
     assert (c.lost, c.reordered, c.duplicates, c.resyncs) == (1, 0, 0, 0), c
+
+
+def test_two_old_packets_far_behind_are_late_not_a_sequence_restart() -> None:
+    """Two consecutive packets 120 numbers behind (a duplicate path delivering 2.4 s late)
+    confirmed an RFC 3550 restart: the leg was re-anchored at their old timestamp, a frame
+    overwritten with old audio and 119 packets counted lost (a reviewer's find). Their
+    timestamps still land near the clock by this stream's own mapping: they are old, and late."""
+    jb = JitterBuffer(call_t0=0.0, payload_types=TYPES, window=0.2)
+    run = Run(jb)
+    for k in range(300):
+        if k == 250:
+            for old in (130, 131):
+                run.send(k * PERIOD, 1, old, old * FRAME, l16(frame(old)))
+        run.send(k * PERIOD, 1, k, k * FRAME, l16(frame(k)))
+    got = run.finish(300 * PERIOD + 0.2).reshape(-1, FRAME)
+    for k in range(300):
+        assert np.array_equal(got[k], frame(k)), k
+    c = jb.counters()
+    assert (c.lost, c.resyncs, c.late) == (0, 0, 2), c
