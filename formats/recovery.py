@@ -21,6 +21,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -53,13 +54,22 @@ class PartInUse(CryptoFileError):
     """Another process holds the intermediate's lock: a recording still being written."""
 
 
-def lock_part(fd: int, path: str) -> None:
-    """Take the intermediate's lock on `fd` (module docstring), or raise `PartInUse`."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise PartInUse(f"{path} is in use: a running recording is writing it (its worker holds the "
-                        f"lock); it is left alone") from None
+def lock_part(fd: int, path: str, wait_s: float = 0.0) -> None:
+    """Take the intermediate's lock on `fd` (module docstring), or raise `PartInUse`.
+
+    `wait_s`: how long a writer waits for it. A `recover` run can hold the lock of a part a
+    worker has just created, for the moment it takes to find no header in it and let go:
+    the worker's start must not fail for that."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise PartInUse(f"{path} is in use: a running recording is writing it (its worker holds the "
+                                f"lock); it is left alone") from None
+            time.sleep(0.01)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ from wholecall.worker.sink import FILE_MODE, FileSink, Sink
 
 __all__ = ["EncryptedSink", "open_sink", "recover", "find_parts"]
 
+#: How long a writer waits for its intermediate's lock, which a `wholecall recover` run may
+#: hold for a moment (`formats.recovery.lock_part`).
+WRITER_LOCK_WAIT_S = 2.0
+
 
 class EncryptedSink:
     """A `Sink` whose storage is a CTR-encrypted intermediate, finished into an AES-CBC or envelope file.
@@ -71,7 +75,7 @@ class EncryptedSink:
         try:
             # Held while this process writes it: `wholecall recover` leaves a running
             # recording's intermediate alone (`formats.recovery`, lock protocol).
-            lock_part(self._fd, self._part)
+            lock_part(self._fd, self._part, WRITER_LOCK_WAIT_S)
             self._pwrite_raw(bytes(header), 0)
         except BaseException:
             self.discard()
@@ -116,7 +120,7 @@ class EncryptedSink:
         try:
             # The dead worker's lock went with its descriptors; one still held is a live
             # writer's (a `wholecall recover` at work, a worker that is not dead): PartInUse.
-            lock_part(fd, self._part)
+            lock_part(fd, self._part, WRITER_LOCK_WAIT_S)
             header = cf.PartHeader.read(fd)
             if header.scheme != scheme:
                 raise ValueError(f"{self._part} is a {header.scheme} intermediate, the job's cipher is {scheme}")

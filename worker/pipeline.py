@@ -1245,6 +1245,9 @@ class Pipeline:
         flags): one aligned 8-byte store, so a reader sees the copy with or without it."""
         rec = self.arena.durable[job.msg.slot_in]
         seqs = np.where(rec[:, L.D_JOB] == job.msg.job_id, rec[:, L.D_SEQ], 0)
+        if not seqs.any():  # none of its own yet (attaching publishes one; never lean on it)
+            self._publish(np.array([job.row]))
+            seqs = np.where(rec[:, L.D_JOB] == job.msg.job_id, rec[:, L.D_SEQ], 0)
         c = int(np.argmax(seqs))
         if seqs[c] > 0:
             keep = ~(L.D_END_MASK << L.D_END_SHIFT)

@@ -175,3 +175,28 @@ def test_a_part_left_beside_its_finished_file_is_removed_and_a_foreign_one_kept(
     assert r.returncode == 1
     assert "the final recording exists and is not this intermediate's" in r.stderr.decode()
     assert sorted(os.listdir(tmp_path)) == ["r.wav", "r.wav.wcpart"]
+
+
+def test_a_writer_waits_a_moment_for_an_intermediates_lock_a_recover_run_holds(tmp_path) -> None:
+    """A `wholecall recover` run can take the lock of an intermediate a worker has just
+    created (between its O_EXCL create and its lock), for the moment it takes to find no
+    header and let go; the worker's start failed with PartInUse for it (a reviewer's find).
+    Writers wait up to WRITER_LOCK_WAIT_S; recover does not wait."""
+    import fcntl
+    import threading
+
+    from wholecall.formats.recovery import PartInUse, lock_part
+    from wholecall.worker.crypto import WRITER_LOCK_WAIT_S
+
+    part = tmp_path / "x.wav.wcpart"
+    part.write_bytes(b"")
+    holder = os.open(part, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    writer = os.open(part, os.O_RDWR)
+    try:
+        with pytest.raises(PartInUse):
+            lock_part(writer, str(part))  # recover's way: at once
+        threading.Timer(0.3, os.close, (holder,)).start()
+        lock_part(writer, str(part), WRITER_LOCK_WAIT_S)  # the writer's: taken once recover lets go
+    finally:
+        os.close(writer)
