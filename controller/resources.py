@@ -99,6 +99,7 @@ def make_dirs(path: str, mode: int) -> None:
     umask default (usually world-readable), and recordings are private.
     """
     missing = []
+    path = os.path.abspath(path)  # a relative one's dirname ends at "", which is never a directory
     while not os.path.isdir(path):
         missing.append(path)
         path = os.path.dirname(path)
