@@ -26,7 +26,7 @@ import sys
 from typing import Any
 
 from wholecall.formats.codecs import tag_name
-from wholecall.formats.wav import HEAD_BYTES, read_info, repair_plan
+from wholecall.formats.wav import HEAD_BYTES, WavChecker, read_info, repair_plan
 
 
 def file_facts(path: str) -> dict[str, Any]:
@@ -53,9 +53,15 @@ def file_facts(path: str) -> dict[str, Any]:
 def header_disagreement(path: str) -> dict[str, Any] | None:
     """How a plain WAV's header disagrees with the file's length, None when it does not
     (or the file is no plain WAV: an encrypted one needs its key)."""
+    checker = WavChecker()
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(HEAD_BYTES)
+        checker.feed(head)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            checker.feed(block)
+    if checker.result() is None:
+        return None  # a whole WAV, chunks after its data included (a tagger's LIST is no crash)
     try:
         plan = repair_plan(head, size, path)
     except ValueError:

@@ -363,7 +363,12 @@ def make_run_dir() -> tuple[str, int]:
     Another controller's sweep may remove it between `mkdtemp` and our lock; then again."""
     for attempt in range(8):
         path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", suffix=LOCKED_SUFFIX)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # may be swept before this, too
+        except FileNotFoundError:
+            if attempt == 7:
+                raise
+            continue
         try:
             claim(fd, path)
         except FileNotFoundError:

@@ -73,6 +73,7 @@ from wholecall.protocol.wake import WakePipe
 from wholecall.shm import Arena
 from wholecall.shm import layout as L
 
+from .cpuquota import quota_cpus
 from .procenv import media_env
 
 log = logging.getLogger("wholecall.controller")
@@ -98,6 +99,9 @@ RESPAWN_STABLE_S = 10.0
 #: one, up to `RESPAWN_MAX_S`.
 RESPAWN_FIRST_S = 0.5
 RESPAWN_MAX_S = 30.0
+RESPAWN_WITH_JOBS_MAX_S = 2.0
+"""The longest wait for a replacement that the jobs of a dead worker wait for (no survivor
+took them): they must resume well within the rings' 8 s."""
 
 
 def respawn_delay(deaths_before: int) -> float:
@@ -111,7 +115,7 @@ def respawn_delay(deaths_before: int) -> float:
     """
     if deaths_before <= 0:
         return 0.0
-    return min(RESPAWN_MAX_S, RESPAWN_FIRST_S * 2 ** (deaths_before - 1))
+    return min(RESPAWN_MAX_S, RESPAWN_FIRST_S * 2 ** min(deaths_before - 1, 16))  # (2**1024 overflowed a float)
 
 
 @dataclass
@@ -264,6 +268,11 @@ class Supervisor:
         self._cleanup = cf.ThreadPoolExecutor(1, thread_name_prefix="wholecall-cleanup")
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
         self._cpus = cpus
+        # Pinned one per CPU, unless told not to (`Config.pin_workers`, which was stored and
+        # never read) or a CPU quota, not a cpuset, is what bounds them: pods with a limit of 4
+        # on a 32-CPU node all pinned their workers to CPUs 0-3 while the rest idled.
+        quota = quota_cpus()
+        self._pin = self.pin and (quota is None or quota >= len(cpus))
         for i in range(workers):
             self.workers.append(self._spawn(i))
         self._thread = threading.Thread(target=self._loop, name="wholecall-io", daemon=True)
@@ -272,7 +281,7 @@ class Supervisor:
     # -- processes --------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> WorkerHandle:
-        cpu = self._cpus[index % len(self._cpus)]
+        cpu = self._cpus[index % len(self._cpus)] if self._pin else -1
         env = media_env()
         settings = WorkerSettings(index=index, cpu=cpu, endpoint=self.endpoint, arena=self.arena_name,
                                   parent=os.getpid(), lifeline=self._life_r, **self.worker_settings)
@@ -550,6 +559,9 @@ class Supervisor:
         if now - w.started >= RESPAWN_STABLE_S:
             self.deaths_in_a_row[w.index] = 0
         delay = respawn_delay(self.deaths_in_a_row[w.index])
+        if jobs and not any(o.alive and o.ready for o in self.workers if o is not w):
+            # Its jobs wait for this replacement and the rings hold 8 s: no longer than that.
+            delay = min(delay, RESPAWN_WITH_JOBS_MAX_S)
         with self._lock:
             closing = self._closing
             if delay and not closing:

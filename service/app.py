@@ -302,8 +302,10 @@ class Service:
         taken; a process that never answers costs two slots, never another call's audio."""
         for _ in range(RETIRE_TRIES):
             try:
-                await remove()
-                break
+                reply = await remove()
+                if reply.get("ok", True) is not False:  # a remove that failed there is asked again
+                    break
+                await asyncio.sleep(RETIRE_RETRY_S)
             except ApiError:
                 if not alive():
                     break

@@ -268,7 +268,7 @@ def build(values: dict[str, Any]) -> ServeConfig:
     port_shards(low, high, values["ingest_procs"] or 1)
     return ServeConfig(
         host=host, port=port, recordings_dir=os.path.abspath(str(values["recordings_dir"])),
-        workers=values["workers"], rtp_address=str(values["rtp_address"]), rtp_low=low, rtp_high=high, token=token,
+        workers=values["workers"], rtp_address=str(values["rtp_address"]).strip("[]"), rtp_low=low, rtp_high=high, token=token,
         token_file=str(values["token_file"] or ""),
         media_timeout=float(values["media_timeout"]), reorder_ms=float(values["reorder_ms"]),
         max_calls=values["max_calls"], log_format=log_format, log_level=log_level,

@@ -64,21 +64,30 @@ def _recordings_writable(path: str) -> None:
 
 def _rtp_address(cfg: ServeConfig) -> None:
     host = cfg.rtp_host
-    try:
-        wildcard = ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        wildcard = False  # a name: the bind below says whether it is ours
-    if wildcard:
+    if _wildcard(host):  # (a name is not: the bind below says whether it is ours)
         raise ConfigError(f"rtp_address must be this host's media address when listening on {host}: the API tells "
                           "callers to send RTP there, and nobody can send to it")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         try:
             s.bind((host, 0))
+            bound = s.getsockname()[0]
         except OSError as e:
             if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) or isinstance(e, socket.gaierror):
                 raise ConfigError(f"rtp_address {host} is not an address of this host ({e.strerror or e})") from None
             raise ConfigError(f"rtp_address {host}: cannot bind a UDP socket there: {e.strerror or e}") from None
+    if _wildcard(bound):  # "0", "0x0" and the like are the wildcard too
+        raise ConfigError(f"rtp_address {host} is the wildcard address ({bound}): it must be this host's media address")
+
+
+def _wildcard(text: str) -> bool:
+    """Whether `text` is an unspecified address (IPv4, IPv6, or IPv4 mapped into IPv6)."""
+    try:
+        ip = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
 
 
 def _listen_free(key: str, host: str, port: int) -> None:

@@ -13,7 +13,11 @@ removes an object only while it holds the exclusive lock itself (`sweep_unowned`
 only when no owner is left. Locks are per open file description: the owner's own sweep
 opens the file anew and is refused like anyone else's. The owner's descriptor is
 close-on-exec and the workers are started with `close_fds`, so no child keeps a dead
-controller's object alive.
+controller's object alive. An application that *forks without exec* after `start()`
+(multiprocessing's "fork" context) gives its children the arena's mapping, which holds the
+lock as the descriptor does (the kernel drops an flock at the last reference to the open
+file, and a mapping is one): a SIGKILLed controller's arena is then swept only once those
+children have exited. Use the "spawn" or "forkserver" context, or fork before `start()`.
 
 Names of locked objects end in `LOCKED_SUFFIX`. A wholecall from before held no lock on
 its objects: for a name without the suffix, of one still running during an upgrade, a

@@ -109,3 +109,19 @@ def test_the_file_of_a_whole_service_crash_is_flagged_for_repair(tmp_path):
     rc, out, err = info(path)
     assert out["disagreements"] == [] and rc == 1 and "has no sidecar" in err  # the crash left none
     assert np.count_nonzero(np.fromfile(path, np.int16, offset=44)) > 6 * 8000
+
+
+def test_a_whole_wav_with_a_chunk_after_its_data_is_no_crash(tmp_path) -> None:
+    """A tagger's LIST chunk after the data chunk, every size right: it was reported as a
+    header behind its audio, and `repair` would then have made the tag audio (a reviewer's
+    find)."""
+    import struct
+
+    codec = get_codec("s16bit")
+    audio = bytes(1600)
+    tag = b"INFOISFT" + struct.pack("<I", 6) + b"tools\0"
+    body = header(codec, 1, 8000, len(audio), 800)[12:] + audio + b"LIST" + struct.pack("<I", len(tag)) + tag
+    path = tmp_path / "tagged.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+    rc, facts, _ = info(str(path))
+    assert "header" not in [d["field"] for d in facts.get("disagreements", [])]

@@ -53,3 +53,21 @@ def test_a_worker_that_keeps_dying_young_is_respawned_with_a_back_off(make_contr
         os.unlink(kept)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_delay_stays_capped_however_long_the_run_of_deaths() -> None:
+    """2 ** 1024 overflowed a float at the 1,025th death in a row (8.5 h of a crash loop at the
+    cap): the respawn raised and that worker slot was never replaced again (a reviewer's find)."""
+    from wholecall.controller.supervisor import RESPAWN_MAX_S, respawn_delay
+
+    assert [respawn_delay(n) for n in (0, 1, 2)] == [0.0, 0.5, 1.0]
+    assert respawn_delay(1025) == respawn_delay(10**6) == RESPAWN_MAX_S
+
+
+def test_workers_are_not_pinned_when_told_not_to_be(make_controller) -> None:
+    """Config.pin_workers was stored and never read: pin_workers=False still pinned each
+    worker to one CPU (a reviewer's find)."""
+    ctl = make_controller(workers=1, pin_workers=False)
+    pid = ctl.supervisor.workers[0].proc.pid
+    assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+    assert ctl.stats()["workers"][0]["cpu"] == -1

@@ -70,7 +70,8 @@ def run(settings: WorkerSettings) -> int:
     budget = DESCRIPTORS.configure_from_limit()
     log.debug("worker %d: %s recording descriptors kept open at most", index, budget)
     try:
-        os.sched_setaffinity(0, {cpu})
+        if cpu >= 0:  # -1: not pinned (`Config.pin_workers` off, or a CPU quota bounds the workers)
+            os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError) as e:
         log.warning("worker %d: cannot pin to CPU %d: %s", index, cpu, e)
     if priority:

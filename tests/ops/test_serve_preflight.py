@@ -108,3 +108,17 @@ def test_the_recordings_directory_it_makes_is_private(tmp_path) -> None:
         os.umask(old)
     for d in (root, root.parent):
         assert oct(d.stat().st_mode & 0o777) == "0o700", d
+
+
+def test_every_spelling_of_the_wildcard_is_refused_and_a_bracketed_ipv6_address_taken() -> None:
+    """"0", "0x0" and "::ffff:0.0.0.0" slipped past the check (the bind lands on the wildcard
+    and the API handed callers "0"); "[::1]" was refused as not this host's (a reviewer's finds)."""
+    for spelling in ("0", "0x0", "::ffff:0.0.0.0", "::"):
+        with pytest.raises(ConfigError, match="rtp_address"):
+            preflight._rtp_address(load(["--rtp-address", spelling, "--listen", "127.0.0.1:0"]))
+    cfg = load(["--rtp-address", "[::1]", "--listen", "127.0.0.1:0"])
+    assert cfg.rtp_host == "::1"
+    try:
+        preflight._rtp_address(cfg)
+    except ConfigError as e:
+        assert "cannot bind" in str(e) or "not an address" in str(e)  # a host without IPv6: said so
