@@ -99,8 +99,7 @@ def make_dirs(path: str, mode: int) -> None:
     umask default (usually world-readable), and recordings are private.
     """
     missing = []
-    path = os.path.abspath(path)  # a relative one's dirname ends at "", which is never a directory
-    while not os.path.isdir(path):
+    while path and not os.path.isdir(path):  # a relative path's dirnames end at "" (never a directory)
         missing.append(path)
         path = os.path.dirname(path)
     for d in reversed(missing):

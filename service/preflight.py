@@ -37,6 +37,10 @@ def warnings(cfg: ServeConfig) -> list[str]:
     if even_ports // 2 < cfg.max_calls:
         out.append(f"rtp_ports {cfg.rtp_low}-{cfg.rtp_high} holds {even_ports // 2} calls (two even ports each), "
                    f"fewer than max_calls {cfg.max_calls}: calls past that get 503")
+    if _wildcard(cfg.rtp_host) or _wildcard(_bound_address(cfg.rtp_host)):
+        out.append(f"rtp_address is the wildcard {cfg.rtp_host!r} (by default the listen host): the API hands it to "
+                   "callers as where to send RTP, which works only on this host; set --rtp-address to this host's "
+                   "media address")
     cpus = usable_cpus()
     if cfg.workers > cpus:
         out.append(f"workers {cfg.workers} is more than the {cpus} CPUs this process may use: workers share CPUs "
@@ -64,20 +68,25 @@ def _recordings_writable(path: str) -> None:
 
 def _rtp_address(cfg: ServeConfig) -> None:
     host = cfg.rtp_host
-    if _wildcard(host):  # (a name is not: the bind below says whether it is ours)
-        raise ConfigError(f"rtp_address must be this host's media address when listening on {host}: the API tells "
-                          "callers to send RTP there, and nobody can send to it")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         try:
             s.bind((host, 0))
-            bound = s.getsockname()[0]
         except OSError as e:
             if e.errno in (errno.EADDRNOTAVAIL, errno.EINVAL) or isinstance(e, socket.gaierror):
                 raise ConfigError(f"rtp_address {host} is not an address of this host ({e.strerror or e})") from None
             raise ConfigError(f"rtp_address {host}: cannot bind a UDP socket there: {e.strerror or e}") from None
-    if _wildcard(bound):  # "0", "0x0" and the like are the wildcard too
-        raise ConfigError(f"rtp_address {host} is the wildcard address ({bound}): it must be this host's media address")
+
+
+def _bound_address(host: str) -> str:
+    """The address a UDP socket bound to `host` gets ("" if it cannot bind): "0" is 0.0.0.0."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((host, 0))
+            return str(s.getsockname()[0])
+    except OSError:
+        return ""
 
 
 def _wildcard(text: str) -> bool:

@@ -215,7 +215,7 @@ def test_a_controller_whose_arena_cannot_fit_says_so_and_starts_nothing(tmp_path
     channels = vfs.f_bavail * vfs.f_frsize // (4 * 65536) + 100  # 8 s rings: 256 KiB per channel
     before = {n for n in os.listdir("/dev/shm") if n.startswith(f"wholecall-{os.getpid()}-")}
     ctl = Controller(workers=1, max_channels=channels, ring_ms=8192, recordings_dir=str(tmp_path / "rec"))
-    with pytest.raises(OSError, match="lower max_channels or ring_ms"):
+    with pytest.raises(OSError, match=r"lower max_channels \(wholecall serve: --max-calls\) or ring_ms"):
         ctl.start()
     assert ctl.supervisor is None and ctl.arena is None
     assert {n for n in os.listdir("/dev/shm") if n.startswith(f"wholecall-{os.getpid()}-")} == before
