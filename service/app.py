@@ -638,11 +638,13 @@ async def healthz(request: web.Request) -> web.Response:
             problems.append("no worker is alive")
 
         async def ask(shard: IngestShard) -> str:
-            try:
-                await s.ingest({"op": "stats", "call": ""}, HEALTH_ASK_S, shard=shard)
+            try:  # bounded as a whole: the send and the reply each have the timeout of their own
+                await asyncio.wait_for(s.ingest({"op": "stats", "call": ""}, HEALTH_ASK_S, shard=shard), HEALTH_ASK_S)
                 return ""
             except ApiError as e:
                 return f"ingest {shard.index}: {e.detail}"
+            except TimeoutError:
+                return f"ingest {shard.index}: did not answer in {HEALTH_ASK_S:g} s"
         async def streams() -> dict | None:
             return await s.streams.counters() if s.streams is not None else None
         answers, counters = await asyncio.gather(asyncio.gather(*(ask(sh) for sh in s.shards)), streams())
