@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .rtp_stress import _api, _busy_s, _cpu_s, _free_port, check_media_args
+from .rtp_stress import _api, _busy_s, _cpu_s, _free_port, check_media_args, verdict
 
 TICK_S = 0.02
 SID = "MZ" + "0" * 32
@@ -244,7 +244,10 @@ def main(argv: list[str]) -> int:
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(report, f, indent=1)
-        ok = received == sent and late == 0 and overruns == 0 and bad == 0 and not_hung_up == 0
+        ok = verdict("wholecall stress --media twilio", {
+            f"{sent - received} of {sent} messages not received": received == sent, f"{late} late": late == 0,
+            f"{overruns} ring overruns": overruns == 0, f"{bad} of {n} files bad": bad == 0,
+            f"{not_hung_up} calls not hung up": not_hung_up == 0})
         failed = not ok
         return 0 if ok else 1
     finally:

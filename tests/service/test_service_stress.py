@@ -19,6 +19,7 @@ def test_rtp_stress_smoke(tmp_path) -> None:
     report = json.loads(out.read_text())
     assert report["packets_sent"] == report["packets_received"] == 4 * 2 * 100
     assert report["files_bad"] == report["ring_overruns"] == report["socket_drops"] == 0
+    assert r.stdout.rstrip().endswith("wholecall stress --media rtp: OK")  # a verdict after the JSON
 
 
 def test_twilio_stress_smoke(tmp_path) -> None:
@@ -30,3 +31,4 @@ def test_twilio_stress_smoke(tmp_path) -> None:
     report = json.loads(out.read_text())
     assert report["messages_sent"] == report["messages_received"] == 4 * 2 * 100
     assert report["files_bad"] == report["ring_overruns"] == report["late"] == report["not_hung_up_by_stop"] == 0
+    assert r.stdout.rstrip().endswith("wholecall stress --media twilio: OK")
