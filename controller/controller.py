@@ -357,12 +357,13 @@ class Controller:
 RUN_DIR_PREFIX = "wholecall-run-"
 
 
-def make_run_dir() -> tuple[str, int]:
+def make_run_dir(prefix: str = RUN_DIR_PREFIX) -> tuple[str, int]:
     """A new owner-only run directory, locked by this process: (path, descriptor to keep).
+    `prefix`: the controller's, or another process's of ours (`wholecall serve`'s).
 
     Another controller's sweep may remove it between `mkdtemp` and our lock; then again."""
     for attempt in range(8):
-        path = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", suffix=LOCKED_SUFFIX)
+        path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=LOCKED_SUFFIX)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # may be swept before this, too
         except FileNotFoundError:
@@ -380,7 +381,7 @@ def make_run_dir() -> tuple[str, int]:
     raise AssertionError("unreachable")
 
 
-def sweep_run_dirs(directory: str | None = None) -> list[str]:
+def sweep_run_dirs(directory: str | None = None, prefix: str = RUN_DIR_PREFIX) -> list[str]:
     """Remove run directories (control socket) of controllers that were killed: ours by
     owner, named wholecall-run-*, that no process holds locked (`make_run_dir`; an
     earlier version's, unlocked, only when its PID is gone, `shm.owner.legacy_owner_gone`).
@@ -390,12 +391,12 @@ def sweep_run_dirs(directory: str | None = None) -> list[str]:
     directory would take its control socket from every worker it starts later."""
     removed = []
     directory = directory or tempfile.gettempdir()
-    for path in glob.glob(os.path.join(glob.escape(directory), RUN_DIR_PREFIX + "*")):
+    for path in glob.glob(os.path.join(glob.escape(directory), prefix + "*")):
         try:
             st = os.lstat(path)
         except OSError:
             continue
-        if not path.endswith(LOCKED_SUFFIX) and not legacy_owner_gone(os.path.basename(path)[len(RUN_DIR_PREFIX):]):
+        if not path.endswith(LOCKED_SUFFIX) and not legacy_owner_gone(os.path.basename(path)[len(prefix):]):
             continue  # an earlier version's, which takes no lock: by its PID, as that version did
         if st.st_uid == os.geteuid() and sweep_unowned(path, _remove_tree, want_dir=True):
             removed.append(path)

@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -46,6 +45,7 @@ from aiohttp import ClientError, ClientPayloadError, ClientSession, ClientTimeou
 from yarl import URL
 
 from wholecall.controller import AESCBCCipher, CallChannel, Controller, Error, Hangup
+from wholecall.controller.controller import make_run_dir, sweep_run_dirs
 from wholecall.controller.errors import Unavailable
 from wholecall.controller.recorder import JobResult
 from wholecall.controller.states import RecorderState
@@ -66,6 +66,8 @@ START_ARGS = ("filename", "file_format", "rate", "max_bytes", "milliseconds_max_
 CALL_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 WEBHOOK_DELAYS = (0.5, 1, 2, 4, 8, 16)
 """Seconds between webhook attempts (after the first); then the event is given up and logged."""
+SERVE_RUN_PREFIX = "wholecall-serve-"
+"""Prefix of the service's run directory (control sockets) in $TMPDIR."""
 HUNG_UP_KEEP_S = 600.0
 HEALTH_ASK_S = 2.0
 """How long /healthz waits for each ingest process (the probes allow 3 s; they run at once)."""
@@ -141,7 +143,10 @@ class Service:
         self.ready = False
         self.draining = False
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="wholecall-api")
-        self.run_dir = tempfile.mkdtemp(prefix="wholecall-serve-")
+        # Its control sockets, in a directory this process holds locked: one a SIGKILLed serve
+        # left is removed by the next one's start (`sweep_run_dirs`), however its PID reads.
+        sweep_run_dirs(prefix=SERVE_RUN_PREFIX)
+        self.run_dir, self._run_lock = make_run_dir(SERVE_RUN_PREFIX)
         self.zctx = zmq.asyncio.Context()
         self.shards: list[IngestShard] = []
         self.streams: StreamBackend | None = None
@@ -369,6 +374,7 @@ class Service:
             await self.http.close()
         self.pool.shutdown(wait=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        os.close(self._run_lock)
 
     # -- webhooks -----------------------------------------------------------------------------
 

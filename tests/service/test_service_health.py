@@ -68,3 +68,50 @@ def test_a_start_refused_for_the_disk_is_a_counted_503(tmp_path) -> None:
             assert srv.terminate() == 0, srv.output()
     finally:
         subprocess.run(["umount", "-l", str(rec)], check=False)
+
+
+def test_a_killed_serves_run_directory_is_swept_by_the_next_start(tmp_path) -> None:
+    """`wholecall-serve-*` directories (control sockets) of a SIGKILLed serve stayed in
+    $TMPDIR for ever (a reviewer's find): the service holds its own locked, and the next
+    start removes any no process holds."""
+    import glob
+    import shutil
+    import sys
+    import tempfile
+
+    from serve_helpers import free_tcp_port, free_udp_range
+
+    short = tempfile.mkdtemp(prefix="wcs-", dir="/tmp")  # ipc socket paths must stay under 108 bytes
+    env = dict(os.environ, TMPDIR=short)
+
+    def start() -> subprocess.Popen:
+        low, high = free_udp_range()
+        port = free_tcp_port()
+        proc = subprocess.Popen([sys.executable, "-m", "wholecall.cli", "serve", "--listen", f"127.0.0.1:{port}",
+                                 "--recordings-dir", str(tmp_path / "rec"), "--workers", "1", "--max-calls", "4",
+                                 "--rtp-ports", f"{low}-{high}"], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not glob.glob(os.path.join(short, "wholecall-serve-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return proc
+
+    first = start()
+    left = glob.glob(os.path.join(short, "wholecall-serve-*"))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(1.0)
+    assert all(os.path.isdir(d) for d in left) and left
+    second = start()
+    try:
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(d) for d in left) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(os.path.exists(d) for d in left)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+        assert not glob.glob(os.path.join(short, "wholecall-serve-*"))  # its own removed at its exit
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+        shutil.rmtree(short, ignore_errors=True)
