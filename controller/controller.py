@@ -25,7 +25,7 @@ from wholecall.formats.wav import read_info, repair
 from wholecall.protocol import JobDigits, JobEnded, JobStarted, Message
 from wholecall.shm import Arena
 from wholecall.shm.arena import huge_pages
-from wholecall.shm.owner import LOCKED_SUFFIX, claim, legacy_owner_gone, sweep_unowned
+from wholecall.shm.owner import LOCKED_SUFFIX, create_claimed, legacy_owner_gone, sweep_unowned
 
 from .channel import CallChannel
 from .config import Config
@@ -361,24 +361,11 @@ def make_run_dir(prefix: str = RUN_DIR_PREFIX) -> tuple[str, int]:
     """A new owner-only run directory, locked by this process: (path, descriptor to keep).
     `prefix`: the controller's, or another process's of ours (`wholecall serve`'s).
 
-    Another controller's sweep may remove it between `mkdtemp` and our lock; then again."""
-    for attempt in range(8):
+    Another controller's sweep may remove it before our lock; then again (`create_claimed`)."""
+    def create() -> tuple[str, int]:
         path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=LOCKED_SUFFIX)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # may be swept before this, too
-        except FileNotFoundError:
-            if attempt == 7:
-                raise
-            continue
-        try:
-            claim(fd, path)
-        except FileNotFoundError:
-            os.close(fd)
-            if attempt == 7:
-                raise
-            continue
-        return path, fd
-    raise AssertionError("unreachable")
+        return path, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return create_claimed(create)
 
 
 def sweep_run_dirs(directory: str | None = None, prefix: str = RUN_DIR_PREFIX) -> list[str]:

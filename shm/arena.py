@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import layout as L
-from .owner import LOCKED_SUFFIX, claim, legacy_owner_gone, sweep_unowned
+from .owner import LOCKED_SUFFIX, create_claimed, legacy_owner_gone, sweep_unowned
 
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "wholecall-"
@@ -330,22 +330,12 @@ class Arena:
 
 
 def _create_claimed(directory: str) -> tuple[str, int]:
-    """A new empty arena file in `directory`, locked by this process: (path, descriptor).
-
-    Another controller's sweep may lock and unlink the file between its creation and our
-    lock (`claim` says so); then again under another name."""
-    for attempt in range(8):
+    """A new empty arena file in `directory`, locked by this process: (path, descriptor)
+    (`shm.owner.create_claimed`: made again if another controller's sweep takes it first)."""
+    def create() -> tuple[str, int]:
         path = os.path.join(directory, f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{LOCKED_SUFFIX}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            claim(fd, path)
-        except FileNotFoundError:
-            os.close(fd)
-            if attempt == 7:
-                raise
-            continue
-        return path, fd
-    raise AssertionError("unreachable")
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return create_claimed(create)
 
 
 def _unlink_quietly(path: str) -> None:

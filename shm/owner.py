@@ -72,6 +72,24 @@ def claim(fd: int, path: str) -> None:
         raise FileNotFoundError(errno.ENOENT, "swept before its owner locked it", path)
 
 
+def create_claimed(create: Callable[[], tuple[str, int]], attempts: int = 8) -> tuple[str, int]:
+    """A new object, locked by this process: `create()` makes one under a fresh random name
+    and opens it, (path, descriptor). A sweep may remove it before it is open or before our
+    lock (FileNotFoundError from either); then another, up to `attempts` times."""
+    for attempt in range(attempts):
+        fd = -1
+        try:
+            path, fd = create()
+            claim(fd, path)
+            return path, fd
+        except FileNotFoundError:
+            if fd >= 0:
+                os.close(fd)
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def sweep_unowned(path: str, remove: Callable[[str], None], want_dir: bool = False) -> bool:
     """Remove `path` with `remove` if no process holds it (`claim`); True if removed.
 
